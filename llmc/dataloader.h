@@ -1,0 +1,104 @@
+// defines: DataLoader, dataloader_init, dataloader_next, dataloader_reset, dataloader_free,
+//          shard_open
+// Reads llm.c token shards (SPEC.md 6). Batches are read in order through the shards matched by
+// a glob pattern; rank r of n reads every n-th batch, so ranks see disjoint data. The position
+// (shard, offset) is all the state there is, which makes a resumed run read the same tokens.
+#ifndef LLMC_DATALOADER_H
+#define LLMC_DATALOADER_H
+
+#include <glob.h>
+#include <stdint.h>
+#include "utils.h"
+
+#define SHARD_MAGIC 20240520
+#define SHARD_VERSION 1
+#define SHARD_HEADER_INTS 256
+
+typedef struct {
+    int B, T, rank, nranks, vocab;
+    glob_t files;
+    int shard;           // index into files of the open shard
+    long long pos;       // token offset of this rank's next batch in the shard
+    long long ntok;      // tokens in the open shard
+    FILE *f;
+    uint16_t *buf;       // B*T+1 tokens
+    int *inputs, *targets;  // (B, T)
+} DataLoader;
+
+// opens and validates a shard; returns the token count
+static long long shard_open(FILE **fp, const char *path) {
+    FILE *f = fopen_check(path, "rb");
+    int header[SHARD_HEADER_INTS];
+    long long size = file_size(f, path);
+    if (size < (long long)sizeof(header)) die("%s: truncated token shard (%lld bytes, header needs %zu)", path, size, sizeof(header));
+    fread_check(header, sizeof(int), SHARD_HEADER_INTS, f, path);
+    if (header[0] != SHARD_MAGIC) die("%s: not a token shard (magic %d, want %d)", path, header[0], SHARD_MAGIC);
+    if (header[1] != SHARD_VERSION) die("%s: token shard version %d unsupported (want %d)", path, header[1], SHARD_VERSION);
+    long long ntok = header[2];
+    if (ntok < 0 || size != (long long)sizeof(header) + 2 * ntok)
+        die("%s: shard header says %lld tokens but the file has %lld bytes (want %lld)", path, ntok, size, (long long)sizeof(header) + 2 * ntok);
+    *fp = f;
+    return ntok;
+}
+
+static void dataloader_open_shard(DataLoader *d, int shard) {
+    if (d->f) fclose(d->f);
+    d->shard = shard;
+    const char *path = d->files.gl_pathv[shard];
+    d->ntok = shard_open(&d->f, path);
+    if (d->ntok < (long long)d->B * d->T * d->nranks + 1)
+        die("%s: %lld tokens is too few for one batch of %d x %d on %d rank(s)", path, d->ntok, d->B, d->T, d->nranks);
+}
+
+static void dataloader_reset(DataLoader *d) {
+    dataloader_open_shard(d, 0);
+    d->pos = (long long)d->B * d->T * d->rank;
+}
+
+// pattern: a path or glob; vocab: token ids must be < vocab
+static void dataloader_init(DataLoader *d, const char *pattern, int B, int T, int rank, int nranks, int vocab) {
+    memset(d, 0, sizeof(*d));
+    d->B = B; d->T = T; d->rank = rank; d->nranks = nranks; d->vocab = vocab;
+    int rc = glob(pattern, 0, NULL, &d->files);
+    if (rc != 0 || d->files.gl_pathc == 0) die("no token shards match '%s'", pattern);
+    d->buf = (uint16_t *)malloc_check(((size_t)B * T + 1) * sizeof(uint16_t));
+    d->inputs = (int *)malloc_check((size_t)B * T * sizeof(int));
+    d->targets = (int *)malloc_check((size_t)B * T * sizeof(int));
+    dataloader_reset(d);
+}
+
+// restores a saved position (from a checkpoint)
+static void dataloader_seek(DataLoader *d, int shard, long long pos) {
+    if (shard < 0 || shard >= (int)d->files.gl_pathc) die("checkpoint data position names shard %d, but only %zu shards match", shard, d->files.gl_pathc);
+    dataloader_open_shard(d, shard);
+    if (pos < 0 || pos + (long long)d->B * d->T + 1 > d->ntok) die("checkpoint data position %lld is outside shard %s", pos, d->files.gl_pathv[shard]);
+    d->pos = pos;
+}
+
+// fills inputs/targets with the next batch and advances
+static void dataloader_next(DataLoader *d) {
+    size_t n = (size_t)d->B * d->T;
+    if (d->pos + (long long)n + 1 > d->ntok) {  // this shard is used up: next one (wrapping)
+        dataloader_open_shard(d, (d->shard + 1) % (int)d->files.gl_pathc);
+        d->pos = (long long)n * d->rank;
+    }
+    const char *path = d->files.gl_pathv[d->shard];
+    if (fseek(d->f, (long)(SHARD_HEADER_INTS * sizeof(int) + 2 * d->pos), SEEK_SET) != 0) die("%s: seek failed", path);
+    fread_check(d->buf, sizeof(uint16_t), n + 1, d->f, path);
+    for (size_t i = 0; i < n; i++) {
+        if (d->buf[i] >= d->vocab || d->buf[i + 1] >= d->vocab)
+            die("%s: token id %d at position %lld is outside the vocabulary (%d)", path,
+                d->buf[i] >= d->vocab ? d->buf[i] : d->buf[i + 1], d->pos + (long long)i, d->vocab);
+        d->inputs[i] = d->buf[i];
+        d->targets[i] = d->buf[i + 1];
+    }
+    d->pos += (long long)n * d->nranks;
+}
+
+static void dataloader_free(DataLoader *d) {
+    if (d->f) fclose(d->f);
+    globfree(&d->files);
+    free(d->buf); free(d->inputs); free(d->targets);
+}
+
+#endif

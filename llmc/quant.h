@@ -1,0 +1,188 @@
+// defines: Format, format_name, format_parse, format_max, format_is_fp4, quant_round,
+//          dge_derivative, quantize_matrix, row_quantile, occ_clamp_rows
+// The one definition of every rounding rule in the project (SPEC.md 4). The element rules are
+// __host__ __device__ so the GPU kernels and the CPU reference produce the same bits; the
+// matrix-level helpers below them are the CPU reference's.
+#ifndef LLMC_QUANT_H
+#define LLMC_QUANT_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef HD
+#ifdef __CUDACC__
+#define HD __host__ __device__
+#else
+#define HD
+#endif
+#endif
+
+typedef enum { FMT_FP32, FMT_BF16, FMT_E4M3, FMT_E5M2, FMT_E2M1, FMT_E1M2, FMT_E3M0, NUM_FORMATS } Format;
+
+static const char *const format_names[NUM_FORMATS] = { "fp32", "bf16", "e4m3", "e5m2", "e2m1", "e1m2", "e3m0" };
+
+static inline const char *format_name(Format f) { return format_names[f]; }
+
+// returns the format named s, or -1
+static inline int format_parse(const char *s) {
+    for (int f = 0; f < NUM_FORMATS; f++) if (strcmp(s, format_names[f]) == 0) return f;
+    return -1;
+}
+
+static HD inline int format_is_fp4(Format f) { return f == FMT_E2M1 || f == FMT_E1M2 || f == FMT_E3M0; }
+
+// grid magnitude i (0..7) of a 4-bit layout; code = index
+static HD inline float fp4_grid(Format f, int i) {
+    const float e2m1[8] = { 0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f };
+    const float e1m2[8] = { 0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 2.5f, 3.0f, 3.5f };
+    const float e3m0[8] = { 0.0f, 0.25f, 0.5f, 1.0f, 2.0f, 4.0f, 8.0f, 16.0f };
+    return f == FMT_E2M1 ? e2m1[i] : f == FMT_E1M2 ? e1m2[i] : e3m0[i];
+}
+
+// largest magnitude of a scaled format (the absmax maps onto it); 0 for the unscaled ones
+static HD inline float format_max(Format f) {
+    switch (f) {
+        case FMT_E4M3: return 448.0f;
+        case FMT_E5M2: return 57344.0f;
+        case FMT_E2M1: case FMT_E1M2: case FMT_E3M0: return fp4_grid(f, 7);
+        default: return 0.0f;
+    }
+}
+
+static HD inline uint32_t f32_bits(float x) { union { float f; uint32_t u; } v; v.f = x; return v.u; }
+static HD inline float f32_from_bits(uint32_t u) { union { float f; uint32_t u; } v; v.u = u; return v.f; }
+
+// 4-bit: count the midpoints below |x|; at a midpoint round up iff the upper code is even
+static HD inline float fp4_round(float x, Format f) {
+    float a = fabsf(x);
+    if (a != a) return x;
+    int code = 0;
+    for (int i = 0; i < 7; i++) {
+        float m = 0.5f * (fp4_grid(f, i) + fp4_grid(f, i + 1));  // exact: grid values are short
+        code += (a > m) || (a == m && (i & 1));
+    }
+    return copysignf(fp4_grid(f, code), x);
+}
+
+// 8-bit float with mbits mantissa bits and smallest normal exponent emin, saturating at maxv
+static HD inline float fp8_round(float x, int mbits, int emin, float maxv) {
+    float a = fabsf(x);
+    if (a != a) return x;
+    if (a >= maxv) return copysignf(maxv, x);
+    float r;
+    if (a < ldexpf(1.0f, emin)) {  // subnormal: a multiple of 2^(emin - mbits), exact scaling
+        r = ldexpf(rintf(ldexpf(a, mbits - emin)), emin - mbits);
+    } else {                       // normal: round the fp32 mantissa to mbits, ties to even
+        uint32_t u = f32_bits(a);
+        int shift = 23 - mbits;
+        u += (1u << (shift - 1)) - 1u + ((u >> shift) & 1u);
+        r = f32_from_bits(u & ~((1u << shift) - 1u));
+    }
+    return copysignf(r, x);
+}
+
+static HD inline float bf16_round(float x) {
+    uint32_t u = f32_bits(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return x;  // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return f32_from_bits(u & 0xffff0000u);
+}
+
+// x (already divided by its scale) rounded to format f
+static HD inline float quant_round(float x, Format f) {
+    switch (f) {
+        case FMT_BF16: return bf16_round(x);
+        case FMT_E4M3: return fp8_round(x, 3, -6, 448.0f);
+        case FMT_E5M2: return fp8_round(x, 2, -14, 57344.0f);
+        case FMT_E2M1: case FMT_E1M2: case FMT_E3M0: return fp4_round(x, f);
+        default: return x;
+    }
+}
+
+// DGE (SPEC.md 4, RECIPE.md 4): d/dw of the smooth quantizer f at w (in grid units), capped at 3
+static HD inline float dge_derivative(float w, Format f, float k) {
+    float a = fabsf(w);
+    int i = 0;
+    while (i < 6 && a >= fp4_grid(f, i + 1)) i++;
+    float lo = fp4_grid(f, i), delta = fp4_grid(f, i + 1) - lo;
+    float t = fabsf(2.0f * (a - lo) / delta - 1.0f);
+    float d = (1.0f / k) * powf(t, 1.0f / k - 1.0f);
+    return d < 3.0f ? d : 3.0f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU reference helpers (host only)
+#ifndef __CUDA_ARCH__
+#include "utils.h"
+
+// quantize x (rows x cols, row-major) with one scale per row (axis 0), per column (axis 1) or,
+// if tensorwise, one for all. codes = round(x / s) (grid values, exact), scales[rows or cols].
+// Unscaled formats (fp32, bf16) get scale 1.
+static void quantize_matrix(float *codes, float *scales, const float *x, int rows, int cols,
+                            Format f, int axis, int tensorwise) {
+    int nvec = axis == 0 ? rows : cols, len = axis == 0 ? cols : rows;
+    size_t sv = axis == 0 ? (size_t)cols : 1, se = axis == 0 ? 1 : (size_t)cols;  // strides
+    float fmax = format_max(f);
+    float tmax = 0.0f;
+    if (tensorwise && fmax > 0.0f) {
+        for (size_t i = 0; i < (size_t)rows * cols; i++) tmax = fmaxf(tmax, fabsf(x[i]));
+    }
+    #pragma omp parallel for
+    for (int v = 0; v < nvec; v++) {
+        const float *xv = x + v * sv;
+        float *cv = codes + v * sv;
+        float s = 1.0f;
+        if (fmax > 0.0f) {
+            float amax = tmax;
+            if (!tensorwise) { amax = 0.0f; for (int e = 0; e < len; e++) amax = fmaxf(amax, fabsf(xv[e * se])); }
+            s = amax / fmax;
+        }
+        scales[v] = s;
+        for (int e = 0; e < len; e++) cv[e * se] = s == 0.0f ? 0.0f : quant_round(xv[e * se] / s, f);
+    }
+}
+
+// quantile p of the ascending values v[0..n-1], linear interpolation (SPEC.md 4, OCC)
+static float row_quantile(const float *v, int n, double p) {
+    double pos = p * (n - 1);
+    int i = (int)floor(pos);
+    if (i >= n - 1) return v[n - 1];
+    float frac = (float)(pos - i);
+    return v[i] + frac * (v[i + 1] - v[i]);
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+// OCC: clamp each row of x (rows x cols) to its own [quantile(1-alpha), quantile(alpha)];
+// xc = clamped, resid = x - xc (exact, nonzero only at the outliers). Returns the clamped count.
+static long occ_clamp_rows(float *xc, float *resid, const float *x, int rows, int cols, float alpha) {
+    long clamped = 0;
+    #pragma omp parallel reduction(+:clamped)
+    {
+        float *sorted = (float *)malloc_check((size_t)cols * sizeof(float));
+        #pragma omp for
+        for (int r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)r * cols;
+            memcpy(sorted, xr, (size_t)cols * sizeof(float));
+            qsort(sorted, (size_t)cols, sizeof(float), cmp_float);
+            float lo = row_quantile(sorted, cols, 1.0 - (double)alpha);
+            float hi = row_quantile(sorted, cols, (double)alpha);
+            for (int c = 0; c < cols; c++) {
+                float v = fminf(fmaxf(xr[c], lo), hi);
+                xc[(size_t)r * cols + c] = v;
+                resid[(size_t)r * cols + c] = xr[c] - v;
+                clamped += v != xr[c];
+            }
+        }
+        free(sorted);
+    }
+    return clamped;
+}
+
+#endif
+#endif

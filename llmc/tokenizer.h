@@ -1,0 +1,59 @@
+// defines: Tokenizer, tokenizer_init, tokenizer_decode, tokenizer_print, tokenizer_free
+// The GPT-2 decode table in llm.c's format (SPEC.md 6), built by dev/data/ from the BPE ranks.
+#ifndef LLMC_TOKENIZER_H
+#define LLMC_TOKENIZER_H
+
+#include <stdint.h>
+#include <ctype.h>
+#include "utils.h"
+
+#define TOKENIZER_MAGIC 20240328
+
+typedef struct {
+    uint32_t vocab, eot;
+    char **table;  // vocab NUL-terminated byte strings
+} Tokenizer;
+
+static void tokenizer_init(Tokenizer *t, const char *path) {
+    FILE *f = fopen_check(path, "rb");
+    long long size = file_size(f, path);
+    uint32_t header[256];
+    if (size < (long long)sizeof(header)) die("%s: truncated tokenizer file (%lld bytes)", path, size);
+    fread_check(header, sizeof(uint32_t), 256, f, path);
+    if (header[0] != TOKENIZER_MAGIC) die("%s: not a tokenizer file (magic %u, want %d)", path, header[0], TOKENIZER_MAGIC);
+    if (header[1] != 2) die("%s: tokenizer version %u unsupported (want 2)", path, header[1]);
+    t->vocab = header[2]; t->eot = header[3];
+    if (t->vocab == 0 || t->vocab > 65536 || t->eot >= t->vocab) die("%s: bad vocabulary size %u or end token %u", path, t->vocab, t->eot);
+    t->table = (char **)calloc_check(t->vocab, sizeof(char *));
+    long long used = sizeof(header);
+    for (uint32_t i = 0; i < t->vocab; i++) {
+        unsigned char len;
+        fread_check(&len, 1, 1, f, path);
+        if (len == 0) die("%s: token %u has length 0", path, i);
+        t->table[i] = (char *)malloc_check(len + 1u);
+        fread_check(t->table[i], 1, len, f, path);
+        t->table[i][len] = '\0';
+        used += 1 + len;
+    }
+    if (used != size) die("%s: %lld trailing bytes after %u tokens", path, size - used, t->vocab);
+    fclose(f);
+}
+
+static const char *tokenizer_decode(const Tokenizer *t, uint32_t id) {
+    if (id >= t->vocab) die("token id %u is outside the tokenizer's vocabulary (%u)", id, t->vocab);
+    return t->table[id];
+}
+
+// prints a token, dropping lone non-printable bytes (pieces of multi-byte characters)
+static void tokenizer_print(const Tokenizer *t, uint32_t id) {
+    const char *s = tokenizer_decode(t, id);
+    if (s[1] == '\0' && !(isprint((unsigned char)s[0]) || isspace((unsigned char)s[0]))) return;
+    printf("%s", s);
+}
+
+static void tokenizer_free(Tokenizer *t) {
+    for (uint32_t i = 0; i < t->vocab; i++) free(t->table[i]);
+    free(t->table);
+}
+
+#endif

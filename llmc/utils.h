@@ -1,0 +1,68 @@
+// defines: die, fopen_check, fread_check, fwrite_check, fclose_check, malloc_check,
+//          file_size, rename_check
+// Every failure ends the program with one line "error: ..." on stderr and exit code 1, so bad
+// input never turns into a crash or a silent wrong result.
+#ifndef LLMC_UTILS_H
+#define LLMC_UTILS_H
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(EXIT_FAILURE);
+}
+
+static FILE *fopen_check(const char *path, const char *mode) {
+    FILE *f = fopen(path, mode);
+    if (f == NULL) { die("cannot open %s: %s", path, strerror(errno)); }
+    return f;
+}
+
+// reads exactly count items or dies naming the file and what was short
+static void fread_check(void *dst, size_t size, size_t count, FILE *f, const char *path) {
+    size_t got = fread(dst, size, count, f);
+    if (got != count) { die("%s: truncated file (wanted %zu items of %zu bytes, got %zu)", path, count, size, got); }
+}
+
+static void fwrite_check(const void *src, size_t size, size_t count, FILE *f, const char *path) {
+    if (fwrite(src, size, count, f) != count) { die("%s: write failed: %s", path, strerror(errno)); }
+}
+
+static void fclose_check(FILE *f, const char *path) {
+    if (fclose(f) != 0) { die("%s: close failed: %s", path, strerror(errno)); }
+}
+
+static void *malloc_check(size_t size) {
+    void *p = malloc(size > 0 ? size : 1);
+    if (p == NULL) { die("out of memory allocating %zu bytes", size); }
+    return p;
+}
+
+static void *calloc_check(size_t count, size_t size) {
+    void *p = calloc(count > 0 ? count : 1, size > 0 ? size : 1);
+    if (p == NULL) { die("out of memory allocating %zu x %zu bytes", count, size); }
+    return p;
+}
+
+static long long file_size(FILE *f, const char *path) {
+    long pos = ftell(f);
+    if (fseek(f, 0, SEEK_END) != 0) { die("%s: cannot seek", path); }
+    long long n = ftell(f);
+    if (fseek(f, pos, SEEK_SET) != 0) { die("%s: cannot seek", path); }
+    return n;
+}
+
+static void rename_check(const char *from, const char *to) {
+    if (rename(from, to) != 0) { die("cannot rename %s to %s: %s", from, to, strerror(errno)); }
+}
+
+#endif

@@ -1,0 +1,154 @@
+// Unit tests of llmc/quant.h against independent brute-force references: every format's value
+// set is enumerated from its bit layout, and each rounding is checked to be the nearest value,
+// ties to the even code, saturating. Plus scaling, DGE check values (RECIPE.md 4) and OCC.
+#define _DEFAULT_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <math.h>
+#include "../llmc/quant.h"
+#include "../llmc/rand.h"
+#include "check.h"
+
+// all non-negative finite values of an 8-bit float (exponent bits e, mantissa bits mb, bias),
+// ascending, indexed by their code; e4m3 has no infinity and only S.1111.111 as NaN
+static int fp8_values(float *out, int eb, int mb, int bias, int e4m3) {
+    int n = 0;
+    for (int code = 0; code < (1 << (eb + mb)); code++) {
+        int e = code >> mb, man = code & ((1 << mb) - 1);
+        if (e4m3 && e == 15 && man == 7) continue;
+        if (!e4m3 && e == (1 << eb) - 1) continue;  // e5m2: inf and NaN
+        out[n++] = e == 0 ? ldexpf((float)man, 1 - bias - mb) : ldexpf(1.0f + (float)man / (1 << mb), e - bias);
+    }
+    return n;
+}
+
+// nearest value by brute force, ties to the even code, saturating at the largest
+static float brute_round(float x, const float *vals, int n) {
+    float a = fabsf(x);
+    int best = 0;
+    for (int i = 1; i < n; i++) {
+        float d = fabsf(vals[i] - a), db = fabsf(vals[best] - a);
+        if (d < db || (d == db && (i % 2 == 0))) best = i;
+    }
+    return copysignf(vals[best], x);
+}
+
+static void check_format(Format f, const float *vals, int n, uint64_t seed) {
+    int bad = 0;
+    float worst = 0;
+    // every value, every midpoint (a tie), and random points across the range and beyond
+    for (int i = 0; i < n; i++) {
+        float pts[3] = { vals[i], i + 1 < n ? 0.5f * (vals[i] + vals[i + 1]) : vals[i] * 1.5f, -vals[i] };
+        for (int j = 0; j < 3; j++) {
+            float got = quant_round(pts[j], f), want = brute_round(pts[j], vals, n);
+            if (got != want || signbit(got) != signbit(want)) { if (!bad) worst = pts[j]; bad++; }
+        }
+    }
+    for (int i = 0; i < 200000; i++) {
+        float u = rng_uniform(rng_hash(seed, (uint64_t)i));
+        float x = (u - 0.5f) * 2.5f * vals[n - 1] * powf(2.0f, -40.0f * rng_uniform(rng_hash(seed + 1, (uint64_t)i)));
+        float got = quant_round(x, f), want = brute_round(x, vals, n);
+        if (got != want || signbit(got) != signbit(want)) { if (!bad) worst = x; bad++; }
+    }
+    CHECK(bad == 0, "%s: %d roundings differ from brute force (first at %.9g: got %.9g want %.9g)", format_name(f), bad,
+          worst, quant_round(worst, f), brute_round(worst, vals, n));
+}
+
+int main(void) {
+    // 4-bit layouts: each grid against brute force, plus the spec's named ties
+    for (Format f = FMT_E2M1; f <= FMT_E3M0; f++) {
+        float vals[8];
+        for (int i = 0; i < 8; i++) vals[i] = fp4_grid(f, i);
+        check_format(f, vals, 8, 100 + f);
+    }
+    const float ties[][2] = { { 0.25f, 0.0f }, { 0.75f, 1.0f }, { 1.25f, 1.0f }, { 1.75f, 2.0f }, { 2.5f, 2.0f },
+                              { 3.5f, 4.0f }, { 5.0f, 4.0f }, { 7.0f, 6.0f }, { 1e30f, 6.0f }, { INFINITY, 6.0f } };
+    for (int i = 0; i < 10; i++) {
+        CHECK(quant_round(ties[i][0], FMT_E2M1) == ties[i][1], "e2m1(%g) = %g, want %g", ties[i][0], quant_round(ties[i][0], FMT_E2M1), ties[i][1]);
+        CHECK(quant_round(-ties[i][0], FMT_E2M1) == -ties[i][1], "e2m1(-%g) sign", ties[i][0]);
+    }
+    CHECK(quant_round(-0.1f, FMT_E2M1) == 0.0f && signbit(quant_round(-0.1f, FMT_E2M1)), "e2m1(-0.1) must be -0");
+    CHECK(isnan(quant_round(NAN, FMT_E2M1)) && isnan(quant_round(NAN, FMT_E4M3)) && isnan(quant_round(NAN, FMT_BF16)), "NaN must propagate");
+    CHECK(quant_round(3.25f, FMT_E1M2) == 3.0f && quant_round(3.9f, FMT_E1M2) == 3.5f, "e1m2 tie and saturation");
+    CHECK(quant_round(0.125f, FMT_E3M0) == 0.0f && quant_round(0.375f, FMT_E3M0) == 0.5f && quant_round(12.0f, FMT_E3M0) == 8.0f,
+          "e3m0 ties");
+
+    // 8-bit formats against their enumerated value sets
+    float v8[256];
+    int n = fp8_values(v8, 4, 3, 7, 1);
+    CHECK(n == 127 && v8[n - 1] == 448.0f && v8[1] == 0x1p-9f, "e4m3 value set: %d values, max %g", n, v8[n - 1]);
+    check_format(FMT_E4M3, v8, n, 7);
+    CHECK(quant_round(449.0f, FMT_E4M3) == 448.0f && quant_round(-1e6f, FMT_E4M3) == -448.0f && quant_round(INFINITY, FMT_E4M3) == 448.0f,
+          "e4m3 saturates");
+    n = fp8_values(v8, 5, 2, 15, 0);
+    CHECK(n == 124 && v8[n - 1] == 57344.0f && v8[1] == 0x1p-16f, "e5m2 value set: %d values, max %g", n, v8[n - 1]);
+    check_format(FMT_E5M2, v8, n, 9);
+    CHECK(quant_round(1e9f, FMT_E5M2) == 57344.0f, "e5m2 saturates");
+
+    // bf16: ties to even
+    CHECK(quant_round(1.0f + 0x1p-8f, FMT_BF16) == 1.0f, "bf16 tie down to even");
+    CHECK(quant_round(1.0f + 3 * 0x1p-8f, FMT_BF16) == 1.0f + 0x1p-6f, "bf16 tie up to even");
+    CHECK(quant_round(1.0f + 0x1p-8f + 0x1p-20f, FMT_BF16) == 1.0f + 0x1p-7f, "bf16 above the tie rounds up");
+
+    // scaling: absmax maps to the top of the grid, zero rows are safe, scale invariance under 2^k
+    enum { R = 3, K = 64 };
+    float x[R * K], codes[R * K], scales[K], codes2[R * K], scales2[K], big[R * K];
+    for (int i = 0; i < R * K; i++) x[i] = (float)(rng_normal(42, (uint64_t)i));
+    for (int k = 0; k < K; k++) x[2 * K + k] = 0.0f;  // row 2 is all zeros
+    quantize_matrix(codes, scales, x, R, K, FMT_E2M1, 0, 0);
+    for (int r = 0; r < 2; r++) {
+        float amax = 0, cmax = 0;
+        for (int k = 0; k < K; k++) { amax = fmaxf(amax, fabsf(x[r * K + k])); cmax = fmaxf(cmax, fabsf(codes[r * K + k])); }
+        CHECK(scales[r] == amax / 6.0f && cmax == 6.0f, "row %d: scale %g (want %g), top code %g", r, scales[r], amax / 6.0f, cmax);
+    }
+    int zeros_ok = scales[2] == 0.0f;
+    for (int k = 0; k < K; k++) zeros_ok &= codes[2 * K + k] == 0.0f;
+    CHECK(zeros_ok, "a zero row gets scale 0 and zero codes");
+    for (int i = 0; i < R * K; i++) big[i] = x[i] * 0x1p100f;
+    quantize_matrix(codes2, scales2, big, R, K, FMT_E2M1, 0, 0);
+    int same = 1;
+    for (int i = 0; i < R * K; i++) same &= codes[i] == codes2[i];
+    for (int i = 0; i < R * K; i++) big[i] = x[i] * 0x1p-100f;
+    quantize_matrix(codes2, scales2, big, R, K, FMT_E2M1, 0, 0);
+    for (int i = 0; i < R * K; i++) same &= codes[i] == codes2[i];
+    CHECK(same, "codes are invariant under scaling the input by 2^100 and 2^-100");
+    quantize_matrix(codes2, scales2, x, R, K, FMT_E4M3, 1, 0);  // per column
+    float cmax0 = 0, amax0 = 0;
+    for (int r = 0; r < R; r++) { cmax0 = fmaxf(cmax0, fabsf(codes2[r * K])); amax0 = fmaxf(amax0, fabsf(x[r * K])); }
+    CHECK(cmax0 == 448.0f && scales2[0] == amax0 / 448.0f, "per-column scaling: column 0 top code %g", cmax0);
+    quantize_matrix(codes2, scales2, x, R, K, FMT_E2M1, 0, 1);  // tensor-wise
+    CHECK(scales2[0] == scales2[1] && scales2[1] == scales2[2] && scales2[0] == fmaxf(scales[0], scales[1]), "tensor-wise: one scale");
+    quantize_matrix(codes2, scales2, x, R, K, FMT_BF16, 0, 0);
+    CHECK(scales2[0] == 1.0f && codes2[5] == bf16_round(x[5]), "bf16 is unscaled");
+
+    // DGE check values (RECIPE.md 4, k = 5, FP32)
+    CHECK(fabsf(dge_derivative(6.0f, FMT_E2M1, 5.0f) - 0.2f) < 1e-6f, "DGE f'(6) = %g, want 0.2", dge_derivative(6.0f, FMT_E2M1, 5.0f));
+    CHECK(dge_derivative(5.0f, FMT_E2M1, 5.0f) == 3.0f, "DGE f'(5) = %g, want the cap 3", dge_derivative(5.0f, FMT_E2M1, 5.0f));
+    const float want[10] = { 0.2f, 0.4446f, 0.5819f, 0.2186f, 2.1088f, 0.2709f, 0.3097f, 0.2709f, 0.2416f, 0.5819f };
+    for (int i = 0; i < 20; i++) {
+        float w = -6.0f + 12.0f * (float)i / 19.0f;
+        float got = dge_derivative(w, FMT_E2M1, 5.0f), ref = want[i < 10 ? i : 19 - i];
+        CHECK(fabsf(got - ref) < 1e-4f, "DGE f'(%g) = %.5f, want %.4f", w, got, ref);
+    }
+    CHECK(fabsf(dge_derivative(0.0f, FMT_E2M1, 5.0f) - 0.2f) < 1e-6f, "DGE at a grid point (0) is 1/k");
+
+    // OCC: quantiles and clamping of a row with planted outliers; compensation is exact
+    enum { KO = 256 };
+    float row[KO], xc[KO], res[KO], sorted[KO];
+    for (int i = 0; i < KO; i++) row[i] = (float)i - 127.5f;  // -127.5 .. 127.5, distinct
+    row[17] = 1e4f; row[200] = -3e4f; row[99] = 5e3f;          // outliers
+    for (int i = 0; i < KO; i++) sorted[i] = row[i];
+    qsort(sorted, KO, sizeof(float), cmp_float);
+    float hi = row_quantile(sorted, KO, (double)0.99f);
+    double pos = (double)0.99f * (KO - 1);
+    int i0 = (int)floor(pos);
+    CHECK(hi == sorted[i0] + (float)(pos - i0) * (sorted[i0 + 1] - sorted[i0]), "quantile interpolation");
+    long clamped = occ_clamp_rows(xc, res, row, 1, KO, 0.99f);
+    CHECK(clamped == 6, "alpha 0.99 on 256 distinct values clamps 3 + 3 entries, got %ld", clamped);
+    int exact = 1, nonzero = 0;
+    for (int i = 0; i < KO; i++) { exact &= xc[i] + res[i] == row[i]; nonzero += res[i] != 0.0f; }
+    CHECK(exact && nonzero == 6, "clamped + residual == input exactly (%d residual entries)", nonzero);
+    CHECK(res[17] > 0 && res[99] > 0 && res[200] < 0, "the planted outliers are in the residual");
+    CHECK(occ_clamp_rows(xc, res, row, 1, KO, 1.0f) == 0, "alpha 1 clamps nothing");
+    return check_summary("quant");
+}

@@ -1,0 +1,1117 @@
+/*
+CPU reference trainer for GPT-2 and LLaMA, FP32, with the low-precision recipes of SPEC.md
+simulated exactly: every block linear quantizes its operands with the rules of llmc/quant.h, so
+the GPU trainer can be diffed against this file, and this file against the PyTorch reference.
+Forward and backward are written by hand, one function per layer, chained in model_forward and
+model_backward. Plain C11 + OpenMP; every parallel loop writes disjoint outputs, so results do
+not depend on the thread count.
+*/
+#define _DEFAULT_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include <time.h>
+#include <sys/stat.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "llmc/utils.h"
+#include "llmc/rand.h"
+#include "llmc/model.h"
+#include "llmc/quant.h"
+#include "llmc/dataloader.h"
+#include "llmc/tokenizer.h"
+#include "llmc/checkpoint.h"
+#include "llmc/schedulers.h"
+#include "llmc/logger.h"
+
+// ---------------------------------------------------------------------------------------------
+// precision recipes: which format each operand of each block linear uses (SPEC.md 4)
+
+enum { LIN_QKV, LIN_ATTPROJ, LIN_FC, LIN_FCPROJ, NUM_LINEARS };
+static const char *const linear_names[NUM_LINEARS] = { "qkv", "attproj", "fc", "fcproj" };
+
+typedef struct { Format x, w, g; } OperandFormats;  // activation, weight, output gradient
+
+// E2M1 in this table stands for "the 4-bit layout in use", E4M3 in a G column for "the
+// gradient format in use"
+static const struct { const char *name; OperandFormats attn, mlp; } recipe_table[] = {
+    { "fp32", { FMT_FP32, FMT_FP32, FMT_FP32 }, { FMT_FP32, FMT_FP32, FMT_FP32 } },
+    { "bf16", { FMT_BF16, FMT_BF16, FMT_BF16 }, { FMT_BF16, FMT_BF16, FMT_BF16 } },
+    { "fp8",  { FMT_E4M3, FMT_E4M3, FMT_E4M3 }, { FMT_E4M3, FMT_E4M3, FMT_E4M3 } },
+    { "fp4",  { FMT_E4M3, FMT_E4M3, FMT_E4M3 }, { FMT_E2M1, FMT_E2M1, FMT_E4M3 } },
+};
+#define NUM_RECIPES ((int)(sizeof(recipe_table) / sizeof(recipe_table[0])))
+
+typedef struct {            // what the user asked for
+    int recipe;             // row of recipe_table
+    Format fp4_layout;      // e2m1 | e1m2 | e3m0
+    Format grad_format;     // e4m3 | e5m2
+    int fp4_attn, dge, occ, tensorwise;
+    float dge_k, occ_alpha;
+} RecipeOptions;
+
+typedef struct {            // resolved per linear
+    OperandFormats f;
+    int dge, occ;
+} LinearRecipe;
+
+typedef struct {
+    LinearRecipe lin[NUM_LINEARS];
+    float dge_k, occ_alpha;
+    int tensorwise;
+} Recipe;
+
+static int recipe_parse(const char *name) {
+    for (int i = 0; i < NUM_RECIPES; i++) if (strcmp(name, recipe_table[i].name) == 0) return i;
+    return -1;
+}
+
+static Recipe recipe_resolve(const RecipeOptions *o) {
+    Recipe r;
+    r.dge_k = o->dge_k; r.occ_alpha = o->occ_alpha; r.tensorwise = o->tensorwise;
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        int attn = l == LIN_QKV || l == LIN_ATTPROJ;
+        OperandFormats f = attn && !o->fp4_attn ? recipe_table[o->recipe].attn : recipe_table[o->recipe].mlp;
+        if (f.x == FMT_E2M1) f.x = o->fp4_layout;
+        if (f.w == FMT_E2M1) f.w = o->fp4_layout;
+        if (f.g == FMT_E4M3) f.g = o->grad_format;
+        r.lin[l].f = f;
+        r.lin[l].dge = o->dge && format_is_fp4(f.w);
+        r.lin[l].occ = o->occ && format_is_fp4(f.x);
+    }
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the model
+
+typedef union {  // one pointer per tensor kind into a contiguous buffer; NULL if absent
+    struct {
+        float *wte;       // (Vp, C)
+        float *wpe;       // (T, C)              GPT-2
+        float *ln1w;      // (L, C)
+        float *ln1b;      // (L, C)              GPT-2
+        float *qkvw;      // (L, QKV, C)
+        float *qkvb;      // (L, QKV)            GPT-2
+        float *attprojw;  // (L, C, C)
+        float *attprojb;  // (L, C)              GPT-2
+        float *ln2w;      // (L, C)
+        float *ln2b;      // (L, C)              GPT-2
+        float *fcw;       // (L, FF, C)          FF = F (GPT-2) or 2F (LLaMA: gate | up)
+        float *fcb;       // (L, FF)             GPT-2
+        float *fcprojw;   // (L, C, F)
+        float *fcprojb;   // (L, C)              GPT-2
+        float *lnfw;      // (C)
+        float *lnfb;      // (C)                 GPT-2
+        float *lmhead;    // (Vp, C)             LLaMA (GPT-2 ties it to wte)
+    };
+    float *t[NUM_PARAM_KINDS];
+} Params;
+
+static void params_point(Params *p, const Config *c, float *mem) {
+    memset(p, 0, sizeof(*p));
+    const ParamKind *order; int n = param_order(c, &order);
+    int shape[3];
+    for (int i = 0; i < n; i++) { p->t[order[i]] = mem; mem += param_shape(c, order[i], shape); }
+}
+
+typedef struct { float *codes, *scales, *deq; } QWeight;  // (L, M, K), (L, M), (L, M, K)
+
+typedef struct {
+    float *encoded;            // (N, C) embedding: the residual stream into layer 0
+    float *ln1;                // (L, N, C) norm output into qkv
+    float *ln1_mean, *ln1_rstd;// (L, N)
+    float *qkv;                // (L, N, QKV) after RoPE
+    float *att;                // (L, B, H, T, T) attention probabilities
+    float *atty;               // (L, N, C) attention output into attproj
+    float *res2;               // (L, N, C) residual stream after attention
+    float *ln2;                // (L, N, C) norm output into fc
+    float *ln2_mean, *ln2_rstd;// (L, N)
+    float *fch;                // (L, N, FF) fc output
+    float *fch_act;            // (L, N, F) GELU / SwiGLU output into fcproj
+    float *res3;               // (L, N, C) residual stream after the MLP
+    float *lnf;                // (N, C)
+    float *lnf_mean, *lnf_rstd;// (N)
+    float *logits;             // (N, Vp)
+    float *probs;              // (N, Vp) softmax over the first V columns; dlogits in backward
+    float *losses;             // (N)
+    float *xcodes[NUM_LINEARS];  // (L, N, K) saved input codes of each block linear
+    float *xscales[NUM_LINEARS]; // (L, N) their per-token scales
+    float *xresid[NUM_LINEARS];  // (L, N, K) OCC residual X - clamp(X); NULL without OCC
+} Acts;
+
+typedef struct {                // backward buffers, reused layer after layer
+    float *dres;                // (N, C) gradient of the residual stream
+    float *dln;                 // (N, C)
+    float *dqkv;                // (N, QKV)
+    float *datty;               // (N, C)
+    float *dfch;                // (N, FF)
+    float *dfch_act;            // (N, F)
+    float *gfold;               // (N, maxM) output gradient with a scale folded in, dequantized
+    float *gcodes;              // (N, maxM) its codes
+    float *gscales;             // (max(N, maxM))
+    float *xdeq;                // (N, maxK) forward: clamped, then dequantized input
+    float *dwq;                 // (maxM, maxK) gradient of the quantized weight
+} Scratch;
+
+typedef struct {
+    Config cfg;
+    Recipe recipe;
+    size_t nparams;
+    float *params_mem, *grads_mem, *m_mem, *v_mem;
+    Params params, grads;
+    QWeight qw[NUM_LINEARS];
+    float *rope_cos, *rope_sin;  // (T, hd/2) LLaMA
+    int B, T;                    // activation sizes
+    float *acts_mem, *scratch_mem;
+    Acts acts;
+    Scratch s;
+    int *inputs, *targets;       // (B, T) of the last forward
+    float loss;                  // mean loss of the last forward (-1 without targets)
+    long occ_clamped;            // OCC: entries clamped in the last forward
+} Model;
+
+// linear l's (out_features M, in_features K) and its weight and bias tensors
+static void linear_dims(const Config *c, int l, int *M, int *K) {
+    switch (l) {
+        case LIN_QKV: *M = config_qkv(c); *K = c->C; break;
+        case LIN_ATTPROJ: *M = c->C; *K = c->C; break;
+        case LIN_FC: *M = config_ff(c); *K = c->C; break;
+        default: *M = c->C; *K = c->F; break;
+    }
+}
+
+static float *linear_weight(Params *p, int l) {
+    return l == LIN_QKV ? p->qkvw : l == LIN_ATTPROJ ? p->attprojw : l == LIN_FC ? p->fcw : p->fcprojw;
+}
+
+static float *linear_bias(Params *p, int l) {
+    return l == LIN_QKV ? p->qkvb : l == LIN_ATTPROJ ? p->attprojb : l == LIN_FC ? p->fcb : p->fcprojb;
+}
+
+static void model_alloc_params(Model *m, const Config *c) {
+    m->cfg = *c;
+    m->nparams = param_count(c);
+    m->params_mem = (float *)malloc_check(m->nparams * sizeof(float));
+    m->grads_mem = (float *)calloc_check(m->nparams, sizeof(float));
+    m->m_mem = (float *)calloc_check(m->nparams, sizeof(float));
+    m->v_mem = (float *)calloc_check(m->nparams, sizeof(float));
+    params_point(&m->params, c, m->params_mem);
+    params_point(&m->grads, c, m->grads_mem);
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        int M, K; linear_dims(c, l, &M, &K);
+        size_t n = (size_t)c->L * M * K;
+        m->qw[l].codes = (float *)malloc_check(n * sizeof(float));
+        m->qw[l].deq = (float *)malloc_check(n * sizeof(float));
+        m->qw[l].scales = (float *)malloc_check((size_t)c->L * M * sizeof(float));
+    }
+    int hd = config_hd(c);
+    m->rope_cos = (float *)malloc_check((size_t)c->T * hd / 2 * sizeof(float));
+    m->rope_sin = (float *)malloc_check((size_t)c->T * hd / 2 * sizeof(float));
+    for (int t = 0; t < c->T; t++) {
+        for (int i = 0; i < hd / 2; i++) {
+            double angle = t * pow(c->rope_theta, -2.0 * i / hd);
+            m->rope_cos[t * hd / 2 + i] = (float)cos(angle);
+            m->rope_sin[t * hd / 2 + i] = (float)sin(angle);
+        }
+    }
+    m->B = m->T = 0; m->acts_mem = m->scratch_mem = NULL;
+    m->loss = -1.0f;
+}
+
+// counter-based init (SPEC.md 2): tensor j of the file order, element i
+static void model_init(Model *m, const Config *c, uint64_t seed) {
+    model_alloc_params(m, c);
+    const ParamKind *order; int n = param_order(c, &order);
+    for (int j = 0; j < n; j++) {
+        ParamKind k = order[j];
+        int shape[3]; size_t size = param_shape(c, k, shape);
+        float *p = m->params.t[k];
+        double std = param_init_std(c, k);
+        uint64_t key = rng_hash(seed, (uint64_t)j);
+        size_t live = (k == P_WTE || k == P_LMHEAD) ? (size_t)c->V * c->C : size;  // padded rows stay 0
+        #pragma omp parallel for
+        for (size_t i = 0; i < size; i++) {
+            p[i] = std < 0 ? 1.0f : (std == 0 || i >= live) ? 0.0f : (float)(std * rng_normal(key, i));
+        }
+    }
+}
+
+static void model_set_recipe(Model *m, const RecipeOptions *o) { m->recipe = recipe_resolve(o); }
+
+// activation buffers for batches of B x T, one allocation with the shapes of Acts
+static void model_alloc_acts(Model *m, int B, int T) {
+    if (m->B == B && m->T == T) return;
+    free(m->acts_mem); free(m->scratch_mem);
+    const Config *c = &m->cfg;
+    size_t N = (size_t)B * T, L = c->L, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F, H = c->H;
+    size_t maxM = QKV > FF ? QKV : FF, maxK = C > F ? C : F;
+    if (maxM < C) maxM = C;
+    struct { float **ptr; size_t n; } a[64];
+    int na = 0;
+#define ACT(p, size) (a[na].ptr = &(p), a[na].n = (size), na++)
+    Acts *x = &m->acts;
+    ACT(x->encoded, N * C);
+    ACT(x->ln1, L * N * C); ACT(x->ln1_mean, L * N); ACT(x->ln1_rstd, L * N);
+    ACT(x->qkv, L * N * QKV); ACT(x->att, L * B * H * T * T); ACT(x->atty, L * N * C);
+    ACT(x->res2, L * N * C);
+    ACT(x->ln2, L * N * C); ACT(x->ln2_mean, L * N); ACT(x->ln2_rstd, L * N);
+    ACT(x->fch, L * N * FF); ACT(x->fch_act, L * N * F); ACT(x->res3, L * N * C);
+    ACT(x->lnf, N * C); ACT(x->lnf_mean, N); ACT(x->lnf_rstd, N);
+    ACT(x->logits, N * c->Vp); ACT(x->probs, N * c->Vp); ACT(x->losses, N);
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        int Ml, Kl; linear_dims(c, l, &Ml, &Kl);
+        ACT(x->xcodes[l], L * N * Kl); ACT(x->xscales[l], L * N);
+        x->xresid[l] = NULL;
+        if (m->recipe.lin[l].occ) ACT(x->xresid[l], L * N * Kl);
+    }
+    size_t total = 0;
+    for (int i = 0; i < na; i++) total += a[i].n;
+    m->acts_mem = (float *)malloc_check(total * sizeof(float));
+    float *p = m->acts_mem;
+    for (int i = 0; i < na; i++) { *a[i].ptr = p; p += a[i].n; }
+    na = 0;
+    Scratch *s = &m->s;
+    ACT(s->dres, N * C); ACT(s->dln, N * C); ACT(s->dqkv, N * QKV); ACT(s->datty, N * C);
+    ACT(s->dfch, N * FF); ACT(s->dfch_act, N * F);
+    ACT(s->gfold, N * maxM); ACT(s->gcodes, N * maxM); ACT(s->gscales, N > maxM ? N : maxM);
+    ACT(s->xdeq, N * maxK); ACT(s->dwq, maxM * maxK);
+#undef ACT
+    total = 0;
+    for (int i = 0; i < na; i++) total += a[i].n;
+    m->scratch_mem = (float *)malloc_check(total * sizeof(float));
+    p = m->scratch_mem;
+    for (int i = 0; i < na; i++) { *a[i].ptr = p; p += a[i].n; }
+    m->B = B; m->T = T;
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmuls: the three shapes a linear layer needs
+
+// out (N, M) = a (N, K) b (M, K)^T + bias (M), bias may be NULL
+static void matmul_nt(float *out, const float *a, const float *b, const float *bias, int N, int K, int M) {
+    #pragma omp parallel for collapse(2)
+    for (int n0 = 0; n0 < N; n0 += 4) {
+        for (int m = 0; m < M; m++) {
+            const float *bm = b + (size_t)m * K;
+            int rows = N - n0 < 4 ? N - n0 : 4;
+            for (int r = 0; r < rows; r++) {
+                const float *an = a + (size_t)(n0 + r) * K;
+                float sum = 0.0f;
+                #pragma omp simd reduction(+:sum)
+                for (int k = 0; k < K; k++) sum += an[k] * bm[k];
+                out[(size_t)(n0 + r) * M + m] = sum + (bias ? bias[m] : 0.0f);
+            }
+        }
+    }
+}
+
+// out (N, K) += a (N, M) b (M, K). Accumulates in double: M is the vocabulary (50k terms) in
+// the LM head's backward, where a float sum would carry ~1e-5 relative error.
+static void matmul_nn_acc(float *out, const float *a, const float *b, int N, int M, int K) {
+    #pragma omp parallel
+    {
+        double *acc = (double *)malloc_check((size_t)K * sizeof(double));
+        #pragma omp for
+        for (int n = 0; n < N; n++) {
+            for (int k = 0; k < K; k++) acc[k] = 0.0;
+            for (int m = 0; m < M; m++) {
+                float s = a[(size_t)n * M + m];
+                const float *bm = b + (size_t)m * K;
+                #pragma omp simd
+                for (int k = 0; k < K; k++) acc[k] += s * bm[k];
+            }
+            float *on = out + (size_t)n * K;
+            for (int k = 0; k < K; k++) on[k] += (float)acc[k];
+        }
+        free(acc);
+    }
+}
+
+// out (M, K) += a (N, M)^T b (N, K)
+static void matmul_tn_acc(float *out, const float *a, const float *b, int N, int M, int K) {
+    #pragma omp parallel for
+    for (int m = 0; m < M; m++) {
+        float *om = out + (size_t)m * K;
+        for (int n = 0; n < N; n++) {
+            float s = a[(size_t)n * M + m];
+            const float *bn = b + (size_t)n * K;
+            #pragma omp simd
+            for (int k = 0; k < K; k++) om[k] += s * bn[k];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// block linear under the recipe (SPEC.md 4)
+
+// codes (rows, cols) times their scales along axis (0: one per row, 1: one per column)
+static void dequantize(float *out, const float *codes, const float *scales, int rows, int cols, int axis) {
+    #pragma omp parallel for
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < cols; c++) {
+            size_t i = (size_t)r * cols + c;
+            out[i] = codes[i] * scales[axis == 0 ? r : c];
+        }
+    }
+}
+
+// quantized weights of every block linear, once per optimizer step
+static void model_quantize_weights(Model *m) {
+    const Config *c = &m->cfg;
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        int M, K; linear_dims(c, l, &M, &K);
+        const float *W = linear_weight(&m->params, l);
+        QWeight *q = &m->qw[l];
+        for (int layer = 0; layer < c->L; layer++) {
+            size_t o = (size_t)layer * M * K;
+            quantize_matrix(q->codes + o, q->scales + (size_t)layer * M, W + o, M, K, m->recipe.lin[l].f.w, 0, m->recipe.tensorwise);
+            dequantize(q->deq + o, q->codes + o, q->scales + (size_t)layer * M, M, K, 0);
+        }
+    }
+}
+
+// out (N, M) = Q(X) Q(W)^T + R W^T + b; saves X's codes, scales and OCC residual for backward
+static void linear_forward(Model *m, int lin, int layer, float *out, const float *inp, int N) {
+    const LinearRecipe *r = &m->recipe.lin[lin];
+    int M, K; linear_dims(&m->cfg, lin, &M, &K);
+    size_t wo = (size_t)layer * M * K;
+    float *codes = m->acts.xcodes[lin] + (size_t)layer * N * K;
+    float *scales = m->acts.xscales[lin] + (size_t)layer * N;
+    float *xdeq = m->s.xdeq;
+    const float *x = inp;
+    float *resid = NULL;
+    if (r->occ) {
+        resid = m->acts.xresid[lin] + (size_t)layer * N * K;
+        m->occ_clamped += occ_clamp_rows(xdeq, resid, inp, N, K, m->recipe.occ_alpha);
+        x = xdeq;
+    }
+    quantize_matrix(codes, scales, x, N, K, r->f.x, 0, m->recipe.tensorwise);
+    dequantize(xdeq, codes, scales, N, K, 0);
+    const float *bias = linear_bias(&m->params, lin);
+    matmul_nt(out, xdeq, m->qw[lin].deq + wo, bias ? bias + (size_t)layer * M : NULL, N, K, M);
+    if (resid) {  // compensation: the sparse outliers times the unquantized weight
+        const float *W = linear_weight(&m->params, lin) + wo;
+        #pragma omp parallel for
+        for (int n = 0; n < N; n++) {
+            for (int k = 0; k < K; k++) {
+                float rv = resid[(size_t)n * K + k];
+                if (rv == 0.0f) continue;
+                for (int j = 0; j < M; j++) out[(size_t)n * M + j] += rv * W[(size_t)j * K + k];
+            }
+        }
+    }
+}
+
+// dinp (N, K) = dX; dW, db accumulate. dout (N, M) is the raw output gradient.
+static void linear_backward(Model *m, int lin, int layer, float *dinp, const float *dout, int N) {
+    const LinearRecipe *r = &m->recipe.lin[lin];
+    int M, K; linear_dims(&m->cfg, lin, &M, &K);
+    size_t wo = (size_t)layer * M * K;
+    const float *sw = m->qw[lin].scales + (size_t)layer * M;
+    const float *cw = m->qw[lin].codes + wo;
+    const float *cx = m->acts.xcodes[lin] + (size_t)layer * N * K;
+    const float *sx = m->acts.xscales[lin] + (size_t)layer * N;
+    float *g = m->s.gfold, *gc = m->s.gcodes, *gs = m->s.gscales;
+    // dgrad: fold sw into G's columns, quantize per token, contract with the weight codes
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) for (int j = 0; j < M; j++) g[(size_t)n * M + j] = dout[(size_t)n * M + j] * sw[j];
+    quantize_matrix(gc, gs, g, N, M, r->f.g, 0, m->recipe.tensorwise);
+    dequantize(g, gc, gs, N, M, 0);
+    memset(dinp, 0, (size_t)N * K * sizeof(float));
+    matmul_nn_acc(dinp, g, cw, N, M, K);
+    // wgrad: fold sx into G's rows, quantize per output channel, contract with the input codes
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) for (int j = 0; j < M; j++) g[(size_t)n * M + j] = dout[(size_t)n * M + j] * sx[n];
+    quantize_matrix(gc, gs, g, N, M, r->f.g, 1, m->recipe.tensorwise);
+    dequantize(g, gc, gs, N, M, 1);
+    float *dwq = m->s.dwq;
+    memset(dwq, 0, (size_t)M * K * sizeof(float));
+    matmul_tn_acc(dwq, g, cx, N, M, K);
+    float *dW = linear_weight(&m->grads, lin) + wo;
+    const float *W = linear_weight(&m->params, lin) + wo;
+    Format fw = r->f.w;
+    float k = m->recipe.dge_k;
+    #pragma omp parallel for
+    for (int j = 0; j < M; j++) {
+        for (int i = 0; i < K; i++) {
+            size_t e = (size_t)j * K + i;
+            float corr = 1.0f;
+            if (r->dge) corr = dge_derivative(sw[j] == 0.0f ? 0.0f : W[e] / sw[j], fw, k);
+            dW[e] += dwq[e] * corr;
+        }
+    }
+    if (r->occ) {  // the compensation's own gradient: G^T R, over R's nonzeros
+        const float *resid = m->acts.xresid[lin] + (size_t)layer * N * K;
+        #pragma omp parallel for
+        for (int j = 0; j < M; j++) {
+            for (int n = 0; n < N; n++) {
+                float gv = dout[(size_t)n * M + j];
+                const float *rn = resid + (size_t)n * K;
+                for (int i = 0; i < K; i++) if (rn[i] != 0.0f) dW[(size_t)j * K + i] += gv * rn[i];
+            }
+        }
+    }
+    float *db = linear_bias(&m->grads, lin);
+    if (db) {
+        db += (size_t)layer * M;
+        #pragma omp parallel for
+        for (int j = 0; j < M; j++) {
+            float sum = 0.0f;
+            for (int n = 0; n < N; n++) sum += dout[(size_t)n * M + j];
+            db[j] += sum;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// layers
+
+static void encoder_forward(Model *m, float *out, const int *tokens, int B, int T) {
+    const Config *c = &m->cfg;
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            float *o = out + ((size_t)b * T + t) * c->C;
+            const float *e = m->params.wte + (size_t)tokens[b * T + t] * c->C;
+            const float *p = m->params.wpe ? m->params.wpe + (size_t)t * c->C : NULL;
+            for (int i = 0; i < c->C; i++) o[i] = e[i] + (p ? p[i] : 0.0f);
+        }
+    }
+}
+
+static void encoder_backward(Model *m, const float *dout, const int *tokens, int B, int T) {
+    const Config *c = &m->cfg;
+    #pragma omp parallel for  // over channels: rows of wte/wpe are shared between positions
+    for (int i = 0; i < c->C; i++) {
+        for (int n = 0; n < B * T; n++) {
+            float d = dout[(size_t)n * c->C + i];
+            m->grads.wte[(size_t)tokens[n] * c->C + i] += d;
+            if (m->grads.wpe) m->grads.wpe[(size_t)(n % T) * c->C + i] += d;
+        }
+    }
+}
+
+// LayerNorm (b != NULL) or RMSNorm (b == NULL, mean unused) over rows of width C
+static void norm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w, const float *b,
+                         int N, int C, float eps) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float mu = 0.0f;
+        if (b) { for (int i = 0; i < C; i++) mu += x[i]; mu /= C; }
+        float var = 0.0f;
+        for (int i = 0; i < C; i++) { float d = x[i] - mu; var += d * d; }
+        float s = 1.0f / sqrtf(var / C + eps);
+        float *o = out + (size_t)n * C;
+        for (int i = 0; i < C; i++) o[i] = (x[i] - mu) * s * w[i] + (b ? b[i] : 0.0f);
+        if (mean) mean[n] = mu;
+        rstd[n] = s;
+    }
+}
+
+// dinp = d(norm)/dx; dw, db accumulate
+static void norm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp, const float *w,
+                          const float *mean, const float *rstd, int N, int C, int layernorm) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float mu = layernorm ? mean[n] : 0.0f, s = rstd[n];
+        float dmean = 0.0f, dnorm_norm = 0.0f;
+        for (int i = 0; i < C; i++) {
+            float dnorm = w[i] * dy[i];
+            dmean += dnorm;
+            dnorm_norm += dnorm * (x[i] - mu) * s;
+        }
+        dmean = layernorm ? dmean / C : 0.0f;
+        dnorm_norm /= C;
+        float *dx = dinp + (size_t)n * C;
+        for (int i = 0; i < C; i++) {
+            float norm = (x[i] - mu) * s;
+            dx[i] = (w[i] * dy[i] - dmean - norm * dnorm_norm) * s;
+        }
+    }
+    #pragma omp parallel for  // over channels: the weight gradient sums over rows
+    for (int i = 0; i < C; i++) {
+        float sw = 0.0f, sb = 0.0f;
+        for (int n = 0; n < N; n++) {
+            float mu = layernorm ? mean[n] : 0.0f;
+            float dy = dout[(size_t)n * C + i];
+            sw += dy * (inp[(size_t)n * C + i] - mu) * rstd[n];
+            sb += dy;
+        }
+        dw[i] += sw;
+        if (db) db[i] += sb;
+    }
+}
+
+// RoPE on the q and k heads of qkv (N, QKV) in place; sign -1 applies the inverse (backward)
+static void rope(Model *m, float *qkv, int B, int T, float sign) {
+    const Config *c = &m->cfg;
+    int hd = config_hd(c), QKV = config_qkv(c), heads = c->H + c->KV;
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            float *row = qkv + ((size_t)b * T + t) * QKV;
+            const float *cs = m->rope_cos + (size_t)t * hd / 2, *sn = m->rope_sin + (size_t)t * hd / 2;
+            for (int h = 0; h < heads; h++) {
+                float *x = row + (size_t)h * hd;
+                for (int i = 0; i < hd / 2; i++) {
+                    float x0 = x[2 * i], x1 = x[2 * i + 1], s = sign * sn[i];
+                    x[2 * i] = x0 * cs[i] - x1 * s;
+                    x[2 * i + 1] = x0 * s + x1 * cs[i];
+                }
+            }
+        }
+    }
+}
+
+// causal attention with grouped-query heads: qkv (N, QKV) -> out (N, C), att (B, H, T, T)
+static void attention_forward(const Config *c, float *out, float *att, const float *qkv, int B, int T) {
+    int hd = config_hd(c), QKV = config_qkv(c), H = c->H, group = c->H / c->KV;
+    float scale = 1.0f / sqrtf((float)hd);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < H; h++) {
+            const float *base = qkv + (size_t)b * T * QKV;
+            int koff = (H + h / group) * hd, voff = (H + c->KV + h / group) * hd;
+            for (int t = 0; t < T; t++) {
+                const float *q = base + (size_t)t * QKV + h * hd;
+                float *a = att + (((size_t)b * H + h) * T + t) * T;
+                float maxv = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *k = base + (size_t)t2 * QKV + koff;
+                    float s = 0.0f;
+                    for (int i = 0; i < hd; i++) s += q[i] * k[i];
+                    a[t2] = s * scale;
+                    if (a[t2] > maxv) maxv = a[t2];
+                }
+                float sum = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+                for (int t2 = 0; t2 <= t; t2++) a[t2] /= sum;
+                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                float *o = out + ((size_t)b * T + t) * c->C + h * hd;
+                for (int i = 0; i < hd; i++) o[i] = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *v = base + (size_t)t2 * QKV + voff;
+                    for (int i = 0; i < hd; i++) o[i] += a[t2] * v[i];
+                }
+            }
+        }
+    }
+}
+
+// dqkv (N, QKV) = gradient of attention; parallel over key/value heads, whose gradients the
+// query heads of a group share
+static void attention_backward(const Config *c, float *dqkv, const float *dout, const float *att, const float *qkv,
+                               int B, int T) {
+    int hd = config_hd(c), QKV = config_qkv(c), H = c->H, group = c->H / c->KV;
+    float scale = 1.0f / sqrtf((float)hd);
+    memset(dqkv, 0, (size_t)B * T * QKV * sizeof(float));
+    #pragma omp parallel
+    {
+        float *datt = (float *)malloc_check((size_t)T * sizeof(float));
+        #pragma omp for collapse(2)
+        for (int b = 0; b < B; b++) {
+            for (int kv = 0; kv < c->KV; kv++) {
+                const float *base = qkv + (size_t)b * T * QKV;
+                float *dbase = dqkv + (size_t)b * T * QKV;
+                int koff = (H + kv) * hd, voff = (H + c->KV + kv) * hd;
+                for (int h = kv * group; h < (kv + 1) * group; h++) {
+                    for (int t = 0; t < T; t++) {
+                        const float *a = att + (((size_t)b * H + h) * T + t) * T;
+                        const float *dy = dout + ((size_t)b * T + t) * c->C + h * hd;
+                        const float *q = base + (size_t)t * QKV + h * hd;
+                        float *dq = dbase + (size_t)t * QKV + h * hd;
+                        float dot = 0.0f;
+                        for (int t2 = 0; t2 <= t; t2++) {
+                            const float *v = base + (size_t)t2 * QKV + voff;
+                            float *dv = dbase + (size_t)t2 * QKV + voff;
+                            float s = 0.0f;
+                            for (int i = 0; i < hd; i++) { s += dy[i] * v[i]; dv[i] += a[t2] * dy[i]; }
+                            datt[t2] = s;
+                            dot += a[t2] * s;
+                        }
+                        for (int t2 = 0; t2 <= t; t2++) {
+                            float dp = a[t2] * (datt[t2] - dot) * scale;  // softmax backward
+                            const float *k = base + (size_t)t2 * QKV + koff;
+                            float *dk = dbase + (size_t)t2 * QKV + koff;
+                            for (int i = 0; i < hd; i++) { dq[i] += dp * k[i]; dk[i] += dp * q[i]; }
+                        }
+                    }
+                }
+            }
+        }
+        free(datt);
+    }
+}
+
+#define GELU_K 0.7978845608028654f  // sqrt(2/pi)
+
+static void gelu_forward(float *out, const float *inp, size_t n) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x)));
+    }
+}
+
+static void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float th = tanhf(GELU_K * (x + 0.044715f * x * x * x));
+        float sech2 = 1.0f - th * th;
+        float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] = local * dout[i];
+    }
+}
+
+// out (N, F) = silu(gate) * up, with inp (N, 2F) = [gate | up]
+static void swiglu_forward(float *out, const float *inp, int N, int F) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        for (int i = 0; i < F; i++) {
+            float g = inp[(size_t)n * 2 * F + i], u = inp[(size_t)n * 2 * F + F + i];
+            out[(size_t)n * F + i] = g / (1.0f + expf(-g)) * u;
+        }
+    }
+}
+
+static void swiglu_backward(float *dinp, const float *inp, const float *dout, int N, int F) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        for (int i = 0; i < F; i++) {
+            float g = inp[(size_t)n * 2 * F + i], u = inp[(size_t)n * 2 * F + F + i];
+            float sig = 1.0f / (1.0f + expf(-g)), d = dout[(size_t)n * F + i];
+            dinp[(size_t)n * 2 * F + i] = d * u * sig * (1.0f + g * (1.0f - sig));
+            dinp[(size_t)n * 2 * F + F + i] = d * g * sig;
+        }
+    }
+}
+
+// softmax over the first V logits and cross-entropy; losses NULL-safe targets
+static void crossentropy_forward(float *probs, float *losses, const float *logits, const int *targets,
+                                 int N, int V, int Vp) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *lg = logits + (size_t)n * Vp;
+        float *p = probs + (size_t)n * Vp;
+        float maxv = -INFINITY;
+        for (int i = 0; i < V; i++) if (lg[i] > maxv) maxv = lg[i];
+        double sum = 0.0;  // 50k terms: a float sum would carry ~1e-5 relative error
+        for (int i = 0; i < V; i++) { p[i] = expf(lg[i] - maxv); sum += p[i]; }
+        float inv = (float)(1.0 / sum);
+        for (int i = 0; i < V; i++) p[i] *= inv;
+        for (int i = V; i < Vp; i++) p[i] = 0.0f;
+        if (targets) losses[n] = -logf(p[targets[n]]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward and backward, chained by hand
+
+// targets may be NULL (inference); returns the mean loss or -1
+static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T) {
+    const Config *c = &m->cfg;
+    if (T > c->T) die("sequence length %d exceeds the model's maximum %d", T, c->T);
+    model_alloc_acts(m, B, T);
+    for (int i = 0; i < B * T; i++) {
+        if (inputs[i] < 0 || inputs[i] >= c->V || (targets && (targets[i] < 0 || targets[i] >= c->V)))
+            die("token id out of range at position %d", i);
+    }
+    m->inputs = (int *)inputs; m->targets = (int *)targets;
+    int N = B * T, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F;
+    int gpt2 = c->arch == ARCH_GPT2;
+    Acts *a = &m->acts;
+    Params *p = &m->params;
+    model_quantize_weights(m);
+    m->occ_clamped = 0;
+    encoder_forward(m, a->encoded, inputs, B, T);
+    for (int l = 0; l < c->L; l++) {
+        const float *res = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
+        float *ln1 = a->ln1 + (size_t)l * N * C, *qkv = a->qkv + (size_t)l * N * QKV;
+        float *atty = a->atty + (size_t)l * N * C, *res2 = a->res2 + (size_t)l * N * C;
+        float *ln2 = a->ln2 + (size_t)l * N * C, *fch = a->fch + (size_t)l * N * FF;
+        float *fch_act = a->fch_act + (size_t)l * N * F, *res3 = a->res3 + (size_t)l * N * C;
+        norm_forward(ln1, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, res, p->ln1w + (size_t)l * C,
+                     gpt2 ? p->ln1b + (size_t)l * C : NULL, N, C, c->norm_eps);
+        linear_forward(m, LIN_QKV, l, qkv, ln1, N);
+        if (!gpt2) rope(m, qkv, B, T, 1.0f);
+        attention_forward(c, atty, a->att + (size_t)l * B * c->H * T * T, qkv, B, T);
+        linear_forward(m, LIN_ATTPROJ, l, res2, atty, N);
+        for (size_t i = 0; i < (size_t)N * C; i++) res2[i] += res[i];
+        norm_forward(ln2, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, res2, p->ln2w + (size_t)l * C,
+                     gpt2 ? p->ln2b + (size_t)l * C : NULL, N, C, c->norm_eps);
+        linear_forward(m, LIN_FC, l, fch, ln2, N);
+        if (gpt2) gelu_forward(fch_act, fch, (size_t)N * F);
+        else swiglu_forward(fch_act, fch, N, F);
+        linear_forward(m, LIN_FCPROJ, l, res3, fch_act, N);
+        for (size_t i = 0; i < (size_t)N * C; i++) res3[i] += res2[i];
+    }
+    const float *res = a->res3 + (size_t)(c->L - 1) * N * C;
+    norm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, res, p->lnfw, gpt2 ? p->lnfb : NULL, N, C, c->norm_eps);
+    matmul_nt(a->logits, a->lnf, gpt2 ? p->wte : p->lmhead, NULL, N, C, c->Vp);
+    crossentropy_forward(a->probs, a->losses, a->logits, targets, N, c->V, c->Vp);
+    m->loss = -1.0f;
+    if (targets) {
+        double sum = 0.0;
+        for (int i = 0; i < N; i++) sum += a->losses[i];
+        m->loss = (float)(sum / N);
+    }
+    return m->loss;
+}
+
+static void model_zero_grad(Model *m) { memset(m->grads_mem, 0, m->nparams * sizeof(float)); }
+
+// accumulates into the gradients the gradient of loss_scale * (mean loss of the last forward)
+static void model_backward(Model *m, float loss_scale) {
+    const Config *c = &m->cfg;
+    if (m->targets == NULL) die("internal: backward without targets");
+    int B = m->B, T = m->T, N = B * T, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F;
+    int gpt2 = c->arch == ARCH_GPT2;
+    Acts *a = &m->acts;
+    Scratch *s = &m->s;
+    Params *p = &m->params, *g = &m->grads;
+    // dlogits = (softmax - onehot) * dloss, in place of probs; padded columns are already 0
+    float dloss = loss_scale / N;
+    float *dlogits = a->probs;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        float *d = dlogits + (size_t)n * c->Vp;
+        for (int i = 0; i < c->V; i++) d[i] *= dloss;
+        d[m->targets[n]] -= dloss;
+    }
+    float *head = gpt2 ? p->wte : p->lmhead, *dhead = gpt2 ? g->wte : g->lmhead;
+    matmul_tn_acc(dhead, dlogits, a->lnf, N, c->Vp, C);
+    memset(s->dln, 0, (size_t)N * C * sizeof(float));
+    matmul_nn_acc(s->dln, dlogits, head, N, c->Vp, C);
+    const float *res = a->res3 + (size_t)(c->L - 1) * N * C;
+    norm_backward(s->dres, g->lnfw, gpt2 ? g->lnfb : NULL, s->dln, res, p->lnfw, a->lnf_mean, a->lnf_rstd, N, C, gpt2);
+    for (int l = c->L - 1; l >= 0; l--) {
+        const float *resin = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
+        float *qkv = a->qkv + (size_t)l * N * QKV, *res2 = a->res2 + (size_t)l * N * C;
+        float *fch = a->fch + (size_t)l * N * FF;
+        // MLP: dres flows to the residual and through fcproj, activation, fc, norm 2
+        linear_backward(m, LIN_FCPROJ, l, s->dfch_act, s->dres, N);
+        if (gpt2) gelu_backward(s->dfch, fch, s->dfch_act, (size_t)N * F);
+        else swiglu_backward(s->dfch, fch, s->dfch_act, N, F);
+        linear_backward(m, LIN_FC, l, s->dln, s->dfch, N);
+        norm_backward(s->datty, g->ln2w + (size_t)l * C, gpt2 ? g->ln2b + (size_t)l * C : NULL, s->dln, res2,
+                      p->ln2w + (size_t)l * C, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, N, C, gpt2);
+        for (size_t i = 0; i < (size_t)N * C; i++) s->dres[i] += s->datty[i];
+        // attention: attproj, the attention core, RoPE, qkv, norm 1
+        linear_backward(m, LIN_ATTPROJ, l, s->datty, s->dres, N);
+        attention_backward(c, s->dqkv, s->datty, a->att + (size_t)l * B * c->H * T * T, qkv, B, T);
+        if (!gpt2) rope(m, s->dqkv, B, T, -1.0f);
+        linear_backward(m, LIN_QKV, l, s->dln, s->dqkv, N);
+        norm_backward(s->datty, g->ln1w + (size_t)l * C, gpt2 ? g->ln1b + (size_t)l * C : NULL, s->dln, resin,
+                      p->ln1w + (size_t)l * C, a->ln1_mean + (size_t)l * N, a->ln1_rstd + (size_t)l * N, N, C, gpt2);
+        for (size_t i = 0; i < (size_t)N * C; i++) s->dres[i] += s->datty[i];
+    }
+    encoder_backward(m, s->dres, m->inputs, B, T);
+}
+
+// ---------------------------------------------------------------------------------------------
+// optimizer
+
+static double grad_norm(const Model *m) {
+    double sum = 0.0;
+    #pragma omp parallel for reduction(+:sum)
+    for (size_t i = 0; i < m->nparams; i++) sum += (double)m->grads_mem[i] * m->grads_mem[i];
+    return sqrt(sum);
+}
+
+// AdamW (SPEC.md 5); step t counts from 1. Returns the gradient norm before clipping.
+static float model_update(Model *m, float lr, float b1, float b2, float eps, float wd, float clip, int t) {
+    double norm = grad_norm(m);
+    float gscale = (clip > 0.0f && norm > clip) ? (float)(clip / norm) : 1.0f;
+    float c1 = 1.0f - powf(b1, (float)t), c2 = 1.0f - powf(b2, (float)t);
+    const ParamKind *order; int n = param_order(&m->cfg, &order);
+    size_t off = 0;
+    for (int j = 0; j < n; j++) {
+        int shape[3]; size_t size = param_shape(&m->cfg, order[j], shape);
+        float decay = param_decays(order[j]) ? wd : 0.0f;
+        #pragma omp parallel for
+        for (size_t i = off; i < off + size; i++) {
+            float gr = m->grads_mem[i] * gscale;
+            float mi = b1 * m->m_mem[i] + (1.0f - b1) * gr;
+            float vi = b2 * m->v_mem[i] + (1.0f - b2) * gr * gr;
+            m->m_mem[i] = mi; m->v_mem[i] = vi;
+            float mh = mi / c1, vh = vi / c2;
+            m->params_mem[i] -= lr * (mh / (sqrtf(vh) + eps) + decay * m->params_mem[i]);
+        }
+        off += size;
+    }
+    return (float)norm;
+}
+
+static void model_free(Model *m) {
+    free(m->params_mem); free(m->grads_mem); free(m->m_mem); free(m->v_mem);
+    for (int l = 0; l < NUM_LINEARS; l++) { free(m->qw[l].codes); free(m->qw[l].deq); free(m->qw[l].scales); }
+    free(m->rope_cos); free(m->rope_sin); free(m->acts_mem); free(m->scratch_mem);
+}
+
+#ifndef TESTING
+// ---------------------------------------------------------------------------------------------
+// command line: flags as data, -h prints them all
+
+typedef enum { FLAG_INT, FLAG_FLOAT, FLAG_STR } FlagType;
+typedef struct { const char *name; FlagType type; void *dst; const char *help; } Flag;
+
+typedef struct {
+    const char *train_data, *val_data, *model, *out_dir, *tokenizer, *recipe, *fp4_layout, *grad_format, *scaling;
+    int B, T, total_batch, max_steps, warmup, val_every, val_steps, sample_every, gen_tokens, ckpt_every, resume;
+    int seed, fp4_attn, dge, occ, threads;
+    float lr, final_frac, wd, clip, b1, b2, dge_k, occ_alpha;
+} Args;
+
+static void usage(const Flag *flags, int n) {
+    printf("usage: ./train_gpt2 [flags]   CPU reference trainer for GPT-2 and LLaMA (SPEC.md)\n");
+    for (int i = 0; i < n; i++) {
+        char def[64];
+        if (flags[i].type == FLAG_INT) snprintf(def, sizeof(def), "%d", *(int *)flags[i].dst);
+        else if (flags[i].type == FLAG_FLOAT) snprintf(def, sizeof(def), "%g", *(float *)flags[i].dst);
+        else snprintf(def, sizeof(def), "%s", *(const char **)flags[i].dst ? *(const char **)flags[i].dst : "none");
+        printf("  %-16s %s (default %s)\n", flags[i].name, flags[i].help, def);
+    }
+}
+
+static void parse_flags(int argc, char **argv, const Flag *flags, int n) {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) { usage(flags, n); exit(EXIT_SUCCESS); }
+        const Flag *f = NULL;
+        for (int j = 0; j < n; j++) if (strcmp(argv[i], flags[j].name) == 0) f = &flags[j];
+        if (f == NULL) die("unknown flag '%s' (see -h)", argv[i]);
+        if (i + 1 >= argc) die("flag %s needs a value", argv[i]);
+        const char *v = argv[++i];
+        char *end;
+        if (f->type == FLAG_INT) {
+            long x = strtol(v, &end, 10);
+            if (*v == '\0' || *end != '\0' || x < -2147483647L || x > 2147483647L) die("flag %s: '%s' is not an integer", f->name, v);
+            *(int *)f->dst = (int)x;
+        } else if (f->type == FLAG_FLOAT) {
+            float x = strtof(v, &end);
+            if (*v == '\0' || *end != '\0' || !isfinite(x)) die("flag %s: '%s' is not a number", f->name, v);
+            *(float *)f->dst = x;
+        } else {
+            *(const char **)f->dst = v;
+        }
+    }
+}
+
+static void check_args(const Args *a) {
+    if (a->B < 1 || a->T < 1) die("batch size -b and sequence length -t must be positive");
+    if (a->total_batch < 0 || (a->total_batch > 0 && a->total_batch % (a->B * a->T) != 0))
+        die("total batch -d (%d tokens) must be a multiple of -b * -t (%d)", a->total_batch, a->B * a->T);
+    if (a->max_steps < 0 || a->warmup < 0 || a->val_steps < 0 || a->gen_tokens < 0) die("step counts must be >= 0");
+    if (!(a->lr >= 0) || !(a->final_frac >= 0 && a->final_frac <= 1)) die("learning rate must be >= 0 and -q in [0, 1]");
+    if (!(a->wd >= 0) || !(a->clip >= 0)) die("weight decay and clip must be >= 0");
+    if (!(a->b1 >= 0 && a->b1 < 1) || !(a->b2 >= 0 && a->b2 < 1)) die("Adam betas must be in [0, 1)");
+    if (!(a->dge_k >= 1)) die("--dge-k must be >= 1");
+    if (!(a->occ_alpha > 0.5f && a->occ_alpha <= 1.0f)) die("--occ-alpha must be in (0.5, 1]");
+    if (a->resume && a->out_dir == NULL) die("-y 1 (resume) needs an output folder -o");
+}
+
+static RecipeOptions recipe_options(const Args *a) {
+    RecipeOptions o;
+    o.recipe = recipe_parse(a->recipe);
+    if (o.recipe < 0) die("unknown recipe '%s' (fp32, bf16, fp8, fp4)", a->recipe);
+    int f = format_parse(a->fp4_layout);
+    if (f < 0 || !format_is_fp4((Format)f)) die("unknown 4-bit layout '%s' (e2m1, e1m2, e3m0)", a->fp4_layout);
+    o.fp4_layout = (Format)f;
+    f = format_parse(a->grad_format);
+    if (f != FMT_E4M3 && f != FMT_E5M2) die("unknown gradient format '%s' (e4m3, e5m2)", a->grad_format);
+    o.grad_format = (Format)f;
+    if (strcmp(a->scaling, "vector") != 0 && strcmp(a->scaling, "tensor") != 0) die("unknown scaling '%s' (vector, tensor)", a->scaling);
+    o.tensorwise = strcmp(a->scaling, "tensor") == 0;
+    o.fp4_attn = a->fp4_attn; o.dge = a->dge; o.occ = a->occ; o.dge_k = a->dge_k; o.occ_alpha = a->occ_alpha;
+    return o;
+}
+
+static float evaluate(Model *m, DataLoader *val, int steps) {
+    dataloader_reset(val);
+    double sum = 0.0;
+    for (int i = 0; i < steps; i++) {
+        dataloader_next(val);
+        sum += model_forward(m, val->inputs, val->targets, val->B, val->T);
+    }
+    return (float)(sum / steps);
+}
+
+// samples gen_tokens tokens after <|endoftext|>, re-running the forward on the growing prefix
+static void sample(Model *m, Rng *rng, const Tokenizer *tok, int have_tok, int gen_tokens, int B, int T) {
+    int *gen = (int *)calloc_check((size_t)B * T, sizeof(int));
+    int eot = have_tok ? (int)tok->eot : m->cfg.V - 1;
+    for (int i = 0; i < B * T; i++) gen[i] = eot;
+    int n = gen_tokens < T ? gen_tokens : T - 1;
+    printf("generating:\n---\n");
+    for (int t = 1; t <= n; t++) {
+        model_forward(m, gen, NULL, B, T);
+        const float *p = m->acts.probs + (size_t)(t - 1) * m->cfg.Vp;
+        float coin = rng_next_uniform(rng), cdf = 0.0f;
+        int next = m->cfg.V - 1;
+        for (int i = 0; i < m->cfg.V; i++) { cdf += p[i]; if (coin <= cdf) { next = i; break; } }
+        gen[t] = next;
+        if (have_tok) tokenizer_print(tok, (uint32_t)next); else printf("%d ", next);
+        fflush(stdout);
+    }
+    printf("\n---\n");
+    free(gen);
+}
+
+int main(int argc, char **argv) {
+    Args a = {
+        .train_data = "data/tinyshakespeare/tiny_shakespeare_train.bin",
+        .val_data = "data/tinyshakespeare/tiny_shakespeare_val.bin",
+        .model = "gpt2:L=4,C=128,H=4,T=256", .out_dir = NULL, .tokenizer = "data/gpt2_tokenizer.bin",
+        .recipe = "fp32", .fp4_layout = "e2m1", .grad_format = "e4m3", .scaling = "vector",
+        .B = 4, .T = 64, .total_batch = 0, .max_steps = 100, .warmup = 10, .val_every = 20, .val_steps = 10,
+        .sample_every = 0, .gen_tokens = 64, .ckpt_every = 0, .resume = 0, .seed = 1337,
+        .fp4_attn = 0, .dge = 1, .occ = 1, .threads = 0,
+        .lr = 1e-3f, .final_frac = 0.1f, .wd = 0.1f, .clip = 1.0f, .b1 = 0.9f, .b2 = 0.95f,
+        .dge_k = 5.0f, .occ_alpha = 0.99f,
+    };
+    const Flag flags[] = {
+        { "-i", FLAG_STR, &a.train_data, "train token shards (path or glob)" },
+        { "-j", FLAG_STR, &a.val_data, "val token shards (path or glob)" },
+        { "-e", FLAG_STR, &a.model, "model: descriptor (gpt2:d12, llama:d16, gpt2:L=4,C=128,H=4,T=256) or model_*.bin" },
+        { "-o", FLAG_STR, &a.out_dir, "output folder for the log and checkpoints" },
+        { "-y", FLAG_INT, &a.resume, "1: resume from the latest checkpoint in -o" },
+        { "-z", FLAG_STR, &a.tokenizer, "tokenizer decode table (for samples)" },
+        { "-b", FLAG_INT, &a.B, "micro-batch size" },
+        { "-t", FLAG_INT, &a.T, "sequence length" },
+        { "-d", FLAG_INT, &a.total_batch, "tokens per optimizer step (0: one micro-batch); gradient accumulation" },
+        { "-x", FLAG_INT, &a.max_steps, "optimizer steps" },
+        { "-l", FLAG_FLOAT, &a.lr, "peak learning rate" },
+        { "-u", FLAG_INT, &a.warmup, "warmup steps" },
+        { "-q", FLAG_FLOAT, &a.final_frac, "final learning rate as a fraction of the peak (cosine)" },
+        { "-c", FLAG_FLOAT, &a.wd, "weight decay" },
+        { "-p", FLAG_FLOAT, &a.clip, "gradient clipping norm (0: off)" },
+        { "--beta1", FLAG_FLOAT, &a.b1, "Adam beta1" },
+        { "--beta2", FLAG_FLOAT, &a.b2, "Adam beta2" },
+        { "-v", FLAG_INT, &a.val_every, "evaluate every N steps (0: only at the end)" },
+        { "-m", FLAG_INT, &a.val_steps, "val batches per evaluation" },
+        { "-s", FLAG_INT, &a.sample_every, "sample every N steps (0: never)" },
+        { "-g", FLAG_INT, &a.gen_tokens, "tokens per sample" },
+        { "-n", FLAG_INT, &a.ckpt_every, "checkpoint every N steps (0: only at the end, if -o)" },
+        { "--seed", FLAG_INT, &a.seed, "seed of the initialization and sampling" },
+        { "--threads", FLAG_INT, &a.threads, "OpenMP threads (0: default)" },
+        { "-r", FLAG_STR, &a.recipe, "precision recipe: fp32 | bf16 | fp8 | fp4" },
+        { "--fp4-format", FLAG_STR, &a.fp4_layout, "4-bit layout: e2m1 | e1m2 | e3m0" },
+        { "--fp4-attn", FLAG_INT, &a.fp4_attn, "1: attention projections in fp4 too" },
+        { "--dge", FLAG_INT, &a.dge, "differentiable gradient estimator on fp4 weights (0/1)" },
+        { "--dge-k", FLAG_FLOAT, &a.dge_k, "DGE sharpness k" },
+        { "--occ", FLAG_INT, &a.occ, "outlier clamping and compensation on fp4 activations (0/1)" },
+        { "--occ-alpha", FLAG_FLOAT, &a.occ_alpha, "OCC quantile" },
+        { "--grad-format", FLAG_STR, &a.grad_format, "8-bit output-gradient format: e4m3 | e5m2" },
+        { "--scaling", FLAG_STR, &a.scaling, "scaling granularity: vector | tensor" },
+    };
+    int nflags = (int)(sizeof(flags) / sizeof(flags[0]));
+    parse_flags(argc, argv, flags, nflags);
+    check_args(&a);
+    RecipeOptions ro = recipe_options(&a);
+#ifdef _OPENMP
+    if (a.threads > 0) omp_set_num_threads(a.threads);
+#endif
+    if (a.out_dir && mkdir(a.out_dir, 0755) != 0 && errno != EEXIST) die("cannot create %s: %s", a.out_dir, strerror(errno));
+
+    // model: from a descriptor, a checkpoint, or the latest checkpoint of -o when resuming
+    Model m;
+    Config cfg;
+    TrainState st = { 0, 0, 0, 0 };
+    int resume_step = a.resume ? checkpoint_latest(a.out_dir) : -1;
+    if (a.resume && resume_step < 0) die("-y 1: no complete checkpoint (model_N.bin + state_N.bin) in %s", a.out_dir);
+    char path[1100];
+    const char *model_path = NULL;
+    if (resume_step >= 0) { snprintf(path, sizeof(path), "%s/model_%08d.bin", a.out_dir, resume_step); model_path = path; }
+    else if (strchr(a.model, ':') == NULL) model_path = a.model;
+    if (model_path) {
+        int step;
+        float *params = checkpoint_read_model(model_path, &cfg, &step);
+        model_alloc_params(&m, &cfg);
+        memcpy(m.params_mem, params, m.nparams * sizeof(float));
+        free(params);
+        if (resume_step >= 0) {
+            snprintf(path, sizeof(path), "%s/state_%08d.bin", a.out_dir, resume_step);
+            checkpoint_read_state(path, &st, m.m_mem, m.v_mem, m.nparams);
+            if (st.step != step) die("%s: state step %d does not match the model's %d", path, st.step, step);
+        }
+    } else {
+        cfg = config_parse(a.model);
+        model_init(&m, &cfg, (uint64_t)a.seed);
+    }
+    model_set_recipe(&m, &ro);
+    if (a.T > cfg.T) die("sequence length -t %d exceeds the model's maximum T = %d", a.T, cfg.T);
+    int accum = a.total_batch > 0 ? a.total_batch / (a.B * a.T) : 1;
+    char desc[256];
+    config_describe(&cfg, desc, sizeof(desc));
+    printf("model %s, %zu parameters\n", desc, m.nparams);
+    printf("recipe %s:", a.recipe);
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        const LinearRecipe *r = &m.recipe.lin[l];
+        printf(" %s(%s,%s,%s%s%s)", linear_names[l], format_name(r->f.x), format_name(r->f.w), format_name(r->f.g),
+               r->dge ? ",dge" : "", r->occ ? ",occ" : "");
+    }
+    printf("%s\n", m.recipe.tensorwise ? " tensor-wise" : "");
+    printf("batch %d x %d, %d micro-step(s) per step, %d steps\n", a.B, a.T, accum, a.max_steps);
+
+    DataLoader train, val;
+    dataloader_init(&train, a.train_data, a.B, a.T, 0, 1, cfg.V);
+    dataloader_init(&val, a.val_data, a.B, a.T, 0, 1, cfg.V);
+    if (resume_step >= 0) dataloader_seek(&train, st.shard, st.pos);
+    Tokenizer tok = { 0 };
+    FILE *tf = fopen(a.tokenizer, "rb");
+    int have_tok = tf != NULL;
+    if (tf) { fclose(tf); tokenizer_init(&tok, a.tokenizer); }
+    else printf("no tokenizer at %s: samples print token ids\n", a.tokenizer);
+    Rng rng = rng_init((uint64_t)a.seed);
+    rng.counter = st.rng_counter;
+    Logger lg;
+    logger_init(&lg, a.out_dir, resume_step >= 0);
+
+    for (int step = st.step; step <= a.max_steps; step++) {
+        int last = step == a.max_steps;
+        if (last || (a.val_every > 0 && step % a.val_every == 0)) {
+            float vl = evaluate(&m, &val, a.val_steps);
+            printf("step %5d | val loss %.6f\n", step, vl);
+            logger_eval(&lg, step, vl);
+        }
+        if (a.sample_every > 0 && (step % a.sample_every == 0 || last)) sample(&m, &rng, &tok, have_tok, a.gen_tokens, a.B, a.T);
+        if (a.out_dir && step > st.step && (last || (a.ckpt_every > 0 && step % a.ckpt_every == 0))) {
+            TrainState now = { step, train.shard, train.pos, rng.counter };
+            snprintf(path, sizeof(path), "%s/state_%08d.bin", a.out_dir, step);
+            checkpoint_write_state(path, &now, m.m_mem, m.v_mem, m.nparams);
+            snprintf(path, sizeof(path), "%s/model_%08d.bin", a.out_dir, step);
+            checkpoint_write_model(path, &cfg, m.params_mem, step);
+            printf("wrote %s\n", path);
+        }
+        if (last) break;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        model_zero_grad(&m);
+        double loss = 0.0;
+        for (int micro = 0; micro < accum; micro++) {
+            dataloader_next(&train);
+            loss += model_forward(&m, train.inputs, train.targets, a.B, a.T) / accum;
+            model_backward(&m, 1.0f / accum);
+        }
+        float lr = lr_schedule(a.lr, step, a.warmup, a.max_steps, a.final_frac);
+        float norm = model_update(&m, lr, a.b1, a.b2, 1e-8f, a.wd, a.clip, step + 1);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
+        double tok_s = (double)accum * a.B * a.T / (ms / 1e3);
+        printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s\n", step + 1, a.max_steps, loss, norm, lr, ms, tok_s);
+        logger_train(&lg, step + 1, (float)loss, norm, lr, ms, tok_s);
+        if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
+    }
+    logger_close(&lg);
+    dataloader_free(&train); dataloader_free(&val);
+    if (have_tok) tokenizer_free(&tok);
+    model_free(&m);
+    return 0;
+}
+#endif
