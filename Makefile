@@ -12,9 +12,18 @@ endif
 PYTHON ?= python3
 HEADERS = $(wildcard llmc/*.h)
 
-.PHONY: all test test-reference clean
+# CUDA targets build wherever nvcc is (CI compiles them with no GPU) and run with `make test-gpu`
+NVCC ?= nvcc
+NVCC_FLAGS ?= -O3 -arch=sm_90 -std=c++17
+ifneq ($(shell command -v $(NVCC) 2>/dev/null),)
+  CUDA_TARGETS = test/test_quant_gpu
+else
+  $(info nvcc not found: skipping the CUDA targets)
+endif
 
-all: train_gpt2 test/test_quant test/test_train
+.PHONY: all test test-gpu test-reference clean
+
+all: train_gpt2 test/test_quant test/test_train $(CUDA_TARGETS)
 
 train_gpt2: train_gpt2.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
@@ -32,9 +41,16 @@ test: all
 	bash test/test_badinput.sh
 	$(PYTHON) test/test_data.py
 
+test/test_quant_gpu: test/test_quant_gpu.cu $(HEADERS)
+	$(NVCC) $(NVCC_FLAGS) -o $@ $<
+
+# GPU tests (needs an NVIDIA GPU): the quantizer rules on the device vs the CPU, bit for bit
+test-gpu: test/test_quant_gpu
+	./test/test_quant_gpu
+
 # the PyTorch reference's own checks, and regenerating test/ref (needs torch)
 test-reference:
 	$(PYTHON) dev/reference/test_reference.py
 
 clean:
-	rm -f train_gpt2 test/test_quant test/test_train
+	rm -f train_gpt2 test/test_quant test/test_train test/test_quant_gpu
