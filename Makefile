@@ -21,7 +21,7 @@ else
   $(info nvcc not found: skipping the CUDA targets)
 endif
 
-.PHONY: all test test-gpu test-reference clean
+.PHONY: all train data test test-sanitize test-gpu test-reference clean
 
 all: train_gpt2 test/test_quant test/test_train $(CUDA_TARGETS)
 
@@ -34,12 +34,34 @@ test/test_quant: test/test_quant.c $(HEADERS)
 test/test_train: test/test_train.c train_gpt2.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-# CPU tests: quantizers, CPU trainer vs the PyTorch reference states, bad input, data scripts
-test: all
+TINY = data/tinyshakespeare/tiny_shakespeare_train.bin
+
+# tiny shakespeare + the GPT-2 decode table (downloads, or reads ../shared/data offline)
+data: $(TINY)
+$(TINY):
+	$(PYTHON) dev/data/tinyshakespeare.py
+
+# the CPU reference trainer on tiny shakespeare with its defaults
+train: train_gpt2 $(TINY)
+	./train_gpt2
+
+# CPU tests: quantizers, CPU trainer vs the PyTorch reference states, bad input, resume and
+# learning runs, data scripts
+test: all $(TINY)
 	./test/test_quant
 	./test/test_train test/ref/*.bin
 	bash test/test_badinput.sh
+	bash test/test_train_run.sh
 	$(PYTHON) test/test_data.py
+
+# the C tests again under AddressSanitizer + UndefinedBehaviorSanitizer (rebuilds, then cleans)
+test-sanitize:
+	$(MAKE) clean
+	$(MAKE) SANITIZE=1 train_gpt2 test/test_quant test/test_train
+	./test/test_quant
+	./test/test_train test/ref/*.bin
+	bash test/test_badinput.sh
+	$(MAKE) clean
 
 test/test_quant_gpu: test/test_quant_gpu.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $<

@@ -1066,7 +1066,11 @@ int main(int argc, char **argv) {
     Tokenizer tok = { 0 };
     FILE *tf = fopen(a.tokenizer, "rb");
     int have_tok = tf != NULL;
-    if (tf) { fclose(tf); tokenizer_init(&tok, a.tokenizer); }
+    if (tf) {
+        fclose(tf);
+        tokenizer_init(&tok, a.tokenizer);
+        if (tok.vocab < (uint32_t)cfg.V) die("%s has %u tokens, fewer than the model's vocabulary %d", a.tokenizer, tok.vocab, cfg.V);
+    }
     else printf("no tokenizer at %s: samples print token ids\n", a.tokenizer);
     Rng rng = rng_init((uint64_t)a.seed);
     rng.counter = st.rng_counter;
@@ -1078,7 +1082,7 @@ int main(int argc, char **argv) {
         if (last || (a.val_every > 0 && step % a.val_every == 0)) {
             float vl = evaluate(&m, &val, a.val_steps);
             printf("step %5d | val loss %.6f\n", step, vl);
-            logger_eval(&lg, step, vl);
+            logger_eval(&lg, step, (long long)step * accum * a.B * a.T, vl);
         }
         if (a.sample_every > 0 && (step % a.sample_every == 0 || last)) sample(&m, &rng, &tok, have_tok, a.gen_tokens, a.B, a.T);
         if (a.out_dir && step > st.step && (last || (a.ckpt_every > 0 && step % a.ckpt_every == 0))) {
@@ -1105,7 +1109,7 @@ int main(int argc, char **argv) {
         double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
         double tok_s = (double)accum * a.B * a.T / (ms / 1e3);
         printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s\n", step + 1, a.max_steps, loss, norm, lr, ms, tok_s);
-        logger_train(&lg, step + 1, (float)loss, norm, lr, ms, tok_s);
+        logger_train(&lg, step + 1, (long long)(step + 1) * accum * a.B * a.T, (float)loss, norm, lr, ms, tok_s);
         if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
     }
     logger_close(&lg);

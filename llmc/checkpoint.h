@@ -52,13 +52,9 @@ static void checkpoint_write_model(const char *path, const Config *c, const floa
 
 // reads a model file; returns malloc'd params, fills c and step
 static float *checkpoint_read_model(const char *path, Config *c, int *step) {
-    FILE *f = fopen_check(path, "rb");
-    long long size = file_size(f, path);
     int h[256];
-    if (size < (long long)sizeof(h)) die("%s: truncated checkpoint (%lld bytes)", path, size);
-    fread_check(h, sizeof(int), 256, f, path);
-    if (h[0] != MODEL_MAGIC) die("%s: not a model checkpoint (magic %d, want %d)", path, h[0], MODEL_MAGIC);
-    if (h[1] != CKPT_VERSION) die("%s: checkpoint version %d unsupported (want %d)", path, h[1], CKPT_VERSION);
+    long long size;
+    FILE *f = open_with_header(path, h, MODEL_MAGIC, CKPT_VERSION, "model checkpoint", &size);
     if (h[11] != 0) die("%s: parameter dtype %d unsupported (want 0, fp32)", path, h[11]);
     memset(c, 0, sizeof(*c));
     c->arch = h[2]; c->V = h[3]; c->Vp = h[4]; c->T = h[5]; c->L = h[6]; c->H = h[7]; c->KV = h[8];
@@ -85,13 +81,9 @@ static void checkpoint_write_state(const char *path, const TrainState *s, const 
 }
 
 static void checkpoint_read_state(const char *path, TrainState *s, float *m, float *v, size_t n) {
-    FILE *f = fopen_check(path, "rb");
-    long long size = file_size(f, path);
     int h[256];
-    if (size < (long long)sizeof(h)) die("%s: truncated optimizer state (%lld bytes)", path, size);
-    fread_check(h, sizeof(int), 256, f, path);
-    if (h[0] != STATE_MAGIC) die("%s: not an optimizer state file (magic %d, want %d)", path, h[0], STATE_MAGIC);
-    if (h[1] != CKPT_VERSION) die("%s: state version %d unsupported (want %d)", path, h[1], CKPT_VERSION);
+    long long size;
+    FILE *f = open_with_header(path, h, STATE_MAGIC, CKPT_VERSION, "optimizer state file", &size);
     if (get_u64(h + 2) != n) die("%s: state is for %llu parameters, the model has %zu", path, (unsigned long long)get_u64(h + 2), n);
     if (size != (long long)(sizeof(h) + 2 * n * sizeof(float))) die("%s: file has %lld bytes, want %zu", path, size, sizeof(h) + 2 * n * sizeof(float));
     s->step = h[4]; s->shard = h[5]; s->pos = (long long)get_u64(h + 6); s->rng_counter = get_u64(h + 8);

@@ -27,13 +27,9 @@ typedef struct {
 
 // opens and validates a shard; returns the token count
 static long long shard_open(FILE **fp, const char *path) {
-    FILE *f = fopen_check(path, "rb");
     int header[SHARD_HEADER_INTS];
-    long long size = file_size(f, path);
-    if (size < (long long)sizeof(header)) die("%s: truncated token shard (%lld bytes, header needs %zu)", path, size, sizeof(header));
-    fread_check(header, sizeof(int), SHARD_HEADER_INTS, f, path);
-    if (header[0] != SHARD_MAGIC) die("%s: not a token shard (magic %d, want %d)", path, header[0], SHARD_MAGIC);
-    if (header[1] != SHARD_VERSION) die("%s: token shard version %d unsupported (want %d)", path, header[1], SHARD_VERSION);
+    long long size;
+    FILE *f = open_with_header(path, header, SHARD_MAGIC, SHARD_VERSION, "token shard", &size);
     long long ntok = header[2];
     if (ntok < 0 || size != (long long)sizeof(header) + 2 * ntok)
         die("%s: shard header says %lld tokens but the file has %lld bytes (want %lld)", path, ntok, size, (long long)sizeof(header) + 2 * ntok);

@@ -16,16 +16,17 @@ static void logger_init(Logger *lg, const char *dir, int resume) {
     lg->f = fopen_check(lg->path, resume ? "a" : "w");
 }
 
-static void logger_train(Logger *lg, int step, float loss, float norm, float lr, double ms, double tok_s) {
+// step: optimizer steps done; tokens: training tokens seen so far
+static void logger_train(Logger *lg, int step, long long tokens, float loss, float norm, float lr, double ms, double tok_s) {
     if (!lg->f) return;
-    fprintf(lg->f, "{\"step\": %d, \"train_loss\": %.6f, \"grad_norm\": %.6f, \"lr\": %.6e, \"ms\": %.3f, \"tok_s\": %.1f}\n",
-            step, loss, norm, lr, ms, tok_s);
+    fprintf(lg->f, "{\"step\": %d, \"tokens\": %lld, \"train_loss\": %.6f, \"grad_norm\": %.6f, \"lr\": %.6e, \"ms\": %.3f, \"tok_s\": %.1f}\n",
+            step, tokens, loss, norm, lr, ms, tok_s);
     fflush(lg->f);
 }
 
-static void logger_eval(Logger *lg, int step, float val_loss) {
+static void logger_eval(Logger *lg, int step, long long tokens, float val_loss) {
     if (!lg->f) return;
-    fprintf(lg->f, "{\"step\": %d, \"val_loss\": %.6f}\n", step, val_loss);
+    fprintf(lg->f, "{\"step\": %d, \"tokens\": %lld, \"val_loss\": %.6f}\n", step, tokens, val_loss);
     fflush(lg->f);
 }
 

@@ -11,13 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef HD
-#ifdef __CUDACC__
-#define HD __host__ __device__
-#else
-#define HD
-#endif
-#endif
+#include "hd.h"
 
 typedef enum { FMT_FP32, FMT_BF16, FMT_E4M3, FMT_E5M2, FMT_E2M1, FMT_E1M2, FMT_E3M0, NUM_FORMATS } Format;
 

@@ -7,13 +7,7 @@
 #include <stdint.h>
 #include <math.h>
 
-#ifndef HD
-#ifdef __CUDACC__
-#define HD __host__ __device__
-#else
-#define HD
-#endif
-#endif
+#include "hd.h"
 
 static HD inline uint64_t splitmix64(uint64_t x) {
     x += 0x9E3779B97F4A7C15ull;

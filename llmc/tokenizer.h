@@ -15,14 +15,10 @@ typedef struct {
 } Tokenizer;
 
 static void tokenizer_init(Tokenizer *t, const char *path) {
-    FILE *f = fopen_check(path, "rb");
-    long long size = file_size(f, path);
-    uint32_t header[256];
-    if (size < (long long)sizeof(header)) die("%s: truncated tokenizer file (%lld bytes)", path, size);
-    fread_check(header, sizeof(uint32_t), 256, f, path);
-    if (header[0] != TOKENIZER_MAGIC) die("%s: not a tokenizer file (magic %u, want %d)", path, header[0], TOKENIZER_MAGIC);
-    if (header[1] != 2) die("%s: tokenizer version %u unsupported (want 2)", path, header[1]);
-    t->vocab = header[2]; t->eot = header[3];
+    int header[256];
+    long long size;
+    FILE *f = open_with_header(path, header, TOKENIZER_MAGIC, 2, "tokenizer file", &size);
+    t->vocab = (uint32_t)header[2]; t->eot = (uint32_t)header[3];
     if (t->vocab == 0 || t->vocab > 65536 || t->eot >= t->vocab) die("%s: bad vocabulary size %u or end token %u", path, t->vocab, t->eot);
     t->table = (char **)calloc_check(t->vocab, sizeof(char *));
     long long used = sizeof(header);

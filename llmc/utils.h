@@ -1,5 +1,5 @@
 // defines: die, fopen_check, fread_check, fwrite_check, fclose_check, malloc_check,
-//          file_size, rename_check
+//          file_size, rename_check, open_with_header
 // Every failure ends the program with one line "error: ..." on stderr and exit code 1, so bad
 // input never turns into a crash or a silent wrong result.
 #ifndef LLMC_UTILS_H
@@ -59,6 +59,18 @@ static long long file_size(FILE *f, const char *path) {
     long long n = ftell(f);
     if (fseek(f, pos, SEEK_SET) != 0) { die("%s: cannot seek", path); }
     return n;
+}
+
+// opens a file that starts with a header of 256 32-bit words, reads the header and checks its
+// magic and version; `what` names the kind of file in the messages. Returns the file, *size set.
+static FILE *open_with_header(const char *path, int header[256], int magic, int version, const char *what, long long *size) {
+    FILE *f = fopen_check(path, "rb");
+    *size = file_size(f, path);
+    if (*size < 256 * 4) die("%s: truncated %s (%lld bytes)", path, what, *size);
+    fread_check(header, sizeof(int), 256, f, path);
+    if (header[0] != magic) die("%s: not a %s (magic %d, want %d)", path, what, header[0], magic);
+    if (header[1] != version) die("%s: %s version %d unsupported (want %d)", path, what, header[1], version);
+    return f;
 }
 
 static void rename_check(const char *from, const char *to) {
