@@ -907,7 +907,11 @@ static void check_args(const Args *a) {
     if (a->B < 1 || a->T < 1) die("batch size -b and sequence length -t must be positive");
     if (a->total_batch < 0 || (a->total_batch > 0 && a->total_batch % (a->B * a->T) != 0))
         die("total batch -d (%d tokens) must be a multiple of -b * -t (%d)", a->total_batch, a->B * a->T);
-    if (a->max_steps < 0 || a->warmup < 0 || a->val_steps < 0 || a->gen_tokens < 0) die("step counts must be >= 0");
+    if ((long long)a->B * a->T > (1 << 24)) die("-b * -t = %lld tokens per micro-batch is more than 2^24", (long long)a->B * a->T);
+    if (a->max_steps < 0 || a->warmup < 0 || a->gen_tokens < 0 || a->val_every < 0 || a->sample_every < 0 || a->ckpt_every < 0 || a->threads < 0)
+        die("step counts and intervals must be >= 0");
+    if (a->val_steps < 1) die("-m (val batches per evaluation) must be >= 1");
+    if ((a->resume | a->fp4_attn | a->dge | a->occ) & ~1) die("-y, --fp4-attn, --dge and --occ take 0 or 1");
     if (!(a->lr >= 0) || !(a->final_frac >= 0 && a->final_frac <= 1)) die("learning rate must be >= 0 and -q in [0, 1]");
     if (!(a->wd >= 0) || !(a->clip >= 0)) die("weight decay and clip must be >= 0");
     if (!(a->b1 >= 0 && a->b1 < 1) || !(a->b2 >= 0 && a->b2 < 1)) die("Adam betas must be in [0, 1)");
@@ -1011,6 +1015,7 @@ int main(int argc, char **argv) {
         { "--scaling", FLAG_STR, &a.scaling, "scaling granularity: vector | tensor" },
     };
     int nflags = (int)(sizeof(flags) / sizeof(flags[0]));
+    setvbuf(stdout, NULL, _IOLBF, 0);  // one line per step, also when piped to a log
     parse_flags(argc, argv, flags, nflags);
     check_args(&a);
     RecipeOptions ro = recipe_options(&a);

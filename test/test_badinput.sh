@@ -92,6 +92,9 @@ expect "sequence longer than the model" "exceeds the model" "${base[@]}" -t 32
 expect "unknown recipe" "unknown recipe" "${base[@]}" -r fp6
 expect "unknown 4-bit layout" "unknown 4-bit layout" "${base[@]}" -r fp4 --fp4-format e2m2
 expect "bad OCC alpha" "occ-alpha" "${base[@]}" --occ-alpha 1.5
+expect "switch that is not 0 or 1" "take 0 or 1" "${base[@]}" --dge 2
+expect "no val batches" "must be >= 1" "${base[@]}" -m 0
+expect "negative interval" "must be >= 0" "${base[@]}" -v -5
 expect "unknown architecture" "unknown architecture" "${base[@]}" -e "gpt3:d12"
 expect "width not divisible by heads" "multiple of H" "${base[@]}" -e "gpt2:L=1,C=33,H=2,T=16"
 expect "heads not divisible by kv heads" "divisible by KV" "${base[@]}" -e "llama:L=1,C=48,H=6,KV=4,T=16"
