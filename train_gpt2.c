@@ -21,69 +21,13 @@ not depend on the thread count.
 #include "llmc/rand.h"
 #include "llmc/model.h"
 #include "llmc/quant.h"
+#include "llmc/recipe.h"
+#include "llmc/args.h"
 #include "llmc/dataloader.h"
 #include "llmc/tokenizer.h"
 #include "llmc/checkpoint.h"
 #include "llmc/schedulers.h"
 #include "llmc/logger.h"
-
-// ---------------------------------------------------------------------------------------------
-// precision recipes: which format each operand of each block linear uses (SPEC.md 4)
-
-enum { LIN_QKV, LIN_ATTPROJ, LIN_FC, LIN_FCPROJ, NUM_LINEARS };
-static const char *const linear_names[NUM_LINEARS] = { "qkv", "attproj", "fc", "fcproj" };
-
-typedef struct { Format x, w, g; } OperandFormats;  // activation, weight, output gradient
-
-// E2M1 in this table stands for "the 4-bit layout in use", E4M3 in a G column for "the
-// gradient format in use"
-static const struct { const char *name; OperandFormats attn, mlp; } recipe_table[] = {
-    { "fp32", { FMT_FP32, FMT_FP32, FMT_FP32 }, { FMT_FP32, FMT_FP32, FMT_FP32 } },
-    { "bf16", { FMT_BF16, FMT_BF16, FMT_BF16 }, { FMT_BF16, FMT_BF16, FMT_BF16 } },
-    { "fp8",  { FMT_E4M3, FMT_E4M3, FMT_E4M3 }, { FMT_E4M3, FMT_E4M3, FMT_E4M3 } },
-    { "fp4",  { FMT_E4M3, FMT_E4M3, FMT_E4M3 }, { FMT_E2M1, FMT_E2M1, FMT_E4M3 } },
-};
-#define NUM_RECIPES ((int)(sizeof(recipe_table) / sizeof(recipe_table[0])))
-
-typedef struct {            // what the user asked for
-    int recipe;             // row of recipe_table
-    Format fp4_layout;      // e2m1 | e1m2 | e3m0
-    Format grad_format;     // e4m3 | e5m2
-    int fp4_attn, dge, occ, tensorwise;
-    float dge_k, occ_alpha;
-} RecipeOptions;
-
-typedef struct {            // resolved per linear
-    OperandFormats f;
-    int dge, occ;
-} LinearRecipe;
-
-typedef struct {
-    LinearRecipe lin[NUM_LINEARS];
-    float dge_k, occ_alpha;
-    int tensorwise;
-} Recipe;
-
-static int recipe_parse(const char *name) {
-    for (int i = 0; i < NUM_RECIPES; i++) if (strcmp(name, recipe_table[i].name) == 0) return i;
-    return -1;
-}
-
-static Recipe recipe_resolve(const RecipeOptions *o) {
-    Recipe r;
-    r.dge_k = o->dge_k; r.occ_alpha = o->occ_alpha; r.tensorwise = o->tensorwise;
-    for (int l = 0; l < NUM_LINEARS; l++) {
-        int attn = l == LIN_QKV || l == LIN_ATTPROJ;
-        OperandFormats f = attn && !o->fp4_attn ? recipe_table[o->recipe].attn : recipe_table[o->recipe].mlp;
-        if (f.x == FMT_E2M1) f.x = o->fp4_layout;
-        if (f.w == FMT_E2M1) f.w = o->fp4_layout;
-        if (f.g == FMT_E4M3) f.g = o->grad_format;
-        r.lin[l].f = f;
-        r.lin[l].dge = o->dge && format_is_fp4(f.w);
-        r.lin[l].occ = o->occ && format_is_fp4(f.x);
-    }
-    return r;
-}
 
 // ---------------------------------------------------------------------------------------------
 // the model
@@ -222,22 +166,9 @@ static void model_alloc_params(Model *m, const Config *c) {
     m->loss = -1.0f;
 }
 
-// counter-based init (SPEC.md 2): tensor j of the file order, element i
 static void model_init(Model *m, const Config *c, uint64_t seed) {
     model_alloc_params(m, c);
-    const ParamKind *order; int n = param_order(c, &order);
-    for (int j = 0; j < n; j++) {
-        ParamKind k = order[j];
-        int shape[3]; size_t size = param_shape(c, k, shape);
-        float *p = m->params.t[k];
-        double std = param_init_std(c, k);
-        uint64_t key = rng_hash(seed, (uint64_t)j);
-        size_t live = (k == P_WTE || k == P_LMHEAD) ? (size_t)c->V * c->C : size;  // padded rows stay 0
-        #pragma omp parallel for
-        for (size_t i = 0; i < size; i++) {
-            p[i] = std < 0 ? 1.0f : (std == 0 || i >= live) ? 0.0f : (float)(std * rng_normal(key, i));
-        }
-    }
+    params_init(c, m->params_mem, seed);
 }
 
 static void model_set_recipe(Model *m, const RecipeOptions *o) { m->recipe = recipe_resolve(o); }
@@ -856,86 +787,6 @@ static void model_free(Model *m) {
 }
 
 #ifndef TESTING
-// ---------------------------------------------------------------------------------------------
-// command line: flags as data, -h prints them all
-
-typedef enum { FLAG_INT, FLAG_FLOAT, FLAG_STR } FlagType;
-typedef struct { const char *name; FlagType type; void *dst; const char *help; } Flag;
-
-typedef struct {
-    const char *train_data, *val_data, *model, *out_dir, *tokenizer, *recipe, *fp4_layout, *grad_format, *scaling;
-    int B, T, total_batch, max_steps, warmup, val_every, val_steps, sample_every, gen_tokens, ckpt_every, resume;
-    int seed, fp4_attn, dge, occ, threads;
-    float lr, final_frac, wd, clip, b1, b2, dge_k, occ_alpha;
-} Args;
-
-static void usage(const Flag *flags, int n) {
-    printf("usage: ./train_gpt2 [flags]   CPU reference trainer for GPT-2 and LLaMA (SPEC.md)\n");
-    for (int i = 0; i < n; i++) {
-        char def[64];
-        if (flags[i].type == FLAG_INT) snprintf(def, sizeof(def), "%d", *(int *)flags[i].dst);
-        else if (flags[i].type == FLAG_FLOAT) snprintf(def, sizeof(def), "%g", *(float *)flags[i].dst);
-        else snprintf(def, sizeof(def), "%s", *(const char **)flags[i].dst ? *(const char **)flags[i].dst : "none");
-        printf("  %-16s %s (default %s)\n", flags[i].name, flags[i].help, def);
-    }
-}
-
-static void parse_flags(int argc, char **argv, const Flag *flags, int n) {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) { usage(flags, n); exit(EXIT_SUCCESS); }
-        const Flag *f = NULL;
-        for (int j = 0; j < n; j++) if (strcmp(argv[i], flags[j].name) == 0) f = &flags[j];
-        if (f == NULL) die("unknown flag '%s' (see -h)", argv[i]);
-        if (i + 1 >= argc) die("flag %s needs a value", argv[i]);
-        const char *v = argv[++i];
-        char *end;
-        if (f->type == FLAG_INT) {
-            long x = strtol(v, &end, 10);
-            if (*v == '\0' || *end != '\0' || x < -2147483647L || x > 2147483647L) die("flag %s: '%s' is not an integer", f->name, v);
-            *(int *)f->dst = (int)x;
-        } else if (f->type == FLAG_FLOAT) {
-            float x = strtof(v, &end);
-            if (*v == '\0' || *end != '\0' || !isfinite(x)) die("flag %s: '%s' is not a number", f->name, v);
-            *(float *)f->dst = x;
-        } else {
-            *(const char **)f->dst = v;
-        }
-    }
-}
-
-static void check_args(const Args *a) {
-    if (a->B < 1 || a->T < 1) die("batch size -b and sequence length -t must be positive");
-    if (a->total_batch < 0 || (a->total_batch > 0 && a->total_batch % (a->B * a->T) != 0))
-        die("total batch -d (%d tokens) must be a multiple of -b * -t (%d)", a->total_batch, a->B * a->T);
-    if ((long long)a->B * a->T > (1 << 24)) die("-b * -t = %lld tokens per micro-batch is more than 2^24", (long long)a->B * a->T);
-    if (a->max_steps < 0 || a->warmup < 0 || a->gen_tokens < 0 || a->val_every < 0 || a->sample_every < 0 || a->ckpt_every < 0 || a->threads < 0)
-        die("step counts and intervals must be >= 0");
-    if (a->val_steps < 1) die("-m (val batches per evaluation) must be >= 1");
-    if ((a->resume | a->fp4_attn | a->dge | a->occ) & ~1) die("-y, --fp4-attn, --dge and --occ take 0 or 1");
-    if (!(a->lr >= 0) || !(a->final_frac >= 0 && a->final_frac <= 1)) die("learning rate must be >= 0 and -q in [0, 1]");
-    if (!(a->wd >= 0) || !(a->clip >= 0)) die("weight decay and clip must be >= 0");
-    if (!(a->b1 >= 0 && a->b1 < 1) || !(a->b2 >= 0 && a->b2 < 1)) die("Adam betas must be in [0, 1)");
-    if (!(a->dge_k >= 1)) die("--dge-k must be >= 1");
-    if (!(a->occ_alpha > 0.5f && a->occ_alpha <= 1.0f)) die("--occ-alpha must be in (0.5, 1]");
-    if (a->resume && a->out_dir == NULL) die("-y 1 (resume) needs an output folder -o");
-}
-
-static RecipeOptions recipe_options(const Args *a) {
-    RecipeOptions o;
-    o.recipe = recipe_parse(a->recipe);
-    if (o.recipe < 0) die("unknown recipe '%s' (fp32, bf16, fp8, fp4)", a->recipe);
-    int f = format_parse(a->fp4_layout);
-    if (f < 0 || !format_is_fp4((Format)f)) die("unknown 4-bit layout '%s' (e2m1, e1m2, e3m0)", a->fp4_layout);
-    o.fp4_layout = (Format)f;
-    f = format_parse(a->grad_format);
-    if (f != FMT_E4M3 && f != FMT_E5M2) die("unknown gradient format '%s' (e4m3, e5m2)", a->grad_format);
-    o.grad_format = (Format)f;
-    if (strcmp(a->scaling, "vector") != 0 && strcmp(a->scaling, "tensor") != 0) die("unknown scaling '%s' (vector, tensor)", a->scaling);
-    o.tensorwise = strcmp(a->scaling, "tensor") == 0;
-    o.fp4_attn = a->fp4_attn; o.dge = a->dge; o.occ = a->occ; o.dge_k = a->dge_k; o.occ_alpha = a->occ_alpha;
-    return o;
-}
-
 static float evaluate(Model *m, DataLoader *val, int steps) {
     dataloader_reset(val);
     double sum = 0.0;
@@ -968,59 +819,18 @@ static void sample(Model *m, Rng *rng, const Tokenizer *tok, int have_tok, int g
 }
 
 int main(int argc, char **argv) {
-    Args a = {
-        .train_data = "data/tinyshakespeare/tiny_shakespeare_train.bin",
-        .val_data = "data/tinyshakespeare/tiny_shakespeare_val.bin",
-        .model = "gpt2:L=4,C=128,H=4,T=256", .out_dir = NULL, .tokenizer = "data/gpt2_tokenizer.bin",
-        .recipe = "fp32", .fp4_layout = "e2m1", .grad_format = "e4m3", .scaling = "vector",
-        .B = 4, .T = 64, .total_batch = 0, .max_steps = 100, .warmup = 10, .val_every = 20, .val_steps = 10,
-        .sample_every = 0, .gen_tokens = 64, .ckpt_every = 0, .resume = 0, .seed = 1337,
-        .fp4_attn = 0, .dge = 1, .occ = 1, .threads = 0,
-        .lr = 1e-3f, .final_frac = 0.1f, .wd = 0.1f, .clip = 1.0f, .b1 = 0.9f, .b2 = 0.95f,
-        .dge_k = 5.0f, .occ_alpha = 0.99f,
-    };
-    const Flag flags[] = {
-        { "-i", FLAG_STR, &a.train_data, "train token shards (path or glob)" },
-        { "-j", FLAG_STR, &a.val_data, "val token shards (path or glob)" },
-        { "-e", FLAG_STR, &a.model, "model: descriptor (gpt2:d12, llama:d16, gpt2:L=4,C=128,H=4,T=256) or model_*.bin" },
-        { "-o", FLAG_STR, &a.out_dir, "output folder for the log and checkpoints" },
-        { "-y", FLAG_INT, &a.resume, "1: resume from the latest checkpoint in -o" },
-        { "-z", FLAG_STR, &a.tokenizer, "tokenizer decode table (for samples)" },
-        { "-b", FLAG_INT, &a.B, "micro-batch size" },
-        { "-t", FLAG_INT, &a.T, "sequence length" },
-        { "-d", FLAG_INT, &a.total_batch, "tokens per optimizer step (0: one micro-batch); gradient accumulation" },
-        { "-x", FLAG_INT, &a.max_steps, "optimizer steps" },
-        { "-l", FLAG_FLOAT, &a.lr, "peak learning rate" },
-        { "-u", FLAG_INT, &a.warmup, "warmup steps" },
-        { "-q", FLAG_FLOAT, &a.final_frac, "final learning rate as a fraction of the peak (cosine)" },
-        { "-c", FLAG_FLOAT, &a.wd, "weight decay" },
-        { "-p", FLAG_FLOAT, &a.clip, "gradient clipping norm (0: off)" },
-        { "--beta1", FLAG_FLOAT, &a.b1, "Adam beta1" },
-        { "--beta2", FLAG_FLOAT, &a.b2, "Adam beta2" },
-        { "-v", FLAG_INT, &a.val_every, "evaluate every N steps (0: only at the end)" },
-        { "-m", FLAG_INT, &a.val_steps, "val batches per evaluation" },
-        { "-s", FLAG_INT, &a.sample_every, "sample every N steps (0: never)" },
-        { "-g", FLAG_INT, &a.gen_tokens, "tokens per sample" },
-        { "-n", FLAG_INT, &a.ckpt_every, "checkpoint every N steps (0: only at the end, if -o)" },
-        { "--seed", FLAG_INT, &a.seed, "seed of the initialization and sampling" },
-        { "--threads", FLAG_INT, &a.threads, "OpenMP threads (0: default)" },
-        { "-r", FLAG_STR, &a.recipe, "precision recipe: fp32 | bf16 | fp8 | fp4" },
-        { "--fp4-format", FLAG_STR, &a.fp4_layout, "4-bit layout: e2m1 | e1m2 | e3m0" },
-        { "--fp4-attn", FLAG_INT, &a.fp4_attn, "1: attention projections in fp4 too" },
-        { "--dge", FLAG_INT, &a.dge, "differentiable gradient estimator on fp4 weights (0/1)" },
-        { "--dge-k", FLAG_FLOAT, &a.dge_k, "DGE sharpness k" },
-        { "--occ", FLAG_INT, &a.occ, "outlier clamping and compensation on fp4 activations (0/1)" },
-        { "--occ-alpha", FLAG_FLOAT, &a.occ_alpha, "OCC quantile" },
-        { "--grad-format", FLAG_STR, &a.grad_format, "8-bit output-gradient format: e4m3 | e5m2" },
-        { "--scaling", FLAG_STR, &a.scaling, "scaling granularity: vector | tensor" },
-    };
-    int nflags = (int)(sizeof(flags) / sizeof(flags[0]));
+    Args a = args_defaults("gpt2:L=4,C=128,H=4,T=256", "fp32");
+    int threads = 0;
+    Flag flags[MAX_FLAGS];
+    int nflags = args_flags(&a, flags);
+    flags[nflags++] = (Flag){ "--threads", FLAG_INT, &threads, "OpenMP threads (0: default)" };
     setvbuf(stdout, NULL, _IOLBF, 0);  // one line per step, also when piped to a log
-    parse_flags(argc, argv, flags, nflags);
+    parse_flags(argc, argv, flags, nflags, "./train_gpt2", "CPU reference trainer for GPT-2 and LLaMA (SPEC.md)");
     check_args(&a);
+    if (threads < 0) die("--threads must be >= 0");
     RecipeOptions ro = recipe_options(&a);
 #ifdef _OPENMP
-    if (a.threads > 0) omp_set_num_threads(a.threads);
+    if (threads > 0) omp_set_num_threads(threads);
 #endif
     if (a.out_dir && mkdir(a.out_dir, 0755) != 0 && errno != EEXIST) die("cannot create %s: %s", a.out_dir, strerror(errno));
 

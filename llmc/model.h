@@ -1,5 +1,5 @@
 // defines: Config, config_parse, config_describe, ParamKind, param_shape, param_order,
-//          param_decays, param_init_std, param_count
+//          param_decays, param_init_std, param_count, params_init
 // The model description shared by both trainers and the checkpoint format (SPEC.md 1-2): the
 // configuration, and the parameter tensors of each architecture in their one fixed order.
 #ifndef LLMC_MODEL_H
@@ -11,6 +11,7 @@
 #include <string.h>
 #include <math.h>
 #include "utils.h"
+#include "rand.h"
 
 enum { ARCH_GPT2 = 1, ARCH_LLAMA = 2 };
 
@@ -163,6 +164,24 @@ static size_t param_count(const Config *c) {
     size_t total = 0; int shape[3];
     for (int i = 0; i < n; i++) total += param_shape(c, order[i], shape);
     return total;
+}
+
+// fills the parameter buffer (file order) with the counter-based init of SPEC.md 2: element i of
+// tensor j is a pure function of (seed, j, i), the same on every implementation and device
+static void params_init(const Config *c, float *mem, uint64_t seed) {
+    const ParamKind *order; int n = param_order(c, &order);
+    for (int j = 0; j < n; j++) {
+        ParamKind k = order[j];
+        int shape[3]; size_t size = param_shape(c, k, shape);
+        double std = param_init_std(c, k);
+        uint64_t key = rng_hash(seed, (uint64_t)j);
+        size_t live = (k == P_WTE || k == P_LMHEAD) ? (size_t)c->V * c->C : size;  // padded rows stay 0
+        #pragma omp parallel for
+        for (size_t i = 0; i < size; i++) {
+            mem[i] = std < 0 ? 1.0f : (std == 0 || i >= live) ? 0.0f : (float)(std * rng_normal(key, i));
+        }
+        mem += size;
+    }
 }
 
 #endif

@@ -1,0 +1,68 @@
+// defines: grad_sumsq, adamw_update
+// AdamW on BF16 weights with stochastic rounding (FP32 m and v), or on an FP32 master copy when
+// one is kept; and the deterministic sum of squares for the global gradient norm.
+#ifndef LLMC_ADAMW_CUH
+#define LLMC_ADAMW_CUH
+
+#include "cuda_common.cuh"
+#include "rand.h"
+
+#define SUMSQ_BLOCKS 1024
+
+__global__ void sumsq_partial_kernel(float *partial, const float *g, size_t n) {
+    float s = 0.0f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) s += g[i] * g[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+__global__ void sumsq_final_kernel(float *out, const float *partial, int n) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0) *out = s;
+}
+
+// scratch: SUMSQ_BLOCKS + 1 floats; returns sum of g^2 (synchronizes)
+static float grad_sumsq(const float *g, size_t n, float *scratch, cudaStream_t s) {
+    sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, n);
+    sumsq_final_kernel<<<1, 1024, 0, s>>>(scratch + SUMSQ_BLOCKS, scratch, SUMSQ_BLOCKS);
+    CUDA_CHECK(cudaGetLastError());
+    float out;
+    CUDA_CHECK(cudaMemcpyAsync(&out, scratch + SUMSQ_BLOCKS, sizeof(float), cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    return out;
+}
+
+// rounds x to BF16 up or down with probability given by the distance: unbiased on average
+__device__ inline bf16 bf16_stochastic(float x, uint64_t bits) {
+    uint32_t u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return __float2bfloat16(x);  // inf, NaN
+    u += (uint32_t)(bits & 0xffffu);
+    return __ushort_as_bfloat16((unsigned short)(u >> 16));
+}
+
+// one element per thread over a contiguous range of the parameter buffer; decay applies to the
+// whole range (the caller splits the buffer by tensor)
+__global__ void adamw_kernel(bf16 *p, float *master, const float *g, float *m, float *v, size_t n, float lr, float b1,
+                             float b2, float c1, float c2, float eps, float wd, float gscale, uint64_t key) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float gr = g[i] * gscale;
+    float mi = b1 * m[i] + (1.0f - b1) * gr;
+    float vi = b2 * v[i] + (1.0f - b2) * gr * gr;
+    m[i] = mi; v[i] = vi;
+    float w = master ? master[i] : __bfloat162float(p[i]);
+    w -= lr * ((mi / c1) / (sqrtf(vi / c2) + eps) + wd * w);
+    if (master) { master[i] = w; p[i] = __float2bfloat16(w); }
+    else p[i] = bf16_stochastic(w, rng_hash(key, i));
+}
+
+static void adamw_update(bf16 *p, float *master, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
+                         int t, float eps, float wd, float gscale, uint64_t key, cudaStream_t s) {
+    float c1 = 1.0f - powf(b1, (float)t), c2 = 1.0f - powf(b2, (float)t);
+    adamw_kernel<<<ceil_div((long long)n, 256), 256, 0, s>>>(p, master, g, m, v, n, lr, b1, b2, c1, c2, eps, wd, gscale, key);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+#endif

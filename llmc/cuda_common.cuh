@@ -1,0 +1,47 @@
+// defines: CUDA_CHECK, CUBLAS_CHECK, bf16, ceil_div, cuda_malloc, cuda_upload, cuda_download,
+//          block_sum
+// What every CUDA file of the project needs: error checks that end the run with one line, the
+// BF16 type, and a deterministic block reduction.
+#ifndef LLMC_CUDA_COMMON_CUH
+#define LLMC_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include "utils.h"
+
+typedef __nv_bfloat16 bf16;
+
+#define CUDA_CHECK(call) do { cudaError_t err_ = (call); \
+    if (err_ != cudaSuccess) die("CUDA %s at %s:%d", cudaGetErrorString(err_), __FILE__, __LINE__); } while (0)
+#define CUBLAS_CHECK(call) do { cublasStatus_t st_ = (call); \
+    if (st_ != CUBLAS_STATUS_SUCCESS) die("cuBLAS status %d at %s:%d", (int)st_, __FILE__, __LINE__); } while (0)
+
+static inline int ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
+
+static void *cuda_malloc(size_t bytes) {
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
+    if (err != cudaSuccess) die("out of GPU memory allocating %zu bytes (%s)", bytes, cudaGetErrorString(err));
+    return p;
+}
+
+static void cuda_upload(void *dst, const void *src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)); }
+static void cuda_download(void *dst, const void *src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)); }
+
+// sum of v over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread;
+// fixed order, so the result is the same run after run
+__device__ inline float block_sum(float v) {
+    __shared__ float partial[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    __syncthreads();  // partial may still be read by a previous call
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? partial[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+#endif

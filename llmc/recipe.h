@@ -1,0 +1,67 @@
+// defines: LIN_QKV .. NUM_LINEARS, linear_names, OperandFormats, recipe_table, RecipeOptions,
+//          LinearRecipe, Recipe, recipe_parse, recipe_resolve
+// Precision recipes as data (SPEC.md 4): for each block linear, the format of the activation X,
+// the weight W and the output gradient G; DGE and OCC where the operands are 4-bit.
+#ifndef LLMC_RECIPE_H
+#define LLMC_RECIPE_H
+
+#include <string.h>
+#include "quant.h"
+
+
+enum { LIN_QKV, LIN_ATTPROJ, LIN_FC, LIN_FCPROJ, NUM_LINEARS };
+static const char *const linear_names[NUM_LINEARS] = { "qkv", "attproj", "fc", "fcproj" };
+
+typedef struct { Format x, w, g; } OperandFormats;  // activation, weight, output gradient
+
+// E2M1 in this table stands for "the 4-bit layout in use", E4M3 in a G column for "the
+// gradient format in use"
+static const struct { const char *name; OperandFormats attn, mlp; } recipe_table[] = {
+    { "fp32", { FMT_FP32, FMT_FP32, FMT_FP32 }, { FMT_FP32, FMT_FP32, FMT_FP32 } },
+    { "bf16", { FMT_BF16, FMT_BF16, FMT_BF16 }, { FMT_BF16, FMT_BF16, FMT_BF16 } },
+    { "fp8",  { FMT_E4M3, FMT_E4M3, FMT_E4M3 }, { FMT_E4M3, FMT_E4M3, FMT_E4M3 } },
+    { "fp4",  { FMT_E4M3, FMT_E4M3, FMT_E4M3 }, { FMT_E2M1, FMT_E2M1, FMT_E4M3 } },
+};
+#define NUM_RECIPES ((int)(sizeof(recipe_table) / sizeof(recipe_table[0])))
+
+typedef struct {            // what the user asked for
+    int recipe;             // row of recipe_table
+    Format fp4_layout;      // e2m1 | e1m2 | e3m0
+    Format grad_format;     // e4m3 | e5m2
+    int fp4_attn, dge, occ, tensorwise;
+    float dge_k, occ_alpha;
+} RecipeOptions;
+
+typedef struct {            // resolved per linear
+    OperandFormats f;
+    int dge, occ;
+} LinearRecipe;
+
+typedef struct {
+    LinearRecipe lin[NUM_LINEARS];
+    float dge_k, occ_alpha;
+    int tensorwise;
+} Recipe;
+
+static int recipe_parse(const char *name) {
+    for (int i = 0; i < NUM_RECIPES; i++) if (strcmp(name, recipe_table[i].name) == 0) return i;
+    return -1;
+}
+
+static Recipe recipe_resolve(const RecipeOptions *o) {
+    Recipe r;
+    r.dge_k = o->dge_k; r.occ_alpha = o->occ_alpha; r.tensorwise = o->tensorwise;
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        int attn = l == LIN_QKV || l == LIN_ATTPROJ;
+        OperandFormats f = attn && !o->fp4_attn ? recipe_table[o->recipe].attn : recipe_table[o->recipe].mlp;
+        if (f.x == FMT_E2M1) f.x = o->fp4_layout;
+        if (f.w == FMT_E2M1) f.w = o->fp4_layout;
+        if (f.g == FMT_E4M3) f.g = o->grad_format;
+        r.lin[l].f = f;
+        r.lin[l].dge = o->dge && format_is_fp4(f.w);
+        r.lin[l].occ = o->occ && format_is_fp4(f.x);
+    }
+    return r;
+}
+
+#endif
