@@ -16,7 +16,7 @@ HEADERS = $(wildcard llmc/*.h)
 NVCC ?= nvcc
 NVCC_FLAGS ?= -O3 -arch=sm_90 -std=c++17
 ifneq ($(shell command -v $(NVCC) 2>/dev/null),)
-  CUDA_TARGETS = test/test_quant_gpu
+  CUDA_TARGETS = train_gpt2_fp4 test/test_gpu_train test/test_quant_gpu
 else
   $(info nvcc not found: skipping the CUDA targets)
 endif
@@ -31,7 +31,7 @@ train_gpt2: train_gpt2.c $(HEADERS)
 test/test_quant: test/test_quant.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-test/test_train: test/test_train.c train_gpt2.c $(HEADERS)
+test/test_train: test/test_train.c train_gpt2.c test/ref_file.h $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 TINY = data/tinyshakespeare/tiny_shakespeare_train.bin
@@ -63,16 +63,28 @@ test-sanitize:
 	bash test/test_badinput.sh
 	$(MAKE) clean
 
+CUDA_HEADERS = $(HEADERS) $(wildcard llmc/*.cuh)
+CUDA_LIBS = -lcublasLt -lcublas
+
+train_gpt2_fp4: train_gpt2_fp4.cu $(CUDA_HEADERS)
+	$(NVCC) $(NVCC_FLAGS) -o $@ $< $(CUDA_LIBS)
+
+test/test_gpu_train: test/test_gpu_train.cu train_gpt2_fp4.cu test/ref_file.h $(CUDA_HEADERS)
+	$(NVCC) $(NVCC_FLAGS) -o $@ $< $(CUDA_LIBS)
+
 test/test_quant_gpu: test/test_quant_gpu.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $<
 
-# GPU tests (needs an NVIDIA GPU): the quantizer rules on the device vs the CPU, bit for bit
-test-gpu: test/test_quant_gpu
+# GPU tests (needs an NVIDIA GPU): the quantizer rules on the device vs the CPU, bit for bit;
+# the GPU trainer vs the PyTorch states, determinism, resume, learning on tiny shakespeare
+test-gpu: $(CUDA_TARGETS) $(TINY)
 	./test/test_quant_gpu
+	./test/test_gpu_train test/ref/*_fp32.bin
+	BIN=./train_gpt2_fp4 RECIPES=bf16 bash test/test_train_run.sh
 
 # the PyTorch reference's own checks, and regenerating test/ref (needs torch)
 test-reference:
 	$(PYTHON) dev/reference/test_reference.py
 
 clean:
-	rm -f train_gpt2 test/test_quant test/test_train test/test_quant_gpu
+	rm -f train_gpt2 train_gpt2_fp4 test/test_quant test/test_train test/test_quant_gpu test/test_gpu_train

@@ -20,70 +20,23 @@
 #define TESTING
 #include "../train_gpt2.c"
 #include "check.h"
+#include "ref_file.h"
 
-#define REF_MAGIC 20261124
 
 typedef struct { float logits, grads, sumsq, loss, norm; } Tolerance;
 static const Tolerance tol_fp32 = { 2e-6f, 5e-6f, 1e-5f, 1e-6f, 5e-6f };
 static const Tolerance tol_quantized = { 1e-2f, 5e-2f, 1e-2f, 3e-3f, 1.5e-1f };
 
-typedef struct { int tag, numel, nstored; double sum, sumsq; int *idx; float *val; } Record;
-
-static void read_record(Record *r, FILE *f, const char *path, int want_tag, size_t want_numel) {
-    int h[4];
-    fread_check(h, sizeof(int), 4, f, path);
-    r->tag = h[0]; r->numel = h[1]; r->nstored = h[2];
-    if (r->tag != want_tag || (size_t)r->numel != want_numel || r->nstored < 1 || r->nstored > r->numel)
-        die("%s: record tag %d numel %d stored %d, want tag %d numel %zu", path, r->tag, r->numel, r->nstored, want_tag, want_numel);
-    fread_check(&r->sum, sizeof(double), 1, f, path);
-    fread_check(&r->sumsq, sizeof(double), 1, f, path);
-    r->idx = (int *)malloc_check((size_t)r->nstored * sizeof(int));
-    r->val = (float *)malloc_check((size_t)r->nstored * sizeof(float));
-    if (r->nstored == r->numel) for (int i = 0; i < r->numel; i++) r->idx[i] = i;
-    else fread_check(r->idx, sizeof(int), (size_t)r->nstored, f, path);
-    fread_check(r->val, sizeof(float), (size_t)r->nstored, f, path);
-    for (int i = 0; i < r->nstored; i++) if (r->idx[i] < 0 || r->idx[i] >= r->numel) die("%s: record index out of range", path);
-}
-
-// returns the max error relative to the reference's max magnitude; *sumsq_err the whole-tensor one
-static float compare(const float *x, const Record *r, float *sumsq_err) {
-    float maxerr = 0.0f, maxref = 0.0f;
-    for (int i = 0; i < r->nstored; i++) {
-        maxerr = fmaxf(maxerr, fabsf(x[r->idx[i]] - r->val[i]));
-        maxref = fmaxf(maxref, fabsf(r->val[i]));
-    }
-    double ss = 0.0;
-    for (int i = 0; i < r->numel; i++) ss += (double)x[i] * x[i];
-    *sumsq_err = r->sumsq > 0 ? (float)(fabs(ss - r->sumsq) / r->sumsq) : (float)ss;
-    if (!(maxerr == maxerr)) return INFINITY;
-    return maxref > 0 ? maxerr / maxref : maxerr;
-}
-
 static void test_file(const char *path) {
-    FILE *f = fopen_check(path, "rb");
-    int h[256];
-    fread_check(h, sizeof(int), 256, f, path);
-    if (h[0] != REF_MAGIC || h[1] != 1) die("%s: not a reference state file (magic %d version %d)", path, h[0], h[1]);
-    Config c = { .arch = h[2], .V = h[3], .Vp = h[4], .T = h[5], .L = h[6], .H = h[7], .KV = h[8], .C = h[9], .F = h[10] };
-    memcpy(&c.rope_theta, h + 32, 4); memcpy(&c.norm_eps, h + 33, 4);
-    const char *err = config_check(&c);
-    if (err) die("%s: %s", path, err);
-    int B = h[11], T = h[12], S = h[20];
-    if (h[13] < 0 || h[13] >= NUM_RECIPES || B < 1 || T < 1 || T > c.T || S < 1) die("%s: bad header", path);
-    RecipeOptions ro = { .recipe = h[13], .dge = h[14], .occ = h[15], .fp4_layout = (Format)(FMT_E2M1 + h[16]),
-                         .fp4_attn = h[17], .tensorwise = h[18], .grad_format = h[19] ? FMT_E5M2 : FMT_E4M3 };
-    memcpy(&ro.occ_alpha, h + 34, 4); memcpy(&ro.dge_k, h + 35, 4);
-    float hp[6];  // lr, beta1, beta2, eps, weight decay, clip
-    memcpy(hp, h + 36, sizeof(hp));
-    int *inputs = (int *)malloc_check((size_t)B * T * sizeof(int)), *targets = (int *)malloc_check((size_t)B * T * sizeof(int));
-    float *losses = (float *)malloc_check((size_t)S * sizeof(float)), *norms = (float *)malloc_check((size_t)S * sizeof(float));
-    fread_check(inputs, sizeof(int), (size_t)B * T, f, path);
-    fread_check(targets, sizeof(int), (size_t)B * T, f, path);
-    fread_check(losses, sizeof(float), (size_t)S, f, path);
-    fread_check(norms, sizeof(float), (size_t)S, f, path);
-
+    RefFile rf;
+    FILE *f = ref_open(&rf, path);
+    Config c = rf.cfg;
+    RecipeOptions ro = rf.ro;
+    int B = rf.B, T = rf.T, S = rf.S;
+    int *inputs = rf.inputs, *targets = rf.targets;
+    float *losses = rf.losses, *norms = rf.norms, *hp = rf.hp;
     Model m;
-    model_init(&m, &c, (uint64_t)(uint32_t)h[21]);
+    model_init(&m, &c, rf.seed);
     model_set_recipe(&m, &ro);
     const Tolerance *tol = ro.recipe == 0 ? &tol_fp32 : &tol_quantized;
     const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
@@ -131,7 +84,7 @@ static void test_file(const char *path) {
         worst_loss = fmaxf(worst_loss, el); worst_norm = fmaxf(worst_norm, en);
     }
     printf(" | %d-step losses %.2e, norms %.2e | final loss %.4f\n", S, worst_loss, worst_norm, loss);
-    free(inputs); free(targets); free(losses); free(norms);
+    ref_free(&rf);
     model_free(&m);
 }
 

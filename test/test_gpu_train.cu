@@ -1,0 +1,108 @@
+// The GPU trainer (bf16 recipe) against the PyTorch states of the fp32 recipe: logits, loss and
+// every gradient of step 1, losses and gradient norms of S AdamW steps (FP32 master weights).
+// BF16 rounds every operand to 8 bits of mantissa, so the bounds are BF16's (measured values in
+// dev/NOTES.md). Also: two runs from the same seed give bit-identical losses, with BF16 weights
+// and stochastic rounding.
+#define TESTING
+#include "../train_gpt2_fp4.cu"
+#include "check.h"
+#include "ref_file.h"
+
+typedef struct { float logits, grads, loss, norm; } Tolerance;
+static const Tolerance tol_bf16 = { 2e-2f, 3e-2f, 2e-3f, 2e-2f };
+
+// runs S steps from the file's init on its batch; losses and norms out
+static void run_steps(const RefFile *rf, int master, float *losses, float *norms) {
+    Model m;
+    model_create(&m, &rf->cfg, master);
+    float *host = (float *)malloc_check(m.nparams * sizeof(float));
+    params_init(&rf->cfg, host, rf->seed);
+    model_set_params(&m, host);
+    for (int s = 0; s < rf->S; s++) {
+        model_zero_grad(&m);
+        losses[s] = model_forward(&m, rf->inputs, rf->targets, rf->B, rf->T, 1.0f);
+        model_backward(&m);
+        norms[s] = model_update(&m, rf->hp[0], rf->hp[1], rf->hp[2], rf->hp[3], rf->hp[4], rf->hp[5], s + 1, 1337);
+    }
+    free(host);
+    model_free(&m);
+}
+
+static void test_file(const char *path) {
+    RefFile rf;
+    FILE *f = ref_open(&rf, path);
+    const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    if (strcmp(recipe_table[rf.ro.recipe].name, "fp32") != 0) die("%s: the GPU bf16 test takes fp32 reference states", path);
+    const Config *c = &rf.cfg;
+    const Tolerance *tol = &tol_bf16;
+    int N = rf.B * rf.T;
+    Model m;
+    model_create(&m, c, 1);
+    float *host = (float *)malloc_check(m.nparams * sizeof(float));
+    params_init(c, host, rf.seed);
+    model_set_params(&m, host);
+
+    model_forward(&m, rf.inputs, NULL, rf.B, rf.T, 0.0f);
+    size_t nl = (size_t)N * c->Vp;
+    bf16 *lb = (bf16 *)malloc_check(nl * sizeof(bf16));
+    float *logits = (float *)malloc_check(nl * sizeof(float));
+    cuda_download(lb, m.acts.logits, nl * sizeof(bf16));
+    for (size_t i = 0; i < nl; i++) logits[i] = __bfloat162float(lb[i]);
+    Record r;
+    float ss;
+    read_record(&r, f, path, 0, nl);
+    float e = compare(logits, &r, &ss);
+    CHECK(e <= tol->logits, "%s: logits error %.3g (bound %.3g)", name, e, tol->logits);
+    printf("%-16s logits %.2e", name, e);
+    free(r.idx); free(r.val);
+
+    model_zero_grad(&m);
+    float loss = model_forward(&m, rf.inputs, rf.targets, rf.B, rf.T, 1.0f);
+    model_backward(&m);
+    float el = fabsf(loss - rf.losses[0]) / rf.losses[0];
+    CHECK(el <= tol->loss, "%s: loss %.6f vs %.6f", name, loss, rf.losses[0]);
+    printf(" | loss %.6f vs %.6f", loss, rf.losses[0]);
+    float *grads = (float *)malloc_check(m.nparams * sizeof(float));
+    cuda_download(grads, m.grads, m.nparams * sizeof(float));
+    const ParamKind *order; int n = param_order(c, &order);
+    float worst = 0.0f; const char *worst_name = "";
+    for (int j = 0; j < n; j++) {
+        int shape[3]; size_t size = param_shape(c, order[j], shape);
+        read_record(&r, f, path, 1 + j, size);
+        e = compare(grads + m.off[order[j]], &r, &ss);
+        CHECK(e <= tol->grads, "%s: gradient of %s error %.3g (bound %.3g)", name, param_names[order[j]], e, tol->grads);
+        if (getenv("VERBOSE")) printf("\n  %-9s %.3e", param_names[order[j]], e);
+        if (e > worst) { worst = e; worst_name = param_names[order[j]]; }
+        free(r.idx); free(r.val);
+    }
+    fclose(f);
+    printf(" | grads %.2e (%s)", worst, worst_name);
+    model_free(&m);
+
+    float *losses = (float *)malloc_check(4 * (size_t)rf.S * sizeof(float)), *norms = losses + rf.S;
+    run_steps(&rf, 1, losses, norms);
+    float wl = 0.0f, wn = 0.0f;
+    for (int s = 0; s < rf.S; s++) {
+        wl = fmaxf(wl, fabsf(losses[s] - rf.losses[s]) / rf.losses[s]);
+        wn = fmaxf(wn, fabsf(norms[s] - rf.norms[s]) / rf.norms[s]);
+    }
+    CHECK(wl <= tol->loss && wn <= tol->norm, "%s: %d-step losses %.3g (bound %.3g), norms %.3g (bound %.3g)", name, rf.S, wl,
+          tol->loss, wn, tol->norm);
+    printf(" | %d-step losses %.2e, norms %.2e", rf.S, wl, wn);
+    // determinism: BF16 weights with stochastic rounding, twice
+    float *l2 = norms + rf.S, *n2 = l2 + rf.S;
+    run_steps(&rf, 0, losses, norms);
+    run_steps(&rf, 0, l2, n2);
+    CHECK(memcmp(losses, l2, rf.S * sizeof(float)) == 0 && memcmp(norms, n2, rf.S * sizeof(float)) == 0,
+          "%s: two runs from the same seed differ", name);
+    printf(" | rerun identical: %s\n", memcmp(losses, l2, rf.S * sizeof(float)) == 0 ? "yes" : "NO");
+    free(losses); free(grads); free(host); free(lb); free(logits);
+    ref_free(&rf);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) die("usage: test_gpu_train test/ref/*_fp32.bin");
+    gpu_init();
+    for (int i = 1; i < argc; i++) test_file(argv[i]);
+    return check_summary("gpu-train");
+}

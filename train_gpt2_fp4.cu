@@ -1,0 +1,484 @@
+/*
+GPU trainer for GPT-2 and LLaMA. Same configurations, parameter layout, checkpoints, data and
+flags as the CPU reference train_gpt2.c (SPEC.md). This version runs the bf16 recipe: BF16
+weights and activations, FP32 accumulation, FP32 gradients and Adam moments, BF16 weights
+updated with stochastic rounding (or an FP32 master copy, --master-fp32 1). The fp8 and fp4
+recipes come next (issue 4) and are refused until then.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <time.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include "llmc/utils.h"
+#include "llmc/rand.h"
+#include "llmc/model.h"
+#include "llmc/recipe.h"
+#include "llmc/args.h"
+#include "llmc/dataloader.h"
+#include "llmc/tokenizer.h"
+#include "llmc/checkpoint.h"
+#include "llmc/schedulers.h"
+#include "llmc/logger.h"
+#include "llmc/cuda_common.cuh"
+#include "llmc/matmul.cuh"
+#include "llmc/norm.cuh"
+#include "llmc/attention.cuh"
+#include "llmc/activations.cuh"
+#include "llmc/encoder.cuh"
+#include "llmc/classifier.cuh"
+#include "llmc/adamw.cuh"
+
+typedef struct {
+    bf16 *encoded;               // (N, C) embedding: the residual stream into layer 0
+    bf16 *ln1;                   // (L, N, C) norm output into qkv
+    float *ln1_mean, *ln1_rstd;  // (L, N)
+    bf16 *q, *k, *v;             // (L, B, H, T, hd), (L, B, KV, T, hd) x 2: after RoPE
+    bf16 *att;                   // (L, B, H, T, T) attention probabilities
+    bf16 *atty;                  // (L, N, C) attention output into attproj
+    bf16 *res2;                  // (L, N, C) residual stream after attention
+    bf16 *ln2;                   // (L, N, C) norm output into fc
+    float *ln2_mean, *ln2_rstd;  // (L, N)
+    bf16 *fch;                   // (L, N, FF) fc output
+    bf16 *fch_act;               // (L, N, F) GELU / SwiGLU output into fcproj
+    bf16 *res3;                  // (L, N, C) residual stream after the MLP
+    bf16 *lnf;                   // (N, C)
+    float *lnf_mean, *lnf_rstd;  // (N)
+    bf16 *logits;                // (N, Vp); dlogits after a training forward
+    float *losses;               // (N)
+} Acts;
+
+typedef struct {                 // reused layer after layer
+    bf16 *qkv;                   // (N, QKV) qkv projection; its gradient in backward
+    float *scores;               // (B, H, T, T) attention scores; their gradient in backward
+    bf16 *dscores;               // (B, H, T, T)
+    bf16 *y;                     // (B, H, T, hd) attention output by head; dy in backward
+    bf16 *dq, *dk, *dv;          // (B, H, T, hd), (B, KV, T, hd) x 2
+    bf16 *dres;                  // (N, C) gradient of the residual stream
+    bf16 *dln;                   // (N, C)
+    bf16 *datty;                 // (N, C)
+    bf16 *dfch;                  // (N, FF)
+    bf16 *dfch_act;              // (N, F)
+    float *partial;              // column-sum and norm partials; the gradient-norm partials
+} Scratch;
+
+typedef struct {
+    Config cfg;
+    size_t nparams;
+    size_t off[NUM_PARAM_KINDS];  // element offset of each tensor in the buffers below
+    bf16 *params;                 // (nparams) the weights the kernels read
+    float *master;                // (nparams) FP32 master weights, or NULL
+    float *grads, *m, *v;         // (nparams)
+    float *rope_cos, *rope_sin;   // (T, hd/2), LLaMA
+    int B, T;
+    void *acts_mem;
+    Acts acts;
+    Scratch s;
+    int *inputs, *targets;        // device (B, T)
+    int *buckets, *dbuckets;      // encoder backward
+    const int *host_inputs;       // of the last forward
+    float *host_losses;           // (B, T)
+    cudaStream_t stream;
+} Model;
+
+#define PARAM(m, kind) ((m)->params + (m)->off[kind])
+#define GRAD(m, kind) ((m)->grads + (m)->off[kind])
+
+// uploads FP32 parameters (file order) as BF16 weights, and as the master copy if kept
+static void model_set_params(Model *m, const float *params) {
+    bf16 *tmp = (bf16 *)malloc_check(m->nparams * sizeof(bf16));
+    for (size_t i = 0; i < m->nparams; i++) tmp[i] = __float2bfloat16(params[i]);
+    cuda_upload(m->params, tmp, m->nparams * sizeof(bf16));
+    free(tmp);
+    if (m->master) cuda_upload(m->master, params, m->nparams * sizeof(float));
+}
+
+// FP32 parameters (file order) of the model: the master copy, or the BF16 weights widened
+static void model_get_params(const Model *m, float *params) {
+    if (m->master) { cuda_download(params, m->master, m->nparams * sizeof(float)); return; }
+    bf16 *tmp = (bf16 *)malloc_check(m->nparams * sizeof(bf16));
+    cuda_download(tmp, m->params, m->nparams * sizeof(bf16));
+    for (size_t i = 0; i < m->nparams; i++) params[i] = __bfloat162float(tmp[i]);
+    free(tmp);
+}
+
+static void model_create(Model *m, const Config *c, int master_fp32) {
+    memset(m, 0, sizeof(*m));
+    m->cfg = *c;
+    m->nparams = param_count(c);
+    const ParamKind *order; int n = param_order(c, &order);
+    size_t off = 0; int shape[3];
+    for (int i = 0; i < NUM_PARAM_KINDS; i++) m->off[i] = (size_t)-1;
+    for (int i = 0; i < n; i++) { m->off[order[i]] = off; off += param_shape(c, order[i], shape); }
+    m->params = (bf16 *)cuda_malloc(m->nparams * sizeof(bf16));
+    m->master = master_fp32 ? (float *)cuda_malloc(m->nparams * sizeof(float)) : NULL;
+    m->grads = (float *)cuda_malloc(m->nparams * sizeof(float));
+    m->m = (float *)cuda_malloc(m->nparams * sizeof(float));
+    m->v = (float *)cuda_malloc(m->nparams * sizeof(float));
+    CUDA_CHECK(cudaMemset(m->m, 0, m->nparams * sizeof(float)));
+    CUDA_CHECK(cudaMemset(m->v, 0, m->nparams * sizeof(float)));
+    int hd = config_hd(c);
+    float *cs = (float *)malloc_check((size_t)c->T * hd * sizeof(float)), *sn = cs + (size_t)c->T * hd / 2;
+    for (int t = 0; t < c->T; t++) {
+        for (int i = 0; i < hd / 2; i++) {
+            double angle = t * pow(c->rope_theta, -2.0 * i / hd);
+            cs[t * hd / 2 + i] = (float)cos(angle);
+            sn[t * hd / 2 + i] = (float)sin(angle);
+        }
+    }
+    m->rope_cos = (float *)cuda_malloc((size_t)c->T * hd * sizeof(float));
+    m->rope_sin = m->rope_cos + (size_t)c->T * hd / 2;
+    cuda_upload(m->rope_cos, cs, (size_t)c->T * hd * sizeof(float));
+    free(cs);
+    CUDA_CHECK(cudaStreamCreate(&m->stream));
+}
+
+// activation and scratch buffers for batches of B x T, in one allocation
+static void model_alloc_acts(Model *m, int B, int T) {
+    if (m->B == B && m->T == T) return;
+    if (m->acts_mem) { CUDA_CHECK(cudaFree(m->acts_mem)); CUDA_CHECK(cudaFree(m->inputs)); free(m->buckets);
+                       CUDA_CHECK(cudaFree(m->dbuckets)); free(m->host_losses); }
+    const Config *c = &m->cfg;
+    size_t N = (size_t)B * T, L = c->L, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F, H = c->H;
+    size_t hd = config_hd(c), KV = c->KV, Vp = c->Vp;
+    size_t maxM = QKV > FF ? QKV : FF;
+    if (Vp > maxM) maxM = Vp;
+    size_t partial = (N / 64 + 1) * maxM;
+    if ((N / NORM_ROWS + 1) * 2 * C > partial) partial = (N / NORM_ROWS + 1) * 2 * C;
+    if (partial < SUMSQ_BLOCKS + 1) partial = SUMSQ_BLOCKS + 1;
+    struct { void **ptr; size_t bytes; } a[64];
+    int na = 0;
+#define BUF(p, count) (a[na].ptr = (void **)&(p), a[na].bytes = ((count) * sizeof(*(p)) + 255) / 256 * 256, na++)
+    Acts *x = &m->acts;
+    BUF(x->encoded, N * C);
+    BUF(x->ln1, L * N * C); BUF(x->ln1_mean, L * N); BUF(x->ln1_rstd, L * N);
+    BUF(x->q, L * N * H * hd); BUF(x->k, L * N * KV * hd); BUF(x->v, L * N * KV * hd);
+    BUF(x->att, L * B * H * T * T); BUF(x->atty, L * N * C); BUF(x->res2, L * N * C);
+    BUF(x->ln2, L * N * C); BUF(x->ln2_mean, L * N); BUF(x->ln2_rstd, L * N);
+    BUF(x->fch, L * N * FF); BUF(x->fch_act, L * N * F); BUF(x->res3, L * N * C);
+    BUF(x->lnf, N * C); BUF(x->lnf_mean, N); BUF(x->lnf_rstd, N);
+    BUF(x->logits, N * Vp); BUF(x->losses, N);
+    Scratch *s = &m->s;
+    BUF(s->qkv, N * QKV); BUF(s->scores, B * H * T * T); BUF(s->dscores, B * H * T * T); BUF(s->y, N * H * hd);
+    BUF(s->dq, N * H * hd); BUF(s->dk, N * KV * hd); BUF(s->dv, N * KV * hd);
+    BUF(s->dres, N * C); BUF(s->dln, N * C); BUF(s->datty, N * C); BUF(s->dfch, N * FF); BUF(s->dfch_act, N * F);
+    BUF(s->partial, partial);
+#undef BUF
+    size_t total = 0;
+    for (int i = 0; i < na; i++) total += a[i].bytes;
+    m->acts_mem = cuda_malloc(total);
+    char *p = (char *)m->acts_mem;
+    for (int i = 0; i < na; i++) { *a[i].ptr = p; p += a[i].bytes; }
+    m->inputs = (int *)cuda_malloc(2 * N * sizeof(int));
+    m->targets = m->inputs + N;
+    m->buckets = (int *)malloc_check((3 * N + 1) * sizeof(int));
+    m->dbuckets = (int *)cuda_malloc((3 * N + 1) * sizeof(int));
+    m->host_losses = (float *)malloc_check(N * sizeof(float));
+    m->B = B; m->T = T;
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward and backward, chained by hand
+
+// targets NULL: logits only. Otherwise returns the mean loss, and with grad_scale > 0 leaves
+// dlogits = grad_scale * d(mean loss)/dlogits in place of the logits for model_backward.
+static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T, float grad_scale) {
+    const Config *c = &m->cfg;
+    if (T > c->T) die("sequence length %d exceeds the model's maximum %d", T, c->T);
+    model_alloc_acts(m, B, T);
+    int N = B * T, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F, hd = config_hd(c);
+    int gpt2 = c->arch == ARCH_GPT2;
+    for (int i = 0; i < N; i++) {
+        if (inputs[i] < 0 || inputs[i] >= c->V || (targets && (targets[i] < 0 || targets[i] >= c->V)))
+            die("token id out of range at position %d", i);
+    }
+    cudaStream_t st = m->stream;
+    CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
+    if (targets) CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
+    m->host_inputs = inputs;
+    Acts *a = &m->acts;
+    const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
+    encoder_forward(a->encoded, m->inputs, PARAM(m, P_WTE), gpt2 ? PARAM(m, P_WPE) : NULL, B, T, C, st);
+    for (int l = 0; l < c->L; l++) {
+        const bf16 *res = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
+        size_t lc = (size_t)l * N * C;
+        bf16 *ln1 = a->ln1 + lc, *atty = a->atty + lc, *res2 = a->res2 + lc, *ln2 = a->ln2 + lc, *res3 = a->res3 + lc;
+        bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + (size_t)l * N * F;
+        AttnSaved sv = { a->q + (size_t)l * N * c->H * hd, a->k + (size_t)l * N * c->KV * hd, a->v + (size_t)l * N * c->KV * hd,
+                         a->att + (size_t)l * B * c->H * T * T };
+        norm_forward(ln1, gpt2 ? a->ln1_mean + (size_t)l * N : NULL, a->ln1_rstd + (size_t)l * N, res,
+                     PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN1B) + (size_t)l * C : NULL, N, C, c->norm_eps, st);
+        matmul_forward(m->s.qkv, ln1, PARAM(m, P_QKVW) + (size_t)l * QKV * C, gpt2 ? PARAM(m, P_QKVB) + (size_t)l * QKV : NULL,
+                       NULL, N, C, QKV, st);
+        attention_forward(atty, &sv, m->s.scores, m->s.y, m->s.qkv, cs, sn, B, T, c->H, c->KV, hd, st);
+        matmul_forward(res2, atty, PARAM(m, P_ATTPROJW) + (size_t)l * C * C, gpt2 ? PARAM(m, P_ATTPROJB) + (size_t)l * C : NULL,
+                       res, N, C, C, st);
+        norm_forward(ln2, gpt2 ? a->ln2_mean + (size_t)l * N : NULL, a->ln2_rstd + (size_t)l * N, res2,
+                     PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN2B) + (size_t)l * C : NULL, N, C, c->norm_eps, st);
+        matmul_forward(fch, ln2, PARAM(m, P_FCW) + (size_t)l * FF * C, gpt2 ? PARAM(m, P_FCB) + (size_t)l * FF : NULL,
+                       NULL, N, C, FF, st);
+        if (gpt2) gelu_forward(fch_act, fch, (long long)N * F, st);
+        else swiglu_forward(fch_act, fch, N, F, st);
+        matmul_forward(res3, fch_act, PARAM(m, P_FCPROJW) + (size_t)l * C * F, gpt2 ? PARAM(m, P_FCPROJB) + (size_t)l * C : NULL,
+                       res2, N, F, C, st);
+    }
+    const bf16 *res = a->res3 + (size_t)(c->L - 1) * N * C;
+    norm_forward(a->lnf, gpt2 ? a->lnf_mean : NULL, a->lnf_rstd, res, PARAM(m, P_LNFW), gpt2 ? PARAM(m, P_LNFB) : NULL,
+                 N, C, c->norm_eps, st);
+    matmul_forward(a->logits, a->lnf, PARAM(m, gpt2 ? P_WTE : P_LMHEAD), NULL, NULL, N, C, c->Vp, st);
+    if (!targets) { CUDA_CHECK(cudaStreamSynchronize(st)); return -1.0f; }
+    classifier_forward_backward(a->logits, a->losses, m->targets, grad_scale / N, N, c->V, c->Vp, st);
+    CUDA_CHECK(cudaMemcpyAsync(m->host_losses, a->losses, N * sizeof(float), cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    double sum = 0.0;
+    for (int i = 0; i < N; i++) sum += m->host_losses[i];
+    return (float)(sum / N);
+}
+
+static void model_zero_grad(Model *m) { CUDA_CHECK(cudaMemsetAsync(m->grads, 0, m->nparams * sizeof(float), m->stream)); }
+
+// accumulates into the gradients; needs the dlogits left by model_forward(..., grad_scale > 0)
+static void model_backward(Model *m) {
+    const Config *c = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F, hd = config_hd(c);
+    int gpt2 = c->arch == ARCH_GPT2;
+    Acts *a = &m->acts;
+    Scratch *s = &m->s;
+    cudaStream_t st = m->stream;
+    const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
+    ParamKind head = gpt2 ? P_WTE : P_LMHEAD;
+    matmul_wgrad(GRAD(m, head), a->logits, a->lnf, N, c->Vp, C, st);
+    matmul_dgrad(s->dln, a->logits, PARAM(m, head), N, c->Vp, C, st);
+    CUDA_CHECK(cudaMemsetAsync(s->dres, 0, (size_t)N * C * sizeof(bf16), st));
+    const bf16 *res = a->res3 + (size_t)(c->L - 1) * N * C;
+    norm_backward(s->dres, GRAD(m, P_LNFW), gpt2 ? GRAD(m, P_LNFB) : NULL, s->partial, s->dln, res, PARAM(m, P_LNFW),
+                  a->lnf_mean, a->lnf_rstd, N, C, st);
+    for (int l = c->L - 1; l >= 0; l--) {
+        const bf16 *resin = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
+        size_t lc = (size_t)l * N * C;
+        const bf16 *ln1 = a->ln1 + lc, *atty = a->atty + lc, *res2 = a->res2 + lc, *ln2 = a->ln2 + lc;
+        const bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + (size_t)l * N * F;
+        AttnSaved sv = { a->q + (size_t)l * N * c->H * hd, a->k + (size_t)l * N * c->KV * hd, a->v + (size_t)l * N * c->KV * hd,
+                         a->att + (size_t)l * B * c->H * T * T };
+        // MLP: fcproj, activation, fc, norm 2; the residual gradient passes through unchanged
+        matmul_dgrad(s->dfch_act, s->dres, PARAM(m, P_FCPROJW) + (size_t)l * C * F, N, C, F, st);
+        matmul_wgrad(GRAD(m, P_FCPROJW) + (size_t)l * C * F, s->dres, fch_act, N, C, F, st);
+        if (gpt2) column_sum(GRAD(m, P_FCPROJB) + (size_t)l * C, s->dres, s->partial, N, C, st);
+        if (gpt2) gelu_backward(s->dfch, fch, s->dfch_act, (long long)N * F, st);
+        else swiglu_backward(s->dfch, fch, s->dfch_act, N, F, st);
+        matmul_dgrad(s->dln, s->dfch, PARAM(m, P_FCW) + (size_t)l * FF * C, N, FF, C, st);
+        matmul_wgrad(GRAD(m, P_FCW) + (size_t)l * FF * C, s->dfch, ln2, N, FF, C, st);
+        if (gpt2) column_sum(GRAD(m, P_FCB) + (size_t)l * FF, s->dfch, s->partial, N, FF, st);
+        norm_backward(s->dres, GRAD(m, P_LN2W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN2B) + (size_t)l * C : NULL, s->partial,
+                      s->dln, res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? a->ln2_mean + (size_t)l * N : NULL,
+                      a->ln2_rstd + (size_t)l * N, N, C, st);
+        // attention: attproj, the attention core with RoPE, qkv, norm 1
+        matmul_dgrad(s->datty, s->dres, PARAM(m, P_ATTPROJW) + (size_t)l * C * C, N, C, C, st);
+        matmul_wgrad(GRAD(m, P_ATTPROJW) + (size_t)l * C * C, s->dres, atty, N, C, C, st);
+        if (gpt2) column_sum(GRAD(m, P_ATTPROJB) + (size_t)l * C, s->dres, s->partial, N, C, st);
+        attention_backward(s->qkv, &sv, s->scores, s->dscores, s->y, s->dq, s->dk, s->dv, s->datty, cs, sn, B, T, c->H,
+                           c->KV, hd, st);
+        matmul_dgrad(s->dln, s->qkv, PARAM(m, P_QKVW) + (size_t)l * QKV * C, N, QKV, C, st);
+        matmul_wgrad(GRAD(m, P_QKVW) + (size_t)l * QKV * C, s->qkv, ln1, N, QKV, C, st);
+        if (gpt2) column_sum(GRAD(m, P_QKVB) + (size_t)l * QKV, s->qkv, s->partial, N, QKV, st);
+        norm_backward(s->dres, GRAD(m, P_LN1W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN1B) + (size_t)l * C : NULL, s->partial,
+                      s->dln, resin, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? a->ln1_mean + (size_t)l * N : NULL,
+                      a->ln1_rstd + (size_t)l * N, N, C, st);
+    }
+    encoder_backward(GRAD(m, P_WTE), gpt2 ? GRAD(m, P_WPE) : NULL, m->buckets, m->dbuckets, s->dres, m->host_inputs, B, T, C,
+                     c->V, st);
+}
+
+// AdamW over every tensor (decay on the matrices); returns the gradient norm before clipping
+static float model_update(Model *m, float lr, float b1, float b2, float eps, float wd, float clip, int t, uint64_t seed) {
+    float norm = sqrtf(grad_sumsq(m->grads, m->nparams, m->s.partial, m->stream));
+    float gscale = (clip > 0.0f && norm > clip) ? clip / norm : 1.0f;
+    const ParamKind *order; int n = param_order(&m->cfg, &order);
+    for (int j = 0; j < n; j++) {
+        int shape[3]; size_t size = param_shape(&m->cfg, order[j], shape), o = m->off[order[j]];
+        adamw_update(m->params + o, m->master ? m->master + o : NULL, m->grads + o, m->m + o, m->v + o, size, lr, b1, b2, t, eps,
+                     param_decays(order[j]) ? wd : 0.0f, gscale, rng_hash(seed, ((uint64_t)t << 8) + j), m->stream);
+    }
+    return norm;
+}
+
+static void model_free(Model *m) {
+    CUDA_CHECK(cudaFree(m->params)); if (m->master) CUDA_CHECK(cudaFree(m->master));
+    CUDA_CHECK(cudaFree(m->grads)); CUDA_CHECK(cudaFree(m->m)); CUDA_CHECK(cudaFree(m->v));
+    CUDA_CHECK(cudaFree(m->rope_cos));
+    if (m->acts_mem) { CUDA_CHECK(cudaFree(m->acts_mem)); CUDA_CHECK(cudaFree(m->inputs)); CUDA_CHECK(cudaFree(m->dbuckets));
+                       free(m->buckets); free(m->host_losses); }
+    CUDA_CHECK(cudaStreamDestroy(m->stream));
+}
+
+static void gpu_init(void) {
+    int dev = 0;
+    CUDA_CHECK(cudaSetDevice(dev));
+    matmul_init();
+    attention_init();
+}
+
+#ifndef TESTING
+static float evaluate(Model *m, DataLoader *val, int steps) {
+    dataloader_reset(val);
+    double sum = 0.0;
+    for (int i = 0; i < steps; i++) {
+        dataloader_next(val);
+        sum += model_forward(m, val->inputs, val->targets, val->B, val->T, 0.0f);
+    }
+    return (float)(sum / steps);
+}
+
+// samples after <|endoftext|>: the forward of the growing prefix, the next token from row t-1
+static void sample(Model *m, Rng *rng, const Tokenizer *tok, int have_tok, int gen_tokens, int B, int T) {
+    int *gen = (int *)calloc_check((size_t)B * T, sizeof(int));
+    int eot = have_tok ? (int)tok->eot : m->cfg.V - 1, V = m->cfg.V;
+    for (int i = 0; i < B * T; i++) gen[i] = eot;
+    bf16 *row = (bf16 *)malloc_check((size_t)V * sizeof(bf16));
+    int n = gen_tokens < T ? gen_tokens : T - 1;
+    printf("generating:\n---\n");
+    for (int t = 1; t <= n; t++) {
+        model_forward(m, gen, NULL, B, T, 0.0f);
+        cuda_download(row, m->acts.logits + (size_t)(t - 1) * m->cfg.Vp, (size_t)V * sizeof(bf16));
+        float maxv = -INFINITY;
+        for (int i = 0; i < V; i++) maxv = fmaxf(maxv, __bfloat162float(row[i]));
+        double sum = 0.0;
+        for (int i = 0; i < V; i++) sum += exp(__bfloat162float(row[i]) - maxv);
+        double coin = rng_next_uniform(rng) * sum, cdf = 0.0;
+        int next = V - 1;
+        for (int i = 0; i < V; i++) { cdf += exp(__bfloat162float(row[i]) - maxv); if (coin <= cdf) { next = i; break; } }
+        gen[t] = next;
+        if (have_tok) tokenizer_print(tok, (uint32_t)next); else printf("%d ", next);
+        fflush(stdout);
+    }
+    printf("\n---\n");
+    free(row); free(gen);
+}
+
+int main(int argc, char **argv) {
+    Args a = args_defaults("gpt2:d12", "bf16");
+    a.B = 8; a.T = 1024; a.lr = 6e-4f;
+    int master_fp32 = 0;
+    Flag flags[MAX_FLAGS];
+    int nflags = args_flags(&a, flags);
+    flags[nflags++] = (Flag){ "--master-fp32", FLAG_INT, &master_fp32, "1: keep FP32 master weights (else BF16 + stochastic rounding)" };
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    parse_flags(argc, argv, flags, nflags, "./train_gpt2_fp4", "GPU trainer for GPT-2 and LLaMA (SPEC.md)");
+    check_args(&a);
+    if (master_fp32 & ~1) die("--master-fp32 takes 0 or 1");
+    RecipeOptions ro = recipe_options(&a);
+    if (strcmp(recipe_table[ro.recipe].name, "bf16") != 0) die("recipe %s is not implemented on the GPU yet (bf16 only)", a.recipe);
+    if (a.out_dir && mkdir(a.out_dir, 0755) != 0 && errno != EEXIST) die("cannot create %s: %s", a.out_dir, strerror(errno));
+    gpu_init();
+
+    Config cfg;
+    TrainState st = { 0, 0, 0, 0 };
+    int resume_step = a.resume ? checkpoint_latest(a.out_dir) : -1;
+    if (a.resume && resume_step < 0) die("-y 1: no complete checkpoint (model_N.bin + state_N.bin) in %s", a.out_dir);
+    char path[1100];
+    const char *model_path = NULL;
+    if (resume_step >= 0) { snprintf(path, sizeof(path), "%s/model_%08d.bin", a.out_dir, resume_step); model_path = path; }
+    else if (strchr(a.model, ':') == NULL) model_path = a.model;
+    float *host_params;
+    int ckpt_step = 0;
+    if (model_path) host_params = checkpoint_read_model(model_path, &cfg, &ckpt_step);
+    else {
+        cfg = config_parse(a.model);
+        host_params = (float *)malloc_check(param_count(&cfg) * sizeof(float));
+        params_init(&cfg, host_params, (uint64_t)a.seed);
+    }
+    Model m;
+    model_create(&m, &cfg, master_fp32);
+    model_set_params(&m, host_params);
+    if (resume_step >= 0) {
+        float *mv = (float *)malloc_check(2 * m.nparams * sizeof(float));
+        snprintf(path, sizeof(path), "%s/state_%08d.bin", a.out_dir, resume_step);
+        checkpoint_read_state(path, &st, mv, mv + m.nparams, m.nparams);
+        if (st.step != ckpt_step) die("%s: state step %d does not match the model's %d", path, st.step, ckpt_step);
+        cuda_upload(m.m, mv, m.nparams * sizeof(float));
+        cuda_upload(m.v, mv + m.nparams, m.nparams * sizeof(float));
+        free(mv);
+    }
+    if (a.T > cfg.T) die("sequence length -t %d exceeds the model's maximum T = %d", a.T, cfg.T);
+    int accum = a.total_batch > 0 ? a.total_batch / (a.B * a.T) : 1;
+    char desc[256];
+    config_describe(&cfg, desc, sizeof(desc));
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    printf("device %s\nmodel %s, %zu parameters\n", prop.name, desc, m.nparams);
+    printf("recipe bf16, %s master weights\nbatch %d x %d, %d micro-step(s) per step, %d steps\n",
+           master_fp32 ? "FP32" : "BF16 (stochastic rounding)", a.B, a.T, accum, a.max_steps);
+
+    DataLoader train, val;
+    dataloader_init(&train, a.train_data, a.B, a.T, 0, 1, cfg.V);
+    dataloader_init(&val, a.val_data, a.B, a.T, 0, 1, cfg.V);
+    if (resume_step >= 0) dataloader_seek(&train, st.shard, st.pos);
+    Tokenizer tok = { 0 };
+    FILE *tf = fopen(a.tokenizer, "rb");
+    int have_tok = tf != NULL;
+    if (tf) {
+        fclose(tf);
+        tokenizer_init(&tok, a.tokenizer);
+        if (tok.vocab < (uint32_t)cfg.V) die("%s has %u tokens, fewer than the model's vocabulary %d", a.tokenizer, tok.vocab, cfg.V);
+    }
+    Rng rng = rng_init((uint64_t)a.seed);
+    rng.counter = st.rng_counter;
+    Logger lg;
+    logger_init(&lg, a.out_dir, resume_step >= 0);
+    // FLOPs per token for MFU: 6 per weight of the matmuls, plus attention's 6 L T C (causal half of 12)
+    double flops_tok = 6.0 * (double)(m.nparams - (cfg.arch == ARCH_GPT2 ? (size_t)cfg.T * cfg.C : 0)) + 6.0 * cfg.L * a.T * cfg.C;
+
+    for (int step = st.step; step <= a.max_steps; step++) {
+        int last = step == a.max_steps;
+        if (last || (a.val_every > 0 && step % a.val_every == 0)) {
+            float vl = evaluate(&m, &val, a.val_steps);
+            printf("step %5d | val loss %.6f\n", step, vl);
+            logger_eval(&lg, step, (long long)step * accum * a.B * a.T, vl);
+        }
+        if (a.sample_every > 0 && (step % a.sample_every == 0 || last)) sample(&m, &rng, &tok, have_tok, a.gen_tokens, a.B, a.T);
+        if (a.out_dir && step > st.step && (last || (a.ckpt_every > 0 && step % a.ckpt_every == 0))) {
+            TrainState now = { step, train.shard, train.pos, rng.counter };
+            float *mv = (float *)malloc_check(2 * m.nparams * sizeof(float));
+            cuda_download(mv, m.m, m.nparams * sizeof(float));
+            cuda_download(mv + m.nparams, m.v, m.nparams * sizeof(float));
+            snprintf(path, sizeof(path), "%s/state_%08d.bin", a.out_dir, step);
+            checkpoint_write_state(path, &now, mv, mv + m.nparams, m.nparams);
+            free(mv);
+            model_get_params(&m, host_params);
+            snprintf(path, sizeof(path), "%s/model_%08d.bin", a.out_dir, step);
+            checkpoint_write_model(path, &cfg, host_params, step);
+            printf("wrote %s\n", path);
+        }
+        if (last) break;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        model_zero_grad(&m);
+        double loss = 0.0;
+        for (int micro = 0; micro < accum; micro++) {
+            dataloader_next(&train);
+            loss += model_forward(&m, train.inputs, train.targets, a.B, a.T, 1.0f / accum) / accum;
+            model_backward(&m);
+        }
+        float lr = lr_schedule(a.lr, step, a.warmup, a.max_steps, a.final_frac);
+        float norm = model_update(&m, lr, a.b1, a.b2, 1e-8f, a.wd, a.clip, step + 1, (uint64_t)a.seed);
+        CUDA_CHECK(cudaStreamSynchronize(m.stream));
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
+        double tok_s = (double)accum * a.B * a.T / (ms / 1e3);
+        double mfu = tok_s * flops_tok / 989e12;  // H100 SXM dense BF16 peak
+        double eta_s = (a.max_steps - step - 1) * ms / 1e3;
+        printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s | MFU %.1f%% | ETA %.0f s\n", step + 1,
+               a.max_steps, loss, norm, lr, ms, tok_s, 100 * mfu, eta_s);
+        logger_train(&lg, step + 1, (long long)(step + 1) * accum * a.B * a.T, (float)loss, norm, lr, ms, tok_s);
+        if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
+    }
+    logger_close(&lg);
+    dataloader_free(&train); dataloader_free(&val);
+    if (have_tok) tokenizer_free(&tok);
+    free(host_params);
+    model_free(&m);
+    return 0;
+}
+#endif
