@@ -64,8 +64,10 @@ static Config config_parse(const char *desc) {
             long n = strtol(tok + 1, &end, 10);
             if (*end != '\0' || n < 1 || n > 1024) die("model descriptor '%s': bad depth '%s'", desc, tok);
             c.L = (int)n;
-            if (c.arch == ARCH_GPT2) {
-                c.C = n == 48 ? 1600 : 64 * (int)n; c.H = n == 48 ? 25 : (int)n; c.KV = c.H; c.T = 1024;
+            if (c.arch == ARCH_GPT2) {  // the four GPT-2 sizes, else 64-wide heads
+                c.C = n == 24 ? 1024 : n == 36 ? 1280 : n == 48 ? 1600 : 64 * (int)n;
+                c.H = n == 24 ? 16 : n == 36 ? 20 : n == 48 ? 25 : (int)n;
+                c.KV = c.H; c.T = 1024;
             } else {
                 c.C = 128 * (int)n; c.H = 2 * (int)n; c.KV = n / 2 > 1 ? (int)n / 2 : 1; c.T = 2048;
             }

@@ -88,8 +88,21 @@ static void test_file(const char *path) {
     model_free(&m);
 }
 
+// the descriptor presets are GPT-2's four sizes (llm.c's parameter counts, padded vocabulary)
+static void test_presets(void) {
+    const char *desc[4] = { "gpt2:d12", "gpt2:d24", "gpt2:d36", "gpt2:d48" };
+    const size_t want[4] = { 124475904, 354871296, 774090240, 1557686400 };
+    for (int i = 0; i < 4; i++) {
+        Config c = config_parse(desc[i]);
+        CHECK(param_count(&c) == want[i], "%s has %zu parameters, want %zu", desc[i], param_count(&c), want[i]);
+    }
+    Config l = config_parse("llama:d16");
+    CHECK(l.C == 2048 && l.H == 32 && l.KV == 8 && l.F == 5632 && l.T == 2048, "llama:d16 preset");
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) die("usage: test_train test/ref/*.bin");
+    test_presets();
     for (int i = 1; i < argc; i++) test_file(argv[i]);
     return check_summary("train");
 }

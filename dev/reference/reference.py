@@ -91,8 +91,7 @@ def parse_model(desc):
         n = int(items.pop(0)[1:])
         if name == "gpt2":
             f = dict(L=n, C=64 * n, H=n, T=1024, V=50257)
-            if n == 48:
-                f.update(C=1600, H=25)
+            f.update({24: dict(C=1024, H=16), 36: dict(C=1280, H=20), 48: dict(C=1600, H=25)}.get(n, {}))
         else:
             f = dict(L=n, C=128 * n, H=2 * n, KV=max(1, n // 2), T=2048, V=50257)
     for it in items:
