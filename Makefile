@@ -21,7 +21,7 @@ else
   $(info nvcc not found: skipping the CUDA targets)
 endif
 
-.PHONY: all train data test test-sanitize test-gpu test-reference clean
+.PHONY: all train train-cpu data test test-sanitize test-gpu test-reference clean
 
 all: train_gpt2 test/test_quant test/test_train $(CUDA_TARGETS)
 
@@ -41,8 +41,10 @@ data: $(TINY)
 $(TINY):
 	$(PYTHON) dev/data/tinyshakespeare.py
 
-# the CPU reference trainer on tiny shakespeare with its defaults
-train: train_gpt2 $(TINY)
+# the GPU trainer on tiny shakespeare with its defaults (GPT-2 124M, bf16); the CPU reference
+train: train_gpt2_fp4 $(TINY)
+	./train_gpt2_fp4
+train-cpu: train_gpt2 $(TINY)
 	./train_gpt2
 
 # CPU tests: quantizers, CPU trainer vs the PyTorch reference states, bad input, resume and
