@@ -28,6 +28,7 @@ not depend on the thread count.
 #include "llmc/checkpoint.h"
 #include "llmc/schedulers.h"
 #include "llmc/logger.h"
+#include "llmc/run.h"
 
 // ---------------------------------------------------------------------------------------------
 // the model
@@ -798,20 +799,21 @@ static float evaluate(Model *m, DataLoader *val, int steps) {
 }
 
 // samples gen_tokens tokens after <|endoftext|>, re-running the forward on the growing prefix
-static void sample(Model *m, Rng *rng, const Tokenizer *tok, int have_tok, int gen_tokens, int B, int T) {
+static void sample(Model *m, Run *run, int gen_tokens) {
+    int B = run->train.B, T = run->train.T;
     int *gen = (int *)calloc_check((size_t)B * T, sizeof(int));
-    int eot = have_tok ? (int)tok->eot : m->cfg.V - 1;
+    int eot = run->have_tok ? (int)run->tok.eot : m->cfg.V - 1;
     for (int i = 0; i < B * T; i++) gen[i] = eot;
     int n = gen_tokens < T ? gen_tokens : T - 1;
     printf("generating:\n---\n");
     for (int t = 1; t <= n; t++) {
         model_forward(m, gen, NULL, B, T);
         const float *p = m->acts.probs + (size_t)(t - 1) * m->cfg.Vp;
-        float coin = rng_next_uniform(rng), cdf = 0.0f;
+        float coin = rng_next_uniform(&run->rng), cdf = 0.0f;
         int next = m->cfg.V - 1;
         for (int i = 0; i < m->cfg.V; i++) { cdf += p[i]; if (coin <= cdf) { next = i; break; } }
         gen[t] = next;
-        if (have_tok) tokenizer_print(tok, (uint32_t)next); else printf("%d ", next);
+        if (run->have_tok) tokenizer_print(&run->tok, (uint32_t)next); else printf("%d ", next);
         fflush(stdout);
     }
     printf("\n---\n");
@@ -838,12 +840,9 @@ int main(int argc, char **argv) {
     Model m;
     Config cfg;
     TrainState st = { 0, 0, 0, 0 };
-    int resume_step = a.resume ? checkpoint_latest(a.out_dir) : -1;
-    if (a.resume && resume_step < 0) die("-y 1: no complete checkpoint (model_N.bin + state_N.bin) in %s", a.out_dir);
+    int resume_step = run_resume_step(&a);
     char path[1100];
-    const char *model_path = NULL;
-    if (resume_step >= 0) { snprintf(path, sizeof(path), "%s/model_%08d.bin", a.out_dir, resume_step); model_path = path; }
-    else if (strchr(a.model, ':') == NULL) model_path = a.model;
+    const char *model_path = run_model_path(&a, resume_step, path, sizeof(path));
     if (model_path) {
         int step;
         float *params = checkpoint_read_model(model_path, &cfg, &step);
@@ -874,34 +873,19 @@ int main(int argc, char **argv) {
     printf("%s\n", m.recipe.tensorwise ? " tensor-wise" : "");
     printf("batch %d x %d, %d micro-step(s) per step, %d steps\n", a.B, a.T, accum, a.max_steps);
 
-    DataLoader train, val;
-    dataloader_init(&train, a.train_data, a.B, a.T, 0, 1, cfg.V);
-    dataloader_init(&val, a.val_data, a.B, a.T, 0, 1, cfg.V);
-    if (resume_step >= 0) dataloader_seek(&train, st.shard, st.pos);
-    Tokenizer tok = { 0 };
-    FILE *tf = fopen(a.tokenizer, "rb");
-    int have_tok = tf != NULL;
-    if (tf) {
-        fclose(tf);
-        tokenizer_init(&tok, a.tokenizer);
-        if (tok.vocab < (uint32_t)cfg.V) die("%s has %u tokens, fewer than the model's vocabulary %d", a.tokenizer, tok.vocab, cfg.V);
-    }
-    else printf("no tokenizer at %s: samples print token ids\n", a.tokenizer);
-    Rng rng = rng_init((uint64_t)a.seed);
-    rng.counter = st.rng_counter;
-    Logger lg;
-    logger_init(&lg, a.out_dir, resume_step >= 0);
+    Run run;
+    run_open(&run, &a, &cfg, &st, resume_step >= 0);
 
     for (int step = st.step; step <= a.max_steps; step++) {
         int last = step == a.max_steps;
         if (last || (a.val_every > 0 && step % a.val_every == 0)) {
-            float vl = evaluate(&m, &val, a.val_steps);
+            float vl = evaluate(&m, &run.val, a.val_steps);
             printf("step %5d | val loss %.6f\n", step, vl);
-            logger_eval(&lg, step, (long long)step * accum * a.B * a.T, vl);
+            logger_eval(&run.lg, step, (long long)step * accum * a.B * a.T, vl);
         }
-        if (a.sample_every > 0 && (step % a.sample_every == 0 || last)) sample(&m, &rng, &tok, have_tok, a.gen_tokens, a.B, a.T);
+        if (a.sample_every > 0 && (step % a.sample_every == 0 || last)) sample(&m, &run, a.gen_tokens);
         if (a.out_dir && step > st.step && (last || (a.ckpt_every > 0 && step % a.ckpt_every == 0))) {
-            TrainState now = { step, train.shard, train.pos, rng.counter };
+            TrainState now = { step, run.train.shard, run.train.pos, run.rng.counter };
             snprintf(path, sizeof(path), "%s/state_%08d.bin", a.out_dir, step);
             checkpoint_write_state(path, &now, m.m_mem, m.v_mem, m.nparams);
             snprintf(path, sizeof(path), "%s/model_%08d.bin", a.out_dir, step);
@@ -914,8 +898,8 @@ int main(int argc, char **argv) {
         model_zero_grad(&m);
         double loss = 0.0;
         for (int micro = 0; micro < accum; micro++) {
-            dataloader_next(&train);
-            loss += model_forward(&m, train.inputs, train.targets, a.B, a.T) / accum;
+            dataloader_next(&run.train);
+            loss += model_forward(&m, run.train.inputs, run.train.targets, a.B, a.T) / accum;
             model_backward(&m, 1.0f / accum);
         }
         float lr = lr_schedule(a.lr, step, a.warmup, a.max_steps, a.final_frac);
@@ -924,12 +908,10 @@ int main(int argc, char **argv) {
         double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
         double tok_s = (double)accum * a.B * a.T / (ms / 1e3);
         printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s\n", step + 1, a.max_steps, loss, norm, lr, ms, tok_s);
-        logger_train(&lg, step + 1, (long long)(step + 1) * accum * a.B * a.T, (float)loss, norm, lr, ms, tok_s);
+        logger_train(&run.lg, step + 1, (long long)(step + 1) * accum * a.B * a.T, (float)loss, norm, lr, ms, tok_s);
         if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
     }
-    logger_close(&lg);
-    dataloader_free(&train); dataloader_free(&val);
-    if (have_tok) tokenizer_free(&tok);
+    run_close(&run);
     model_free(&m);
     return 0;
 }

@@ -22,6 +22,7 @@ recipes come next (issue 4) and are refused until then.
 #include "llmc/checkpoint.h"
 #include "llmc/schedulers.h"
 #include "llmc/logger.h"
+#include "llmc/run.h"
 #include "llmc/cuda_common.cuh"
 #include "llmc/matmul.cuh"
 #include "llmc/norm.cuh"
@@ -332,9 +333,10 @@ static float evaluate(Model *m, DataLoader *val, int steps) {
 }
 
 // samples after <|endoftext|>: the forward of the growing prefix, the next token from row t-1
-static void sample(Model *m, Rng *rng, const Tokenizer *tok, int have_tok, int gen_tokens, int B, int T) {
+static void sample(Model *m, Run *run, int gen_tokens) {
+    int B = run->train.B, T = run->train.T;
     int *gen = (int *)calloc_check((size_t)B * T, sizeof(int));
-    int eot = have_tok ? (int)tok->eot : m->cfg.V - 1, V = m->cfg.V;
+    int eot = run->have_tok ? (int)run->tok.eot : m->cfg.V - 1, V = m->cfg.V;
     for (int i = 0; i < B * T; i++) gen[i] = eot;
     bf16 *row = (bf16 *)malloc_check((size_t)V * sizeof(bf16));
     int n = gen_tokens < T ? gen_tokens : T - 1;
@@ -346,11 +348,11 @@ static void sample(Model *m, Rng *rng, const Tokenizer *tok, int have_tok, int g
         for (int i = 0; i < V; i++) maxv = fmaxf(maxv, __bfloat162float(row[i]));
         double sum = 0.0;
         for (int i = 0; i < V; i++) sum += exp(__bfloat162float(row[i]) - maxv);
-        double coin = rng_next_uniform(rng) * sum, cdf = 0.0;
+        double coin = rng_next_uniform(&run->rng) * sum, cdf = 0.0;
         int next = V - 1;
         for (int i = 0; i < V; i++) { cdf += exp(__bfloat162float(row[i]) - maxv); if (coin <= cdf) { next = i; break; } }
         gen[t] = next;
-        if (have_tok) tokenizer_print(tok, (uint32_t)next); else printf("%d ", next);
+        if (run->have_tok) tokenizer_print(&run->tok, (uint32_t)next); else printf("%d ", next);
         fflush(stdout);
     }
     printf("\n---\n");
@@ -375,12 +377,9 @@ int main(int argc, char **argv) {
 
     Config cfg;
     TrainState st = { 0, 0, 0, 0 };
-    int resume_step = a.resume ? checkpoint_latest(a.out_dir) : -1;
-    if (a.resume && resume_step < 0) die("-y 1: no complete checkpoint (model_N.bin + state_N.bin) in %s", a.out_dir);
+    int resume_step = run_resume_step(&a);
     char path[1100];
-    const char *model_path = NULL;
-    if (resume_step >= 0) { snprintf(path, sizeof(path), "%s/model_%08d.bin", a.out_dir, resume_step); model_path = path; }
-    else if (strchr(a.model, ':') == NULL) model_path = a.model;
+    const char *model_path = run_model_path(&a, resume_step, path, sizeof(path));
     float *host_params;
     int ckpt_step = 0;
     if (model_path) host_params = checkpoint_read_model(model_path, &cfg, &ckpt_step);
@@ -411,35 +410,21 @@ int main(int argc, char **argv) {
     printf("recipe bf16, %s master weights\nbatch %d x %d, %d micro-step(s) per step, %d steps\n",
            master_fp32 ? "FP32" : "BF16 (stochastic rounding)", a.B, a.T, accum, a.max_steps);
 
-    DataLoader train, val;
-    dataloader_init(&train, a.train_data, a.B, a.T, 0, 1, cfg.V);
-    dataloader_init(&val, a.val_data, a.B, a.T, 0, 1, cfg.V);
-    if (resume_step >= 0) dataloader_seek(&train, st.shard, st.pos);
-    Tokenizer tok = { 0 };
-    FILE *tf = fopen(a.tokenizer, "rb");
-    int have_tok = tf != NULL;
-    if (tf) {
-        fclose(tf);
-        tokenizer_init(&tok, a.tokenizer);
-        if (tok.vocab < (uint32_t)cfg.V) die("%s has %u tokens, fewer than the model's vocabulary %d", a.tokenizer, tok.vocab, cfg.V);
-    }
-    Rng rng = rng_init((uint64_t)a.seed);
-    rng.counter = st.rng_counter;
-    Logger lg;
-    logger_init(&lg, a.out_dir, resume_step >= 0);
+    Run run;
+    run_open(&run, &a, &cfg, &st, resume_step >= 0);
     // FLOPs per token for MFU: 6 per weight of the matmuls, plus attention's 6 L T C (causal half of 12)
     double flops_tok = 6.0 * (double)(m.nparams - (cfg.arch == ARCH_GPT2 ? (size_t)cfg.T * cfg.C : 0)) + 6.0 * cfg.L * a.T * cfg.C;
 
     for (int step = st.step; step <= a.max_steps; step++) {
         int last = step == a.max_steps;
         if (last || (a.val_every > 0 && step % a.val_every == 0)) {
-            float vl = evaluate(&m, &val, a.val_steps);
+            float vl = evaluate(&m, &run.val, a.val_steps);
             printf("step %5d | val loss %.6f\n", step, vl);
-            logger_eval(&lg, step, (long long)step * accum * a.B * a.T, vl);
+            logger_eval(&run.lg, step, (long long)step * accum * a.B * a.T, vl);
         }
-        if (a.sample_every > 0 && (step % a.sample_every == 0 || last)) sample(&m, &rng, &tok, have_tok, a.gen_tokens, a.B, a.T);
+        if (a.sample_every > 0 && (step % a.sample_every == 0 || last)) sample(&m, &run, a.gen_tokens);
         if (a.out_dir && step > st.step && (last || (a.ckpt_every > 0 && step % a.ckpt_every == 0))) {
-            TrainState now = { step, train.shard, train.pos, rng.counter };
+            TrainState now = { step, run.train.shard, run.train.pos, run.rng.counter };
             float *mv = (float *)malloc_check(2 * m.nparams * sizeof(float));
             cuda_download(mv, m.m, m.nparams * sizeof(float));
             cuda_download(mv + m.nparams, m.v, m.nparams * sizeof(float));
@@ -457,8 +442,8 @@ int main(int argc, char **argv) {
         model_zero_grad(&m);
         double loss = 0.0;
         for (int micro = 0; micro < accum; micro++) {
-            dataloader_next(&train);
-            loss += model_forward(&m, train.inputs, train.targets, a.B, a.T, 1.0f / accum) / accum;
+            dataloader_next(&run.train);
+            loss += model_forward(&m, run.train.inputs, run.train.targets, a.B, a.T, 1.0f / accum) / accum;
             model_backward(&m);
         }
         float lr = lr_schedule(a.lr, step, a.warmup, a.max_steps, a.final_frac);
@@ -471,12 +456,10 @@ int main(int argc, char **argv) {
         double eta_s = (a.max_steps - step - 1) * ms / 1e3;
         printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s | MFU %.1f%% | ETA %.0f s\n", step + 1,
                a.max_steps, loss, norm, lr, ms, tok_s, 100 * mfu, eta_s);
-        logger_train(&lg, step + 1, (long long)(step + 1) * accum * a.B * a.T, (float)loss, norm, lr, ms, tok_s);
+        logger_train(&run.lg, step + 1, (long long)(step + 1) * accum * a.B * a.T, (float)loss, norm, lr, ms, tok_s);
         if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
     }
-    logger_close(&lg);
-    dataloader_free(&train); dataloader_free(&val);
-    if (have_tok) tokenizer_free(&tok);
+    run_close(&run);
     free(host_params);
     model_free(&m);
     return 0;

@@ -24,17 +24,21 @@ static void bgemm(void *c, cudaDataType ctype, const bf16 *a, const bf16 *b, int
                                             &beta, c, ctype, n, sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+// thread idx of the (B, T, heads, hd/2) pairs of qkv: returns 0 past the end, else its b, t, h, i
+__device__ inline int qkv_pair(long long idx, int B, int T, int heads, int hd, int *b, int *t, int *h, int *i) {
+    if (idx >= (long long)B * T * heads * hd / 2) return 0;
+    *i = idx % (hd / 2);
+    *h = (idx / (hd / 2)) % heads;
+    *t = (idx / ((long long)hd / 2 * heads)) % T;
+    *b = idx / ((long long)hd / 2 * heads * T);
+    return 1;
+}
+
 // qkv (B, T, (H + 2KV) hd) -> q (B, H, T, hd), k and v (B, KV, T, hd); rotates q and k if cos != NULL
 __global__ void permute_rope_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, const float *cos, const float *sin,
                                     int B, int T, int H, int KV, int hd) {
-    int heads = H + 2 * KV;
-    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // one thread per pair
-    long long total = (long long)B * T * heads * hd / 2;
-    if (idx >= total) return;
-    int i = idx % (hd / 2);
-    int h = (idx / (hd / 2)) % heads;
-    int t = (idx / ((long long)hd / 2 * heads)) % T;
-    int b = idx / ((long long)hd / 2 * heads * T);
+    int heads = H + 2 * KV, b, t, h, i;
+    if (!qkv_pair((long long)blockIdx.x * blockDim.x + threadIdx.x, B, T, heads, hd, &b, &t, &h, &i)) return;
     const bf16 *src = qkv + (((long long)b * T + t) * heads + h) * hd + 2 * i;
     float x0 = __bfloat162float(src[0]), x1 = __bfloat162float(src[1]);
     if (cos && h < H + KV) {
@@ -53,14 +57,8 @@ __global__ void permute_rope_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, 
 // the inverse: dq, dk, dv -> dqkv, rotating back by -angle
 __global__ void unpermute_rope_kernel(bf16 *dqkv, const bf16 *dq, const bf16 *dk, const bf16 *dv, const float *cos,
                                       const float *sin, int B, int T, int H, int KV, int hd) {
-    int heads = H + 2 * KV;
-    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long total = (long long)B * T * heads * hd / 2;
-    if (idx >= total) return;
-    int i = idx % (hd / 2);
-    int h = (idx / (hd / 2)) % heads;
-    int t = (idx / ((long long)hd / 2 * heads)) % T;
-    int b = idx / ((long long)hd / 2 * heads * T);
+    int heads = H + 2 * KV, b, t, h, i;
+    if (!qkv_pair((long long)blockIdx.x * blockDim.x + threadIdx.x, B, T, heads, hd, &b, &t, &h, &i)) return;
     const bf16 *src;
     if (h < H) src = dq + (((long long)b * H + h) * T + t) * hd;
     else if (h < H + KV) src = dk + (((long long)b * KV + h - H) * T + t) * hd;

@@ -1,0 +1,67 @@
+// defines: Run, run_resume_step, run_model_path, run_open, run_close
+// What a training run holds besides the model, the same for both trainers: where the model
+// comes from (descriptor, checkpoint, or the latest checkpoint of -o when resuming), the data
+// loaders, the tokenizer for samples, the sampling RNG and the log.
+#ifndef LLMC_RUN_H
+#define LLMC_RUN_H
+
+#include <stdio.h>
+#include <string.h>
+#include "utils.h"
+#include "model.h"
+#include "args.h"
+#include "checkpoint.h"
+#include "dataloader.h"
+#include "tokenizer.h"
+#include "logger.h"
+#include "rand.h"
+
+typedef struct {
+    DataLoader train, val;
+    Tokenizer tok;
+    int have_tok;   // 0: samples print token ids
+    Rng rng;        // sampling
+    Logger lg;
+} Run;
+
+// the step to resume from with -y 1 (dies if there is none), or -1
+static int run_resume_step(const Args *a) {
+    if (!a->resume) return -1;
+    int step = checkpoint_latest(a->out_dir);
+    if (step < 0) die("-y 1: no complete checkpoint (model_N.bin + state_N.bin) in %s", a->out_dir);
+    return step;
+}
+
+// the checkpoint to load the model from (written into buf), or NULL for a descriptor
+static const char *run_model_path(const Args *a, int resume_step, char *buf, size_t n) {
+    if (resume_step >= 0) { snprintf(buf, n, "%s/model_%08d.bin", a->out_dir, resume_step); return buf; }
+    return strchr(a->model, ':') == NULL ? a->model : NULL;
+}
+
+// st: the restored state when resuming (data position, RNG), else zeros
+static void run_open(Run *r, const Args *a, const Config *cfg, const TrainState *st, int resumed) {
+    dataloader_init(&r->train, a->train_data, a->B, a->T, 0, 1, cfg->V);
+    dataloader_init(&r->val, a->val_data, a->B, a->T, 0, 1, cfg->V);
+    if (resumed) dataloader_seek(&r->train, st->shard, st->pos);
+    memset(&r->tok, 0, sizeof(r->tok));
+    FILE *tf = fopen(a->tokenizer, "rb");
+    r->have_tok = tf != NULL;
+    if (tf) {
+        fclose(tf);
+        tokenizer_init(&r->tok, a->tokenizer);
+        if (r->tok.vocab < (uint32_t)cfg->V) die("%s has %u tokens, fewer than the model's vocabulary %d", a->tokenizer, r->tok.vocab, cfg->V);
+    } else {
+        printf("no tokenizer at %s: samples print token ids\n", a->tokenizer);
+    }
+    r->rng = rng_init((uint64_t)a->seed);
+    r->rng.counter = st->rng_counter;
+    logger_init(&r->lg, a->out_dir, resumed);
+}
+
+static void run_close(Run *r) {
+    logger_close(&r->lg);
+    dataloader_free(&r->train); dataloader_free(&r->val);
+    if (r->have_tok) tokenizer_free(&r->tok);
+}
+
+#endif
