@@ -21,7 +21,7 @@ else
   $(info nvcc not found: skipping the CUDA targets)
 endif
 
-.PHONY: all train train-cpu data test test-sanitize test-gpu test-reference clean
+.PHONY: all train train-cpu data test test-sanitize test-gpu bench test-reference clean
 
 all: train_gpt2 test/test_quant test/test_train $(CUDA_TARGETS)
 
@@ -83,6 +83,10 @@ test-gpu: $(CUDA_TARGETS) $(TINY)
 	./test/test_quant_gpu
 	./test/test_gpu_train test/ref/*_fp32.bin
 	BIN=./train_gpt2_fp4 RECIPES=bf16 bash test/test_train_run.sh
+
+# throughput, MFU and peak memory against a PyTorch baseline in the same run (needs a GPU, PyTorch)
+bench: train_gpt2_fp4 $(TINY)
+	$(PYTHON) dev/bench/bench.py
 
 # the PyTorch reference's own checks, and regenerating test/ref (needs torch)
 test-reference:

@@ -75,6 +75,7 @@ typedef struct {
     float *rope_cos, *rope_sin;   // (T, hd/2), LLaMA
     int B, T;
     void *acts_mem;
+    size_t acts_bytes;
     Acts acts;
     Scratch s;
     int *inputs, *targets;        // device (B, T)
@@ -136,11 +137,20 @@ static void model_create(Model *m, const Config *c, int master_fp32) {
     CUDA_CHECK(cudaStreamCreate(&m->stream));
 }
 
+static void model_free_acts(Model *m) {
+    if (!m->acts_mem) return;
+    size_t N = (size_t)m->B * m->T;
+    cuda_free(m->acts_mem, m->acts_bytes);
+    cuda_free(m->inputs, 2 * N * sizeof(int));
+    cuda_free(m->dbuckets, (3 * N + 1) * sizeof(int));
+    free(m->buckets); free(m->host_losses);
+    m->acts_mem = NULL;
+}
+
 // activation and scratch buffers for batches of B x T, in one allocation
 static void model_alloc_acts(Model *m, int B, int T) {
     if (m->B == B && m->T == T) return;
-    if (m->acts_mem) { CUDA_CHECK(cudaFree(m->acts_mem)); CUDA_CHECK(cudaFree(m->inputs)); free(m->buckets);
-                       CUDA_CHECK(cudaFree(m->dbuckets)); free(m->host_losses); }
+    model_free_acts(m);
     const Config *c = &m->cfg;
     size_t N = (size_t)B * T, L = c->L, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F, H = c->H;
     size_t hd = config_hd(c), KV = c->KV, Vp = c->Vp;
@@ -170,6 +180,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     size_t total = 0;
     for (int i = 0; i < na; i++) total += a[i].bytes;
     m->acts_mem = cuda_malloc(total);
+    m->acts_bytes = total;
     char *p = (char *)m->acts_mem;
     for (int i = 0; i < na; i++) { *a[i].ptr = p; p += a[i].bytes; }
     m->inputs = (int *)cuda_malloc(2 * N * sizeof(int));
@@ -306,11 +317,12 @@ static float model_update(Model *m, float lr, float b1, float b2, float eps, flo
 }
 
 static void model_free(Model *m) {
-    CUDA_CHECK(cudaFree(m->params)); if (m->master) CUDA_CHECK(cudaFree(m->master));
-    CUDA_CHECK(cudaFree(m->grads)); CUDA_CHECK(cudaFree(m->m)); CUDA_CHECK(cudaFree(m->v));
-    CUDA_CHECK(cudaFree(m->rope_cos));
-    if (m->acts_mem) { CUDA_CHECK(cudaFree(m->acts_mem)); CUDA_CHECK(cudaFree(m->inputs)); CUDA_CHECK(cudaFree(m->dbuckets));
-                       free(m->buckets); free(m->host_losses); }
+    size_t n = m->nparams, hd = config_hd(&m->cfg);
+    cuda_free(m->params, n * sizeof(bf16));
+    if (m->master) cuda_free(m->master, n * sizeof(float));
+    cuda_free(m->grads, n * sizeof(float)); cuda_free(m->m, n * sizeof(float)); cuda_free(m->v, n * sizeof(float));
+    cuda_free(m->rope_cos, (size_t)m->cfg.T * hd * sizeof(float));
+    model_free_acts(m);
     CUDA_CHECK(cudaStreamDestroy(m->stream));
 }
 
@@ -459,6 +471,7 @@ int main(int argc, char **argv) {
         logger_train(&run.lg, step + 1, (long long)(step + 1) * accum * a.B * a.T, (float)loss, norm, lr, ms, tok_s);
         if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
     }
+    printf("peak GPU memory %.0f MiB (the trainer's allocations)\n", cuda_peak_bytes / 1048576.0);
     run_close(&run);
     free(host_params);
     model_free(&m);

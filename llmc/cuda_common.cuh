@@ -1,5 +1,5 @@
-// defines: CUDA_CHECK, CUBLAS_CHECK, bf16, ceil_div, cuda_malloc, cuda_upload, cuda_download,
-//          block_sum
+// defines: CUDA_CHECK, CUBLAS_CHECK, bf16, ceil_div, cuda_malloc, cuda_free, cuda_peak_bytes,
+//          cuda_upload, cuda_download, block_sum
 // What every CUDA file of the project needs: error checks that end the run with one line, the
 // BF16 type, and a deterministic block reduction.
 #ifndef LLMC_CUDA_COMMON_CUH
@@ -20,11 +20,21 @@ typedef __nv_bfloat16 bf16;
 
 static inline int ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
 
+// every device allocation goes through these two, which keep count for the peak-memory report
+static size_t cuda_bytes, cuda_peak_bytes;
+
 static void *cuda_malloc(size_t bytes) {
     void *p = NULL;
     cudaError_t err = cudaMalloc(&p, bytes > 0 ? bytes : 1);
     if (err != cudaSuccess) die("out of GPU memory allocating %zu bytes (%s)", bytes, cudaGetErrorString(err));
+    cuda_bytes += bytes;
+    if (cuda_bytes > cuda_peak_bytes) cuda_peak_bytes = cuda_bytes;
     return p;
+}
+
+static void cuda_free(void *p, size_t bytes) {
+    CUDA_CHECK(cudaFree(p));
+    cuda_bytes -= bytes;
 }
 
 static void cuda_upload(void *dst, const void *src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)); }

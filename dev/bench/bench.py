@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""`make bench`: our GPU trainer against the PyTorch baseline, in the same run, on the same
+models and batches at T = 1024; prints a markdown table (tok/s, MFU, peak memory).
+
+    python3 dev/bench/bench.py [--steps 20] [--configs gpt2:d12:32 gpt2:d24:16 llama:d16,T=1024:8]
+
+Our numbers: mean step time of the steps after the first 5 (main.jsonl). PyTorch's: 5 warmup
+steps, then --steps timed. Peak memory: what each program allocated on the device (ours: every
+cudaMalloc; PyTorch: max_memory_reserved of its caching allocator).
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+DATA = "data/tinyshakespeare/tiny_shakespeare_train.bin"
+
+
+def run(cmd):
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+    return p.stdout
+
+
+def ours(model, B, steps, recipe):
+    with tempfile.TemporaryDirectory() as out:
+        log = run(["./train_gpt2_fp4", "-e", model, "-b", str(B), "-t", "1024", "-x", str(steps), "-u", "2",
+                   "-v", "0", "-m", "1", "-r", recipe, "-o", out])
+        rows = [json.loads(l) for l in open(os.path.join(out, "main.jsonl")) if '"train_loss"' in l]
+    ms = sum(r["ms"] for r in rows[5:]) / len(rows[5:])
+    mfu = float(re.findall(r"MFU ([0-9.]+)%", log)[-1])
+    peak = float(re.search(r"peak GPU memory ([0-9]+) MiB", log).group(1))
+    return ms, B * 1024 / (ms / 1e3), mfu, peak
+
+
+def pytorch(model, B, steps):
+    out = run([sys.executable, "dev/bench/pytorch_baseline.py", "--model", model, "-b", str(B), "-t", "1024",
+               "--steps", str(steps)])
+    m = re.search(r"([0-9.]+) ms/step, ([0-9]+) tok/s, MFU ([0-9.]+)%, peak ([0-9]+) MiB", out)
+    return float(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--configs", nargs="+", default=["gpt2:d12:32", "gpt2:d24:16", "llama:d16,T=1024:8"],
+                    help="MODEL:BATCH")
+    ap.add_argument("--recipes", nargs="+", default=["bf16"])
+    a = ap.parse_args()
+    if not os.path.exists(os.path.join(ROOT, DATA)):
+        sys.exit(f"error: {DATA} missing (make data)")
+    rows = []
+    for spec in a.configs:
+        model, _, B = spec.rpartition(":")
+        ref = pytorch(model, int(B), a.steps)
+        rows.append((model, B, "pytorch (compile, bf16 autocast)", ref, None))
+        for r in a.recipes:
+            res = ours(model, int(B), a.steps + 5, r)
+            rows.append((model, B, f"train_gpt2_fp4 {r}", res, res[1] / ref[1]))
+        print(f"done {spec}", file=sys.stderr)
+    print("| model | batch x 1024 | trainer | ms/step | tok/s | MFU | peak MiB | vs PyTorch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, B, who, (ms, tok, mfu, peak), rel in rows:
+        print(f"| {model} | {B} | {who} | {ms:.1f} | {tok:,.0f} | {mfu:.1f}% | {peak:,.0f} | "
+              f"{'' if rel is None else f'{rel:.2f}x'} |")
+
+
+if __name__ == "__main__":
+    main()
