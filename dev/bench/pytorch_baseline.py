@@ -80,7 +80,7 @@ class Model(nn.Module):
             x = blk(x, rope)
         x = self.lnf(x)
         logits = x @ (self.wte.weight if self.head is None else self.head.weight).t()
-        return F.cross_entropy(logits[..., :cfg.V].float().view(-1, cfg.V), targets.view(-1))
+        return F.cross_entropy(logits[..., :cfg.V].float().reshape(-1, cfg.V), targets.reshape(-1))
 
 
 
