@@ -30,7 +30,7 @@ def run(cmd):
 def ours(model, B, steps, recipe):
     with tempfile.TemporaryDirectory() as out:
         log = run(["./train_gpt2_fp4", "-e", model, "-b", str(B), "-t", "1024", "-x", str(steps), "-u", "2",
-                   "-v", "0", "-m", "1", "-r", recipe, "-o", out])
+                   "-v", "0", "-m", "1", "-r", recipe, "-i", DATA, "-j", DATA, "-o", out])
         rows = [json.loads(l) for l in open(os.path.join(out, "main.jsonl")) if '"train_loss"' in l]
     ms = sum(r["ms"] for r in rows[5:]) / len(rows[5:])
     mfu = float(re.findall(r"MFU ([0-9.]+)%", log)[-1])
