@@ -65,14 +65,28 @@ test-sanitize:
 	bash test/test_badinput.sh
 	$(MAKE) clean
 
-CUDA_HEADERS = $(HEADERS) $(wildcard llmc/*.cuh)
-CUDA_LIBS = -lcublasLt -lcublas
+CUDA_HEADERS = $(HEADERS) $(wildcard llmc/*.cuh) llmc/cudnn_attention.h
+CUDA_LIBS = -lcublasLt -lcublas -lcudnn -lnvrtc
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
 
-train_gpt2_fp4: train_gpt2_fp4.cu $(CUDA_HEADERS)
-	$(NVCC) $(NVCC_FLAGS) -o $@ $< $(CUDA_LIBS)
+# cuDNN's attention goes through its C++ frontend (headers only, from PyPI, kept in .deps/)
+CUDNN_FRONTEND_VERSION = 1.32.0
+CUDNN_FE = .deps/cudnn_frontend/include
+$(CUDNN_FE)/cudnn_frontend.h:
+	rm -rf .deps/cudnn_frontend .deps/wheel && mkdir -p .deps/cudnn_frontend .deps/wheel
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 \
+		-d .deps/wheel nvidia-cudnn-frontend==$(CUDNN_FRONTEND_VERSION)
+	cd .deps/cudnn_frontend && unzip -q ../wheel/*.whl 'include/*'
+	rm -rf .deps/wheel
 
-test/test_gpu_train: test/test_gpu_train.cu train_gpt2_fp4.cu test/ref_file.h $(CUDA_HEADERS)
-	$(NVCC) $(NVCC_FLAGS) -o $@ $< $(CUDA_LIBS)
+llmc/cudnn_attention.o: llmc/cudnn_attention.cpp llmc/cudnn_attention.h llmc/utils.h $(CUDNN_FE)/cudnn_frontend.h
+	$(CXX) -O2 -std=c++17 -I$(CUDA_HOME)/include -I$(CUDNN_FE) -Illmc -c -o $@ $<
+
+train_gpt2_fp4: train_gpt2_fp4.cu llmc/cudnn_attention.o $(CUDA_HEADERS)
+	$(NVCC) $(NVCC_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS)
+
+test/test_gpu_train: test/test_gpu_train.cu train_gpt2_fp4.cu llmc/cudnn_attention.o test/ref_file.h $(CUDA_HEADERS)
+	$(NVCC) $(NVCC_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS)
 
 test/test_quant_gpu: test/test_quant_gpu.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $<
@@ -93,4 +107,4 @@ test-reference:
 	$(PYTHON) dev/reference/test_reference.py
 
 clean:
-	rm -f train_gpt2 train_gpt2_fp4 test/test_quant test/test_train test/test_quant_gpu test/test_gpu_train
+	rm -f llmc/cudnn_attention.o train_gpt2 train_gpt2_fp4 test/test_quant test/test_train test/test_quant_gpu test/test_gpu_train

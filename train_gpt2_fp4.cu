@@ -36,8 +36,8 @@ typedef struct {
     bf16 *encoded;               // (N, C) embedding: the residual stream into layer 0
     bf16 *ln1;                   // (L, N, C) norm output into qkv
     float *ln1_mean, *ln1_rstd;  // (L, N)
-    bf16 *q, *k, *v;             // (L, B, H, T, hd), (L, B, KV, T, hd) x 2: after RoPE
-    bf16 *att;                   // (L, B, H, T, T) attention probabilities
+    bf16 *qkv;                   // (L, N, QKV) qkv projection, q and k rotated (LLaMA)
+    float *att_stats;            // (L, B, H, T) attention log-sum-exp, for the backward
     bf16 *atty;                  // (L, N, C) attention output into attproj
     bf16 *res2;                  // (L, N, C) residual stream after attention
     bf16 *ln2;                   // (L, N, C) norm output into fc
@@ -52,11 +52,7 @@ typedef struct {
 } Acts;
 
 typedef struct {                 // reused layer after layer
-    bf16 *qkv;                   // (N, QKV) qkv projection; its gradient in backward
-    float *scores;               // (B, H, T, T) attention scores; their gradient in backward
-    bf16 *dscores;               // (B, H, T, T)
-    bf16 *y;                     // (B, H, T, hd) attention output by head; dy in backward
-    bf16 *dq, *dk, *dv;          // (B, H, T, hd), (B, KV, T, hd) x 2
+    bf16 *dqkv;                  // (N, QKV)
     bf16 *dres;                  // (N, C) gradient of the residual stream
     bf16 *dln;                   // (N, C)
     bf16 *datty;                 // (N, C)
@@ -153,7 +149,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     model_free_acts(m);
     const Config *c = &m->cfg;
     size_t N = (size_t)B * T, L = c->L, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F, H = c->H;
-    size_t hd = config_hd(c), KV = c->KV, Vp = c->Vp;
+    size_t Vp = c->Vp;
     size_t maxM = QKV > FF ? QKV : FF;
     if (Vp > maxM) maxM = Vp;
     size_t partial = (N / 64 + 1) * maxM;
@@ -165,15 +161,13 @@ static void model_alloc_acts(Model *m, int B, int T) {
     Acts *x = &m->acts;
     BUF(x->encoded, N * C);
     BUF(x->ln1, L * N * C); BUF(x->ln1_mean, L * N); BUF(x->ln1_rstd, L * N);
-    BUF(x->q, L * N * H * hd); BUF(x->k, L * N * KV * hd); BUF(x->v, L * N * KV * hd);
-    BUF(x->att, L * B * H * T * T); BUF(x->atty, L * N * C); BUF(x->res2, L * N * C);
+    BUF(x->qkv, L * N * QKV); BUF(x->att_stats, L * N * H); BUF(x->atty, L * N * C); BUF(x->res2, L * N * C);
     BUF(x->ln2, L * N * C); BUF(x->ln2_mean, L * N); BUF(x->ln2_rstd, L * N);
     BUF(x->fch, L * N * FF); BUF(x->fch_act, L * N * F); BUF(x->res3, L * N * C);
     BUF(x->lnf, N * C); BUF(x->lnf_mean, N); BUF(x->lnf_rstd, N);
     BUF(x->logits, N * Vp); BUF(x->losses, N);
     Scratch *s = &m->s;
-    BUF(s->qkv, N * QKV); BUF(s->scores, B * H * T * T); BUF(s->dscores, B * H * T * T); BUF(s->y, N * H * hd);
-    BUF(s->dq, N * H * hd); BUF(s->dk, N * KV * hd); BUF(s->dv, N * KV * hd);
+    BUF(s->dqkv, N * QKV);
     BUF(s->dres, N * C); BUF(s->dln, N * C); BUF(s->datty, N * C); BUF(s->dfch, N * FF); BUF(s->dfch_act, N * F);
     BUF(s->partial, partial);
 #undef BUF
@@ -218,13 +212,13 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
         size_t lc = (size_t)l * N * C;
         bf16 *ln1 = a->ln1 + lc, *atty = a->atty + lc, *res2 = a->res2 + lc, *ln2 = a->ln2 + lc, *res3 = a->res3 + lc;
         bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + (size_t)l * N * F;
-        AttnSaved sv = { a->q + (size_t)l * N * c->H * hd, a->k + (size_t)l * N * c->KV * hd, a->v + (size_t)l * N * c->KV * hd,
-                         a->att + (size_t)l * B * c->H * T * T };
+        bf16 *qkv = a->qkv + (size_t)l * N * QKV;
+        float *stats = targets ? a->att_stats + (size_t)l * N * c->H : NULL;
         norm_forward(ln1, gpt2 ? a->ln1_mean + (size_t)l * N : NULL, a->ln1_rstd + (size_t)l * N, res,
                      PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN1B) + (size_t)l * C : NULL, N, C, c->norm_eps, st);
-        matmul_forward(m->s.qkv, ln1, PARAM(m, P_QKVW) + (size_t)l * QKV * C, gpt2 ? PARAM(m, P_QKVB) + (size_t)l * QKV : NULL,
+        matmul_forward(qkv, ln1, PARAM(m, P_QKVW) + (size_t)l * QKV * C, gpt2 ? PARAM(m, P_QKVB) + (size_t)l * QKV : NULL,
                        NULL, N, C, QKV, st);
-        attention_forward(atty, &sv, m->s.scores, m->s.y, m->s.qkv, cs, sn, B, T, c->H, c->KV, hd, st);
+        attention_forward(atty, stats, qkv, cs, sn, B, T, c->H, c->KV, hd, st);
         matmul_forward(res2, atty, PARAM(m, P_ATTPROJW) + (size_t)l * C * C, gpt2 ? PARAM(m, P_ATTPROJB) + (size_t)l * C : NULL,
                        res, N, C, C, st);
         norm_forward(ln2, gpt2 ? a->ln2_mean + (size_t)l * N : NULL, a->ln2_rstd + (size_t)l * N, res2,
@@ -272,8 +266,8 @@ static void model_backward(Model *m) {
         size_t lc = (size_t)l * N * C;
         const bf16 *ln1 = a->ln1 + lc, *atty = a->atty + lc, *res2 = a->res2 + lc, *ln2 = a->ln2 + lc;
         const bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + (size_t)l * N * F;
-        AttnSaved sv = { a->q + (size_t)l * N * c->H * hd, a->k + (size_t)l * N * c->KV * hd, a->v + (size_t)l * N * c->KV * hd,
-                         a->att + (size_t)l * B * c->H * T * T };
+        const bf16 *qkv = a->qkv + (size_t)l * N * QKV;
+        const float *stats = a->att_stats + (size_t)l * N * c->H;
         // MLP: fcproj, activation, fc, norm 2; the residual gradient passes through unchanged
         matmul_dgrad(s->dfch_act, s->dres, PARAM(m, P_FCPROJW) + (size_t)l * C * F, N, C, F, st);
         matmul_wgrad(GRAD(m, P_FCPROJW) + (size_t)l * C * F, s->dres, fch_act, N, C, F, st);
@@ -290,11 +284,10 @@ static void model_backward(Model *m) {
         matmul_dgrad(s->datty, s->dres, PARAM(m, P_ATTPROJW) + (size_t)l * C * C, N, C, C, st);
         matmul_wgrad(GRAD(m, P_ATTPROJW) + (size_t)l * C * C, s->dres, atty, N, C, C, st);
         if (gpt2) column_sum(GRAD(m, P_ATTPROJB) + (size_t)l * C, s->dres, s->partial, N, C, st);
-        attention_backward(s->qkv, &sv, s->scores, s->dscores, s->y, s->dq, s->dk, s->dv, s->datty, cs, sn, B, T, c->H,
-                           c->KV, hd, st);
-        matmul_dgrad(s->dln, s->qkv, PARAM(m, P_QKVW) + (size_t)l * QKV * C, N, QKV, C, st);
-        matmul_wgrad(GRAD(m, P_QKVW) + (size_t)l * QKV * C, s->qkv, ln1, N, QKV, C, st);
-        if (gpt2) column_sum(GRAD(m, P_QKVB) + (size_t)l * QKV, s->qkv, s->partial, N, QKV, st);
+        attention_backward(s->dqkv, s->datty, qkv, atty, stats, cs, sn, B, T, c->H, c->KV, hd, st);
+        matmul_dgrad(s->dln, s->dqkv, PARAM(m, P_QKVW) + (size_t)l * QKV * C, N, QKV, C, st);
+        matmul_wgrad(GRAD(m, P_QKVW) + (size_t)l * QKV * C, s->dqkv, ln1, N, QKV, C, st);
+        if (gpt2) column_sum(GRAD(m, P_QKVB) + (size_t)l * QKV, s->dqkv, s->partial, N, QKV, st);
         norm_backward(s->dres, GRAD(m, P_LN1W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN1B) + (size_t)l * C : NULL, s->partial,
                       s->dln, resin, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? a->ln1_mean + (size_t)l * N : NULL,
                       a->ln1_rstd + (size_t)l * N, N, C, st);
@@ -327,10 +320,8 @@ static void model_free(Model *m) {
 }
 
 static void gpu_init(void) {
-    int dev = 0;
-    CUDA_CHECK(cudaSetDevice(dev));
+    CUDA_CHECK(cudaSetDevice(0));
     matmul_init();
-    attention_init();
 }
 
 #ifndef TESTING
@@ -471,7 +462,7 @@ int main(int argc, char **argv) {
         logger_train(&run.lg, step + 1, (long long)(step + 1) * accum * a.B * a.T, (float)loss, norm, lr, ms, tok_s);
         if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
     }
-    printf("peak GPU memory %.0f MiB (the trainer's allocations)\n", cuda_peak_bytes / 1048576.0);
+    printf("peak GPU memory %.0f MiB (the trainer's allocations)\n", (cuda_peak_bytes + cudnn_attention_bytes()) / 1048576.0);
     run_close(&run);
     free(host_params);
     model_free(&m);
