@@ -16,41 +16,65 @@ static void matmul_init(void) {
     lt_workspace = cuda_malloc(LT_WORKSPACE);
 }
 
-// column-major D (m, n) = op(A) op(B) + beta C, op(A) (m, k), op(B) (k, n); C may be NULL (beta 0)
-// or a BF16 matrix like D; bias (m) is added per row of D when given
-static void lt_matmul(void *d, cudaDataType dtype, const bf16 *a, const bf16 *b, const void *c, const bf16 *bias,
-                      int m, int n, int k, int trans_a, int trans_b, float beta, cudaStream_t stream) {
+// One cached plan per GEMM shape: the descriptors and the heuristic's algorithm are made once,
+// not per call (a training step runs ~10 GEMMs per layer).
+typedef struct {
+    int m, n, k, trans_a, trans_b, has_bias, has_c;
+    cudaDataType dtype;
     cublasLtMatmulDesc_t desc;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasLtMatrixLayout_t la, lb, lc, ld;
+    cublasLtMatmulAlgo_t algo;
+} LtPlan;
+
+#define MAX_LT_PLANS 64
+static LtPlan lt_plans[MAX_LT_PLANS];
+static int lt_nplans;
+
+static LtPlan *lt_plan(cudaDataType dtype, int m, int n, int k, int trans_a, int trans_b, int has_bias, int has_c) {
+    for (int i = 0; i < lt_nplans; i++) {
+        LtPlan *p = &lt_plans[i];
+        if (p->m == m && p->n == n && p->k == k && p->trans_a == trans_a && p->trans_b == trans_b &&
+            p->has_bias == has_bias && p->has_c == has_c && p->dtype == dtype) return p;
+    }
+    if (lt_nplans == MAX_LT_PLANS) die("more than %d GEMM shapes", MAX_LT_PLANS);
+    LtPlan *p = &lt_plans[lt_nplans++];
+    p->m = m; p->n = n; p->k = k; p->trans_a = trans_a; p->trans_b = trans_b; p->has_bias = has_bias; p->has_c = has_c;
+    p->dtype = dtype;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    if (bias) {
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    if (has_bias) {
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         cudaDataType bt = CUDA_R_16BF;
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
     }
-    cublasLtMatrixLayout_t la, lb, lc, ld;
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, trans_a ? k : m, trans_a ? m : k, trans_a ? k : m));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, trans_b ? n : k, trans_b ? k : n, trans_b ? n : k));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, c ? CUDA_R_16BF : dtype, m, n, m));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, dtype, m, n, m));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, trans_a ? k : m, trans_a ? m : k, trans_a ? k : m));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, trans_b ? n : k, trans_b ? k : n, trans_b ? n : k));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lc, has_c ? CUDA_R_16BF : dtype, m, n, m));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->ld, dtype, m, n, m));
     cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &LT_WORKSPACE, sizeof(LT_WORKSPACE)));
     cublasLtMatmulHeuristicResult_t heur;
     int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_handle, desc, la, lb, lc, ld, pref, 1, &heur, &found));
-    if (found == 0) die("cuBLASLt has no kernel for m=%d n=%d k=%d ta=%d tb=%d bias=%d", m, n, k, trans_a, trans_b, bias != NULL);
-    float alpha = 1.0f;
-    CUBLAS_CHECK(cublasLtMatmul(lt_handle, desc, &alpha, a, la, b, lb, &beta, c ? c : d, lc, d, ld, &heur.algo,
-                                lt_workspace, LT_WORKSPACE, stream));
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->la, p->lb, p->lc, p->ld, pref, 1, &heur, &found));
+    if (found == 0) die("cuBLASLt has no kernel for m=%d n=%d k=%d ta=%d tb=%d bias=%d", m, n, k, trans_a, trans_b, has_bias);
+    p->algo = heur.algo;
     cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(la); cublasLtMatrixLayoutDestroy(lb);
-    cublasLtMatrixLayoutDestroy(lc); cublasLtMatrixLayoutDestroy(ld);
-    cublasLtMatmulDescDestroy(desc);
+    return p;
+}
+
+// column-major D (m, n) = op(A) op(B) + beta C, op(A) (m, k), op(B) (k, n); C may be NULL (beta 0)
+// or a BF16 matrix like D; bias (m) is added per row of D when given
+static void lt_matmul(void *d, cudaDataType dtype, const bf16 *a, const bf16 *b, const void *c, const bf16 *bias,
+                      int m, int n, int k, int trans_a, int trans_b, float beta, cudaStream_t stream) {
+    LtPlan *p = lt_plan(dtype, m, n, k, trans_a, trans_b, bias != NULL, c != NULL);
+    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    float alpha = 1.0f;
+    CUBLAS_CHECK(cublasLtMatmul(lt_handle, p->desc, &alpha, a, p->la, b, p->lb, &beta, c ? c : d, p->lc, d, p->ld, &p->algo,
+                                lt_workspace, LT_WORKSPACE, stream));
 }
 
 // y (N, M) = x (N, K) W (M, K)^T + bias (M) + residual (N, M); bias, residual may be NULL
