@@ -76,7 +76,8 @@ $(CUDNN_FE)/cudnn_frontend.h:
 	rm -rf .deps/cudnn_frontend .deps/wheel && mkdir -p .deps/cudnn_frontend .deps/wheel
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 \
 		-d .deps/wheel nvidia-cudnn-frontend==$(CUDNN_FRONTEND_VERSION)
-	cd .deps/cudnn_frontend && unzip -q ../wheel/*.whl 'include/*'
+	$(PYTHON) -c "import glob, zipfile; z = zipfile.ZipFile(glob.glob('.deps/wheel/*.whl')[0]); \
+		[z.extract(n, '.deps/cudnn_frontend') for n in z.namelist() if n.startswith('include/')]"
 	rm -rf .deps/wheel
 
 llmc/cudnn_attention.o: llmc/cudnn_attention.cpp llmc/cudnn_attention.h llmc/utils.h $(CUDNN_FE)/cudnn_frontend.h

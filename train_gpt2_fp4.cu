@@ -2,8 +2,9 @@
 GPU trainer for GPT-2 and LLaMA. Same configurations, parameter layout, checkpoints, data and
 flags as the CPU reference train_gpt2.c (SPEC.md). This version runs the bf16 recipe: BF16
 weights and activations, FP32 accumulation, FP32 gradients and Adam moments, BF16 weights
-updated with stochastic rounding (or an FP32 master copy, --master-fp32 1). The fp8 and fp4
-recipes come next (issue 4) and are refused until then.
+updated with stochastic rounding (or an FP32 master copy, --master-fp32 1); GEMMs on cuBLASLt,
+attention on cuDNN's flash SDPA. The fp8 and fp4 recipes come next (issue 4) and are refused
+until then.
 */
 #include <stdio.h>
 #include <stdlib.h>
