@@ -100,9 +100,44 @@ static void test_presets(void) {
     CHECK(l.C == 2048 && l.H == 32 && l.KV == 8 && l.F == 5632 && l.T == 2048, "llama:d16 preset");
 }
 
+// gradient accumulation: two half batches with loss scale 1/2 give the full batch's gradients
+static void test_accumulation(const char *path) {
+    RefFile rf;
+    FILE *f = ref_open(&rf, path);
+    fclose(f);
+    if (rf.B % 2 != 0) die("%s: the accumulation test needs an even batch", path);
+    RecipeOptions ro = rf.ro;
+    ro.recipe = recipe_parse("fp32");  // quantized recipes scale G per channel over the tokens of a micro-batch
+    Model m;
+    model_init(&m, &rf.cfg, rf.seed);
+    model_set_recipe(&m, &ro);
+    int half = rf.B / 2, n = half * rf.T;
+    model_zero_grad(&m);
+    model_forward(&m, rf.inputs, rf.targets, rf.B, rf.T);
+    model_backward(&m, 1.0f);
+    float *full = (float *)malloc_check(m.nparams * sizeof(float));
+    memcpy(full, m.grads_mem, m.nparams * sizeof(float));
+    model_zero_grad(&m);
+    for (int i = 0; i < 2; i++) {
+        model_forward(&m, rf.inputs + i * n, rf.targets + i * n, half, rf.T);
+        model_backward(&m, 0.5f);
+    }
+    float maxerr = 0.0f, maxref = 0.0f;
+    for (size_t i = 0; i < m.nparams; i++) {
+        maxerr = fmaxf(maxerr, fabsf(m.grads_mem[i] - full[i]));
+        maxref = fmaxf(maxref, fabsf(full[i]));
+    }
+    CHECK(maxerr <= 1e-5f * maxref, "accumulated gradients differ from the full batch's by %.3g of the max", maxerr / maxref);
+    printf("gradient accumulation (2 x B/2 vs B, %s): max difference %.2e of the max gradient\n", recipe_table[ro.recipe].name, maxerr / maxref);
+    free(full);
+    model_free(&m);
+    ref_free(&rf);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) die("usage: test_train test/ref/*.bin");
     test_presets();
+    test_accumulation(argv[1]);
     for (int i = 1; i < argc; i++) test_file(argv[i]);
     return check_summary("train");
 }
