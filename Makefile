@@ -89,7 +89,7 @@ train_gpt2_fp4: train_gpt2_fp4.cu llmc/cudnn_attention.o $(CUDA_HEADERS)
 test/test_gpu_train: test/test_gpu_train.cu train_gpt2_fp4.cu llmc/cudnn_attention.o test/ref_file.h $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS)
 
-test/test_quant_gpu: test/test_quant_gpu.cu $(HEADERS)
+test/test_quant_gpu: test/test_quant_gpu.cu $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $<
 
 # GPU tests (needs an NVIDIA GPU): the quantizer rules on the device vs the CPU, bit for bit;

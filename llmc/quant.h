@@ -107,8 +107,7 @@ static HD inline float dge_derivative(float w, Format f, float k) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// CPU reference helpers (host only)
-#ifndef __CUDA_ARCH__
+// CPU reference helpers (host functions)
 #include "utils.h"
 
 // quantize x (rows x cols, row-major) with one scale per row (axis 0), per column (axis 1) or,
@@ -178,5 +177,4 @@ static long occ_clamp_rows(float *xc, float *resid, const float *x, int rows, in
     return clamped;
 }
 
-#endif
 #endif

@@ -1,16 +1,13 @@
 // The element rules of llmc/quant.h run on the GPU must give the CPU's bits: every format's
 // rounding on fresh random inputs (all magnitudes, every tie and grid point), and the DGE
-// derivative within a few ulp (powf differs by an ulp or two between libm and CUDA).
+// derivative within a few ulp (powf differs by an ulp or two between libm and CUDA). And the
+// row quantization kernel of llmc/quantize.cuh: the same scales and codes as quantize_matrix.
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-#include <cuda_runtime.h>
-#include "../llmc/quant.h"
+#include "../llmc/quantize.cuh"
 #include "../llmc/rand.h"
 #include "check.h"
-
-#define CUDA_CHECK(call) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) { \
-    printf("error: %s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); exit(1); } } while (0)
 
 __global__ void round_kernel(float *out, const float *in, int n, Format f) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -25,6 +22,55 @@ __global__ void dge_kernel(float *out, const float *in, int n, Format f, float k
 static int ulp_distance(float a, float b) {
     int ia = (int)f32_bits(a), ib = (int)f32_bits(b);
     return abs(ia - ib);
+}
+
+// FP8 byte back to float on the host
+static float byte_value(__nv_fp8_storage_t b, Format f) {
+    __half_raw h = __nv_cvt_fp8_to_halfraw(b, f == FMT_E5M2 ? __NV_E5M2 : __NV_E4M3);
+    return __half2float(__half(h));
+}
+
+// rows of fresh random BF16 data spanning 2^-20 .. 2^20 in scale, zero rows, huge and tiny rows
+static void test_quantize_rows(uint64_t seed) {
+    const int shapes[4][2] = { { 37, 64 }, { 128, 768 }, { 64, 3072 }, { 33, 50 } };
+    const Format fmts[5] = { FMT_E2M1, FMT_E1M2, FMT_E3M0, FMT_E4M3, FMT_E5M2 };
+    for (int si = 0; si < 4; si++) {
+        int rows = shapes[si][0], cols = shapes[si][1];
+        size_t n = (size_t)rows * cols;
+        bf16 *xb = (bf16 *)malloc_check(n * sizeof(bf16));
+        float *x = (float *)malloc_check(n * sizeof(float)), *codes = (float *)malloc_check(n * sizeof(float));
+        float *scales = (float *)malloc_check(rows * sizeof(float)), *gscales = (float *)malloc_check(rows * sizeof(float));
+        __nv_fp8_storage_t *gcodes = (__nv_fp8_storage_t *)malloc_check(n);
+        for (int r = 0; r < rows; r++) {
+            float mag = r == 0 ? 0.0f : r == 1 ? 1e30f : r == 2 ? 1e-30f : exp2f((float)(r % 41) - 20.0f);
+            for (int c = 0; c < cols; c++) {
+                size_t i = (size_t)r * cols + c;
+                xb[i] = __float2bfloat16((float)rng_normal(seed + si, i) * mag);
+                x[i] = __bfloat162float(xb[i]);
+            }
+        }
+        bf16 *dx; float *ds; __nv_fp8_storage_t *dc;
+        dx = (bf16 *)cuda_malloc(n * sizeof(bf16)); ds = (float *)cuda_malloc(rows * sizeof(float));
+        dc = (__nv_fp8_storage_t *)cuda_malloc(n);
+        cuda_upload(dx, xb, n * sizeof(bf16));
+        for (int fi = 0; fi < 5; fi++) {
+            Format f = fmts[fi];
+            CUDA_CHECK(cudaMemset(ds, 0xff, rows * sizeof(float)));  // poison
+            CUDA_CHECK(cudaMemset(dc, 0x7f, n));
+            quantize_rows(dc, ds, dx, rows, cols, f, 0);
+            cuda_download(gcodes, dc, n);
+            cuda_download(gscales, ds, rows * sizeof(float));
+            quantize_matrix(codes, scales, x, rows, cols, f, 0, 0);
+            int bad_s = 0, bad_c = 0;
+            for (int r = 0; r < rows; r++) bad_s += f32_bits(scales[r]) != f32_bits(gscales[r]);
+            for (size_t i = 0; i < n; i++) bad_c += f32_bits(byte_value(gcodes[i], f)) != f32_bits(codes[i]);
+            CHECK(bad_s == 0 && bad_c == 0, "quantize_rows %s %dx%d: %d scales and %d codes differ from the CPU", format_name(f),
+                  rows, cols, bad_s, bad_c);
+        }
+        printf("quantize_rows %dx%d: scales and codes identical to the CPU for e2m1 e1m2 e3m0 e4m3 e5m2\n", rows, cols);
+        cuda_free(dx, n * sizeof(bf16)); cuda_free(ds, rows * sizeof(float)); cuda_free(dc, n);
+        free(xb); free(x); free(codes); free(scales); free(gscales); free(gcodes);
+    }
 }
 
 int main(void) {
@@ -72,5 +118,6 @@ int main(void) {
     }
     CUDA_CHECK(cudaFree(dx)); CUDA_CHECK(cudaFree(dy));
     free(x); free(got);
+    test_quantize_rows(seed);
     return check_summary("quant-gpu");
 }
