@@ -421,22 +421,18 @@ int main(int argc, char **argv) {
 
     for (int step = st.step; step <= a.max_steps; step++) {
         int last = step == a.max_steps;
-        if (last || (a.val_every > 0 && step % a.val_every == 0)) {
-            float vl = evaluate(&m, &run.val, a.val_steps);
-            printf("step %5d | val loss %.6f\n", step, vl);
-            logger_eval(&run.lg, step, (long long)step * accum * a.B * a.T, vl);
-        }
-        if (a.sample_every > 0 && (step % a.sample_every == 0 || last)) sample(&m, &run, a.gen_tokens);
-        if (a.out_dir && step > st.step && (last || (a.ckpt_every > 0 && step % a.ckpt_every == 0))) {
+        if (run_eval_due(&a, step)) run_report_eval(&run, step, (long long)step * accum * a.B * a.T, evaluate(&m, &run.val, a.val_steps));
+        if (run_sample_due(&a, step)) sample(&m, &run, a.gen_tokens);
+        if (run_ckpt_due(&a, step, st.step)) {
+            char state_path[1100];
+            run_ckpt_paths(&a, step, path, state_path, sizeof(path));
             TrainState now = { step, run.train.shard, run.train.pos, run.rng.counter };
             float *mv = (float *)malloc_check(2 * m.nparams * sizeof(float));
             cuda_download(mv, m.m, m.nparams * sizeof(float));
             cuda_download(mv + m.nparams, m.v, m.nparams * sizeof(float));
-            snprintf(path, sizeof(path), "%s/state_%08d.bin", a.out_dir, step);
-            checkpoint_write_state(path, &now, mv, mv + m.nparams, m.nparams);
+            checkpoint_write_state(state_path, &now, mv, mv + m.nparams, m.nparams);
             free(mv);
             model_get_params(&m, host_params);
-            snprintf(path, sizeof(path), "%s/model_%08d.bin", a.out_dir, step);
             checkpoint_write_model(path, &cfg, host_params, step);
             printf("wrote %s\n", path);
         }

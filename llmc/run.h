@@ -1,4 +1,5 @@
-// defines: Run, run_resume_step, run_model_path, run_open, run_close
+// defines: Run, run_resume_step, run_model_path, run_open, run_close, run_eval_due, run_sample_due,
+//          run_ckpt_due, run_report_eval, run_ckpt_paths
 // What a training run holds besides the model, the same for both trainers: where the model
 // comes from (descriptor, checkpoint, or the latest checkpoint of -o when resuming), the data
 // loaders, the tokenizer for samples, the sampling RNG and the log.
@@ -56,6 +57,27 @@ static void run_open(Run *r, const Args *a, const Config *cfg, const TrainState 
     r->rng = rng_init((uint64_t)a->seed);
     r->rng.counter = st->rng_counter;
     logger_init(&r->lg, a->out_dir, resumed);
+}
+
+// what happens at the top of step `step` (0 .. max_steps; the last one only evaluates, samples
+// and checkpoints). first: the step the run started or resumed at, which is never re-saved.
+static int run_eval_due(const Args *a, int step) { return step == a->max_steps || (a->val_every > 0 && step % a->val_every == 0); }
+static int run_sample_due(const Args *a, int step) {
+    return a->sample_every > 0 && (step % a->sample_every == 0 || step == a->max_steps);
+}
+static int run_ckpt_due(const Args *a, int step, int first) {
+    return a->out_dir && step > first && (step == a->max_steps || (a->ckpt_every > 0 && step % a->ckpt_every == 0));
+}
+
+static void run_report_eval(Run *r, int step, long long tokens, float val_loss) {
+    printf("step %5d | val loss %.6f\n", step, val_loss);
+    logger_eval(&r->lg, step, tokens, val_loss);
+}
+
+// the two files of the checkpoint at step (buffers of n bytes)
+static void run_ckpt_paths(const Args *a, int step, char *model, char *state, size_t n) {
+    snprintf(model, n, "%s/model_%08d.bin", a->out_dir, step);
+    snprintf(state, n, "%s/state_%08d.bin", a->out_dir, step);
 }
 
 static void run_close(Run *r) {
