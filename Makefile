@@ -16,7 +16,7 @@ HEADERS = $(wildcard llmc/*.h)
 NVCC ?= nvcc
 NVCC_FLAGS ?= -O3 -arch=sm_90 -std=c++17
 ifneq ($(shell command -v $(NVCC) 2>/dev/null),)
-  CUDA_TARGETS = train_gpt2_fp4 test/test_gpu_train test/test_quant_gpu
+  CUDA_TARGETS = train_gpt2_fp4 test/test_gpu_train test/test_quant_gpu test/test_kernels_gpu
 else
   $(info nvcc not found: skipping the CUDA targets)
 endif
@@ -92,12 +92,17 @@ test/test_gpu_train: test/test_gpu_train.cu train_gpt2_fp4.cu llmc/cudnn_attenti
 test/test_quant_gpu: test/test_quant_gpu.cu $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $<
 
-# GPU tests (needs an NVIDIA GPU): the quantizer rules on the device vs the CPU, bit for bit;
-# the GPU trainer vs the PyTorch states, determinism, resume, learning on tiny shakespeare
+test/test_kernels_gpu: test/test_kernels_gpu.cu $(CUDA_HEADERS)
+	$(NVCC) $(NVCC_FLAGS) -o $@ $< -lcublasLt
+
+# GPU tests (needs an NVIDIA GPU): the quantizers on the device vs the CPU, bit for bit; the
+# kernels and GEMMs vs FP64 references; the GPU trainer's recipes vs the PyTorch states,
+# determinism, DGE, resume, learning on tiny shakespeare
 test-gpu: $(CUDA_TARGETS) $(TINY)
 	./test/test_quant_gpu
-	./test/test_gpu_train test/ref/*_fp32.bin
-	BIN=./train_gpt2_fp4 RECIPES=bf16 bash test/test_train_run.sh
+	./test/test_kernels_gpu
+	./test/test_gpu_train test/ref/*.bin
+	BIN=./train_gpt2_fp4 RECIPES="bf16 fp8 fp4" EXTRA="--occ 0" bash test/test_train_run.sh
 
 # throughput, MFU and peak memory against a PyTorch baseline in the same run (needs a GPU, PyTorch)
 bench: train_gpt2_fp4 $(TINY)
@@ -108,4 +113,5 @@ test-reference:
 	$(PYTHON) dev/reference/test_reference.py
 
 clean:
-	rm -f llmc/cudnn_attention.o train_gpt2 train_gpt2_fp4 test/test_quant test/test_train test/test_quant_gpu test/test_gpu_train
+	rm -f llmc/cudnn_attention.o train_gpt2 train_gpt2_fp4 test/test_quant test/test_train test/test_quant_gpu test/test_gpu_train \
+		test/test_kernels_gpu

@@ -119,16 +119,7 @@ typedef struct {
     long occ_clamped;            // OCC: entries clamped in the last forward
 } Model;
 
-// linear l's (out_features M, in_features K) and its weight and bias tensors
-static void linear_dims(const Config *c, int l, int *M, int *K) {
-    switch (l) {
-        case LIN_QKV: *M = config_qkv(c); *K = c->C; break;
-        case LIN_ATTPROJ: *M = c->C; *K = c->C; break;
-        case LIN_FC: *M = config_ff(c); *K = c->C; break;
-        default: *M = c->C; *K = c->F; break;
-    }
-}
-
+// linear l's weight and bias tensors
 static float *linear_weight(Params *p, int l) {
     return l == LIN_QKV ? p->qkvw : l == LIN_ATTPROJ ? p->attprojw : l == LIN_FC ? p->fcw : p->fcprojw;
 }

@@ -1,10 +1,11 @@
 /*
 GPU trainer for GPT-2 and LLaMA. Same configurations, parameter layout, checkpoints, data and
-flags as the CPU reference train_gpt2.c (SPEC.md). This version runs the bf16 recipe: BF16
-weights and activations, FP32 accumulation, FP32 gradients and Adam moments, BF16 weights
-updated with stochastic rounding (or an FP32 master copy, --master-fp32 1); GEMMs on cuBLASLt,
-attention on cuDNN's flash SDPA. The fp8 and fp4 recipes come next (issue 4) and are refused
-until then.
+flags as the CPU reference train_gpt2.c (SPEC.md). BF16 weights and activations, FP32
+accumulation, FP32 gradients and Adam moments, BF16 weights updated with stochastic rounding (or
+an FP32 master copy, --master-fp32 1); attention on cuDNN's flash SDPA. The block linears run in
+the recipe's formats (llmc/recipe.h): BF16 GEMMs on cuBLASLt, or FP8 / FP4 codes with per-row
+scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F), with DGE for 4-bit weights. Not yet on
+the GPU: OCC, tensor-wise scaling, the fp32 recipe.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,24 +33,27 @@ until then.
 #include "llmc/encoder.cuh"
 #include "llmc/classifier.cuh"
 #include "llmc/adamw.cuh"
+#include "llmc/quantize.cuh"
 
 typedef struct {
     bf16 *encoded;               // (N, C) embedding: the residual stream into layer 0
-    bf16 *ln1;                   // (L, N, C) norm output into qkv
+    bf16 *ln1;                   // (L, N, C) norm output into qkv; (N, C) when qkv is quantized
     float *ln1_mean, *ln1_rstd;  // (L, N)
     bf16 *qkv;                   // (L, N, QKV) qkv projection, q and k rotated (LLaMA)
     float *att_stats;            // (L, B, H, T) attention log-sum-exp, for the backward
     bf16 *atty;                  // (L, N, C) attention output into attproj
     bf16 *res2;                  // (L, N, C) residual stream after attention
-    bf16 *ln2;                   // (L, N, C) norm output into fc
+    bf16 *ln2;                   // (L, N, C) norm output into fc; (N, C) when fc is quantized
     float *ln2_mean, *ln2_rstd;  // (L, N)
-    bf16 *fch;                   // (L, N, FF) fc output
-    bf16 *fch_act;               // (L, N, F) GELU / SwiGLU output into fcproj
+    bf16 *fch;                   // (L, N, FF) fc output (before GELU / SwiGLU)
+    bf16 *fch_act;               // (L, N, F) GELU / SwiGLU output into fcproj; (N, F) when quantized
     bf16 *res3;                  // (L, N, C) residual stream after the MLP
     bf16 *lnf;                   // (N, C)
     float *lnf_mean, *lnf_rstd;  // (N)
     bf16 *logits;                // (N, Vp); dlogits after a training forward
     float *losses;               // (N)
+    fp8 *xq[NUM_LINEARS];        // (L, K, N) input codes of each quantized linear, transposed for wgrad
+    float *xs[NUM_LINEARS];      // (L, N) their per-token scales
 } Acts;
 
 typedef struct {                 // reused layer after layer
@@ -60,16 +64,33 @@ typedef struct {                 // reused layer after layer
     bf16 *dfch;                  // (N, FF)
     bf16 *dfch_act;              // (N, F)
     float *partial;              // column-sum and norm partials; the gradient-norm partials
+    fp8 *xcodes;                 // (N, maxK) input codes for the forward GEMM
+    fp8 *gcodes;                 // (N, maxM) output-gradient codes, per token, or transposed (maxM, N)
+    float *gscales;              // (max(N, maxM)) their scales
+    unsigned *amax;              // (maxM) column absmax scratch
 } Scratch;
+
+typedef struct {                 // a quantized linear's weights, made once per optimizer step
+    fp8 *codes;                  // (L, M, K) per output channel
+    fp8 *codes_t;                // (L, K, M) the same codes transposed, for dgrad
+    float *scales;               // (L, M)
+} QWeight;
 
 typedef struct {
     Config cfg;
+    Recipe recipe;                // each block linear's formats (llmc/recipe.h)
     size_t nparams;
     size_t off[NUM_PARAM_KINDS];  // element offset of each tensor in the buffers below
     bf16 *params;                 // (nparams) the weights the kernels read
     float *master;                // (nparams) FP32 master weights, or NULL
     float *grads, *m, *v;         // (nparams)
     float *rope_cos, *rope_sin;   // (T, hd/2), LLaMA
+    void *wq_mem;                 // the QWeights, in one allocation
+    size_t wq_bytes;
+    QWeight wq[NUM_LINEARS];
+    int wq_stale;                 // weights changed since they were quantized
+    float *ones;                  // (nones) unit scales, for GEMM operands that are exact codes
+    int nones;
     int B, T;
     void *acts_mem;
     size_t acts_bytes;
@@ -85,6 +106,8 @@ typedef struct {
 #define PARAM(m, kind) ((m)->params + (m)->off[kind])
 #define GRAD(m, kind) ((m)->grads + (m)->off[kind])
 
+static int quantized(const Model *m, int lin) { return m->recipe.lin[lin].f.x != FMT_BF16; }
+
 // uploads FP32 parameters (file order) as BF16 weights, and as the master copy if kept
 static void model_set_params(Model *m, const float *params) {
     bf16 *tmp = (bf16 *)malloc_check(m->nparams * sizeof(bf16));
@@ -92,6 +115,7 @@ static void model_set_params(Model *m, const float *params) {
     cuda_upload(m->params, tmp, m->nparams * sizeof(bf16));
     free(tmp);
     if (m->master) cuda_upload(m->master, params, m->nparams * sizeof(float));
+    m->wq_stale = 1;
 }
 
 // FP32 parameters (file order) of the model: the master copy, or the BF16 weights widened
@@ -103,9 +127,21 @@ static void model_get_params(const Model *m, float *params) {
     free(tmp);
 }
 
-static void model_create(Model *m, const Config *c, int master_fp32) {
+// what the GPU runs of the recipe table: bf16, fp8, fp4 with vector-wise scaling and without OCC
+static Recipe gpu_recipe(const RecipeOptions *o) {
+    const char *name = recipe_table[o->recipe].name;
+    if (strcmp(name, "fp32") == 0) die("the fp32 recipe runs on the CPU only (train_gpt2); the GPU runs bf16, fp8, fp4");
+    if (o->tensorwise) die("--scaling tensor is not implemented on the GPU yet (vector-wise only)");
+    Recipe r = recipe_resolve(o);
+    for (int l = 0; l < NUM_LINEARS; l++)
+        if (r.lin[l].occ) die("OCC is not implemented on the GPU yet: run the %s recipe with --occ 0", name);
+    return r;
+}
+
+static void model_create(Model *m, const Config *c, const Recipe *r, int master_fp32) {
     memset(m, 0, sizeof(*m));
     m->cfg = *c;
+    m->recipe = *r;
     m->nparams = param_count(c);
     const ParamKind *order; int n = param_order(c, &order);
     size_t off = 0; int shape[3];
@@ -131,6 +167,34 @@ static void model_create(Model *m, const Config *c, int master_fp32) {
     m->rope_sin = m->rope_cos + (size_t)c->T * hd / 2;
     cuda_upload(m->rope_cos, cs, (size_t)c->T * hd * sizeof(float));
     free(cs);
+    // the quantized linears' weight codes (twice: as is and transposed) and scales
+    size_t bytes = 0, wo[NUM_LINEARS];
+    int maxMK = 0;
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        int M, K; linear_dims(c, l, &M, &K);
+        if (M + K > maxMK) maxMK = M + K;
+        wo[l] = bytes;
+        if (quantized(m, l)) bytes += ((2 * (size_t)c->L * M * K + 255) / 256 + ((size_t)c->L * M * 4 + 255) / 256) * 256;
+    }
+    if (bytes > 0) {
+        m->wq_mem = cuda_malloc(bytes);
+        m->wq_bytes = bytes;
+        for (int l = 0; l < NUM_LINEARS; l++) {
+            if (!quantized(m, l)) continue;
+            int M, K; linear_dims(c, l, &M, &K);
+            size_t mk = (size_t)c->L * M * K;
+            m->wq[l].codes = (fp8 *)m->wq_mem + wo[l];
+            m->wq[l].codes_t = m->wq[l].codes + mk;
+            m->wq[l].scales = (float *)(m->wq[l].codes + (2 * mk + 255) / 256 * 256);
+        }
+    }
+    m->nones = maxMK;
+    m->ones = (float *)cuda_malloc(maxMK * sizeof(float));
+    float *ones = (float *)malloc_check(maxMK * sizeof(float));
+    for (int i = 0; i < maxMK; i++) ones[i] = 1.0f;
+    cuda_upload(m->ones, ones, maxMK * sizeof(float));
+    free(ones);
+    m->wq_stale = 1;
     CUDA_CHECK(cudaStreamCreate(&m->stream));
 }
 
@@ -150,27 +214,41 @@ static void model_alloc_acts(Model *m, int B, int T) {
     model_free_acts(m);
     const Config *c = &m->cfg;
     size_t N = (size_t)B * T, L = c->L, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F, H = c->H;
-    size_t Vp = c->Vp;
-    size_t maxM = QKV > FF ? QKV : FF;
-    if (Vp > maxM) maxM = Vp;
-    size_t partial = (N / 64 + 1) * maxM;
+    size_t Vp = c->Vp, maxM = 0, maxK = 0;
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        int M, K; linear_dims(c, l, &M, &K);
+        if ((size_t)M > maxM) maxM = M;
+        if ((size_t)K > maxK) maxK = K;
+        if (quantized(m, l) && N % 16 != 0) die("FP8/FP4 linears need B * T to be a multiple of 16 (it is %zu)", N);
+    }
+    size_t partial = (N / 64 + 1) * (Vp > maxM ? Vp : maxM);
     if ((N / NORM_ROWS + 1) * 2 * C > partial) partial = (N / NORM_ROWS + 1) * 2 * C;
     if (partial < SUMSQ_BLOCKS + 1) partial = SUMSQ_BLOCKS + 1;
+    // a quantized linear's backward reads its input codes, so its BF16 input need not be kept
+    size_t Lqkv = quantized(m, LIN_QKV) ? 1 : L, Lfc = quantized(m, LIN_FC) ? 1 : L, Lproj = quantized(m, LIN_FCPROJ) ? 1 : L;
+    int anyq = 0;
     struct { void **ptr; size_t bytes; } a[64];
     int na = 0;
 #define BUF(p, count) (a[na].ptr = (void **)&(p), a[na].bytes = ((count) * sizeof(*(p)) + 255) / 256 * 256, na++)
     Acts *x = &m->acts;
     BUF(x->encoded, N * C);
-    BUF(x->ln1, L * N * C); BUF(x->ln1_mean, L * N); BUF(x->ln1_rstd, L * N);
+    BUF(x->ln1, Lqkv * N * C); BUF(x->ln1_mean, L * N); BUF(x->ln1_rstd, L * N);
     BUF(x->qkv, L * N * QKV); BUF(x->att_stats, L * N * H); BUF(x->atty, L * N * C); BUF(x->res2, L * N * C);
-    BUF(x->ln2, L * N * C); BUF(x->ln2_mean, L * N); BUF(x->ln2_rstd, L * N);
-    BUF(x->fch, L * N * FF); BUF(x->fch_act, L * N * F); BUF(x->res3, L * N * C);
+    BUF(x->ln2, Lfc * N * C); BUF(x->ln2_mean, L * N); BUF(x->ln2_rstd, L * N);
+    BUF(x->fch, L * N * FF); BUF(x->fch_act, Lproj * N * F); BUF(x->res3, L * N * C);
     BUF(x->lnf, N * C); BUF(x->lnf_mean, N); BUF(x->lnf_rstd, N);
     BUF(x->logits, N * Vp); BUF(x->losses, N);
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        if (!quantized(m, l)) { x->xq[l] = NULL; x->xs[l] = NULL; continue; }
+        int M, K; linear_dims(c, l, &M, &K);
+        BUF(x->xq[l], L * K * N); BUF(x->xs[l], L * N);
+        anyq = 1;
+    }
     Scratch *s = &m->s;
     BUF(s->dqkv, N * QKV);
     BUF(s->dres, N * C); BUF(s->dln, N * C); BUF(s->datty, N * C); BUF(s->dfch, N * FF); BUF(s->dfch_act, N * F);
     BUF(s->partial, partial);
+    if (anyq) { BUF(s->xcodes, N * maxK); BUF(s->gcodes, N * maxM); BUF(s->gscales, N > maxM ? N : maxM); BUF(s->amax, maxM); }
 #undef BUF
     size_t total = 0;
     for (int i = 0; i < na; i++) total += a[i].bytes;
@@ -184,6 +262,71 @@ static void model_alloc_acts(Model *m, int B, int T) {
     m->dbuckets = (int *)cuda_malloc((3 * N + 1) * sizeof(int));
     m->host_losses = (float *)malloc_check(N * sizeof(float));
     m->B = B; m->T = T;
+}
+
+// ---------------------------------------------------------------------------------------------
+// a block linear in its recipe's formats (SPEC.md 4)
+
+// the quantized weights of every low-precision linear, once per optimizer step
+static void model_quantize_weights(Model *m) {
+    const Config *c = &m->cfg;
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        if (!quantized(m, l)) continue;
+        int M, K; linear_dims(c, l, &M, &K);
+        QWeight *q = &m->wq[l];
+        quantize_rows(q->codes, q->scales, PARAM(m, linear_wkind[l]), NULL, c->L * M, K, m->recipe.lin[l].f.w, m->stream);
+        transpose_bytes(q->codes_t, q->codes, M, K, c->L, m->stream);
+    }
+    m->wq_stale = 0;
+}
+
+// y (N, M) = x (N, K) W^T + b (+ residual) for linear lin of layer l. With pre: pre = x W^T + b and
+// y = gelu(pre). A quantized linear keeps its input's transposed codes and scales for the backward.
+static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const bf16 *x, const bf16 *residual, int N) {
+    const Config *c = &m->cfg;
+    int M, K; linear_dims(c, lin, &M, &K);
+    const bf16 *W = PARAM(m, linear_wkind[lin]) + (size_t)l * M * K;
+    const bf16 *b = c->arch == ARCH_GPT2 ? PARAM(m, linear_bkind[lin]) + (size_t)l * M : NULL;
+    cudaStream_t st = m->stream;
+    if (!quantized(m, lin)) { matmul_forward(y, x, W, b, residual, pre, N, K, M, st); return; }
+    const OperandFormats *f = &m->recipe.lin[lin].f;
+    fp8 *xq = m->acts.xq[lin] + (size_t)l * K * N;
+    float *xs = m->acts.xs[lin] + (size_t)l * N;
+    quantize_rows(m->s.xcodes, xs, x, NULL, N, K, f->x, st);
+    transpose_bytes(xq, m->s.xcodes, N, K, 1, st);
+    const QWeight *q = &m->wq[lin];
+    matmul_fp8(pre ? pre : y, CUDA_R_16BF, q->codes + (size_t)l * M * K, fp8_type(f->w), q->scales + (size_t)l * M,
+               m->s.xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
+               b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
+    if (pre) gelu_forward(y, pre, (long long)N * M, st);
+}
+
+// dx (N, K) = dy (N, M) W, times gelu'(pre) when pre is given; dW += dy^T x, db += sum of dy.
+// x is the forward's BF16 input (read only by a bf16 linear). Quantized (SPEC.md 4): dgrad
+// contracts dy * s_w quantized per token with the weight codes, wgrad dy * s_x quantized per
+// output channel with the input codes; DGE comes in model_update.
+static void linear_backward(Model *m, int lin, int l, bf16 *dx, const bf16 *dy, const bf16 *x, const bf16 *pre, int N) {
+    const Config *c = &m->cfg;
+    int M, K; linear_dims(c, lin, &M, &K);
+    const bf16 *W = PARAM(m, linear_wkind[lin]) + (size_t)l * M * K;
+    float *dW = GRAD(m, linear_wkind[lin]) + (size_t)l * M * K;
+    cudaStream_t st = m->stream;
+    Scratch *s = &m->s;
+    if (!quantized(m, lin)) {
+        matmul_dgrad(dx, dy, W, pre, N, M, K, st);
+        matmul_wgrad(dW, dy, x, N, M, K, st);
+    } else {
+        const OperandFormats *f = &m->recipe.lin[lin].f;
+        const QWeight *q = &m->wq[lin];
+        const float *sw = q->scales + (size_t)l * M, *xs = m->acts.xs[lin] + (size_t)l * N;
+        quantize_rows(s->gcodes, s->gscales, dy, sw, N, M, f->g, st);
+        matmul_fp8(dx, CUDA_R_16BF, q->codes_t + (size_t)l * K * M, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g),
+                   s->gscales, K, N, M, NULL, 0.0f, NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
+        quantize_cols_t(s->gcodes, s->gscales, s->amax, dy, xs, N, M, f->g, st);
+        matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes, fp8_type(f->g),
+                   s->gscales, K, M, N, NULL, 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
+    }
+    if (c->arch == ARCH_GPT2) column_sum(GRAD(m, linear_bkind[lin]) + (size_t)l * M, dy, s->partial, N, M, st);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,39 +345,40 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
             die("token id out of range at position %d", i);
     }
     cudaStream_t st = m->stream;
+    if (m->wq_stale) model_quantize_weights(m);
     CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
     if (targets) CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
     m->host_inputs = inputs;
     Acts *a = &m->acts;
     const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
+    // a quantized linear's BF16 input is one buffer reused by every layer (stride 0)
+    size_t kqkv = !quantized(m, LIN_QKV), kfc = !quantized(m, LIN_FC), kproj = !quantized(m, LIN_FCPROJ);
     encoder_forward(a->encoded, m->inputs, PARAM(m, P_WTE), gpt2 ? PARAM(m, P_WPE) : NULL, B, T, C, st);
     for (int l = 0; l < c->L; l++) {
         const bf16 *res = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
         size_t lc = (size_t)l * N * C;
-        bf16 *ln1 = a->ln1 + lc, *atty = a->atty + lc, *res2 = a->res2 + lc, *ln2 = a->ln2 + lc, *res3 = a->res3 + lc;
-        bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + (size_t)l * N * F;
+        bf16 *ln1 = a->ln1 + kqkv * lc, *atty = a->atty + lc, *res2 = a->res2 + lc, *ln2 = a->ln2 + kfc * lc, *res3 = a->res3 + lc;
+        bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + kproj * l * N * F;
         bf16 *qkv = a->qkv + (size_t)l * N * QKV;
         float *stats = targets ? a->att_stats + (size_t)l * N * c->H : NULL;
         norm_forward(ln1, gpt2 ? a->ln1_mean + (size_t)l * N : NULL, a->ln1_rstd + (size_t)l * N, res,
                      PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN1B) + (size_t)l * C : NULL, N, C, c->norm_eps, st);
-        matmul_forward(qkv, ln1, PARAM(m, P_QKVW) + (size_t)l * QKV * C, gpt2 ? PARAM(m, P_QKVB) + (size_t)l * QKV : NULL,
-                       NULL, N, C, QKV, st);
+        linear_forward(m, LIN_QKV, l, qkv, NULL, ln1, NULL, N);
         attention_forward(atty, stats, qkv, cs, sn, B, T, c->H, c->KV, hd, st);
-        matmul_forward(res2, atty, PARAM(m, P_ATTPROJW) + (size_t)l * C * C, gpt2 ? PARAM(m, P_ATTPROJB) + (size_t)l * C : NULL,
-                       res, N, C, C, st);
+        linear_forward(m, LIN_ATTPROJ, l, res2, NULL, atty, res, N);
         norm_forward(ln2, gpt2 ? a->ln2_mean + (size_t)l * N : NULL, a->ln2_rstd + (size_t)l * N, res2,
                      PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN2B) + (size_t)l * C : NULL, N, C, c->norm_eps, st);
-        matmul_forward(fch, ln2, PARAM(m, P_FCW) + (size_t)l * FF * C, gpt2 ? PARAM(m, P_FCB) + (size_t)l * FF : NULL,
-                       NULL, N, C, FF, st);
-        if (gpt2) gelu_forward(fch_act, fch, (long long)N * F, st);
-        else swiglu_forward(fch_act, fch, N, F, st);
-        matmul_forward(res3, fch_act, PARAM(m, P_FCPROJW) + (size_t)l * C * F, gpt2 ? PARAM(m, P_FCPROJB) + (size_t)l * C : NULL,
-                       res2, N, F, C, st);
+        if (gpt2) linear_forward(m, LIN_FC, l, fch_act, fch, ln2, NULL, N);
+        else {
+            linear_forward(m, LIN_FC, l, fch, NULL, ln2, NULL, N);
+            swiglu_forward(fch_act, fch, N, F, st);
+        }
+        linear_forward(m, LIN_FCPROJ, l, res3, NULL, fch_act, res2, N);
     }
     const bf16 *res = a->res3 + (size_t)(c->L - 1) * N * C;
     norm_forward(a->lnf, gpt2 ? a->lnf_mean : NULL, a->lnf_rstd, res, PARAM(m, P_LNFW), gpt2 ? PARAM(m, P_LNFB) : NULL,
                  N, C, c->norm_eps, st);
-    matmul_forward(a->logits, a->lnf, PARAM(m, gpt2 ? P_WTE : P_LMHEAD), NULL, NULL, N, C, c->Vp, st);
+    matmul_forward(a->logits, a->lnf, PARAM(m, gpt2 ? P_WTE : P_LMHEAD), NULL, NULL, NULL, N, C, c->Vp, st);
     if (!targets) { CUDA_CHECK(cudaStreamSynchronize(st)); return -1.0f; }
     classifier_forward_backward(a->logits, a->losses, m->targets, grad_scale / N, N, c->V, c->Vp, st);
     CUDA_CHECK(cudaMemcpyAsync(m->host_losses, a->losses, N * sizeof(float), cudaMemcpyDeviceToHost, st));
@@ -255,9 +399,11 @@ static void model_backward(Model *m) {
     Scratch *s = &m->s;
     cudaStream_t st = m->stream;
     const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
+    // a quantized linear's BF16 input is one buffer reused by every layer (stride 0)
+    size_t kqkv = !quantized(m, LIN_QKV), kfc = !quantized(m, LIN_FC), kproj = !quantized(m, LIN_FCPROJ);
     ParamKind head = gpt2 ? P_WTE : P_LMHEAD;
     matmul_wgrad(GRAD(m, head), a->logits, a->lnf, N, c->Vp, C, st);
-    matmul_dgrad(s->dln, a->logits, PARAM(m, head), N, c->Vp, C, st);
+    matmul_dgrad(s->dln, a->logits, PARAM(m, head), NULL, N, c->Vp, C, st);
     CUDA_CHECK(cudaMemsetAsync(s->dres, 0, (size_t)N * C * sizeof(bf16), st));
     const bf16 *res = a->res3 + (size_t)(c->L - 1) * N * C;
     norm_backward(s->dres, GRAD(m, P_LNFW), gpt2 ? GRAD(m, P_LNFB) : NULL, s->partial, s->dln, res, PARAM(m, P_LNFW),
@@ -265,30 +411,24 @@ static void model_backward(Model *m) {
     for (int l = c->L - 1; l >= 0; l--) {
         const bf16 *resin = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
         size_t lc = (size_t)l * N * C;
-        const bf16 *ln1 = a->ln1 + lc, *atty = a->atty + lc, *res2 = a->res2 + lc, *ln2 = a->ln2 + lc;
-        const bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + (size_t)l * N * F;
+        const bf16 *ln1 = a->ln1 + kqkv * lc, *atty = a->atty + lc, *res2 = a->res2 + lc, *ln2 = a->ln2 + kfc * lc;
+        const bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + kproj * l * N * F;
         const bf16 *qkv = a->qkv + (size_t)l * N * QKV;
         const float *stats = a->att_stats + (size_t)l * N * c->H;
-        // MLP: fcproj, activation, fc, norm 2; the residual gradient passes through unchanged
-        matmul_dgrad(s->dfch_act, s->dres, PARAM(m, P_FCPROJW) + (size_t)l * C * F, N, C, F, st);
-        matmul_wgrad(GRAD(m, P_FCPROJW) + (size_t)l * C * F, s->dres, fch_act, N, C, F, st);
-        if (gpt2) column_sum(GRAD(m, P_FCPROJB) + (size_t)l * C, s->dres, s->partial, N, C, st);
-        if (gpt2) gelu_backward(s->dfch, fch, s->dfch_act, (long long)N * F, st);
-        else swiglu_backward(s->dfch, fch, s->dfch_act, N, F, st);
-        matmul_dgrad(s->dln, s->dfch, PARAM(m, P_FCW) + (size_t)l * FF * C, N, FF, C, st);
-        matmul_wgrad(GRAD(m, P_FCW) + (size_t)l * FF * C, s->dfch, ln2, N, FF, C, st);
-        if (gpt2) column_sum(GRAD(m, P_FCB) + (size_t)l * FF, s->dfch, s->partial, N, FF, st);
+        // MLP: fcproj (GELU's derivative fused), SwiGLU, fc, norm 2; the residual gradient passes through
+        if (gpt2) linear_backward(m, LIN_FCPROJ, l, s->dfch, s->dres, fch_act, fch, N);
+        else {
+            linear_backward(m, LIN_FCPROJ, l, s->dfch_act, s->dres, fch_act, NULL, N);
+            swiglu_backward(s->dfch, fch, s->dfch_act, N, F, st);
+        }
+        linear_backward(m, LIN_FC, l, s->dln, s->dfch, ln2, NULL, N);
         norm_backward(s->dres, GRAD(m, P_LN2W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN2B) + (size_t)l * C : NULL, s->partial,
                       s->dln, res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? a->ln2_mean + (size_t)l * N : NULL,
                       a->ln2_rstd + (size_t)l * N, N, C, st);
         // attention: attproj, the attention core with RoPE, qkv, norm 1
-        matmul_dgrad(s->datty, s->dres, PARAM(m, P_ATTPROJW) + (size_t)l * C * C, N, C, C, st);
-        matmul_wgrad(GRAD(m, P_ATTPROJW) + (size_t)l * C * C, s->dres, atty, N, C, C, st);
-        if (gpt2) column_sum(GRAD(m, P_ATTPROJB) + (size_t)l * C, s->dres, s->partial, N, C, st);
+        linear_backward(m, LIN_ATTPROJ, l, s->datty, s->dres, atty, NULL, N);
         attention_backward(s->dqkv, s->datty, qkv, atty, stats, cs, sn, B, T, c->H, c->KV, hd, st);
-        matmul_dgrad(s->dln, s->dqkv, PARAM(m, P_QKVW) + (size_t)l * QKV * C, N, QKV, C, st);
-        matmul_wgrad(GRAD(m, P_QKVW) + (size_t)l * QKV * C, s->dqkv, ln1, N, QKV, C, st);
-        if (gpt2) column_sum(GRAD(m, P_QKVB) + (size_t)l * QKV, s->dqkv, s->partial, N, QKV, st);
+        linear_backward(m, LIN_QKV, l, s->dln, s->dqkv, ln1, NULL, N);
         norm_backward(s->dres, GRAD(m, P_LN1W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN1B) + (size_t)l * C : NULL, s->partial,
                       s->dln, resin, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? a->ln1_mean + (size_t)l * N : NULL,
                       a->ln1_rstd + (size_t)l * N, N, C, st);
@@ -297,8 +437,20 @@ static void model_backward(Model *m) {
                      c->V, st);
 }
 
+// DGE (SPEC.md 4): the 4-bit weights' gradients times f'(W / s_w). The factor is fixed for the
+// whole step, so it applies once to the sum over micro-batches, before the norm is taken.
+static void model_apply_dge(Model *m) {
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        if (!m->recipe.lin[l].dge) continue;
+        int M, K; linear_dims(&m->cfg, l, &M, &K);
+        dge_scale(GRAD(m, linear_wkind[l]), PARAM(m, linear_wkind[l]), m->wq[l].scales, m->cfg.L * M, K, m->recipe.lin[l].f.w,
+                  m->recipe.dge_k, m->stream);
+    }
+}
+
 // AdamW over every tensor (decay on the matrices); returns the gradient norm before clipping
 static float model_update(Model *m, float lr, float b1, float b2, float eps, float wd, float clip, int t, uint64_t seed) {
+    model_apply_dge(m);
     float norm = sqrtf(grad_sumsq(m->grads, m->nparams, m->s.partial, m->stream));
     float gscale = (clip > 0.0f && norm > clip) ? clip / norm : 1.0f;
     const ParamKind *order; int n = param_order(&m->cfg, &order);
@@ -307,6 +459,7 @@ static float model_update(Model *m, float lr, float b1, float b2, float eps, flo
         adamw_update(m->params + o, m->master ? m->master + o : NULL, m->grads + o, m->m + o, m->v + o, size, lr, b1, b2, t, eps,
                      param_decays(order[j]) ? wd : 0.0f, gscale, rng_hash(seed, ((uint64_t)t << 8) + j), m->stream);
     }
+    m->wq_stale = 1;
     return norm;
 }
 
@@ -316,6 +469,8 @@ static void model_free(Model *m) {
     if (m->master) cuda_free(m->master, n * sizeof(float));
     cuda_free(m->grads, n * sizeof(float)); cuda_free(m->m, n * sizeof(float)); cuda_free(m->v, n * sizeof(float));
     cuda_free(m->rope_cos, (size_t)m->cfg.T * hd * sizeof(float));
+    if (m->wq_mem) cuda_free(m->wq_mem, m->wq_bytes);
+    cuda_free(m->ones, m->nones * sizeof(float));
     model_free_acts(m);
     CUDA_CHECK(cudaStreamDestroy(m->stream));
 }
@@ -375,7 +530,7 @@ int main(int argc, char **argv) {
     check_args(&a);
     if (master_fp32 & ~1) die("--master-fp32 takes 0 or 1");
     RecipeOptions ro = recipe_options(&a);
-    if (strcmp(recipe_table[ro.recipe].name, "bf16") != 0) die("recipe %s is not implemented on the GPU yet (bf16 only)", a.recipe);
+    Recipe recipe = gpu_recipe(&ro);
     if (a.out_dir && mkdir(a.out_dir, 0755) != 0 && errno != EEXIST) die("cannot create %s: %s", a.out_dir, strerror(errno));
     gpu_init();
 
@@ -393,7 +548,7 @@ int main(int argc, char **argv) {
         params_init(&cfg, host_params, (uint64_t)a.seed);
     }
     Model m;
-    model_create(&m, &cfg, master_fp32);
+    model_create(&m, &cfg, &recipe, master_fp32);
     model_set_params(&m, host_params);
     if (resume_step >= 0) {
         float *mv = (float *)malloc_check(2 * m.nparams * sizeof(float));
@@ -411,7 +566,12 @@ int main(int argc, char **argv) {
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     printf("device %s\nmodel %s, %zu parameters\n", prop.name, desc, m.nparams);
-    printf("recipe bf16, %s master weights\nbatch %d x %d, %d micro-step(s) per step, %d steps\n",
+    printf("recipe %s:", recipe_table[ro.recipe].name);
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        const LinearRecipe *r = &recipe.lin[l];
+        printf(" %s(%s,%s,%s%s)", linear_names[l], format_name(r->f.x), format_name(r->f.w), format_name(r->f.g), r->dge ? ",dge" : "");
+    }
+    printf("\n%s master weights\nbatch %d x %d, %d micro-step(s) per step, %d steps\n",
            master_fp32 ? "FP32" : "BF16 (stochastic rounding)", a.B, a.T, accum, a.max_steps);
 
     Run run;

@@ -1,5 +1,6 @@
-// defines: gelu_forward, gelu_backward, swiglu_forward, swiglu_backward
-// The MLP nonlinearities, elementwise, BF16 in and out, FP32 math.
+// defines: gelu_forward, swiglu_forward, swiglu_backward
+// The MLP nonlinearities, elementwise, BF16 in and out, FP32 math. (GELU's derivative runs in the
+// epilogue of the GEMM before it, llmc/matmul.cuh; in BF16 GELU itself does too.)
 #ifndef LLMC_ACTIVATIONS_CUH
 #define LLMC_ACTIVATIONS_CUH
 
@@ -12,15 +13,6 @@ __global__ void gelu_forward_kernel(bf16 *out, const bf16 *inp, long long n) {
     if (i >= n) return;
     float x = __bfloat162float(inp[i]);
     out[i] = __float2bfloat16(0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x))));
-}
-
-__global__ void gelu_backward_kernel(bf16 *dinp, const bf16 *inp, const bf16 *dout, long long n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float x = __bfloat162float(inp[i]);
-    float th = tanhf(GELU_K * (x + 0.044715f * x * x * x));
-    float local = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
-    dinp[i] = __float2bfloat16(local * __bfloat162float(dout[i]));
 }
 
 // out (N, F) = silu(gate) * up, inp (N, 2F) = [gate | up]
@@ -44,10 +36,6 @@ __global__ void swiglu_backward_kernel(bf16 *dinp, const bf16 *inp, const bf16 *
 
 static void gelu_forward(bf16 *out, const bf16 *inp, long long n, cudaStream_t s) {
     gelu_forward_kernel<<<ceil_div(n, 256), 256, 0, s>>>(out, inp, n);
-    CUDA_CHECK(cudaGetLastError());
-}
-static void gelu_backward(bf16 *dinp, const bf16 *inp, const bf16 *dout, long long n, cudaStream_t s) {
-    gelu_backward_kernel<<<ceil_div(n, 256), 256, 0, s>>>(dinp, inp, dout, n);
     CUDA_CHECK(cudaGetLastError());
 }
 static void swiglu_forward(bf16 *out, const bf16 *inp, int N, int F, cudaStream_t s) {

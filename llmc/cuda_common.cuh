@@ -1,5 +1,5 @@
 // defines: CUDA_CHECK, CUBLAS_CHECK, bf16, ceil_div, cuda_malloc, cuda_free, cuda_peak_bytes,
-//          cuda_upload, cuda_download, block_sum
+//          cuda_upload, cuda_download, warp_sum, block_sum, sum_rows, load8, store8
 // What every CUDA file of the project needs: error checks that end the run with one line, the
 // BF16 type, and a deterministic block reduction.
 #ifndef LLMC_CUDA_COMMON_CUH
@@ -40,18 +40,58 @@ static void cuda_free(void *p, size_t bytes) {
 static void cuda_upload(void *dst, const void *src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)); }
 static void cuda_download(void *dst, const void *src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)); }
 
+// sum of v over the warp, returned to every lane
+__device__ inline float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // sum of v over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread;
 // fixed order, so the result is the same run after run
 __device__ inline float block_sum(float v) {
     __shared__ float partial[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    v = warp_sum(v);
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
     __syncthreads();  // partial may still be read by a previous call
     if (lane == 0) partial[warp] = v;
     __syncthreads();
     v = lane < nwarps ? partial[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+    return warp_sum(v);
+}
+
+// 8 BF16 values as floats in one 16-byte access (p 16-byte aligned)
+__device__ inline void load8(float *f, const bf16 *p) {
+    uint4 raw = *(const uint4 *)p;
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&raw;
+    for (int k = 0; k < 4; k++) { float2 v = __bfloat1622float2(h[k]); f[2 * k] = v.x; f[2 * k + 1] = v.y; }
+}
+__device__ inline void store8(bf16 *p, const float *f) {
+    uint4 raw;
+    __nv_bfloat162 *h = (__nv_bfloat162 *)&raw;
+    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    *(uint4 *)p = raw;
+}
+
+// out[c] += sum_r partial[r, c] over a (rows, cols) matrix of partial sums, rows ld apart: a
+// 32 x 32 block per 32 columns, each thread a fixed stride of rows, then the 32 sums in order
+__global__ void sum_rows_kernel(float *out, const float *partial, int rows, int cols, int ld) {
+    __shared__ float acc[32][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.0f;
+    if (c < cols) {
+        #pragma unroll 8
+        for (int r = threadIdx.y; r < rows; r += 32) s += partial[(size_t)r * ld + c];
+    }
+    acc[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y != 0 || c >= cols) return;
+    for (int k = 1; k < 32; k++) s += acc[k][threadIdx.x];
+    out[c] += s;
+}
+
+static void sum_rows(float *out, const float *partial, int rows, int cols, int ld, cudaStream_t stream) {
+    sum_rows_kernel<<<ceil_div(cols, 32), dim3(32, 32), 0, stream>>>(out, partial, rows, cols, ld);
+    CUDA_CHECK(cudaGetLastError());
 }
 
 #endif

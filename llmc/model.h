@@ -1,5 +1,6 @@
 // defines: Config, config_parse, config_describe, ParamKind, param_shape, param_order,
-//          param_decays, param_init_std, param_count, params_init
+//          param_decays, param_init_std, param_count, params_init, LIN_QKV .. NUM_LINEARS,
+//          linear_names, linear_dims, linear_wkind, linear_bkind
 // The model description shared by both trainers and the checkpoint format (SPEC.md 1-2): the
 // configuration, and the parameter tensors of each architecture in their one fixed order.
 #ifndef LLMC_MODEL_H
@@ -144,6 +145,21 @@ static size_t param_shape(const Config *c, ParamKind k, int shape[3]) {
         default: die("internal: bad parameter kind %d", (int)k);
     }
     return (size_t)shape[0] * shape[1] * shape[2];
+}
+
+// the block linears, each with an (out_features M, in_features K) weight per layer
+enum { LIN_QKV, LIN_ATTPROJ, LIN_FC, LIN_FCPROJ, NUM_LINEARS };
+static const char *const linear_names[NUM_LINEARS] = { "qkv", "attproj", "fc", "fcproj" };
+static const ParamKind linear_wkind[NUM_LINEARS] = { P_QKVW, P_ATTPROJW, P_FCW, P_FCPROJW };
+static const ParamKind linear_bkind[NUM_LINEARS] = { P_QKVB, P_ATTPROJB, P_FCB, P_FCPROJB };  // GPT-2
+
+static void linear_dims(const Config *c, int l, int *M, int *K) {
+    switch (l) {
+        case LIN_QKV: *M = config_qkv(c); *K = c->C; break;
+        case LIN_ATTPROJ: *M = c->C; *K = c->C; break;
+        case LIN_FC: *M = config_ff(c); *K = c->C; break;
+        default: *M = c->C; *K = c->F; break;
+    }
 }
 
 static int param_decays(ParamKind k) {

@@ -1,76 +1,78 @@
 // defines: norm_forward, norm_backward
-// LayerNorm (with bias) and RMSNorm (bias NULL) over rows of width C: BF16 in and out, FP32
-// statistics. The backward's weight gradients sum over rows in a fixed order (deterministic).
+// LayerNorm (with bias) and RMSNorm (bias NULL) over rows of width C (a multiple of 8): BF16 in
+// and out, FP32 statistics, a warp per row with 16-byte accesses. The backward's weight
+// gradients sum over rows in a fixed order (deterministic).
 #ifndef LLMC_NORM_CUH
 #define LLMC_NORM_CUH
 
 #include "cuda_common.cuh"
 
-#define NORM_THREADS 256
-#define NORM_ROWS 32  // rows per block in the backward: the weight-gradient partials are per block
+#define NORM_ROWS 64  // rows per block in the backward: the weight-gradient partials are per block
 
-// one block per row; mean may be NULL (RMSNorm)
+// a warp per row; mean may be NULL (RMSNorm)
 __global__ void norm_forward_kernel(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w,
-                                    const bf16 *b, int C, float eps) {
-    const bf16 *x = inp + (size_t)blockIdx.x * C;
-    float s = 0.0f;
+                                    const bf16 *b, int N, int C, float eps) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const bf16 *x = inp + (size_t)row * C;
+    float v[8], s = 0.0f;
     if (b) {
-        for (int i = threadIdx.x; i < C; i += blockDim.x) s += __bfloat162float(x[i]);
-        s = block_sum(s) / C;
+        for (int i = lane * 8; i < C; i += 256) { load8(v, x + i); for (int k = 0; k < 8; k++) s += v[k]; }
+        s = warp_sum(s) / C;
     }
-    float v = 0.0f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) { float d = __bfloat162float(x[i]) - s; v += d * d; }
-    float r = rsqrtf(block_sum(v) / C + eps);
-    bf16 *o = out + (size_t)blockIdx.x * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        float n = (__bfloat162float(x[i]) - s) * r * __bfloat162float(w[i]);
-        o[i] = __float2bfloat16(b ? n + __bfloat162float(b[i]) : n);
+    float var = 0.0f;
+    for (int i = lane * 8; i < C; i += 256) { load8(v, x + i); for (int k = 0; k < 8; k++) var += (v[k] - s) * (v[k] - s); }
+    float r = rsqrtf(warp_sum(var) / C + eps);
+    bf16 *o = out + (size_t)row * C;
+    for (int i = lane * 8; i < C; i += 256) {
+        float wv[8], bv[8];
+        load8(v, x + i); load8(wv, w + i);
+        if (b) load8(bv, b + i);
+        for (int k = 0; k < 8; k++) v[k] = (v[k] - s) * r * wv[k] + (b ? bv[k] : 0.0f);
+        store8(o + i, v);
     }
-    if (threadIdx.x == 0) { if (mean) mean[blockIdx.x] = s; rstd[blockIdx.x] = r; }
+    if (lane == 0) { if (mean) mean[row] = s; rstd[row] = r; }
 }
 
-// dinp (N, C) += gradient through the norm; weight (and bias) gradient partials per block
+// dinp (N, C) += gradient through the norm, a warp per row; then the block's weight (and bias)
+// gradient partials, a thread per column over the block's rows in order
 __global__ void norm_backward_kernel(bf16 *dinp, float *partial, const bf16 *dout, const bf16 *inp, const bf16 *w,
                                      const float *mean, const float *rstd, int N, int C, int layernorm) {
-    extern __shared__ float acc[];  // (2, C): dw, db partials of this block's rows
-    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) acc[i] = 0.0f;
-    int n0 = blockIdx.x * NORM_ROWS, n1 = min(n0 + NORM_ROWS, N);
-    for (int n = n0; n < n1; n++) {
+    int n0 = blockIdx.x * NORM_ROWS, n1 = min(n0 + NORM_ROWS, N), lane = threadIdx.x % 32;
+    for (int n = n0 + threadIdx.x / 32; n < n1; n += blockDim.x / 32) {
         const bf16 *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         float mu = layernorm ? mean[n] : 0.0f, r = rstd[n];
-        float dmean = 0.0f, dnn = 0.0f;
-        for (int i = threadIdx.x; i < C; i += blockDim.x) {
-            float g = __bfloat162float(w[i]) * __bfloat162float(dy[i]);
-            dmean += g;
-            dnn += g * (__bfloat162float(x[i]) - mu) * r;
+        float xv[8], dv[8], wv[8], dmean = 0.0f, dnn = 0.0f;
+        for (int i = lane * 8; i < C; i += 256) {
+            load8(xv, x + i); load8(dv, dy + i); load8(wv, w + i);
+            for (int k = 0; k < 8; k++) { float g = wv[k] * dv[k]; dmean += g; dnn += g * (xv[k] - mu) * r; }
         }
-        dmean = layernorm ? block_sum(dmean) / C : 0.0f;
-        dnn = block_sum(dnn) / C;
+        dmean = layernorm ? warp_sum(dmean) / C : 0.0f;
+        dnn = warp_sum(dnn) / C;
         bf16 *dx = dinp + (size_t)n * C;
-        for (int i = threadIdx.x; i < C; i += blockDim.x) {
-            float norm = (__bfloat162float(x[i]) - mu) * r, d = __bfloat162float(dy[i]);
-            float g = (__bfloat162float(w[i]) * d - dmean - norm * dnn) * r;
-            dx[i] = __float2bfloat16(__bfloat162float(dx[i]) + g);
-            acc[i] += d * norm;
-            acc[C + i] += d;
+        for (int i = lane * 8; i < C; i += 256) {
+            float old[8];
+            load8(xv, x + i); load8(dv, dy + i); load8(wv, w + i); load8(old, dx + i);
+            for (int k = 0; k < 8; k++) old[k] += (wv[k] * dv[k] - dmean - (xv[k] - mu) * r * dnn) * r;
+            store8(dx + i, old);
         }
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) partial[(size_t)blockIdx.x * 2 * C + i] = acc[i];
-}
-
-__global__ void norm_reduce_kernel(float *dw, float *db, const float *partial, int blocks, int C) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= C) return;
-    float sw = 0.0f, sb = 0.0f;
-    for (int k = 0; k < blocks; k++) { sw += partial[(size_t)k * 2 * C + i]; sb += partial[(size_t)k * 2 * C + C + i]; }
-    dw[i] += sw;
-    if (db) db[i] += sb;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float dw = 0.0f, db = 0.0f;
+        for (int n = n0; n < n1; n++) {
+            float d = __bfloat162float(dout[(size_t)n * C + c]), mu = layernorm ? mean[n] : 0.0f;
+            dw += d * (__bfloat162float(inp[(size_t)n * C + c]) - mu) * rstd[n];
+            db += d;
+        }
+        partial[(size_t)blockIdx.x * 2 * C + c] = dw;
+        partial[(size_t)blockIdx.x * 2 * C + C + c] = db;
+    }
 }
 
 static void norm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w, const bf16 *b,
                          int N, int C, float eps, cudaStream_t stream) {
-    norm_forward_kernel<<<N, NORM_THREADS, 0, stream>>>(out, mean, rstd, inp, w, b, C, eps);
+    if (C % 8 != 0) die("norm: width %d is not a multiple of 8", C);
+    norm_forward_kernel<<<ceil_div(N, 8), 256, 0, stream>>>(out, mean, rstd, inp, w, b, N, C, eps);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -78,10 +80,10 @@ static void norm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, c
 static void norm_backward(bf16 *dinp, float *dw, float *db, float *scratch, const bf16 *dout, const bf16 *inp,
                           const bf16 *w, const float *mean, const float *rstd, int N, int C, cudaStream_t stream) {
     int blocks = ceil_div(N, NORM_ROWS);
-    norm_backward_kernel<<<blocks, NORM_THREADS, 2 * C * sizeof(float), stream>>>(dinp, scratch, dout, inp, w, mean, rstd,
-                                                                                 N, C, db != NULL);
-    norm_reduce_kernel<<<ceil_div(C, 256), 256, 0, stream>>>(dw, db, scratch, blocks, C);
+    norm_backward_kernel<<<blocks, 256, 0, stream>>>(dinp, scratch, dout, inp, w, mean, rstd, N, C, db != NULL);
     CUDA_CHECK(cudaGetLastError());
+    sum_rows(dw, scratch, blocks, C, 2 * C, stream);
+    if (db) sum_rows(db, scratch + C, blocks, C, 2 * C, stream);
 }
 
 #endif

@@ -1,5 +1,5 @@
-// defines: LIN_QKV .. NUM_LINEARS, linear_names, OperandFormats, recipe_table, RecipeOptions,
-//          LinearRecipe, Recipe, recipe_parse, recipe_resolve
+// defines: OperandFormats, recipe_table, RecipeOptions, LinearRecipe, Recipe, recipe_parse,
+//          recipe_resolve
 // Precision recipes as data (SPEC.md 4): for each block linear, the format of the activation X,
 // the weight W and the output gradient G; DGE and OCC where the operands are 4-bit.
 #ifndef LLMC_RECIPE_H
@@ -7,10 +7,7 @@
 
 #include <string.h>
 #include "quant.h"
-
-
-enum { LIN_QKV, LIN_ATTPROJ, LIN_FC, LIN_FCPROJ, NUM_LINEARS };
-static const char *const linear_names[NUM_LINEARS] = { "qkv", "attproj", "fc", "fcproj" };
+#include "model.h"
 
 typedef struct { Format x, w, g; } OperandFormats;  // activation, weight, output gradient
 

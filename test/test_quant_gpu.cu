@@ -1,7 +1,7 @@
 // The element rules of llmc/quant.h run on the GPU must give the CPU's bits: every format's
 // rounding on fresh random inputs (all magnitudes, every tie and grid point), and the DGE
 // derivative within a few ulp (powf differs by an ulp or two between libm and CUDA). And the
-// row quantization kernel of llmc/quantize.cuh: the same scales and codes as quantize_matrix.
+// quantization kernels of llmc/quantize.cuh: the same scales and codes as quantize_matrix.
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -25,22 +25,26 @@ static int ulp_distance(float a, float b) {
 }
 
 // FP8 byte back to float on the host
-static float byte_value(__nv_fp8_storage_t b, Format f) {
+static float byte_value(fp8 b, Format f) {
     __half_raw h = __nv_cvt_fp8_to_halfraw(b, f == FMT_E5M2 ? __NV_E5M2 : __NV_E4M3);
     return __half2float(__half(h));
 }
 
-// rows of fresh random BF16 data spanning 2^-20 .. 2^20 in scale, zero rows, huge and tiny rows
-static void test_quantize_rows(uint64_t seed) {
+// the three ways the trainer quantizes (SPEC.md 4) on fresh random BF16 data spanning 2^-20 ..
+// 2^20 in scale, with zero, huge and tiny rows: per row (X, W); per row with a folded column
+// scale (the dgrad gradient G * s_w); per column with a folded row scale, written transposed (the
+// wgrad gradient G * s_x). Every scale and code must be the CPU quantize_matrix's, bit for bit.
+static void test_quantize(uint64_t seed) {
     const int shapes[4][2] = { { 37, 64 }, { 128, 768 }, { 64, 3072 }, { 33, 50 } };
     const Format fmts[5] = { FMT_E2M1, FMT_E1M2, FMT_E3M0, FMT_E4M3, FMT_E5M2 };
     for (int si = 0; si < 4; si++) {
         int rows = shapes[si][0], cols = shapes[si][1];
         size_t n = (size_t)rows * cols;
         bf16 *xb = (bf16 *)malloc_check(n * sizeof(bf16));
-        float *x = (float *)malloc_check(n * sizeof(float)), *codes = (float *)malloc_check(n * sizeof(float));
-        float *scales = (float *)malloc_check(rows * sizeof(float)), *gscales = (float *)malloc_check(rows * sizeof(float));
-        __nv_fp8_storage_t *gcodes = (__nv_fp8_storage_t *)malloc_check(n);
+        float *x = (float *)malloc_check(n * sizeof(float)), *xf = (float *)malloc_check(n * sizeof(float));
+        float *codes = (float *)malloc_check(n * sizeof(float)), *fold = (float *)malloc_check((rows + cols) * sizeof(float));
+        float *scales = (float *)malloc_check((rows + cols) * sizeof(float)), *gscales = (float *)malloc_check((rows + cols) * sizeof(float));
+        fp8 *gcodes = (fp8 *)malloc_check(n);
         for (int r = 0; r < rows; r++) {
             float mag = r == 0 ? 0.0f : r == 1 ? 1e30f : r == 2 ? 1e-30f : exp2f((float)(r % 41) - 20.0f);
             for (int c = 0; c < cols; c++) {
@@ -49,27 +53,42 @@ static void test_quantize_rows(uint64_t seed) {
                 x[i] = __bfloat162float(xb[i]);
             }
         }
-        bf16 *dx; float *ds; __nv_fp8_storage_t *dc;
-        dx = (bf16 *)cuda_malloc(n * sizeof(bf16)); ds = (float *)cuda_malloc(rows * sizeof(float));
-        dc = (__nv_fp8_storage_t *)cuda_malloc(n);
+        for (int i = 0; i < rows + cols; i++) fold[i] = exp2f(-8.0f * rng_uniform(rng_hash(seed + 7 + si, i))) * 1.37f;
+        bf16 *dx = (bf16 *)cuda_malloc(n * sizeof(bf16));
+        float *ds = (float *)cuda_malloc((rows + cols) * sizeof(float)), *dfold = (float *)cuda_malloc((rows + cols) * sizeof(float));
+        fp8 *dc = (fp8 *)cuda_malloc(n), *dt = (fp8 *)cuda_malloc(n);
+        unsigned *amax = (unsigned *)cuda_malloc(cols * sizeof(unsigned));
         cuda_upload(dx, xb, n * sizeof(bf16));
+        cuda_upload(dfold, fold, (rows + cols) * sizeof(float));
         for (int fi = 0; fi < 5; fi++) {
             Format f = fmts[fi];
-            CUDA_CHECK(cudaMemset(ds, 0xff, rows * sizeof(float)));  // poison
-            CUDA_CHECK(cudaMemset(dc, 0x7f, n));
-            quantize_rows(dc, ds, dx, rows, cols, f, 0);
-            cuda_download(gcodes, dc, n);
-            cuda_download(gscales, ds, rows * sizeof(float));
-            quantize_matrix(codes, scales, x, rows, cols, f, 0, 0);
-            int bad_s = 0, bad_c = 0;
-            for (int r = 0; r < rows; r++) bad_s += f32_bits(scales[r]) != f32_bits(gscales[r]);
-            for (size_t i = 0; i < n; i++) bad_c += f32_bits(byte_value(gcodes[i], f)) != f32_bits(codes[i]);
-            CHECK(bad_s == 0 && bad_c == 0, "quantize_rows %s %dx%d: %d scales and %d codes differ from the CPU", format_name(f),
-                  rows, cols, bad_s, bad_c);
+            for (int mode = 0; mode < 3; mode++) {  // rows; rows with column scale; columns with row scale
+                CUDA_CHECK(cudaMemset(ds, 0xff, (rows + cols) * sizeof(float)));  // poison
+                CUDA_CHECK(cudaMemset(dc, 0x7f, n));
+                int axis = mode == 2, nv = axis ? cols : rows;
+                if (mode == 0) quantize_rows(dc, ds, dx, NULL, rows, cols, f, 0);
+                if (mode == 1) quantize_rows(dc, ds, dx, dfold, rows, cols, f, 0);
+                if (mode == 2) quantize_cols_t(dt, ds, amax, dx, dfold + cols, rows, cols, f, 0);
+                if (mode == 2) transpose_bytes(dc, dt, cols, rows, 1, 0);  // back to (rows, cols)
+                cuda_download(gcodes, dc, n);
+                cuda_download(gscales, ds, nv * sizeof(float));
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < cols; c++)
+                        xf[(size_t)r * cols + c] = x[(size_t)r * cols + c] * (mode == 1 ? fold[c] : mode == 2 ? fold[cols + r] : 1.0f);
+                quantize_matrix(codes, scales, xf, rows, cols, f, axis, 0);
+                int bad_s = 0, bad_c = 0;
+                for (int v = 0; v < nv; v++) bad_s += f32_bits(scales[v]) != f32_bits(gscales[v]);
+                for (size_t i = 0; i < n; i++) bad_c += f32_bits(byte_value(gcodes[i], f)) != f32_bits(codes[i]);
+                const char *what[3] = { "quantize_rows", "quantize_rows (column scale)", "quantize_cols_t (row scale)" };
+                CHECK(bad_s == 0 && bad_c == 0, "%s %s %dx%d: %d scales and %d codes differ from the CPU", what[mode],
+                      format_name(f), rows, cols, bad_s, bad_c);
+            }
         }
-        printf("quantize_rows %dx%d: scales and codes identical to the CPU for e2m1 e1m2 e3m0 e4m3 e5m2\n", rows, cols);
-        cuda_free(dx, n * sizeof(bf16)); cuda_free(ds, rows * sizeof(float)); cuda_free(dc, n);
-        free(xb); free(x); free(codes); free(scales); free(gscales); free(gcodes);
+        printf("quantize %dx%d: per row, per row with folded column scales, per column transposed with folded row scales:"
+               " scales and codes identical to the CPU for e2m1 e1m2 e3m0 e4m3 e5m2\n", rows, cols);
+        cuda_free(dx, n * sizeof(bf16)); cuda_free(ds, (rows + cols) * sizeof(float)); cuda_free(dfold, (rows + cols) * sizeof(float));
+        cuda_free(dc, n); cuda_free(dt, n); cuda_free(amax, cols * sizeof(unsigned));
+        free(xb); free(x); free(xf); free(codes); free(fold); free(scales); free(gscales); free(gcodes);
     }
 }
 
@@ -118,6 +137,6 @@ int main(void) {
     }
     CUDA_CHECK(cudaFree(dx)); CUDA_CHECK(cudaFree(dy));
     free(x); free(got);
-    test_quantize_rows(seed);
+    test_quantize(seed);
     return check_summary("quant-gpu");
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end runs of a trainer (BIN, default ./train_gpt2) in each of RECIPES (default fp32 fp4):
+# End-to-end runs of a trainer (BIN, default ./train_gpt2) in each of RECIPES (default fp32 fp4),
+# with the extra flags EXTRA (default none):
 #  1. resume: a run stopped at a checkpoint and resumed ends with the same bytes as one that
 #     never stopped (model, optimizer state, data position);
 #  2. learning: small GPT-2 and LLaMA models on tiny shakespeare lower their val loss by at
@@ -16,7 +17,8 @@ ok() { passed=$((passed + 1)); }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 
 [ -f "$data/tiny_shakespeare_train.bin" ] || { echo "error: $data missing (make data)"; exit 1; }
-common=(-i "$data/tiny_shakespeare_train.bin" -j "$data/tiny_shakespeare_val.bin" -z data/gpt2_tokenizer.bin)
+read -r -a extra <<< "${EXTRA:-}"
+common=(-i "$data/tiny_shakespeare_train.bin" -j "$data/tiny_shakespeare_val.bin" -z data/gpt2_tokenizer.bin "${extra[@]}")
 
 for recipe in $recipes; do
     args=("${common[@]}" -e "llama:L=2,C=64,H=4,KV=2,F=128,T=32" -b 2 -t 32 -x 6 -u 2 -v 0 -m 1 -r "$recipe")

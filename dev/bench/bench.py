@@ -28,9 +28,11 @@ def run(cmd):
 
 
 def ours(model, B, steps, recipe):
+    """recipe: a name and extra flags, e.g. "fp4 --occ 0" """
+    name, *extra = recipe.split()
     with tempfile.TemporaryDirectory() as out:
         log = run(["./train_gpt2_fp4", "-e", model, "-b", str(B), "-t", "1024", "-x", str(steps), "-u", "2",
-                   "-v", "0", "-m", "1", "-r", recipe, "-i", DATA, "-j", DATA, "-o", out])
+                   "-v", "0", "-m", "1", "-r", name, "-i", DATA, "-j", DATA, "-o", out] + extra)
         rows = [json.loads(l) for l in open(os.path.join(out, "main.jsonl")) if '"train_loss"' in l]
     ms = sum(r["ms"] for r in rows[5:]) / len(rows[5:])
     mfu = float(re.findall(r"MFU ([0-9.]+)%", log)[-1])
@@ -50,7 +52,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--configs", nargs="+", default=["gpt2:d12:32", "gpt2:d24:16", "llama:d16,T=1024:8"],
                     help="MODEL:BATCH")
-    ap.add_argument("--recipes", nargs="+", default=["bf16"])
+    ap.add_argument("--recipes", nargs="+", default=["bf16", "fp8", "fp4 --occ 0"],
+                    help="recipes with their extra flags, one quoted argument each")
     a = ap.parse_args()
     if not os.path.exists(os.path.join(ROOT, DATA)):
         sys.exit(f"error: {DATA} missing (make data)")
@@ -63,11 +66,15 @@ def main():
             res = ours(model, int(B), a.steps + 5, r)
             rows.append((model, B, f"train_gpt2_fp4 {r}", res, res[1] / ref[1]))
         print(f"done {spec}", file=sys.stderr)
-    print("| model | batch x 1024 | trainer | ms/step | tok/s | MFU | peak MiB | vs PyTorch |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | batch x 1024 | trainer | ms/step | tok/s | MFU | peak MiB | vs PyTorch | vs our bf16 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base = {}
     for model, B, who, (ms, tok, mfu, peak), rel in rows:
+        if who.endswith(" bf16"):
+            base[model] = tok
+        vs = f"{tok / base[model]:.2f}x" if model in base and not who.endswith(" bf16") and rel is not None else ""
         print(f"| {model} | {B} | {who} | {ms:.1f} | {tok:,.0f} | {mfu:.1f}% | {peak:,.0f} | "
-              f"{'' if rel is None else f'{rel:.2f}x'} |")
+              f"{'' if rel is None else f'{rel:.2f}x'} | {vs} |")
 
 
 if __name__ == "__main__":

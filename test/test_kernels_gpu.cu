@@ -1,0 +1,348 @@
+// The trainer's GPU kernels against double-precision references computed on the CPU, on fresh
+// random data (the seed is printed): the classifier (softmax, cross-entropy, dlogits), the norms
+// forward and backward, the GELU and dGELU GEMM epilogues (which must be SPEC.md's tanh form,
+// not the erf form), and the FP8 GEMMs with per-row scales against the dequantized operands.
+// Bounds: BF16 outputs within BF16 rounding (2^-8 relative) plus a small absolute term.
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include "../llmc/matmul.cuh"
+#include "../llmc/norm.cuh"
+#include "../llmc/classifier.cuh"
+#include "../llmc/quantize.cuh"
+#include "../llmc/rand.h"
+#include "check.h"
+
+static uint64_t seed;
+static uint64_t stream_id;  // every tensor draws from its own stream of the seed
+
+static void fill_bf16(bf16 *h, float *f, size_t n, float scale, float shift) {
+    uint64_t s = seed + 1000 * ++stream_id;
+    for (size_t i = 0; i < n; i++) { h[i] = __float2bfloat16((float)rng_normal(s, i) * scale + shift); f[i] = __bfloat162float(h[i]); }
+}
+
+static bf16 *to_device(const bf16 *h, size_t n) {
+    bf16 *d = (bf16 *)cuda_malloc(n * sizeof(bf16));
+    cuda_upload(d, h, n * sizeof(bf16));
+    return d;
+}
+
+static void from_device(float *f, const bf16 *d, size_t n) {
+    bf16 *h = (bf16 *)malloc_check(n * sizeof(bf16));
+    cuda_download(h, d, n * sizeof(bf16));
+    for (size_t i = 0; i < n; i++) f[i] = __bfloat162float(h[i]);
+    free(h);
+}
+
+// worst |got - ref| / (rel |ref| + abs): <= 1 passes
+static double bound_ratio(const float *got, const double *ref, size_t n, double rel, double abs_) {
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double r = fabs(got[i] - ref[i]) / (rel * fabs(ref[i]) + abs_);
+        if (!(r <= worst)) worst = r;  // NaN sticks
+    }
+    return worst;
+}
+
+static double max_abs(const double *v, size_t n) {
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(v[i]));
+    return m;
+}
+
+static const double BF16_REL = 1.0 / 256;
+
+static void test_classifier(void) {
+    const int N = 48, V = 50257, Vp = 50304;
+    size_t n = (size_t)N * Vp;
+    bf16 *h = (bf16 *)malloc_check(n * sizeof(bf16));
+    float *x = (float *)malloc_check(n * sizeof(float)), *got = (float *)malloc_check(n * sizeof(float));
+    double *ref = (double *)malloc_check(n * sizeof(double)), loss_ref[N];
+    fill_bf16(h, x, n, 1.0f, 0.0f);
+    int targets[N];
+    for (int r = 0; r < N; r++) {
+        float scale = r % 3 == 0 ? 1.0f : r % 3 == 1 ? 6.0f : 30.0f;  // flat to peaked softmax
+        for (int i = 0; i < Vp; i++) {
+            size_t k = (size_t)r * Vp + i;
+            h[k] = __float2bfloat16(i < V ? x[k] * scale : 0.0f);
+            x[k] = __bfloat162float(h[k]);
+        }
+        targets[r] = (int)(rng_hash(seed, 77 + r) % V);
+    }
+    float dloss = 1.0f / N;
+    for (int r = 0; r < N; r++) {
+        const float *xr = x + (size_t)r * Vp;
+        double m = -INFINITY, s = 0.0;
+        for (int i = 0; i < V; i++) m = fmax(m, xr[i]);
+        for (int i = 0; i < V; i++) s += exp(xr[i] - m);
+        loss_ref[r] = log(s) + m - xr[targets[r]];
+        for (int i = 0; i < Vp; i++) ref[(size_t)r * Vp + i] = i < V ? (exp(xr[i] - m) / s - (i == targets[r])) * dloss : 0.0;
+    }
+    bf16 *d = to_device(h, n);
+    float *dl = (float *)cuda_malloc(N * sizeof(float)), losses[N];
+    int *dt = (int *)cuda_malloc(N * sizeof(int));
+    cuda_upload(dt, targets, N * sizeof(int));
+    classifier_forward_backward(d, dl, dt, 0.0f, N, V, Vp, 0);  // evaluation: logits untouched
+    from_device(got, d, n);
+    CHECK(memcmp(got, x, n * sizeof(float)) == 0, "classifier with dloss 0 changed the logits");
+    classifier_forward_backward(d, dl, dt, dloss, N, V, Vp, 0);
+    cuda_download(losses, dl, N * sizeof(float));
+    from_device(got, d, n);
+    double le = 0.0;
+    for (int r = 0; r < N; r++) le = fmax(le, fabs(losses[r] - loss_ref[r]) / fmax(1.0, fabs(loss_ref[r])));
+    double de = bound_ratio(got, ref, n, BF16_REL, 1e-12);
+    int pad = 0;
+    for (int r = 0; r < N; r++) for (int i = V; i < Vp; i++) pad += got[(size_t)r * Vp + i] != 0.0f;
+    CHECK(le <= 2e-6, "classifier loss error %.3g (bound 2e-6)", le);
+    CHECK(de <= 1.0, "classifier dlogits beyond BF16 rounding: ratio %.3g", de);
+    CHECK(pad == 0, "classifier: %d padded dlogits are not 0", pad);
+    printf("classifier %dx%d: loss error %.2e, dlogits %.2f of the BF16 bound\n", N, V, le, de);
+    cuda_free(d, n * sizeof(bf16)); cuda_free(dl, N * sizeof(float)); cuda_free(dt, N * sizeof(int));
+    free(h); free(x); free(got); free(ref);
+}
+
+static void test_norm(int C, int layernorm) {
+    const int N = 300;  // not a multiple of NORM_ROWS: a partial last block
+    size_t n = (size_t)N * C;
+    bf16 *hx = (bf16 *)malloc_check(n * sizeof(bf16)), *hdy = (bf16 *)malloc_check(n * sizeof(bf16));
+    bf16 *hdx = (bf16 *)malloc_check(n * sizeof(bf16)), *hw = (bf16 *)malloc_check(C * sizeof(bf16)), *hb = (bf16 *)malloc_check(C * sizeof(bf16));
+    float *x = (float *)malloc_check(n * sizeof(float)), *dy = (float *)malloc_check(n * sizeof(float)), *dx0 = (float *)malloc_check(n * sizeof(float));
+    float *w = (float *)malloc_check(C * sizeof(float)), *b = (float *)malloc_check(C * sizeof(float)), *got = (float *)malloc_check(n * sizeof(float));
+    double *ref = (double *)malloc_check(n * sizeof(double)), *dref = (double *)malloc_check(n * sizeof(double));
+    double *dwr = (double *)calloc_check(2 * C, sizeof(double)), *dbr = dwr + C;
+    fill_bf16(hx, x, n, 2.0f, 0.5f);
+    fill_bf16(hdy, dy, n, 0.01f, 0.0f);
+    fill_bf16(hdx, dx0, n, 0.01f, 0.0f);
+    fill_bf16(hw, w, C, 0.2f, 1.0f);
+    fill_bf16(hb, b, C, 0.1f, 0.0f);
+    float eps = 1e-5f;
+    float mean_ref[N], rstd_ref[N];
+    for (int r = 0; r < N; r++) {
+        const float *xr = x + (size_t)r * C;
+        double mu = 0.0, var = 0.0;
+        if (layernorm) { for (int i = 0; i < C; i++) mu += xr[i]; mu /= C; }
+        for (int i = 0; i < C; i++) var += (xr[i] - mu) * (xr[i] - mu);
+        double rs = 1.0 / sqrt(var / C + eps), dm = 0.0, dn = 0.0;
+        mean_ref[r] = (float)mu; rstd_ref[r] = (float)rs;
+        for (int i = 0; i < C; i++) {
+            double nrm = (xr[i] - mu) * rs, g = (double)w[i] * dy[(size_t)r * C + i];
+            ref[(size_t)r * C + i] = nrm * w[i] + (layernorm ? b[i] : 0.0);
+            dm += g; dn += g * nrm;
+            dwr[i] += dy[(size_t)r * C + i] * nrm; dbr[i] += dy[(size_t)r * C + i];
+        }
+        dm = layernorm ? dm / C : 0.0; dn /= C;
+        for (int i = 0; i < C; i++) {
+            double nrm = (xr[i] - mu) * rs;
+            dref[(size_t)r * C + i] = dx0[(size_t)r * C + i] + ((double)w[i] * dy[(size_t)r * C + i] - dm - nrm * dn) * rs;
+        }
+    }
+    bf16 *dxin = to_device(hx, n), *ddy = to_device(hdy, n), *ddx = to_device(hdx, n), *dw = to_device(hw, C), *db = to_device(hb, C);
+    bf16 *dout = (bf16 *)cuda_malloc(n * sizeof(bf16));
+    float *dmean = (float *)cuda_malloc(2 * N * sizeof(float)), *drstd = dmean + N;
+    float *dgw = (float *)cuda_malloc(2 * C * sizeof(float)), *dgb = dgw + C;
+    size_t nscratch = (size_t)ceil_div(N, NORM_ROWS) * 2 * C;
+    float *scratch = (float *)cuda_malloc(nscratch * sizeof(float));
+    CUDA_CHECK(cudaMemset(dgw, 0, 2 * C * sizeof(float)));
+    norm_forward(dout, layernorm ? dmean : NULL, drstd, dxin, dw, layernorm ? db : NULL, N, C, eps, 0);
+    norm_backward(ddx, dgw, layernorm ? dgb : NULL, scratch, ddy, dxin, dw, layernorm ? dmean : NULL, drstd, N, C, 0);
+    from_device(got, dout, n);
+    double fe = bound_ratio(got, ref, n, BF16_REL, 1e-3);
+    float stats[2 * N];
+    cuda_download(stats, dmean, 2 * N * sizeof(float));
+    double se = 0.0;
+    for (int r = 0; r < N; r++) {
+        se = fmax(se, fabs(stats[N + r] - rstd_ref[r]) / rstd_ref[r]);
+        if (layernorm) se = fmax(se, fabs(stats[r] - mean_ref[r]) / 2.0);  // relative to the spread of x
+    }
+    from_device(got, ddx, n);
+    double be = bound_ratio(got, dref, n, BF16_REL, 1e-3 * max_abs(dref, n));
+    float *gw = (float *)malloc_check(2 * C * sizeof(float));
+    cuda_download(gw, dgw, 2 * C * sizeof(float));
+    double we = 0.0, mw = max_abs(dwr, C), mb = max_abs(dbr, C);
+    for (int i = 0; i < C; i++) {
+        we = fmax(we, fabs(gw[i] - dwr[i]) / mw);
+        if (layernorm) we = fmax(we, fabs(gw[C + i] - dbr[i]) / mb);
+    }
+    const char *name = layernorm ? "layernorm" : "rmsnorm";
+    CHECK(fe <= 1.0 && se <= 1e-5, "%s C=%d forward: output %.3g of the bound, statistics error %.3g", name, C, fe, se);
+    CHECK(be <= 1.0 && we <= 1e-5, "%s C=%d backward: dx %.3g of the bound, weight gradients error %.3g", name, C, be, we);
+    printf("%s %dx%d: forward %.2f, dx %.2f of the BF16 bound; statistics %.1e, weight gradients %.1e\n", name, N, C, fe, be,
+           se, we);
+    cuda_free(dxin, n * 2); cuda_free(ddy, n * 2); cuda_free(ddx, n * 2); cuda_free(dw, C * 2); cuda_free(db, C * 2);
+    cuda_free(dout, n * 2); cuda_free(dmean, 2 * N * 4); cuda_free(dgw, 2 * C * 4); cuda_free(scratch, nscratch * 4);
+    free(hx); free(hdy); free(hdx); free(hw); free(hb); free(x); free(dy); free(dx0); free(w); free(b); free(got);
+    free(ref); free(dref); free(dwr); free(gw);
+}
+
+static double gelu_tanh(double x) { return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))); }
+static double gelu_erf(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
+static double gelu_tanh_grad(double x) {
+    double u = sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x), t = tanh(u);
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * sqrt(2.0 / M_PI) * (1.0 + 3.0 * 0.044715 * x * x);
+}
+
+// y = gelu(x W^T + b) with pre = x W^T + b, and dx = (dy W) gelu'(pre), both in the epilogue
+static void test_gelu_epilogues(void) {
+    const int N = 256, K = 64, M = 192;
+    bf16 *hx = (bf16 *)malloc_check(N * K * 2), *hw = (bf16 *)malloc_check(M * K * 2), *hb = (bf16 *)malloc_check(M * 2);
+    bf16 *hdy = (bf16 *)malloc_check(N * M * 2), *hpre = (bf16 *)malloc_check(N * K * 2);
+    float *x = (float *)malloc_check(N * K * 4), *w = (float *)malloc_check(M * K * 4), *b = (float *)malloc_check(M * 4);
+    float *dy = (float *)malloc_check(N * M * 4), *pre2 = (float *)malloc_check(N * K * 4), *got = (float *)malloc_check(N * M * 4);
+    double *pre = (double *)malloc_check(N * M * 8), *y = (double *)malloc_check(N * M * 8), *ye = (double *)malloc_check(N * M * 8);
+    double *dx = (double *)malloc_check(N * K * 8);
+    fill_bf16(hx, x, N * K, 0.6f, 0.0f); fill_bf16(hw, w, M * K, 0.5f, 0.0f); fill_bf16(hb, b, M, 0.5f, 0.0f);
+    fill_bf16(hdy, dy, N * M, 1.0f, 0.0f); fill_bf16(hpre, pre2, N * K, 2.0f, 0.0f);
+    for (int t = 0; t < N; t++) {
+        for (int j = 0; j < M; j++) {
+            double s = b[j];
+            for (int k = 0; k < K; k++) s += (double)x[t * K + k] * w[j * K + k];
+            pre[t * M + j] = s; y[t * M + j] = gelu_tanh(s); ye[t * M + j] = gelu_erf(s);
+        }
+        for (int k = 0; k < K; k++) {
+            double s = 0.0;
+            for (int j = 0; j < M; j++) s += (double)dy[t * M + j] * w[j * K + k];
+            dx[t * K + k] = s * gelu_tanh_grad(pre2[t * K + k]);
+        }
+    }
+    bf16 *dX = to_device(hx, N * K), *dW = to_device(hw, M * K), *dB = to_device(hb, M), *dDY = to_device(hdy, N * M);
+    bf16 *dPRE2 = to_device(hpre, N * K), *dY = (bf16 *)cuda_malloc(N * M * 2), *dPRE = (bf16 *)cuda_malloc(N * M * 2);
+    bf16 *dDX = (bf16 *)cuda_malloc(N * K * 2);
+    matmul_forward(dY, dX, dW, dB, NULL, dPRE, N, K, M, 0);
+    matmul_dgrad(dDX, dDY, dW, dPRE2, N, M, K, 0);
+    from_device(got, dPRE, N * M);
+    double pe = bound_ratio(got, pre, N * M, BF16_REL, 1e-4);
+    from_device(got, dY, N * M);
+    double ge = bound_ratio(got, y, N * M, BF16_REL, 1e-5), gerf = bound_ratio(got, ye, N * M, BF16_REL, 1e-5);
+    from_device(got, dDX, N * K);
+    double de = bound_ratio(got, dx, N * K, 2 * BF16_REL, 1e-3 * max_abs(dx, N * K));  // the epilogue's own rounding too
+    CHECK(pe <= 1.0, "GELU epilogue: pre-activation %.3g of the BF16 bound", pe);
+    CHECK(ge <= 1.0, "GELU epilogue is not the tanh form: %.3g of the bound (erf form: %.3g)", ge, gerf);
+    CHECK(gerf > 1.0, "GELU epilogue test cannot tell tanh from erf (%.3g, %.3g)", ge, gerf);
+    CHECK(de <= 1.0, "dGELU epilogue: %.3g of the bound", de);
+    printf("GELU epilogue: tanh form %.2f of the BF16 bound (erf form %.1f); pre-activation %.2f; dGELU %.2f of twice the"
+           " BF16 bound\n", ge, gerf, pe, de);
+    cuda_free(dX, N * K * 2); cuda_free(dW, M * K * 2); cuda_free(dB, M * 2); cuda_free(dDY, N * M * 2); cuda_free(dPRE2, N * K * 2);
+    cuda_free(dY, N * M * 2); cuda_free(dPRE, N * M * 2); cuda_free(dDX, N * K * 2);
+    free(hx); free(hw); free(hb); free(hdy); free(hpre); free(x); free(w); free(b); free(dy); free(pre2); free(got);
+    free(pre); free(y); free(ye); free(dx);
+}
+
+// FP8 bytes back to floats
+static void codes_from_device(float *f, const fp8 *d, size_t n, Format fmt) {
+    fp8 *h = (fp8 *)malloc_check(n);
+    cuda_download(h, d, n);
+    for (size_t i = 0; i < n; i++) {
+        __half_raw r = __nv_cvt_fp8_to_halfraw(h[i], fmt == FMT_E5M2 ? __NV_E5M2 : __NV_E4M3);
+        f[i] = __half2float(__half(r));
+    }
+    free(h);
+}
+
+// the three GEMMs of a quantized linear, as the trainer calls them, against FP64 sums of the
+// dequantized operands (the GPU's own codes and scales): forward with bias and residual, dgrad
+// with and without dGELU, wgrad accumulating into FP32. The products of codes are exact, but
+// Hopper's FP8 MMA accumulates with fewer bits than FP32 between cuBLASLt's promotions to FP32:
+// hence the absolute terms, 5e-4 (BF16 out) and 2e-5 (FP32 out) of the largest output.
+static void test_fp8_gemms(Format fx, Format fg) {
+    const int N = 256, K = 192, M = 320;
+    bf16 *hx = (bf16 *)malloc_check(N * K * 2), *hw = (bf16 *)malloc_check(M * K * 2), *hb = (bf16 *)malloc_check(M * 2);
+    bf16 *hr = (bf16 *)malloc_check(N * M * 2), *hg = (bf16 *)malloc_check(N * M * 2), *hpre = (bf16 *)malloc_check(N * K * 2);
+    float *x = (float *)malloc_check(N * K * 4), *w = (float *)malloc_check(M * K * 4), *b = (float *)malloc_check(M * 4);
+    float *res = (float *)malloc_check(N * M * 4), *g = (float *)malloc_check(N * M * 4), *pre = (float *)malloc_check(N * K * 4);
+    float *dw0 = (float *)malloc_check(M * K * 4), *got = (float *)malloc_check(N * M * 4 + M * K * 4);
+    fill_bf16(hx, x, N * K, 1.0f, 0.0f); fill_bf16(hw, w, M * K, 0.05f, 0.0f); fill_bf16(hb, b, M, 0.1f, 0.0f);
+    fill_bf16(hr, res, N * M, 1.0f, 0.0f); fill_bf16(hg, g, N * M, 1e-3f, 0.0f); fill_bf16(hpre, pre, N * K, 2.0f, 0.0f);
+    uint64_t s0 = seed + 1000 * ++stream_id;
+    for (int i = 0; i < M * K; i++) dw0[i] = (float)rng_normal(s0, i);
+    bf16 *dX = to_device(hx, N * K), *dWt = to_device(hw, M * K), *dB = to_device(hb, M), *dR = to_device(hr, N * M);
+    bf16 *dG = to_device(hg, N * M), *dPRE = to_device(hpre, N * K), *dY = (bf16 *)cuda_malloc(N * M * 2), *dDX = (bf16 *)cuda_malloc(N * K * 2);
+    fp8 *cx = (fp8 *)cuda_malloc(N * K), *cxt = (fp8 *)cuda_malloc(N * K), *cw = (fp8 *)cuda_malloc(M * K), *cwt = (fp8 *)cuda_malloc(M * K);
+    fp8 *cg = (fp8 *)cuda_malloc(N * M);
+    float *sx = (float *)cuda_malloc(N * 4), *sw = (float *)cuda_malloc(M * 4), *sg = (float *)cuda_malloc((N + M) * 4);
+    float *ones = (float *)cuda_malloc(K * 4), *dDW = (float *)cuda_malloc(M * K * 4);
+    unsigned *amax = (unsigned *)cuda_malloc(M * 4);
+    float hones[K];
+    for (int i = 0; i < K; i++) hones[i] = 1.0f;
+    cuda_upload(ones, hones, K * 4);
+    cuda_upload(dDW, dw0, M * K * 4);
+    quantize_rows(cx, sx, dX, NULL, N, K, fx, 0);
+    transpose_bytes(cxt, cx, N, K, 1, 0);
+    quantize_rows(cw, sw, dWt, NULL, M, K, fx, 0);
+    transpose_bytes(cwt, cw, M, K, 1, 0);
+    float *qx = (float *)malloc_check(N * K * 4), *qw = (float *)malloc_check(M * K * 4), *qg = (float *)malloc_check(N * M * 4);
+    float hsx[N], hsw[M], hsg[N > M ? N : M];
+    codes_from_device(qx, cx, N * K, fx); codes_from_device(qw, cw, M * K, fx);
+    cuda_download(hsx, sx, N * 4); cuda_download(hsw, sw, M * 4);
+    double *ref = (double *)malloc_check((size_t)(N * M + M * K) * 8);
+    const char *fn = format_name(fx), *gn = format_name(fg);
+
+    // forward: y = (qx sx)(qw sw)^T + b + residual
+    matmul_fp8(dY, CUDA_R_16BF, cw, fp8_type(fx), sw, cx, fp8_type(fx), sx, M, N, K, dR, 1.0f, dB, NULL, CUBLASLT_EPILOGUE_BIAS, 0);
+    for (int t = 0; t < N; t++)
+        for (int j = 0; j < M; j++) {
+            double s = 0.0;
+            for (int k = 0; k < K; k++) s += (double)qx[t * K + k] * qw[j * K + k];
+            ref[t * M + j] = s * hsx[t] * hsw[j] + b[j] + res[t * M + j];
+        }
+    from_device(got, dY, N * M);
+    double fe = bound_ratio(got, ref, N * M, BF16_REL, 5e-4 * max_abs(ref, N * M));
+    CHECK(fe <= 1.0, "FP8 forward (%s) with bias and residual: %.3g of the bound", fn, fe);
+
+    // dgrad: dx = (qg sg) qw, qg the codes of g * sw per token; with dGELU: times gelu'(pre)
+    quantize_rows(cg, sg, dG, sw, N, M, fg, 0);
+    codes_from_device(qg, cg, N * M, fg);
+    cuda_download(hsg, sg, N * 4);
+    double de[2];
+    for (int gelu = 0; gelu < 2; gelu++) {
+        matmul_fp8(dDX, CUDA_R_16BF, cwt, fp8_type(fx), ones, cg, fp8_type(fg), sg, K, N, M, NULL, 0.0f, NULL, gelu ? dPRE : NULL,
+                   gelu ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, 0);
+        for (int t = 0; t < N; t++)
+            for (int k = 0; k < K; k++) {
+                double s = 0.0;
+                for (int j = 0; j < M; j++) s += (double)qg[t * M + j] * qw[j * K + k];
+                ref[t * K + k] = s * hsg[t] * (gelu ? gelu_tanh_grad(pre[t * K + k]) : 1.0);
+            }
+        from_device(got, dDX, N * K);
+        de[gelu] = bound_ratio(got, ref, N * K, (1 + gelu) * BF16_REL, 5e-4 * max_abs(ref, N * K));
+    }
+    CHECK(de[0] <= 1.0 && de[1] <= 1.0, "FP8 dgrad (%s x %s): %.3g, with dGELU %.3g of the bound", fn, gn, de[0], de[1]);
+
+    // wgrad: dW += (qg' sg')^T qx, qg' the codes of g * sx per output channel
+    quantize_cols_t(cg, sg, amax, dG, sx, N, M, fg, 0);
+    float *qgt = (float *)malloc_check(N * M * 4);
+    codes_from_device(qgt, cg, N * M, fg);
+    cuda_download(hsg, sg, M * 4);
+    matmul_fp8(dDW, CUDA_R_32F, cxt, fp8_type(fx), ones, cg, fp8_type(fg), sg, K, M, N, NULL, 1.0f, NULL, NULL,
+               CUBLASLT_EPILOGUE_DEFAULT, 0);
+    for (int j = 0; j < M; j++)
+        for (int k = 0; k < K; k++) {
+            double s = 0.0;
+            for (int t = 0; t < N; t++) s += (double)qgt[j * N + t] * qx[t * K + k];
+            ref[j * K + k] = dw0[j * K + k] + s * hsg[j];
+        }
+    cuda_download(got, dDW, M * K * 4);
+    double we = bound_ratio(got, ref, M * K, 1e-6, 2e-5 * max_abs(ref, M * K));
+    CHECK(we <= 1.0, "FP8 wgrad (%s x %s) into FP32: %.3g of the bound", fn, gn, we);
+    printf("FP8 GEMMs, operands %s, gradient %s: forward %.2f, dgrad %.2f, dgrad+dGELU %.2f, wgrad %.2f of the bound\n", fn,
+           gn, fe, de[0], de[1], we);
+    cuda_free(dX, N * K * 2); cuda_free(dWt, M * K * 2); cuda_free(dB, M * 2); cuda_free(dR, N * M * 2); cuda_free(dG, N * M * 2);
+    cuda_free(dPRE, N * K * 2); cuda_free(dY, N * M * 2); cuda_free(dDX, N * K * 2); cuda_free(cx, N * K); cuda_free(cxt, N * K);
+    cuda_free(cw, M * K); cuda_free(cwt, M * K); cuda_free(cg, N * M); cuda_free(sx, N * 4); cuda_free(sw, M * 4);
+    cuda_free(sg, (N + M) * 4); cuda_free(ones, K * 4); cuda_free(dDW, M * K * 4); cuda_free(amax, M * 4);
+    free(hx); free(hw); free(hb); free(hr); free(hg); free(hpre); free(x); free(w); free(b); free(res); free(g); free(pre);
+    free(dw0); free(got); free(qx); free(qw); free(qg); free(qgt); free(ref);
+}
+
+int main(void) {
+    CUDA_CHECK(cudaSetDevice(0));
+    matmul_init();
+    seed = (uint64_t)time(NULL);
+    printf("seed %llu\n", (unsigned long long)seed);
+    test_classifier();
+    for (int ln = 0; ln < 2; ln++) { test_norm(64, ln); test_norm(768, ln); }
+    test_gelu_epilogues();
+    test_fp8_gemms(FMT_E2M1, FMT_E4M3);
+    test_fp8_gemms(FMT_E4M3, FMT_E4M3);
+    test_fp8_gemms(FMT_E2M1, FMT_E5M2);
+    return check_summary("kernels-gpu");
+}
