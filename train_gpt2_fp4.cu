@@ -37,16 +37,16 @@ the GPU: OCC, tensor-wise scaling, the fp32 recipe.
 
 typedef struct {
     bf16 *encoded;               // (N, C) embedding: the residual stream into layer 0
-    bf16 *ln1;                   // (L, N, C) norm output into qkv; (N, C) when qkv is quantized
+    bf16 *ln1;                   // (L, N, C) norm output into qkv (none when qkv is quantized)
     float *ln1_mean, *ln1_rstd;  // (L, N)
     bf16 *qkv;                   // (L, N, QKV) qkv projection, q and k rotated (LLaMA)
     float *att_stats;            // (L, B, H, T) attention log-sum-exp, for the backward
     bf16 *atty;                  // (L, N, C) attention output into attproj
     bf16 *res2;                  // (L, N, C) residual stream after attention
-    bf16 *ln2;                   // (L, N, C) norm output into fc; (N, C) when fc is quantized
+    bf16 *ln2;                   // (L, N, C) norm output into fc (none when fc is quantized)
     float *ln2_mean, *ln2_rstd;  // (L, N)
     bf16 *fch;                   // (L, N, FF) fc output (before GELU / SwiGLU)
-    bf16 *fch_act;               // (L, N, F) GELU / SwiGLU output into fcproj; (N, F) when quantized
+    bf16 *fch_act;               // (L, N, F) GELU / SwiGLU output into fcproj (none when quantized)
     bf16 *res3;                  // (L, N, C) residual stream after the MLP
     bf16 *lnf;                   // (N, C)
     float *lnf_mean, *lnf_rstd;  // (N)
@@ -223,9 +223,10 @@ static void model_alloc_acts(Model *m, int B, int T) {
     }
     size_t partial = (N / 64 + 1) * (Vp > maxM ? Vp : maxM);
     if ((N / NORM_ROWS + 1) * 2 * C > partial) partial = (N / NORM_ROWS + 1) * 2 * C;
+    if ((N / QROWS + 1) * maxM > partial) partial = (N / QROWS + 1) * maxM;
     if (partial < SUMSQ_BLOCKS + 1) partial = SUMSQ_BLOCKS + 1;
-    // a quantized linear's backward reads its input codes, so its BF16 input need not be kept
-    size_t Lqkv = quantized(m, LIN_QKV) ? 1 : L, Lfc = quantized(m, LIN_FC) ? 1 : L, Lproj = quantized(m, LIN_FCPROJ) ? 1 : L;
+    // a quantized linear makes its input rows on the fly and keeps their codes: no BF16 copy
+    size_t Lqkv = quantized(m, LIN_QKV) ? 0 : L, Lfc = quantized(m, LIN_FC) ? 0 : L, Lproj = quantized(m, LIN_FCPROJ) ? 0 : L;
     int anyq = 0;
     struct { void **ptr; size_t bytes; } a[64];
     int na = 0;
@@ -267,66 +268,85 @@ static void model_alloc_acts(Model *m, int B, int T) {
 // ---------------------------------------------------------------------------------------------
 // a block linear in its recipe's formats (SPEC.md 4)
 
-// the quantized weights of every low-precision linear, once per optimizer step
+// the quantized weights of every low-precision linear, once per optimizer step: per output
+// channel, as they are (forward) and transposed (dgrad)
 static void model_quantize_weights(Model *m) {
     const Config *c = &m->cfg;
     for (int l = 0; l < NUM_LINEARS; l++) {
         if (!quantized(m, l)) continue;
         int M, K; linear_dims(c, l, &M, &K);
         QWeight *q = &m->wq[l];
-        quantize_rows(q->codes, q->scales, PARAM(m, linear_wkind[l]), NULL, c->L * M, K, m->recipe.lin[l].f.w, m->stream);
-        transpose_bytes(q->codes_t, q->codes, M, K, c->L, m->stream);
+        for (int layer = 0; layer < c->L; layer++) {
+            size_t o = (size_t)layer * M * K;
+            RowSource w = rows_plain(PARAM(m, linear_wkind[l]) + o, NULL);
+            quantize_rows(q->codes + o, q->codes_t + o, q->scales + (size_t)layer * M, &w, M, K, m->recipe.lin[l].f.w, NULL, NULL,
+                          NULL, m->stream);
+        }
     }
     m->wq_stale = 0;
 }
 
-// y (N, M) = x (N, K) W^T + b (+ residual) for linear lin of layer l. With pre: pre = x W^T + b and
-// y = gelu(pre). A quantized linear keeps its input's transposed codes and scales for the backward.
-static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const bf16 *x, const bf16 *residual, int N) {
+// the rows a BF16 linear reads, in BF16: a norm's or SwiGLU's output is written to src->out; GELU's
+// is there already (the fc GEMM's epilogue wrote it)
+static const bf16 *rows_materialize(Model *m, const RowSource *src, int N, int K) {
+    switch (src->op) {
+        case ROWS_NORM: norm_forward(src->out, src->mean, src->rstd, src->x, src->w, src->b, N, K, src->eps, m->stream); return src->out;
+        case ROWS_SWIGLU: swiglu_forward(src->out, src->x, N, K, m->stream); return src->out;
+        case ROWS_GELU: return src->out;
+        default: return src->x;
+    }
+}
+
+// y (N, M) = x (N, K) W^T + b (+ residual) for linear lin of layer l, x the rows of src. With pre:
+// pre = x W^T + b and y = gelu(pre), in the GEMM's epilogue; a quantized linear writes only pre
+// (the next linear's quantizer applies GELU). A quantized linear keeps its input's codes,
+// transposed, and scales for the backward.
+static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const RowSource *src, const bf16 *residual, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
     const bf16 *W = PARAM(m, linear_wkind[lin]) + (size_t)l * M * K;
     const bf16 *b = c->arch == ARCH_GPT2 ? PARAM(m, linear_bkind[lin]) + (size_t)l * M : NULL;
     cudaStream_t st = m->stream;
-    if (!quantized(m, lin)) { matmul_forward(y, x, W, b, residual, pre, N, K, M, st); return; }
+    if (!quantized(m, lin)) { matmul_forward(y, rows_materialize(m, src, N, K), W, b, residual, pre, N, K, M, st); return; }
     const OperandFormats *f = &m->recipe.lin[lin].f;
-    fp8 *xq = m->acts.xq[lin] + (size_t)l * K * N;
     float *xs = m->acts.xs[lin] + (size_t)l * N;
-    quantize_rows(m->s.xcodes, xs, x, NULL, N, K, f->x, st);
-    transpose_bytes(xq, m->s.xcodes, N, K, 1, st);
+    quantize_rows(m->s.xcodes, m->acts.xq[lin] + (size_t)l * K * N, xs, src, N, K, f->x, NULL, NULL, NULL, st);
     const QWeight *q = &m->wq[lin];
     matmul_fp8(pre ? pre : y, CUDA_R_16BF, q->codes + (size_t)l * M * K, fp8_type(f->w), q->scales + (size_t)l * M,
                m->s.xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
                b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
-    if (pre) gelu_forward(y, pre, (long long)N * M, st);
 }
 
 // dx (N, K) = dy (N, M) W, times gelu'(pre) when pre is given; dW += dy^T x, db += sum of dy.
 // x is the forward's BF16 input (read only by a bf16 linear). Quantized (SPEC.md 4): dgrad
 // contracts dy * s_w quantized per token with the weight codes, wgrad dy * s_x quantized per
-// output channel with the input codes; DGE comes in model_update.
+// output channel with the input codes; one pass over dy makes the dgrad codes, the column
+// absmax of the wgrad codes and the bias gradient's partial sums. DGE comes in model_update.
 static void linear_backward(Model *m, int lin, int l, bf16 *dx, const bf16 *dy, const bf16 *x, const bf16 *pre, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
     const bf16 *W = PARAM(m, linear_wkind[lin]) + (size_t)l * M * K;
     float *dW = GRAD(m, linear_wkind[lin]) + (size_t)l * M * K;
+    float *db = c->arch == ARCH_GPT2 ? GRAD(m, linear_bkind[lin]) + (size_t)l * M : NULL;
     cudaStream_t st = m->stream;
     Scratch *s = &m->s;
     if (!quantized(m, lin)) {
         matmul_dgrad(dx, dy, W, pre, N, M, K, st);
         matmul_wgrad(dW, dy, x, N, M, K, st);
-    } else {
-        const OperandFormats *f = &m->recipe.lin[lin].f;
-        const QWeight *q = &m->wq[lin];
-        const float *sw = q->scales + (size_t)l * M, *xs = m->acts.xs[lin] + (size_t)l * N;
-        quantize_rows(s->gcodes, s->gscales, dy, sw, N, M, f->g, st);
-        matmul_fp8(dx, CUDA_R_16BF, q->codes_t + (size_t)l * K * M, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g),
-                   s->gscales, K, N, M, NULL, 0.0f, NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
-        quantize_cols_t(s->gcodes, s->gscales, s->amax, dy, xs, N, M, f->g, st);
-        matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes, fp8_type(f->g),
-                   s->gscales, K, M, N, NULL, 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
+        if (db) column_sum(db, dy, s->partial, N, M, st);
+        return;
     }
-    if (c->arch == ARCH_GPT2) column_sum(GRAD(m, linear_bkind[lin]) + (size_t)l * M, dy, s->partial, N, M, st);
+    const OperandFormats *f = &m->recipe.lin[lin].f;
+    const QWeight *q = &m->wq[lin];
+    const float *sw = q->scales + (size_t)l * M, *xs = m->acts.xs[lin] + (size_t)l * N;
+    RowSource g = rows_plain(dy, sw);
+    quantize_rows(s->gcodes, NULL, s->gscales, &g, N, M, f->g, s->amax, xs, db ? s->partial : NULL, st);
+    if (db) sum_rows(db, s->partial, ceil_div(N, QROWS), M, M, st);
+    matmul_fp8(dx, CUDA_R_16BF, q->codes_t + (size_t)l * K * M, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales,
+               K, N, M, NULL, 0.0f, NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
+    quantize_cols_t(s->gcodes, s->gscales, s->amax, dy, xs, N, M, f->g, st);
+    matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes, fp8_type(f->g),
+               s->gscales, K, M, N, NULL, 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,7 +371,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     m->host_inputs = inputs;
     Acts *a = &m->acts;
     const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
-    // a quantized linear's BF16 input is one buffer reused by every layer (stride 0)
+    // a quantized linear's BF16 input is never written (stride 0 into an empty buffer)
     size_t kqkv = !quantized(m, LIN_QKV), kfc = !quantized(m, LIN_FC), kproj = !quantized(m, LIN_FCPROJ);
     encoder_forward(a->encoded, m->inputs, PARAM(m, P_WTE), gpt2 ? PARAM(m, P_WPE) : NULL, B, T, C, st);
     for (int l = 0; l < c->L; l++) {
@@ -361,19 +381,17 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
         bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + kproj * l * N * F;
         bf16 *qkv = a->qkv + (size_t)l * N * QKV;
         float *stats = targets ? a->att_stats + (size_t)l * N * c->H : NULL;
-        norm_forward(ln1, gpt2 ? a->ln1_mean + (size_t)l * N : NULL, a->ln1_rstd + (size_t)l * N, res,
-                     PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN1B) + (size_t)l * C : NULL, N, C, c->norm_eps, st);
-        linear_forward(m, LIN_QKV, l, qkv, NULL, ln1, NULL, N);
+        RowSource n1 = rows_norm(res, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN1B) + (size_t)l * C : NULL,
+                                 gpt2 ? a->ln1_mean + (size_t)l * N : NULL, a->ln1_rstd + (size_t)l * N, c->norm_eps, ln1);
+        linear_forward(m, LIN_QKV, l, qkv, NULL, &n1, NULL, N);
         attention_forward(atty, stats, qkv, cs, sn, B, T, c->H, c->KV, hd, st);
-        linear_forward(m, LIN_ATTPROJ, l, res2, NULL, atty, res, N);
-        norm_forward(ln2, gpt2 ? a->ln2_mean + (size_t)l * N : NULL, a->ln2_rstd + (size_t)l * N, res2,
-                     PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN2B) + (size_t)l * C : NULL, N, C, c->norm_eps, st);
-        if (gpt2) linear_forward(m, LIN_FC, l, fch_act, fch, ln2, NULL, N);
-        else {
-            linear_forward(m, LIN_FC, l, fch, NULL, ln2, NULL, N);
-            swiglu_forward(fch_act, fch, N, F, st);
-        }
-        linear_forward(m, LIN_FCPROJ, l, res3, NULL, fch_act, res2, N);
+        RowSource at = rows_plain(atty, NULL);
+        linear_forward(m, LIN_ATTPROJ, l, res2, NULL, &at, res, N);
+        RowSource n2 = rows_norm(res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN2B) + (size_t)l * C : NULL,
+                                 gpt2 ? a->ln2_mean + (size_t)l * N : NULL, a->ln2_rstd + (size_t)l * N, c->norm_eps, ln2);
+        linear_forward(m, LIN_FC, l, gpt2 ? fch_act : fch, gpt2 ? fch : NULL, &n2, NULL, N);
+        RowSource act = rows_act(gpt2 ? ROWS_GELU : ROWS_SWIGLU, fch, fch_act);
+        linear_forward(m, LIN_FCPROJ, l, res3, NULL, &act, res2, N);
     }
     const bf16 *res = a->res3 + (size_t)(c->L - 1) * N * C;
     norm_forward(a->lnf, gpt2 ? a->lnf_mean : NULL, a->lnf_rstd, res, PARAM(m, P_LNFW), gpt2 ? PARAM(m, P_LNFB) : NULL,
@@ -399,7 +417,7 @@ static void model_backward(Model *m) {
     Scratch *s = &m->s;
     cudaStream_t st = m->stream;
     const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
-    // a quantized linear's BF16 input is one buffer reused by every layer (stride 0)
+    // a quantized linear's BF16 input is never written (stride 0 into an empty buffer)
     size_t kqkv = !quantized(m, LIN_QKV), kfc = !quantized(m, LIN_FC), kproj = !quantized(m, LIN_FCPROJ);
     ParamKind head = gpt2 ? P_WTE : P_LMHEAD;
     matmul_wgrad(GRAD(m, head), a->logits, a->lnf, N, c->Vp, C, st);

@@ -48,16 +48,17 @@ static HD inline float format_max(Format f) {
 static HD inline uint32_t f32_bits(float x) { union { float f; uint32_t u; } v; v.f = x; return v.u; }
 static HD inline float f32_from_bits(uint32_t u) { union { float f; uint32_t u; } v; v.u = u; return v.f; }
 
-// 4-bit: count the midpoints below |x|; at a midpoint round up iff the upper code is even
+// 4-bit: the grid value above the last midpoint below |x|; at a midpoint round up iff the upper
+// code is even. Grid indices are loop constants only, so on the GPU the grid stays in registers.
 static HD inline float fp4_round(float x, Format f) {
     float a = fabsf(x);
     if (a != a) return x;
-    int code = 0;
+    float q = 0.0f;
     for (int i = 0; i < 7; i++) {
-        float m = 0.5f * (fp4_grid(f, i) + fp4_grid(f, i + 1));  // exact: grid values are short
-        code += (a > m) || (a == m && (i & 1));
+        float lo = fp4_grid(f, i), hi = fp4_grid(f, i + 1), m = 0.5f * (lo + hi);  // exact: grid values are short
+        if ((a > m) || (a == m && (i & 1))) q = hi;
     }
-    return copysignf(fp4_grid(f, code), x);
+    return copysignf(q, x);
 }
 
 // 8-bit float with mbits mantissa bits and smallest normal exponent emin, saturating at maxv
@@ -97,10 +98,9 @@ static HD inline float quant_round(float x, Format f) {
 
 // DGE (SPEC.md 4, RECIPE.md 4): d/dw of the smooth quantizer f at w (in grid units), capped at 3
 static HD inline float dge_derivative(float w, Format f, float k) {
-    float a = fabsf(w);
-    int i = 0;
-    while (i < 6 && a >= fp4_grid(f, i + 1)) i++;
-    float lo = fp4_grid(f, i), delta = fp4_grid(f, i + 1) - lo;
+    float a = fabsf(w), lo = fp4_grid(f, 0), delta = fp4_grid(f, 1) - lo;
+    for (int i = 1; i < 7; i++)  // the interval holding a, the last one above g7 (constant indices, as above)
+        if (a >= fp4_grid(f, i)) { lo = fp4_grid(f, i); delta = fp4_grid(f, i + 1) - lo; }
     float t = fabsf(2.0f * (a - lo) / delta - 1.0f);
     float d = (1.0f / k) * powf(t, 1.0f / k - 1.0f);
     return d < 3.0f ? d : 3.0f;

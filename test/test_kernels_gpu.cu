@@ -265,10 +265,9 @@ static void test_fp8_gemms(Format fx, Format fg) {
     for (int i = 0; i < K; i++) hones[i] = 1.0f;
     cuda_upload(ones, hones, K * 4);
     cuda_upload(dDW, dw0, M * K * 4);
-    quantize_rows(cx, sx, dX, NULL, N, K, fx, 0);
-    transpose_bytes(cxt, cx, N, K, 1, 0);
-    quantize_rows(cw, sw, dWt, NULL, M, K, fx, 0);
-    transpose_bytes(cwt, cw, M, K, 1, 0);
+    RowSource xs = rows_plain(dX, NULL), ws = rows_plain(dWt, NULL);
+    quantize_rows(cx, cxt, sx, &xs, N, K, fx, NULL, NULL, NULL, 0);
+    quantize_rows(cw, cwt, sw, &ws, M, K, fx, NULL, NULL, NULL, 0);
     float *qx = (float *)malloc_check(N * K * 4), *qw = (float *)malloc_check(M * K * 4), *qg = (float *)malloc_check(N * M * 4);
     float hsx[N], hsw[M], hsg[N > M ? N : M];
     codes_from_device(qx, cx, N * K, fx); codes_from_device(qw, cw, M * K, fx);
@@ -289,7 +288,8 @@ static void test_fp8_gemms(Format fx, Format fg) {
     CHECK(fe <= 1.0, "FP8 forward (%s) with bias and residual: %.3g of the bound", fn, fe);
 
     // dgrad: dx = (qg sg) qw, qg the codes of g * sw per token; with dGELU: times gelu'(pre)
-    quantize_rows(cg, sg, dG, sw, N, M, fg, 0);
+    RowSource gs = rows_plain(dG, sw);
+    quantize_rows(cg, NULL, sg, &gs, N, M, fg, amax, sx, NULL, 0);  // and the column absmax for wgrad
     codes_from_device(qg, cg, N * M, fg);
     cuda_download(hsg, sg, N * 4);
     double de[2];

@@ -30,21 +30,23 @@ static float byte_value(fp8 b, Format f) {
     return __half2float(__half(h));
 }
 
-// the three ways the trainer quantizes (SPEC.md 4) on fresh random BF16 data spanning 2^-20 ..
-// 2^20 in scale, with zero, huge and tiny rows: per row (X, W); per row with a folded column
-// scale (the dgrad gradient G * s_w); per column with a folded row scale, written transposed (the
-// wgrad gradient G * s_x). Every scale and code must be the CPU quantize_matrix's, bit for bit.
+// the ways the trainer quantizes BF16 rows (SPEC.md 4), on fresh random data spanning 2^-20 ..
+// 2^20 in scale, with zero, huge and tiny rows: per row (X, W), with the transposed copy; per row
+// with a folded column scale (the dgrad gradient G * s_w); per column with a folded row scale,
+// written transposed (the wgrad gradient G * s_x). Every scale and code must be the CPU
+// quantize_matrix's, bit for bit; the bias gradient's column sums from the same pass, FP32-close.
 static void test_quantize(uint64_t seed) {
-    const int shapes[4][2] = { { 37, 64 }, { 128, 768 }, { 64, 3072 }, { 33, 50 } };
+    const int shapes[4][2] = { { 40, 64 }, { 128, 768 }, { 64, 3072 }, { 48, 56 } };
     const Format fmts[5] = { FMT_E2M1, FMT_E1M2, FMT_E3M0, FMT_E4M3, FMT_E5M2 };
     for (int si = 0; si < 4; si++) {
-        int rows = shapes[si][0], cols = shapes[si][1];
+        int rows = shapes[si][0], cols = shapes[si][1], nb = ceil_div(rows, QROWS);
         size_t n = (size_t)rows * cols;
         bf16 *xb = (bf16 *)malloc_check(n * sizeof(bf16));
         float *x = (float *)malloc_check(n * sizeof(float)), *xf = (float *)malloc_check(n * sizeof(float));
         float *codes = (float *)malloc_check(n * sizeof(float)), *fold = (float *)malloc_check((rows + cols) * sizeof(float));
         float *scales = (float *)malloc_check((rows + cols) * sizeof(float)), *gscales = (float *)malloc_check((rows + cols) * sizeof(float));
-        fp8 *gcodes = (fp8 *)malloc_check(n);
+        float *part = (float *)malloc_check((size_t)nb * cols * sizeof(float));
+        fp8 *gcodes = (fp8 *)malloc_check(n), *gt = (fp8 *)malloc_check(n);
         for (int r = 0; r < rows; r++) {
             float mag = r == 0 ? 0.0f : r == 1 ? 1e30f : r == 2 ? 1e-30f : exp2f((float)(r % 41) - 20.0f);
             for (int c = 0; c < cols; c++) {
@@ -56,21 +58,30 @@ static void test_quantize(uint64_t seed) {
         for (int i = 0; i < rows + cols; i++) fold[i] = exp2f(-8.0f * rng_uniform(rng_hash(seed + 7 + si, i))) * 1.37f;
         bf16 *dx = (bf16 *)cuda_malloc(n * sizeof(bf16));
         float *ds = (float *)cuda_malloc((rows + cols) * sizeof(float)), *dfold = (float *)cuda_malloc((rows + cols) * sizeof(float));
+        float *dpart = (float *)cuda_malloc((size_t)nb * cols * sizeof(float));
         fp8 *dc = (fp8 *)cuda_malloc(n), *dt = (fp8 *)cuda_malloc(n);
         unsigned *amax = (unsigned *)cuda_malloc(cols * sizeof(unsigned));
         cuda_upload(dx, xb, n * sizeof(bf16));
         cuda_upload(dfold, fold, (rows + cols) * sizeof(float));
+        double worst_sum = 0.0;
         for (int fi = 0; fi < 5; fi++) {
             Format f = fmts[fi];
-            for (int mode = 0; mode < 3; mode++) {  // rows; rows with column scale; columns with row scale
+            for (int mode = 0; mode < 3; mode++) {  // rows (+ transposed); rows with column scale; columns with row scale
                 CUDA_CHECK(cudaMemset(ds, 0xff, (rows + cols) * sizeof(float)));  // poison
                 CUDA_CHECK(cudaMemset(dc, 0x7f, n));
-                int axis = mode == 2, nv = axis ? cols : rows;
-                if (mode == 0) quantize_rows(dc, ds, dx, NULL, rows, cols, f, 0);
-                if (mode == 1) quantize_rows(dc, ds, dx, dfold, rows, cols, f, 0);
-                if (mode == 2) quantize_cols_t(dt, ds, amax, dx, dfold + cols, rows, cols, f, 0);
-                if (mode == 2) transpose_bytes(dc, dt, cols, rows, 1, 0);  // back to (rows, cols)
-                cuda_download(gcodes, dc, n);
+                CUDA_CHECK(cudaMemset(dt, 0x7f, n));
+                int axis = mode == 2, nv = axis ? cols : rows, bad_t = 0;
+                RowSource src = rows_plain(dx, mode == 1 ? dfold : NULL);
+                if (mode == 0) quantize_rows(dc, dt, ds, &src, rows, cols, f, NULL, NULL, NULL, 0);
+                if (mode == 1) quantize_rows(dc, NULL, ds, &src, rows, cols, f, amax, dfold + cols, dpart, 0);
+                if (mode == 2) quantize_cols_t(dt, ds, amax, dx, dfold + cols, rows, cols, f, 0);  // amax of mode 1
+                if (mode != 1) cuda_download(gt, dt, n);
+                if (mode != 2) cuda_download(gcodes, dc, n);
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < cols; c++) {
+                        if (mode == 0) bad_t += gt[(size_t)c * rows + r] != gcodes[(size_t)r * cols + c];
+                        if (mode == 2) gcodes[(size_t)r * cols + c] = gt[(size_t)c * rows + r];
+                    }
                 cuda_download(gscales, ds, nv * sizeof(float));
                 for (int r = 0; r < rows; r++)
                     for (int c = 0; c < cols; c++)
@@ -80,16 +91,99 @@ static void test_quantize(uint64_t seed) {
                 for (int v = 0; v < nv; v++) bad_s += f32_bits(scales[v]) != f32_bits(gscales[v]);
                 for (size_t i = 0; i < n; i++) bad_c += f32_bits(byte_value(gcodes[i], f)) != f32_bits(codes[i]);
                 const char *what[3] = { "quantize_rows", "quantize_rows (column scale)", "quantize_cols_t (row scale)" };
-                CHECK(bad_s == 0 && bad_c == 0, "%s %s %dx%d: %d scales and %d codes differ from the CPU", what[mode],
-                      format_name(f), rows, cols, bad_s, bad_c);
+                CHECK(bad_s == 0 && bad_c == 0 && bad_t == 0, "%s %s %dx%d: %d scales, %d codes differ from the CPU, %d transposed"
+                      " codes from the row-major ones", what[mode], format_name(f), rows, cols, bad_s, bad_c, bad_t);
+                if (mode != 1) continue;
+                cuda_download(part, dpart, (size_t)nb * cols * sizeof(float));
+                for (int c = 0; c < cols; c++) {  // the column sums of x, against FP64, relative to the column's sum of |x|
+                    double sum = 0.0, ref = 0.0, mag = 0.0;
+                    for (int b = 0; b < nb; b++) sum += part[(size_t)b * cols + c];
+                    for (int r = 0; r < rows; r++) { ref += x[(size_t)r * cols + c]; mag += fabs(x[(size_t)r * cols + c]); }
+                    if (mag > 0.0) worst_sum = fmax(worst_sum, fabs(sum - ref) / mag);
+                }
             }
         }
-        printf("quantize %dx%d: per row, per row with folded column scales, per column transposed with folded row scales:"
-               " scales and codes identical to the CPU for e2m1 e1m2 e3m0 e4m3 e5m2\n", rows, cols);
+        CHECK(worst_sum <= 1e-6, "quantize_rows %dx%d: column sums off by %.3g of the column's sum of |x|", rows, cols, worst_sum);
+        printf("quantize %dx%d: per row with the transposed copy, per row with folded column scales, per column transposed with"
+               " folded row scales: scales and codes identical to the CPU for e2m1 e1m2 e3m0 e4m3 e5m2; column sums %.1e\n",
+               rows, cols, worst_sum);
         cuda_free(dx, n * sizeof(bf16)); cuda_free(ds, (rows + cols) * sizeof(float)); cuda_free(dfold, (rows + cols) * sizeof(float));
-        cuda_free(dc, n); cuda_free(dt, n); cuda_free(amax, cols * sizeof(unsigned));
-        free(xb); free(x); free(xf); free(codes); free(fold); free(scales); free(gscales); free(gcodes);
+        cuda_free(dpart, (size_t)nb * cols * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n); cuda_free(amax, cols * sizeof(unsigned));
+        free(xb); free(x); free(xf); free(codes); free(fold); free(scales); free(gscales); free(part); free(gcodes); free(gt);
     }
+}
+
+// the producers fused into the quantizer (LayerNorm, RMSNorm, GELU, SwiGLU) against the same
+// producer in FP64 then the CPU quantizer: the scales within FP32 rounding, the codes the same
+// except where the FP32 and FP64 values straddle a rounding boundary (then neighbours on the
+// grid, and at most 0.1% of them), and the norm statistics within FP32 rounding
+static void test_fused_sources(uint64_t seed) {
+    const int rows = 96, cols = 768;
+    const char *names[4] = { "layernorm", "rmsnorm", "gelu", "swiglu" };
+    size_t n = (size_t)rows * cols;
+    bf16 *hx = (bf16 *)malloc_check(2 * n * sizeof(bf16)), *hw = (bf16 *)malloc_check(2 * cols * sizeof(bf16));
+    float *x = (float *)malloc_check(2 * n * sizeof(float)), *w = (float *)malloc_check(2 * cols * sizeof(float));
+    float *y = (float *)malloc_check(n * sizeof(float)), *codes = (float *)malloc_check(n * sizeof(float));
+    float *scales = (float *)malloc_check(rows * sizeof(float)), *gs = (float *)malloc_check(2 * rows * sizeof(float));
+    fp8 *gc = (fp8 *)malloc_check(n);
+    for (size_t i = 0; i < 2 * n; i++) { hx[i] = __float2bfloat16((float)rng_normal(seed + 50, i) * 2.0f + 0.3f); x[i] = __bfloat162float(hx[i]); }
+    for (int i = 0; i < 2 * cols; i++) { hw[i] = __float2bfloat16(1.0f + 0.3f * (float)rng_normal(seed + 51, i)); w[i] = __bfloat162float(hw[i]); }
+    bf16 *dx = (bf16 *)cuda_malloc(2 * n * sizeof(bf16)), *dw = (bf16 *)cuda_malloc(2 * cols * sizeof(bf16));
+    float *ds = (float *)cuda_malloc(rows * sizeof(float)), *dstat = (float *)cuda_malloc(2 * rows * sizeof(float));
+    fp8 *dc = (fp8 *)cuda_malloc(n);
+    cuda_upload(dx, hx, 2 * n * sizeof(bf16));
+    cuda_upload(dw, hw, 2 * cols * sizeof(bf16));
+    for (int op = 0; op < 4; op++) {
+        double mean[rows], rstd[rows];
+        for (int r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)r * (op == 3 ? 2 * cols : cols);
+            double mu = 0.0, var = 0.0;
+            if (op == 0) { for (int c = 0; c < cols; c++) mu += xr[c]; mu /= cols; }
+            for (int c = 0; c < cols; c++) var += (xr[c] - mu) * (xr[c] - mu);
+            mean[r] = mu; rstd[r] = 1.0 / sqrt(var / cols + 1e-5);
+            for (int c = 0; c < cols; c++) {
+                double v = xr[c], u = xr[cols + c], k = sqrt(2.0 / M_PI);
+                y[(size_t)r * cols + c] = op < 2 ? (float)((v - mu) * rstd[r] * w[c] + (op == 0 ? w[cols + c] : 0.0))
+                                        : op == 2 ? (float)(0.5 * v * (1.0 + tanh(k * (v + 0.044715 * v * v * v))))
+                                                  : (float)(v / (1.0 + exp(-v)) * u);
+            }
+        }
+        RowSource src = op < 2 ? rows_norm(dx, dw, op == 0 ? dw + cols : NULL, op == 0 ? dstat : NULL, dstat + rows, 1e-5f, NULL)
+                               : rows_act(op == 2 ? ROWS_GELU : ROWS_SWIGLU, dx, NULL);
+        for (int fi = 0; fi < 2; fi++) {
+            Format f = fi ? FMT_E4M3 : FMT_E2M1;
+            quantize_rows(dc, NULL, ds, &src, rows, cols, f, NULL, NULL, NULL, 0);
+            cuda_download(gc, dc, n);
+            cuda_download(gs, ds, rows * sizeof(float));
+            quantize_matrix(codes, scales, y, rows, cols, f, 0, 0);
+            double se = 0.0;
+            long diff = 0, far = 0;
+            for (int r = 0; r < rows; r++) se = fmax(se, fabs(gs[r] - scales[r]) / scales[r]);
+            for (size_t i = 0; i < n; i++) {
+                float g = byte_value(gc[i], f), c = codes[i];
+                if (g == c) continue;
+                diff++;
+                for (int t = 1; t < 16; t++) {  // neighbours on the grid: everything between rounds to one of the two
+                    float v = quant_round(c + (g - c) * t / 16.0f, f);
+                    if (v != g && v != c) { far++; break; }
+                }
+            }
+            CHECK(se <= 1e-5 && diff <= (long)(n / 1000) && far == 0, "fused %s -> %s: scales %.3g, %ld codes differ (%ld by more"
+                  " than a grid step) of %zu", names[op], format_name(f), se, diff, far, n);
+            printf("fused %s -> %s: scales within %.1e, %ld of %zu codes one step apart (FP32 vs FP64 at a boundary)\n",
+                   names[op], format_name(f), se, diff, n);
+        }
+        if (op < 2) {
+            float st[2 * rows];
+            cuda_download(st, dstat, 2 * rows * sizeof(float));
+            double e = 0.0;
+            for (int r = 0; r < rows; r++) { e = fmax(e, fabs(st[rows + r] - rstd[r]) / rstd[r]); if (op == 0) e = fmax(e, fabs(st[r] - mean[r]) / 2.0); }
+            CHECK(e <= 1e-5, "fused %s statistics error %.3g", names[op], e);
+        }
+    }
+    cuda_free(dx, 2 * n * sizeof(bf16)); cuda_free(dw, 2 * cols * sizeof(bf16)); cuda_free(ds, rows * sizeof(float));
+    cuda_free(dstat, 2 * rows * sizeof(float)); cuda_free(dc, n);
+    free(hx); free(hw); free(x); free(w); free(y); free(codes); free(scales); free(gs); free(gc);
 }
 
 int main(void) {
@@ -138,5 +232,6 @@ int main(void) {
     CUDA_CHECK(cudaFree(dx)); CUDA_CHECK(cudaFree(dy));
     free(x); free(got);
     test_quantize(seed);
+    test_fused_sources(seed);
     return check_summary("quant-gpu");
 }
