@@ -67,8 +67,9 @@ static HD inline float fp8_round(float x, int mbits, int emin, float maxv) {
     if (a != a) return x;
     if (a >= maxv) return copysignf(maxv, x);
     float r;
-    if (a < ldexpf(1.0f, emin)) {  // subnormal: a multiple of 2^(emin - mbits), exact scaling
-        r = ldexpf(rintf(ldexpf(a, mbits - emin)), emin - mbits);
+    if (a < f32_from_bits((uint32_t)(127 + emin) << 23)) {  // subnormal: a multiple of 2^(emin - mbits)
+        // exact scalings by powers of two (what ldexpf does here, without its cost on the GPU)
+        r = rintf(a * f32_from_bits((uint32_t)(127 + mbits - emin) << 23)) * f32_from_bits((uint32_t)(127 + emin - mbits) << 23);
     } else {                       // normal: round the fp32 mantissa to mbits, ties to even
         uint32_t u = f32_bits(a);
         int shift = 23 - mbits;

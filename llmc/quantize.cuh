@@ -125,7 +125,14 @@ __global__ void __launch_bounds__(256) quantize_rows_kernel(fp8 *codes, fp8 *cod
             if (codes) *(uint2 *)(codes + (size_t)r * cols + c) = q.u;
             for (int k = 0; k < 8; k++) tile[cc + k][j] = q.b[k];
             if (col_amax || col_partial) load8(raw, in.x + (size_t)r * cols + c);
-            if (col_amax) for (int k = 0; k < 8; k++) atomicMax(&cmax[cc + k], __float_as_uint(fabsf(raw[k] * row_scale[r])));
+        }
+        if (col_amax) {  // the warp's 4 rows of each column first (lanes 8 apart), then the 8 warps
+            for (int k = 0; k < 8; k++) {
+                float v = r < rows && c < cols ? fabsf(raw[k] * row_scale[r]) : 0.0f;
+                v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
+                v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
+                if (lane < 8) atomicMax(&cmax[cc + k], __float_as_uint(v));
+            }
         }
         if (col_partial) for (int k = 0; k < 8; k++) csum[j][cc + k] = raw[k];
         __syncthreads();

@@ -65,7 +65,8 @@ def main():
         for r in a.recipes:
             res = ours(model, int(B), a.steps + 5, r)
             rows.append((model, B, f"train_gpt2_fp4 {r}", res, res[1] / ref[1]))
-        print(f"done {spec}", file=sys.stderr)
+        print(f"done {spec}: " + "; ".join(f"{w} {r[1]:,.0f} tok/s, {r[3]:,.0f} MiB" for m, _, w, r, _ in rows if m == model),
+              file=sys.stderr, flush=True)
     print("| model | batch x 1024 | trainer | ms/step | tok/s | MFU | peak MiB | vs PyTorch | vs our bf16 |")
     print("|---|---|---|---|---|---|---|---|---|")
     base = {}

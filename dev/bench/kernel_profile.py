@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-kernel GPU time of training steps, from Nsight Compute (no nsys on our machines).
 
-    python3 dev/bench/kernel_profile.py -e gpt2:d12 -b 32 [-r bf16] [--steps 2]
+    python3 dev/bench/kernel_profile.py -e gpt2:d12 -b 32 [-r bf16] [--steps 2] [trainer flags, e.g. --occ 0]
 
 Runs ./train_gpt2_fp4 for a few steps under `ncu --clock-control none`, times every kernel
 launch of the last `--steps` steps (each launch replayed alone, so the sum is an upper bound on
@@ -29,9 +29,9 @@ def main():
     ap.add_argument("--steps", type=int, default=2, help="steps to time (after two warmup steps)")
     ap.add_argument("--ncu", default="ncu")
     ap.add_argument("--csv", help="also keep ncu's raw CSV here")
-    a = ap.parse_args()
+    a, extra = ap.parse_known_args()
     cmd = ["./train_gpt2_fp4", "-e", a.e, "-b", str(a.b), "-t", str(a.t), "-x", str(2 + a.steps), "-v", "0",
-           "-m", "1", "-r", a.r, "-i", DATA, "-j", DATA]
+           "-m", "1", "-r", a.r, "-i", DATA, "-j", DATA] + extra
     # the step boundaries: the classifier runs once per training micro-step (eval runs after the last)
     prof = subprocess.run([a.ncu, "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--csv",
                            "--print-units", "base"] + cmd, cwd=ROOT, capture_output=True, text=True)
