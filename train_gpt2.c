@@ -855,13 +855,7 @@ int main(int argc, char **argv) {
     char desc[256];
     config_describe(&cfg, desc, sizeof(desc));
     printf("model %s, %zu parameters\n", desc, m.nparams);
-    printf("recipe %s:", a.recipe);
-    for (int l = 0; l < NUM_LINEARS; l++) {
-        const LinearRecipe *r = &m.recipe.lin[l];
-        printf(" %s(%s,%s,%s%s%s)", linear_names[l], format_name(r->f.x), format_name(r->f.w), format_name(r->f.g),
-               r->dge ? ",dge" : "", r->occ ? ",occ" : "");
-    }
-    printf("%s\n", m.recipe.tensorwise ? " tensor-wise" : "");
+    recipe_print(a.recipe, &m.recipe);
     printf("batch %d x %d, %d micro-step(s) per step, %d steps\n", a.B, a.T, accum, a.max_steps);
 
     Run run;

@@ -584,12 +584,8 @@ int main(int argc, char **argv) {
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     printf("device %s\nmodel %s, %zu parameters\n", prop.name, desc, m.nparams);
-    printf("recipe %s:", recipe_table[ro.recipe].name);
-    for (int l = 0; l < NUM_LINEARS; l++) {
-        const LinearRecipe *r = &recipe.lin[l];
-        printf(" %s(%s,%s,%s%s)", linear_names[l], format_name(r->f.x), format_name(r->f.w), format_name(r->f.g), r->dge ? ",dge" : "");
-    }
-    printf("\n%s master weights\nbatch %d x %d, %d micro-step(s) per step, %d steps\n",
+    recipe_print(recipe_table[ro.recipe].name, &recipe);
+    printf("%s master weights\nbatch %d x %d, %d micro-step(s) per step, %d steps\n",
            master_fp32 ? "FP32" : "BF16 (stochastic rounding)", a.B, a.T, accum, a.max_steps);
 
     Run run;

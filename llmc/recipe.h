@@ -1,10 +1,11 @@
 // defines: OperandFormats, recipe_table, RecipeOptions, LinearRecipe, Recipe, recipe_parse,
-//          recipe_resolve
+//          recipe_resolve, recipe_print
 // Precision recipes as data (SPEC.md 4): for each block linear, the format of the activation X,
 // the weight W and the output gradient G; DGE and OCC where the operands are 4-bit.
 #ifndef LLMC_RECIPE_H
 #define LLMC_RECIPE_H
 
+#include <stdio.h>
 #include <string.h>
 #include "quant.h"
 #include "model.h"
@@ -59,6 +60,17 @@ static Recipe recipe_resolve(const RecipeOptions *o) {
         r.lin[l].occ = o->occ && format_is_fp4(f.x);
     }
     return r;
+}
+
+// one line: the recipe's name and each linear's (activation, weight, gradient) formats
+static void recipe_print(const char *name, const Recipe *r) {
+    printf("recipe %s:", name);
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        const LinearRecipe *lr = &r->lin[l];
+        printf(" %s(%s,%s,%s%s%s)", linear_names[l], format_name(lr->f.x), format_name(lr->f.w), format_name(lr->f.g),
+               lr->dge ? ",dge" : "", lr->occ ? ",occ" : "");
+    }
+    printf("%s\n", r->tensorwise ? " tensor-wise" : "");
 }
 
 #endif
