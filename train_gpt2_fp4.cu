@@ -61,18 +61,18 @@ typedef struct {                 // reused layer after layer
     bf16 *dres;                  // (N, C) gradient of the residual stream
     bf16 *dln;                   // (N, C)
     bf16 *datty;                 // (N, C)
-    bf16 *dfch;                  // (N, FF)
+    bf16 *dfch;                  // (N, FF) (none when fc is quantized: its quantizer applies the derivative)
     bf16 *dfch_act;              // (N, F)
     float *partial;              // column-sum and norm partials; the gradient-norm partials
     fp8 *xcodes;                 // (N, maxK) input codes for the forward GEMM
-    fp8 *gcodes;                 // (N, maxM) output-gradient codes, per token, or transposed (maxM, N)
-    float *gscales;              // (max(N, maxM)) their scales
+    fp8 *gcodes, *gcodes_t;      // (N, maxM) output-gradient codes per token, for dgrad; (maxM, N) per output, for wgrad
+    float *gscales, *gscales_t;  // (N), (maxM) their scales
+    fp8 *wcodes_t;               // (maxK, maxM) a layer's weight codes, transposed for dgrad
     unsigned *amax;              // (maxM) column absmax scratch
 } Scratch;
 
 typedef struct {                 // a quantized linear's weights, made once per optimizer step
     fp8 *codes;                  // (L, M, K) per output channel
-    fp8 *codes_t;                // (L, K, M) the same codes transposed, for dgrad
     float *scales;               // (L, M)
 } QWeight;
 
@@ -167,14 +167,14 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     m->rope_sin = m->rope_cos + (size_t)c->T * hd / 2;
     cuda_upload(m->rope_cos, cs, (size_t)c->T * hd * sizeof(float));
     free(cs);
-    // the quantized linears' weight codes (twice: as is and transposed) and scales
+    // the quantized linears' weight codes and scales
     size_t bytes = 0, wo[NUM_LINEARS];
     int maxMK = 0;
     for (int l = 0; l < NUM_LINEARS; l++) {
         int M, K; linear_dims(c, l, &M, &K);
         if (M + K > maxMK) maxMK = M + K;
         wo[l] = bytes;
-        if (quantized(m, l)) bytes += ((2 * (size_t)c->L * M * K + 255) / 256 + ((size_t)c->L * M * 4 + 255) / 256) * 256;
+        if (quantized(m, l)) bytes += (((size_t)c->L * M * K + 255) / 256 + ((size_t)c->L * M * 4 + 255) / 256) * 256;
     }
     if (bytes > 0) {
         m->wq_mem = cuda_malloc(bytes);
@@ -184,8 +184,7 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
             int M, K; linear_dims(c, l, &M, &K);
             size_t mk = (size_t)c->L * M * K;
             m->wq[l].codes = (fp8 *)m->wq_mem + wo[l];
-            m->wq[l].codes_t = m->wq[l].codes + mk;
-            m->wq[l].scales = (float *)(m->wq[l].codes + (2 * mk + 255) / 256 * 256);
+            m->wq[l].scales = (float *)(m->wq[l].codes + (mk + 255) / 256 * 256);
         }
     }
     m->nones = maxMK;
@@ -247,9 +246,12 @@ static void model_alloc_acts(Model *m, int B, int T) {
     }
     Scratch *s = &m->s;
     BUF(s->dqkv, N * QKV);
-    BUF(s->dres, N * C); BUF(s->dln, N * C); BUF(s->datty, N * C); BUF(s->dfch, N * FF); BUF(s->dfch_act, N * F);
-    BUF(s->partial, partial);
-    if (anyq) { BUF(s->xcodes, N * maxK); BUF(s->gcodes, N * maxM); BUF(s->gscales, N > maxM ? N : maxM); BUF(s->amax, maxM); }
+    BUF(s->dres, N * C); BUF(s->dln, N * C); BUF(s->datty, N * C); BUF(s->dfch, (quantized(m, LIN_FC) ? 0 : N) * FF);
+    BUF(s->dfch_act, N * F); BUF(s->partial, partial);
+    if (anyq) {
+        BUF(s->xcodes, N * maxK); BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
+        BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
+    }
 #undef BUF
     size_t total = 0;
     for (int i = 0; i < na; i++) total += a[i].bytes;
@@ -268,8 +270,8 @@ static void model_alloc_acts(Model *m, int B, int T) {
 // ---------------------------------------------------------------------------------------------
 // a block linear in its recipe's formats (SPEC.md 4)
 
-// the quantized weights of every low-precision linear, once per optimizer step: per output
-// channel, as they are (forward) and transposed (dgrad)
+// the quantized weights of every low-precision linear, per output channel, once per optimizer step
+// (the backward makes each layer's transposed copy when it needs it)
 static void model_quantize_weights(Model *m) {
     const Config *c = &m->cfg;
     for (int l = 0; l < NUM_LINEARS; l++) {
@@ -278,9 +280,8 @@ static void model_quantize_weights(Model *m) {
         QWeight *q = &m->wq[l];
         for (int layer = 0; layer < c->L; layer++) {
             size_t o = (size_t)layer * M * K;
-            RowSource w = rows_plain(PARAM(m, linear_wkind[l]) + o, NULL);
-            quantize_rows(q->codes + o, q->codes_t + o, q->scales + (size_t)layer * M, &w, M, K, m->recipe.lin[l].f.w, NULL, NULL,
-                          NULL, m->stream);
+            RowSource w = rows_plain(PARAM(m, linear_wkind[l]) + o);
+            quantize_rows(q->codes + o, NULL, q->scales + (size_t)layer * M, &w, M, K, m->recipe.lin[l].f.w, m->stream);
         }
     }
     m->wq_stale = 0;
@@ -310,7 +311,7 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     if (!quantized(m, lin)) { matmul_forward(y, rows_materialize(m, src, N, K), W, b, residual, pre, N, K, M, st); return; }
     const OperandFormats *f = &m->recipe.lin[lin].f;
     float *xs = m->acts.xs[lin] + (size_t)l * N;
-    quantize_rows(m->s.xcodes, m->acts.xq[lin] + (size_t)l * K * N, xs, src, N, K, f->x, NULL, NULL, NULL, st);
+    quantize_rows(m->s.xcodes, m->acts.xq[lin] + (size_t)l * K * N, xs, src, N, K, f->x, st);
     const QWeight *q = &m->wq[lin];
     matmul_fp8(pre ? pre : y, CUDA_R_16BF, q->codes + (size_t)l * M * K, fp8_type(f->w), q->scales + (size_t)l * M,
                m->s.xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
@@ -318,11 +319,12 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
 }
 
 // dx (N, K) = dy (N, M) W, times gelu'(pre) when pre is given; dW += dy^T x, db += sum of dy.
-// x is the forward's BF16 input (read only by a bf16 linear). Quantized (SPEC.md 4): dgrad
-// contracts dy * s_w quantized per token with the weight codes, wgrad dy * s_x quantized per
-// output channel with the input codes; one pass over dy makes the dgrad codes, the column
-// absmax of the wgrad codes and the bias gradient's partial sums. DGE comes in model_update.
-static void linear_backward(Model *m, int lin, int l, bf16 *dx, const bf16 *dy, const bf16 *x, const bf16 *pre, int N) {
+// x is the forward's BF16 input (read only by a bf16 linear), dy the rows of src: a bf16 linear
+// takes them as they are; a quantized one may make them from the next nonlinearity's gradient
+// (dGELU, dSWIGLU). Quantized (SPEC.md 4): dgrad contracts dy * s_w quantized per token with the
+// weight codes, wgrad dy * s_x quantized per output channel with the input codes; the bias
+// gradient comes from the quantizer's first pass. DGE comes in model_update.
+static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource *src, const bf16 *x, const bf16 *pre, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
     const bf16 *W = PARAM(m, linear_wkind[lin]) + (size_t)l * M * K;
@@ -331,22 +333,22 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const bf16 *dy, 
     cudaStream_t st = m->stream;
     Scratch *s = &m->s;
     if (!quantized(m, lin)) {
-        matmul_dgrad(dx, dy, W, pre, N, M, K, st);
-        matmul_wgrad(dW, dy, x, N, M, K, st);
-        if (db) column_sum(db, dy, s->partial, N, M, st);
+        if (src->op != ROWS_PLAIN) die("linear_backward: a bf16 linear takes its gradient materialized");
+        matmul_dgrad(dx, src->x, W, pre, N, M, K, st);
+        matmul_wgrad(dW, src->x, x, N, M, K, st);
+        if (db) column_sum(db, src->x, s->partial, N, M, st);
         return;
     }
     const OperandFormats *f = &m->recipe.lin[lin].f;
-    const QWeight *q = &m->wq[lin];
-    const float *sw = q->scales + (size_t)l * M, *xs = m->acts.xs[lin] + (size_t)l * N;
-    RowSource g = rows_plain(dy, sw);
-    quantize_rows(s->gcodes, NULL, s->gscales, &g, N, M, f->g, s->amax, xs, db ? s->partial : NULL, st);
+    const float *sw = m->wq[lin].scales + (size_t)l * M, *xs = m->acts.xs[lin] + (size_t)l * N;
+    quantize_grad(s->gcodes, s->gscales, s->gcodes_t, s->gscales_t, src, sw, xs, N, M, f->g, s->amax, db ? s->partial : NULL, st);
     if (db) sum_rows(db, s->partial, ceil_div(N, QROWS), M, M, st);
-    matmul_fp8(dx, CUDA_R_16BF, q->codes_t + (size_t)l * K * M, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales,
-               K, N, M, NULL, 0.0f, NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
-    quantize_cols_t(s->gcodes, s->gscales, s->amax, dy, xs, N, M, f->g, st);
-    matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes, fp8_type(f->g),
-               s->gscales, K, M, N, NULL, 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
+    RowSource w = rows_plain(W);
+    quantize_rows(NULL, s->wcodes_t, m->wq[lin].scales + (size_t)l * M, &w, M, K, f->w, st);  // the forward's codes, transposed
+    matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL, 0.0f,
+               NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
+    matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),
+               s->gscales_t, K, M, N, NULL, 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,7 +387,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
                                  gpt2 ? a->ln1_mean + (size_t)l * N : NULL, a->ln1_rstd + (size_t)l * N, c->norm_eps, ln1);
         linear_forward(m, LIN_QKV, l, qkv, NULL, &n1, NULL, N);
         attention_forward(atty, stats, qkv, cs, sn, B, T, c->H, c->KV, hd, st);
-        RowSource at = rows_plain(atty, NULL);
+        RowSource at = rows_plain(atty);
         linear_forward(m, LIN_ATTPROJ, l, res2, NULL, &at, res, N);
         RowSource n2 = rows_norm(res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN2B) + (size_t)l * C : NULL,
                                  gpt2 ? a->ln2_mean + (size_t)l * N : NULL, a->ln2_rstd + (size_t)l * N, c->norm_eps, ln2);
@@ -433,20 +435,25 @@ static void model_backward(Model *m) {
         const bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + kproj * l * N * F;
         const bf16 *qkv = a->qkv + (size_t)l * N * QKV;
         const float *stats = a->att_stats + (size_t)l * N * c->H;
-        // MLP: fcproj (GELU's derivative fused), SwiGLU, fc, norm 2; the residual gradient passes through
-        if (gpt2) linear_backward(m, LIN_FCPROJ, l, s->dfch, s->dres, fch_act, fch, N);
+        // MLP: fcproj, GELU / SwiGLU, fc, norm 2; the residual gradient passes through. The
+        // nonlinearity's derivative: in fc's quantizer, else in fcproj's dgrad epilogue (GELU) or a kernel
+        RowSource dres = rows_plain(s->dres);
+        int qfc = quantized(m, LIN_FC);
+        if (gpt2) linear_backward(m, LIN_FCPROJ, l, qfc ? s->dfch_act : s->dfch, &dres, fch_act, qfc ? NULL : fch, N);
         else {
-            linear_backward(m, LIN_FCPROJ, l, s->dfch_act, s->dres, fch_act, NULL, N);
-            swiglu_backward(s->dfch, fch, s->dfch_act, N, F, st);
+            linear_backward(m, LIN_FCPROJ, l, s->dfch_act, &dres, fch_act, NULL, N);
+            if (!qfc) swiglu_backward(s->dfch, fch, s->dfch_act, N, F, st);
         }
-        linear_backward(m, LIN_FC, l, s->dln, s->dfch, ln2, NULL, N);
+        RowSource dfc = qfc ? rows_grad(gpt2 ? ROWS_DGELU : ROWS_DSWIGLU, s->dfch_act, fch) : rows_plain(s->dfch);
+        linear_backward(m, LIN_FC, l, s->dln, &dfc, ln2, NULL, N);
         norm_backward(s->dres, GRAD(m, P_LN2W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN2B) + (size_t)l * C : NULL, s->partial,
                       s->dln, res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? a->ln2_mean + (size_t)l * N : NULL,
                       a->ln2_rstd + (size_t)l * N, N, C, st);
         // attention: attproj, the attention core with RoPE, qkv, norm 1
-        linear_backward(m, LIN_ATTPROJ, l, s->datty, s->dres, atty, NULL, N);
+        linear_backward(m, LIN_ATTPROJ, l, s->datty, &dres, atty, NULL, N);
         attention_backward(s->dqkv, s->datty, qkv, atty, stats, cs, sn, B, T, c->H, c->KV, hd, st);
-        linear_backward(m, LIN_QKV, l, s->dln, s->dqkv, ln1, NULL, N);
+        RowSource dqkv = rows_plain(s->dqkv);
+        linear_backward(m, LIN_QKV, l, s->dln, &dqkv, ln1, NULL, N);
         norm_backward(s->dres, GRAD(m, P_LN1W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN1B) + (size_t)l * C : NULL, s->partial,
                       s->dln, resin, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? a->ln1_mean + (size_t)l * N : NULL,
                       a->ln1_rstd + (size_t)l * N, N, C, st);

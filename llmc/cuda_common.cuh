@@ -1,5 +1,5 @@
 // defines: CUDA_CHECK, CUBLAS_CHECK, bf16, ceil_div, cuda_malloc, cuda_free, cuda_peak_bytes,
-//          cuda_upload, cuda_download, warp_sum, block_sum, sum_rows, load8, store8
+//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, sum_rows, load8, store8
 // What every CUDA file of the project needs: error checks that end the run with one line, the
 // BF16 type, and a deterministic block reduction.
 #ifndef LLMC_CUDA_COMMON_CUH
@@ -43,6 +43,11 @@ static void cuda_download(void *dst, const void *src, size_t bytes) { CUDA_CHECK
 // sum of v over the warp, returned to every lane
 __device__ inline float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ inline float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 

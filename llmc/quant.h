@@ -1,4 +1,4 @@
-// defines: Format, format_name, format_parse, format_max, format_is_fp4, quant_round,
+// defines: Format, format_name, format_parse, format_max, format_is_fp4, fp4_layout, quant_round,
 //          dge_derivative, quantize_matrix, row_quantile, occ_clamp_rows
 // The one definition of every rounding rule in the project (SPEC.md 4). The element rules are
 // __host__ __device__ so the GPU kernels and the CPU reference produce the same bits; the
@@ -48,19 +48,6 @@ static HD inline float format_max(Format f) {
 static HD inline uint32_t f32_bits(float x) { union { float f; uint32_t u; } v; v.f = x; return v.u; }
 static HD inline float f32_from_bits(uint32_t u) { union { float f; uint32_t u; } v; v.u = u; return v.f; }
 
-// 4-bit: the grid value above the last midpoint below |x|; at a midpoint round up iff the upper
-// code is even. Grid indices are loop constants only, so on the GPU the grid stays in registers.
-static HD inline float fp4_round(float x, Format f) {
-    float a = fabsf(x);
-    if (a != a) return x;
-    float q = 0.0f;
-    for (int i = 0; i < 7; i++) {
-        float lo = fp4_grid(f, i), hi = fp4_grid(f, i + 1), m = 0.5f * (lo + hi);  // exact: grid values are short
-        if ((a > m) || (a == m && (i & 1))) q = hi;
-    }
-    return copysignf(q, x);
-}
-
 // 8-bit float with mbits mantissa bits and smallest normal exponent emin, saturating at maxv
 static HD inline float fp8_round(float x, int mbits, int emin, float maxv) {
     float a = fabsf(x);
@@ -77,6 +64,21 @@ static HD inline float fp8_round(float x, int mbits, int emin, float maxv) {
         r = f32_from_bits(u & ~((1u << shift) - 1u));
     }
     return copysignf(r, x);
+}
+
+// 4-bit: nearest grid value, ties to the even code, saturating. Each 4-bit grid is a tiny float
+// format whose code parity is its last mantissa bit: E2M1 has 1 mantissa bit and smallest normal
+// 1 (2^0), E1M2 2 bits from 2, E3M0 none from 0.25 (test/test_quant checks this by brute force).
+static HD inline void fp4_layout(Format f, int *mbits, int *emin, float *maxv) {
+    *mbits = f == FMT_E2M1 ? 1 : f == FMT_E1M2 ? 2 : 0;
+    *emin = f == FMT_E2M1 ? 0 : f == FMT_E1M2 ? 1 : -2;
+    *maxv = fp4_grid(f, 7);
+}
+static HD inline float fp4_round(float x, Format f) {
+    int mbits, emin;
+    float maxv;
+    fp4_layout(f, &mbits, &emin, &maxv);
+    return fp8_round(x, mbits, emin, maxv);
 }
 
 static HD inline float bf16_round(float x) {

@@ -1,12 +1,17 @@
-// defines: fp8, fp8_type, RowSource, rows_plain, rows_norm, rows_act, quantize_rows, quantize_cols_t,
+// defines: fp8, fp8_type, RowSource, rows_plain, rows_norm, rows_act, rows_grad, quantize_rows, quantize_grad,
 //          dge_scale
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
 // stored as FP8 bytes (4-bit codes are exact in E4M3, which is how Hopper's FP8 tensor cores run
-// FP4). Per row (tokens of X, output channels of W, tokens of the dgrad gradient) or per column
-// (output channels of the wgrad gradient); the codes the backward contracts over tokens or
-// output channels are written transposed as well, since Hopper's FP8 GEMMs are TN only.
-// test/test_quant_gpu checks every kernel against the CPU.
+// FP4). Hopper's FP8 GEMMs are TN only, so the codes a backward GEMM contracts over tokens come
+// out transposed from the same pass. The producers of a linear's input (LayerNorm / RMSNorm,
+// GELU, SwiGLU) and of its output gradient (dGELU, dSWIGLU) run inside the quantizer, so their
+// BF16 outputs are never written. test/test_quant_gpu checks every kernel against the CPU.
+//
+// Layout of the work: the codes kernels give a block 32 whole rows and each thread 8 adjacent
+// columns of them, so a thread's loads are independent (memory in flight), column reductions stay
+// in registers, and each thread writes its columns' transposed codes as 16-byte runs without a
+// shared-memory tile. Row scales come first, from a pass of their own.
 #ifndef LLMC_QUANTIZE_CUH
 #define LLMC_QUANTIZE_CUH
 
@@ -20,151 +25,331 @@ typedef __nv_fp8_storage_t fp8;
 // the cuBLASLt type of a format's FP8 bytes
 static cudaDataType fp8_type(Format f) { return f == FMT_E5M2 ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3; }
 
-// the FP8 byte of a code (already on the format's grid, so the conversion is exact)
-__device__ inline fp8 code_byte(float code, Format f) {
-    return __nv_cvt_float_to_fp8(code, __NV_SATFINITE, f == FMT_E5M2 ? __NV_E5M2 : __NV_E4M3);
-}
-
-__device__ inline fp8 quantize_one(float x, float s, Format f) { return code_byte(s == 0.0f ? 0.0f : quant_round(x / s, f), f); }
-
-// What a quantized linear reads, row by row: BF16 rows as they are (times col_scale[col] when
-// given: the dgrad gradient's folded weight scale), or the rows a LayerNorm / RMSNorm, GELU or
-// SwiGLU makes of x on the fly, so their BF16 output is never written (SPEC.md 3).
-enum { ROWS_PLAIN, ROWS_NORM, ROWS_GELU, ROWS_SWIGLU };
+// What a quantizer reads, row by row: BF16 rows as they are, or what a producer makes of them.
+enum { ROWS_PLAIN, ROWS_NORM, ROWS_GELU, ROWS_SWIGLU, ROWS_DGELU, ROWS_DSWIGLU };
 typedef struct {
     int op;
-    const bf16 *x;               // (rows, cols); SwiGLU: (rows, 2 cols) = [gate | up]
-    const float *col_scale;      // PLAIN: (cols) or NULL
-    const bf16 *w, *b;           // NORM: weight, and bias (LayerNorm) or NULL (RMSNorm)
-    float *mean, *rstd;          // NORM: (rows) statistics out, mean NULL for RMSNorm
+    const bf16 *x;       // (rows, cols); SWIGLU (rows, 2 cols) = [gate | up]; DGELU: the gradient of GELU's
+                         // output (rows, cols); DSWIGLU: of SwiGLU's output (rows, cols / 2)
+    const bf16 *pre;     // DGELU: GELU's input (rows, cols); DSWIGLU: SwiGLU's (rows, cols) = [gate | up]
+    const bf16 *w, *b;   // NORM: weight, and bias (LayerNorm) or NULL (RMSNorm)
+    float *mean, *rstd;  // NORM: (rows) statistics out, mean NULL for RMSNorm
     float eps;
-    bf16 *out;                   // where a BF16 linear wants the rows materialized
+    bf16 *out;           // where a BF16 linear wants the rows materialized
 } RowSource;
 
-#define QROWS 32  // rows per block: the transposed codes go out in 32-byte runs
-#define QCOLS 64
+#define QROWS 32        // rows per block
+#define QTHREADS 256    // at most, per block
 
-__device__ inline float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
+// W (8 or 4) BF16 values in one 16- or 8-byte access
+template <int W> struct Pack;
+template <> struct Pack<8> { uint4 u; };
+template <> struct Pack<4> { uint2 u; };
+template <int W> __device__ inline Pack<W> pack_load(const bf16 *p) {
+    Pack<W> r;
+    r.u = *(const decltype(r.u) *)p;
+    return r;
+}
+template <int W> __device__ inline void pack_floats(float *f, Pack<W> r) {
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&r.u;
+    for (int k = 0; k < W / 2; k++) { float2 v = __bfloat1622float2(h[k]); f[2 * k] = v.x; f[2 * k + 1] = v.y; }
 }
 
-// 8 consecutive values v[0..7] of row r at column c (a multiple of 8)
-template <int OP>
-__device__ inline void source_load8(float *v, const RowSource &in, int r, int c, int cols, float mu, float rs) {
-    const bf16 *xr = in.x + (size_t)r * (OP == ROWS_SWIGLU ? 2 * cols : cols);
-    load8(v, xr + c);
-    if (OP == ROWS_PLAIN && in.col_scale) for (int k = 0; k < 8; k++) v[k] *= in.col_scale[c + k];
-    if (OP == ROWS_GELU) for (int k = 0; k < 8; k++) v[k] = gelu(v[k]);
+// A source's values come in two steps, so a kernel can issue the loads of many rows before it
+// computes anything: src_fetch loads the pieces of W values at row r, column c (a multiple of
+// W), src_values makes the W values from them. w, b: NORM's weight and bias at c.
+template <int OP> __device__ constexpr int src_loads() { return OP == ROWS_DSWIGLU ? 3 : OP == ROWS_SWIGLU || OP == ROWS_DGELU ? 2 : 1; }
+
+template <int OP, int W>
+__device__ inline void src_fetch(Pack<W> *raw, const RowSource &in, int r, int c, int cols) {
     if (OP == ROWS_SWIGLU) {
-        float u[8];
-        load8(u, xr + cols + c);
-        for (int k = 0; k < 8; k++) v[k] = swiglu(v[k], u[k]);
-    }
-    if (OP == ROWS_NORM) {
-        float w[8], b[8];
-        load8(w, in.w + c);
-        if (in.b) load8(b, in.b + c);
-        for (int k = 0; k < 8; k++) v[k] = (v[k] - mu) * rs * w[k] + (in.b ? b[k] : 0.0f);
+        const bf16 *xr = in.x + (size_t)r * 2 * cols;
+        raw[0] = pack_load<W>(xr + c);
+        raw[1] = pack_load<W>(xr + cols + c);
+    } else if (OP == ROWS_DSWIGLU) {  // columns [0, F) are gate's gradient, [F, 2F) up's
+        int F = cols / 2, j = c < F ? c : c - F;
+        const bf16 *pr = in.pre + (size_t)r * cols;
+        raw[0] = pack_load<W>(pr + j);
+        raw[1] = pack_load<W>(pr + F + j);
+        raw[2] = pack_load<W>(in.x + (size_t)r * F + j);
+    } else {
+        raw[0] = pack_load<W>(in.x + (size_t)r * cols + c);
+        if (OP == ROWS_DGELU) raw[1] = pack_load<W>(in.pre + (size_t)r * cols + c);
     }
 }
 
-// A block quantizes 32 rows of the source per row (cols a multiple of 8): a warp per row for the
-// norm statistics and the absmax, then 32 x 64 tiles, each thread 8 codes, written row-major
-// (codes, if given) and, through shared memory, transposed (codes_t (cols, rows), if given).
-// With col_amax: also the absmax of each column of x * row_scale[row] (the wgrad gradient's
-// scale, atomicMax on the float bits, exact and order-free), and with col_partial the column
-// sums of x over the block's rows (the bias gradient, summed over blocks by sum_rows).
+template <int OP, int W>
+__device__ inline void src_values(float *v, const Pack<W> *raw, int c, int cols, const float *w, const float *b, float mu, float rs) {
+    float u[W], d[W], dg, du;
+    pack_floats<W>(v, raw[0]);
+    if (OP == ROWS_SWIGLU) { pack_floats<W>(u, raw[1]); for (int k = 0; k < W; k++) v[k] = swiglu(v[k], u[k]); }
+    if (OP == ROWS_DSWIGLU) {
+        pack_floats<W>(u, raw[1]);
+        pack_floats<W>(d, raw[2]);
+        for (int k = 0; k < W; k++) { swiglu_grad(v[k], u[k], d[k], &dg, &du); v[k] = c < cols / 2 ? dg : du; }
+    }
+    if (OP == ROWS_GELU) for (int k = 0; k < W; k++) v[k] = gelu(v[k]);
+    if (OP == ROWS_DGELU) { pack_floats<W>(u, raw[1]); for (int k = 0; k < W; k++) v[k] *= gelu_grad(u[k]); }
+    if (OP == ROWS_NORM) for (int k = 0; k < W; k++) v[k] = (v[k] - mu) * rs * w[k] + b[k];
+}
+
+// NORM's weight and bias at columns c..c+W-1 (zeros for a missing bias)
+template <int W> __device__ inline void norm_params(float *w, float *b, const RowSource &in, int c) {
+    pack_floats<W>(w, pack_load<W>(in.w + c));
+    if (in.b) pack_floats<W>(b, pack_load<W>(in.b + c));
+    else for (int k = 0; k < W; k++) b[k] = 0.0f;
+}
+
+// x / s as the CPU divides (correctly rounded), without a division: s brought into [2^-60, 2^100]
+// by an exact power of two (pre, applied to x too), RN(1 / s), a product within 1.5 ulp, a
+// correction to within half an ulp plus a hair, and Markstein's step, which then rounds exactly
+// (its residuals are exact FMAs, normal wherever the code can be nonzero). Zero scale: zero codes.
+typedef struct { float pre, s, rcp; } QScale;
+__device__ inline QScale qscale(float s) {
+    QScale q;
+    q.pre = s == 0.0f ? 0.0f : s < 0x1p-60f ? 0x1p64f : s > 0x1p100f ? 0x1p-64f : 1.0f;
+    q.s = s == 0.0f ? 1.0f : s * q.pre;
+    q.rcp = __frcp_rn(q.s);
+    return q;
+}
+__device__ inline float div_scale(float x, QScale d) {
+    float xp = x * d.pre, q = xp * d.rcp;
+    q = fmaf(fmaf(-q, d.s, xp), d.rcp, q);
+    q = fmaf(fmaf(-q, d.s, xp), d.rcp, q);
+    return d.pre == 0.0f ? 0.0f : copysignf(q, x);
+}
+
+// How codes round, fixed per kernel: FP4 (a template flag) rounds by its layout (quant.h), then
+// is exact in E4M3; FP8 formats round in the conversion instruction itself
+typedef struct { int mbits, emin; float maxv; __nv_fp8_interpretation_t fp8; } QRound;
+static QRound qround(Format f) {
+    QRound r = { 0, 0, 0.0f, f == FMT_E5M2 ? __NV_E5M2 : __NV_E4M3 };
+    if (format_is_fp4(f)) fp4_layout(f, &r.mbits, &r.emin, &r.maxv);
+    return r;
+}
+
+// quant.h's 4-bit rounding, for layouts with a mantissa bit: adding and subtracting 1.5 times
+// 2^23 grid steps rounds to the step, ties to even (the even multiple is the even code), the step
+// taken from |x|'s exponent, no smaller than the subnormal one. E3M0 (no mantissa bit, where
+// ties go to the even exponent) takes quant.h's general rule.
+__device__ inline float fp4_round_fast(float x, QRound r) {
+    if (r.mbits == 0) return fp8_round(x, r.mbits, r.emin, r.maxv);
+    float a = fabsf(x);
+    int e = max((int)(__float_as_uint(a) >> 23), 127 + r.emin);
+    float big = __uint_as_float((unsigned)(e + 23 - r.mbits) << 23 | 0x400000u);
+    float q = __fsub_rn(__fadd_rn(a, big), big);
+    return copysignf(a >= r.maxv ? r.maxv : q, x);  // NaN stays NaN
+}
+
+// FP8 bytes (low byte first) of the codes of a / sa and b / sb
+template <int FP4>
+__device__ inline unsigned short quant_pair(float a, QScale sa, float b, QScale sb, QRound r) {
+    a = div_scale(a, sa);
+    b = div_scale(b, sb);
+    if (FP4) { a = fp4_round_fast(a, r); b = fp4_round_fast(b, r); }
+    return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, r.fp8);
+}
+
+// the 4 codes of v / s[k] (stride 0: one scale), as 4 bytes
+template <int FP4>
+__device__ inline uint32_t quant4(const float *v, const QScale *s, int stride, QRound r) {
+    return quant_pair<FP4>(v[0], s[0], v[1], s[stride], r) | (uint32_t)quant_pair<FP4>(v[2], s[2 * stride], v[3], s[3 * stride], r) << 16;
+}
+
+// the 4 x 4 bytes of q[4] (4 rows of 4 columns) transposed into t[column][w] (4 rows of a column)
+__device__ inline void put_column_bytes(uint32_t (*t)[8], int w, const uint32_t *q) {
+    uint32_t lo01 = __byte_perm(q[0], q[1], 0x5140), hi01 = __byte_perm(q[0], q[1], 0x7362);
+    uint32_t lo23 = __byte_perm(q[2], q[3], 0x5140), hi23 = __byte_perm(q[2], q[3], 0x7362);
+    t[0][w] = __byte_perm(lo01, lo23, 0x5410);
+    t[1][w] = __byte_perm(lo01, lo23, 0x7632);
+    t[2][w] = __byte_perm(hi01, hi23, 0x5410);
+    t[3][w] = __byte_perm(hi01, hi23, 0x7632);
+}
+// whole 32-byte sectors only: a half-written one may leave L2 before its other half arrives
+__device__ inline void store_columns(fp8 *codes_t, int c, int r, int rows, int n, uint32_t (*t)[8]) {
+    for (int k = 0; k < 4; k++) {
+        uint4 *d = (uint4 *)(codes_t + (size_t)(c + k) * rows + r);
+        d[0] = make_uint4(t[k][0], t[k][1], t[k][2], t[k][3]);
+        if (n > 16) d[1] = make_uint4(t[k][4], t[k][5], t[k][6], t[k][7]);
+    }
+}
+
+// Row reductions over a block. Each lane's partials pc[0..7] of rows j0..j0+7 are reduced over
+// the warp (a butterfly: 9 shuffles for the 8 rows) and combined into part[warp][row]; then
+// rows_finish combines the warps in order. Fixed order throughout: the same bits run after run.
+template <int MAX>
+__device__ inline void warp_rows8(float *pc, float (*part)[QROWS], int j0) {
+    int lane = threadIdx.x % 32;
+    #pragma unroll
+    for (int o = 16, n = 4; o >= 4; o >>= 1, n >>= 1) {  // lanes with bit o keep the upper half of the rows
+        int upper = lane & o;
+        #pragma unroll
+        for (int i = 0; i < n; i++) {
+            float keep = upper ? pc[i + n] : pc[i], got = __shfl_xor_sync(0xffffffffu, upper ? pc[i] : pc[i + n], o);
+            pc[i] = MAX ? fmaxf(keep, got) : keep + got;
+        }
+    }
+    for (int o = 2; o >= 1; o >>= 1) {  // lane l now holds row l / 4: sum over its 4 lanes
+        float got = __shfl_xor_sync(0xffffffffu, pc[0], o);
+        pc[0] = MAX ? fmaxf(pc[0], got) : pc[0] + got;
+    }
+    if (lane % 4 == 0) {
+        float *d = &part[threadIdx.x / 32][j0 + lane / 4];
+        *d = MAX ? fmaxf(*d, pc[0]) : *d + pc[0];
+    }
+}
+template <int MAX>
+__device__ inline void rows_finish(float (*part)[QROWS], float *out) {
+    __syncthreads();
+    if (threadIdx.x < QROWS) {
+        float acc = part[0][threadIdx.x];
+        for (int w = 1; w < (int)blockDim.x / 32; w++) acc = MAX ? fmaxf(acc, part[w][threadIdx.x]) : acc + part[w][threadIdx.x];
+        out[threadIdx.x] = acc;
+    }
+    __syncthreads();
+}
+
+// First pass of a linear input's quantization, a warp per row: the norm statistics (LayerNorm:
+// the mean, then the variance about it; the row stays in L1 between the passes) and the scale,
+// the absmax of the source row over the format's max
 template <int OP>
-__global__ void __launch_bounds__(256) quantize_rows_kernel(fp8 *codes, fp8 *codes_t, float *scales, RowSource in, int rows,
-                                                           int cols, Format f, unsigned *col_amax, const float *row_scale,
-                                                           float *col_partial) {
-    __shared__ float s_scale[QROWS], s_mean[QROWS], s_rstd[QROWS];
-    __shared__ __align__(8) fp8 tile[QCOLS][QROWS + 8];
-    __shared__ float csum[QROWS][QCOLS + 1];
-    __shared__ unsigned cmax[QCOLS];
-    int r0 = blockIdx.x * QROWS, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int j = warp; j < QROWS; j += 8) {
-        int r = r0 + j;
-        float mu = 0.0f, rs = 1.0f, amax = 0.0f, v[8];
-        if (r < rows) {
-            if (OP == ROWS_NORM) {
-                const bf16 *xr = in.x + (size_t)r * cols;
-                if (in.b) {
-                    for (int c = lane * 8; c < cols; c += 256) { load8(v, xr + c); for (int k = 0; k < 8; k++) mu += v[k]; }
-                    mu = warp_sum(mu) / cols;
-                }
-                float var = 0.0f;
-                for (int c = lane * 8; c < cols; c += 256) { load8(v, xr + c); for (int k = 0; k < 8; k++) var += (v[k] - mu) * (v[k] - mu); }
-                rs = rsqrtf(warp_sum(var) / cols + in.eps);
-                if (lane == 0) { if (in.mean) in.mean[r] = mu; in.rstd[r] = rs; }
-            }
-            for (int c = lane * 8; c < cols; c += 256) {
-                source_load8<OP>(v, in, r, c, cols, mu, rs);
-                for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[k]));
-            }
-            amax = warp_max(amax);
+__global__ void row_scales_kernel(float *scales, RowSource in, int rows, int cols, Format f) {
+    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    float mu = 0.0f, rs = 1.0f, amax = 0.0f, v[8], w[8], b[8];
+    Pack<8> raw[src_loads<OP>()];
+    if (OP == ROWS_NORM) {
+        const bf16 *xr = in.x + (size_t)r * cols;
+        if (in.b) {
+            #pragma unroll 4
+            for (int c = lane * 8; c < cols; c += 256) { load8(v, xr + c); for (int k = 0; k < 8; k++) mu += v[k]; }
+            mu = warp_sum(mu) / cols;
         }
-        if (lane == 0) {
-            s_mean[j] = mu; s_rstd[j] = rs; s_scale[j] = amax / format_max(f);
-            if (r < rows) scales[r] = s_scale[j];
-        }
+        float var = 0.0f;
+        #pragma unroll 4
+        for (int c = lane * 8; c < cols; c += 256) { load8(v, xr + c); for (int k = 0; k < 8; k++) var += (v[k] - mu) * (v[k] - mu); }
+        rs = rsqrtf(warp_sum(var) / cols + in.eps);
+        if (lane == 0) { if (in.mean) in.mean[r] = mu; in.rstd[r] = rs; }
     }
-    __syncthreads();
-    int j = threadIdx.x / 8, cc = (threadIdx.x % 8) * 8, r = r0 + j;
-    int tc = threadIdx.x / 4, tr = (threadIdx.x % 4) * 8;  // the transposed write: a column, 8 rows
-    for (int c0 = 0; c0 < cols; c0 += QCOLS) {
-        int c = c0 + cc;
-        if (col_amax && threadIdx.x < QCOLS) cmax[threadIdx.x] = 0;
-        if (col_amax) __syncthreads();
-        float v[8] = { 0 }, raw[8] = { 0 };
-        if (r < rows && c < cols) {
-            source_load8<OP>(v, in, r, c, cols, s_mean[j], s_rstd[j]);
-            union { fp8 b[8]; uint2 u; } q;
-            for (int k = 0; k < 8; k++) q.b[k] = quantize_one(v[k], s_scale[j], f);
-            if (codes) *(uint2 *)(codes + (size_t)r * cols + c) = q.u;
-            for (int k = 0; k < 8; k++) tile[cc + k][j] = q.b[k];
-            if (col_amax || col_partial) load8(raw, in.x + (size_t)r * cols + c);
-        }
-        if (col_amax) {  // the warp's 4 rows of each column first (lanes 8 apart), then the 8 warps
-            for (int k = 0; k < 8; k++) {
-                float v = r < rows && c < cols ? fabsf(raw[k] * row_scale[r]) : 0.0f;
-                v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
-                v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
-                if (lane < 8) atomicMax(&cmax[cc + k], __float_as_uint(v));
-            }
-        }
-        if (col_partial) for (int k = 0; k < 8; k++) csum[j][cc + k] = raw[k];
-        __syncthreads();
-        if (codes_t && c0 + tc < cols && r0 + tr < rows)
-            *(uint2 *)(codes_t + (size_t)(c0 + tc) * rows + r0 + tr) = *(const uint2 *)&tile[tc][tr];
-        if (threadIdx.x < QCOLS && c0 + threadIdx.x < cols) {
-            if (col_amax) atomicMax(col_amax + c0 + threadIdx.x, cmax[threadIdx.x]);
-            if (col_partial) {
-                float s = 0.0f;
-                for (int k = 0; k < QROWS; k++) s += csum[k][threadIdx.x];
-                col_partial[(size_t)blockIdx.x * cols + c0 + threadIdx.x] = s;
-            }
-        }
-        __syncthreads();
+    #pragma unroll 4
+    for (int c = lane * 8; c < cols; c += 256) {
+        if (OP == ROWS_NORM) norm_params<8>(w, b, in, c);
+        src_fetch<OP, 8>(raw, in, r, c, cols);
+        src_values<OP, 8>(v, raw, c, cols, w, b, mu, rs);
+        for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[k]));
     }
+    amax = warp_max(amax);
+    if (lane == 0) scales[r] = amax / format_max(f);
 }
 
-// codes_t (cols, rows) = the codes of x * row_scale quantized per column, through 32 x 32 tiles
-__global__ void quantize_cols_t_kernel(fp8 *codes_t, float *scales, const bf16 *x, const float *row_scale, const unsigned *amax,
-                                       int rows, int cols, Format f) {
-    __shared__ fp8 tile[32][33];
-    int r0 = blockIdx.y * 32, c0 = blockIdx.x * 32, c = c0 + threadIdx.x;
-    float s = c < cols ? __uint_as_float(amax[c]) / format_max(f) : 0.0f;
-    if (blockIdx.y == 0 && threadIdx.y == 0 && c < cols) scales[c] = s;
-    for (int j = threadIdx.y; j < 32; j += 8) {
-        int r = r0 + j;
-        if (r < rows && c < cols) tile[j][threadIdx.x] = quantize_one(__bfloat162float(x[(size_t)r * cols + c]) * row_scale[r], s, f);
+// The codes of a block of 32 rows: codes (rows, cols) of the source * col_scale per row, with the
+// row scales given, and codes_t (cols, rows): with COLS, the source * row_scale quantized per
+// column (a gradient's wgrad operand; scales_t from col_amax), else the row codes transposed.
+// Each thread: 4 columns of the 32 rows (few registers: many warps in flight), 16 rows' loads
+// issued together before any store; blockIdx.y picks the block's run of columns.
+template <int OP, int COLS, int FP4>
+__global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_t, float *scales_t, const float *scales,
+                                                         const unsigned *col_amax, RowSource in, const float *col_scale,
+                                                         const float *row_scale, int rows, int cols, Format f, QRound qr) {
+    const int NL = src_loads<OP>(), STAGE = NL == 1 ? 16 : 8;
+    __shared__ QScale s_q[QROWS];
+    __shared__ float s_rs[QROWS], s_mu[QROWS], s_rstd[QROWS];
+    int r0 = blockIdx.x * QROWS, c = (blockIdx.y * blockDim.x + threadIdx.x) * 4;
+    if (threadIdx.x < QROWS) {
+        int j = threadIdx.x, r = min(r0 + j, rows - 1);
+        s_q[j] = qscale(scales[r]);
+        s_rs[j] = row_scale ? row_scale[r] : 1.0f;
+        s_mu[j] = OP == ROWS_NORM && in.mean ? in.mean[r] : 0.0f;
+        s_rstd[j] = OP == ROWS_NORM ? in.rstd[r] : 1.0f;
     }
     __syncthreads();
-    for (int j = threadIdx.y; j < 32; j += 8) {
-        int cc = c0 + j, r = r0 + threadIdx.x;
-        if (cc < cols && r < rows) codes_t[(size_t)cc * rows + r] = tile[threadIdx.x][j];
+    if (c >= cols) return;
+    float cs[4], w[4], b[4];
+    QScale ts[4];
+    for (int k = 0; k < 4; k++) cs[k] = col_scale ? col_scale[c + k] : 1.0f;
+    if (OP == ROWS_NORM) norm_params<4>(w, b, in, c);
+    if (COLS) {
+        for (int k = 0; k < 4; k++) {
+            float sc = __uint_as_float(col_amax[c + k]) / format_max(f);
+            ts[k] = qscale(sc);
+            if (r0 == 0) scales_t[c + k] = sc;
+        }
+    }
+    uint32_t t[4][8], q[2][4];
+    #pragma unroll
+    for (int s0 = 0; s0 < QROWS; s0 += STAGE) {
+        Pack<4> raw[STAGE][NL];
+        #pragma unroll
+        for (int i = 0; i < STAGE; i++) src_fetch<OP, 4>(raw[i], in, min(r0 + s0 + i, rows - 1), c, cols);
+        #pragma unroll
+        for (int i = 0; i < STAGE; i++) {
+            int j = s0 + i;
+            float v[4], u[4];
+            src_values<OP, 4>(v, raw[i], c, cols, w, b, s_mu[j], s_rstd[j]);
+            for (int k = 0; k < 4; k++) u[k] = v[k] * cs[k];
+            q[0][j % 4] = quant4<FP4>(u, &s_q[j], 0, qr);
+            if (codes && r0 + j < rows) *(uint32_t *)(codes + (size_t)(r0 + j) * cols + c) = q[0][j % 4];
+            if (COLS) {
+                for (int k = 0; k < 4; k++) u[k] = v[k] * s_rs[j];
+                q[1][j % 4] = quant4<FP4>(u, ts, 1, qr);
+            }
+            if (j % 4 == 3) put_column_bytes(t, j / 4, q[COLS]);
+        }
+    }
+    if (codes_t) store_columns(codes_t, c, r0, rows, min(rows - r0, QROWS), t);
+}
+
+// A gradient g (rows = tokens, cols = outputs), first pass: per row the absmax of g * col_scale
+// (the dgrad codes' scales, out to scales), per column the absmax of g * row_scale (the wgrad
+// codes' scales: atomicMax on the float bits into col_amax, exact and order-free) and, with
+// col_partial, the column sums of g (the bias gradient; (row blocks, cols), for sum_rows). Every
+// lane of a warp runs the same iterations (the shuffles need them all): a thread past the last
+// column reads a valid one and counts zeros.
+template <int OP>
+__global__ void __launch_bounds__(QTHREADS) grad_reduce_kernel(float *scales, unsigned *col_amax, float *col_partial, RowSource in,
+                                                               const float *col_scale, const float *row_scale, int rows, int cols,
+                                                               Format f) {
+    const int NL = src_loads<OP>();
+    __shared__ float part[QTHREADS / 32][QROWS], s_amax[QROWS], s_rs[QROWS];
+    int octets = cols / 8;
+    for (int r0 = blockIdx.x * QROWS; r0 < rows; r0 += gridDim.x * QROWS) {
+        if (threadIdx.x < QROWS) s_rs[threadIdx.x] = r0 + threadIdx.x < rows && row_scale ? row_scale[r0 + threadIdx.x] : 1.0f;
+        for (int i = threadIdx.x; i < QTHREADS; i += blockDim.x) part[i / QROWS][i % QROWS] = 0.0f;
+        __syncthreads();
+        for (int o0 = 0; o0 < octets; o0 += blockDim.x) {
+            int o = min(o0 + (int)threadIdx.x, octets - 1), c = o * 8, live = o0 + (int)threadIdx.x < octets;
+            float cs[8], cmax[8], csum[8];
+            for (int k = 0; k < 8; k++) { cs[k] = col_scale ? col_scale[c + k] : 1.0f; cmax[k] = 0.0f; csum[k] = 0.0f; }
+            for (int j0 = 0; j0 < QROWS; j0 += 8) {
+                Pack<8> raw[8][NL];
+                #pragma unroll
+                for (int i = 0; i < 8; i++) src_fetch<OP, 8>(raw[i], in, min(r0 + j0 + i, rows - 1), c, cols);
+                float pc[8];
+                #pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    int j = j0 + i;
+                    float v[8];
+                    src_values<OP, 8>(v, raw[i], c, cols, NULL, NULL, 0.0f, 1.0f);
+                    if (r0 + j >= rows || !live) for (int k = 0; k < 8; k++) v[k] = 0.0f;
+                    pc[i] = 0.0f;
+                    for (int k = 0; k < 8; k++) {
+                        pc[i] = fmaxf(pc[i], fabsf(v[k] * cs[k]));
+                        cmax[k] = fmaxf(cmax[k], fabsf(v[k] * s_rs[j]));
+                        csum[k] += v[k];
+                    }
+                }
+                warp_rows8<1>(pc, part, j0);
+            }
+            if (!live) continue;
+            for (int k = 0; k < 8; k++) if (cmax[k] > 0.0f) atomicMax(col_amax + c + k, __float_as_uint(cmax[k]));
+            if (col_partial) {
+                float4 *out = (float4 *)(col_partial + (size_t)(r0 / QROWS) * cols + c);
+                out[0] = make_float4(csum[0], csum[1], csum[2], csum[3]);
+                out[1] = make_float4(csum[4], csum[5], csum[6], csum[7]);
+            }
+        }
+        rows_finish<1>(part, s_amax);
+        if (threadIdx.x < QROWS && r0 + (int)threadIdx.x < rows) scales[r0 + threadIdx.x] = s_amax[threadIdx.x] / format_max(f);
     }
 }
 
@@ -176,41 +361,70 @@ __global__ void dge_scale_kernel(float *grad, const bf16 *W, const float *scales
     grad[i] *= dge_derivative(s == 0.0f ? 0.0f : __bfloat162float(W[i]) / s, f, k);
 }
 
-static void check_scaled(Format f, const char *who) {
+static void check_quantize(const char *who, Format f, int rows, int cols, int transposed) {
     if (format_max(f) == 0.0f) die("%s: %s is not a scaled format", who, format_name(f));
+    if (cols % 8 != 0 || (transposed && rows % 16 != 0))
+        die("%s: %d x %d needs columns in multiples of 8 and, transposed, rows in multiples of 16", who, rows, cols);
 }
 
-// the source quantized per row: codes (rows, cols) and / or codes_t (cols, rows), scales (rows).
-// Optional, from the same pass: col_amax (cols, zeroed here), the column absmax of x * row_scale,
-// for quantize_cols_t; col_partial (ceil(rows / 32), cols), partial column sums of x, for sum_rows.
+// Threads per block: a row's groups of width columns spread evenly over blocks of at most
+// max_threads (the reduction needs whole rows; the codes kernel takes runs of columns, blockIdx.y)
+static int quantize_threads(int cols, int width, int max_threads, int *runs) {
+    int groups = cols / width, n = ceil_div(groups, max_threads);
+    if (runs) *runs = n;
+    return ceil_div(ceil_div(groups, n), 32) * 32;
+}
+
+// the source's rows quantized per row: codes (rows, cols) and / or codes_t (cols, rows), and
+// scales (rows). Two kernels: the row scales (and norm statistics), then the codes.
 static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, int cols, Format f,
-                          unsigned *col_amax, const float *row_scale, float *col_partial, cudaStream_t st) {
-    check_scaled(f, "quantize_rows");
-    if (cols % 8 != 0 || (codes_t && rows % 8 != 0)) die("quantize_rows: %d x %d is not a multiple of 8", rows, cols);
-    if (col_amax) CUDA_CHECK(cudaMemsetAsync(col_amax, 0, cols * sizeof(unsigned), st));
-    int blocks = ceil_div(rows, QROWS);
-    switch (src->op) {
-        case ROWS_PLAIN: quantize_rows_kernel<ROWS_PLAIN><<<blocks, 256, 0, st>>>(codes, codes_t, scales, *src, rows, cols, f, col_amax, row_scale, col_partial); break;
-        case ROWS_NORM: quantize_rows_kernel<ROWS_NORM><<<blocks, 256, 0, st>>>(codes, codes_t, scales, *src, rows, cols, f, col_amax, row_scale, col_partial); break;
-        case ROWS_GELU: quantize_rows_kernel<ROWS_GELU><<<blocks, 256, 0, st>>>(codes, codes_t, scales, *src, rows, cols, f, col_amax, row_scale, col_partial); break;
-        default: quantize_rows_kernel<ROWS_SWIGLU><<<blocks, 256, 0, st>>>(codes, codes_t, scales, *src, rows, cols, f, col_amax, row_scale, col_partial); break;
-    }
+                          cudaStream_t st) {
+    check_quantize("quantize_rows", f, rows, cols, codes_t != NULL);
+    if (src->op > ROWS_SWIGLU) die("quantize_rows: source %d is a gradient's (quantize_grad)", src->op);
+    void (*const scale_kernel[])(float *, RowSource, int, int, Format) = {
+        row_scales_kernel<ROWS_PLAIN>, row_scales_kernel<ROWS_NORM>, row_scales_kernel<ROWS_GELU>, row_scales_kernel<ROWS_SWIGLU> };
+    int fp4 = format_is_fp4(f);
+    void (*const code_kernel[2][4])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
+                                    int, int, Format, QRound) = {
+        { codes_kernel<ROWS_PLAIN, 0, 0>, codes_kernel<ROWS_NORM, 0, 0>, codes_kernel<ROWS_GELU, 0, 0>, codes_kernel<ROWS_SWIGLU, 0, 0> },
+        { codes_kernel<ROWS_PLAIN, 0, 1>, codes_kernel<ROWS_NORM, 0, 1>, codes_kernel<ROWS_GELU, 0, 1>, codes_kernel<ROWS_SWIGLU, 0, 1> } };
+    int runs, threads = quantize_threads(cols, 4, QTHREADS, &runs);
+    scale_kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(scales, *src, rows, cols, f);
+    code_kernel[fp4][src->op]<<<dim3(ceil_div(rows, QROWS), runs), threads, 0, st>>>(codes, codes_t, NULL, scales, NULL, *src, NULL,
+                                                                                      NULL, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }
 
-// codes_t (cols, rows), scales (cols) of x (rows, cols) * row_scale (rows), per column, with
-// amax the column absmax that quantize_rows computed
-static void quantize_cols_t(fp8 *codes_t, float *scales, const unsigned *amax, const bf16 *x, const float *row_scale, int rows,
-                            int cols, Format f, cudaStream_t st) {
-    check_scaled(f, "quantize_cols_t");
-    quantize_cols_t_kernel<<<dim3(ceil_div(cols, 32), ceil_div(rows, 32)), dim3(32, 8), 0, st>>>(codes_t, scales, x, row_scale,
-                                                                                                  amax, rows, cols, f);
+// A gradient g from src (PLAIN, DGELU or DSWIGLU), (rows, cols), in two passes: codes (rows, cols)
+// of g * col_scale per row with scales (rows), for dgrad; codes_t (cols, rows) of g * row_scale
+// per column with scales_t (cols), for wgrad. col_scale and row_scale may be NULL (ones). With
+// col_partial ((rows / 32, cols)): the partial column sums of g, for sum_rows. amax: (cols) scratch.
+static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales_t, const RowSource *src, const float *col_scale,
+                          const float *row_scale, int rows, int cols, Format f, unsigned *amax, float *col_partial,
+                          cudaStream_t st) {
+    check_quantize("quantize_grad", f, rows, cols, 1);
+    if (src->op == ROWS_DSWIGLU && cols % 16 != 0) die("quantize_grad: SwiGLU width %d is not a multiple of 8", cols / 2);
+    int g = src->op == ROWS_PLAIN ? 0 : src->op == ROWS_DGELU ? 1 : src->op == ROWS_DSWIGLU ? 2 : -1;
+    if (g < 0) die("quantize_grad: source %d is not a gradient", src->op);
+    void (*const reduce[])(float *, unsigned *, float *, RowSource, const float *, const float *, int, int, Format) = {
+        grad_reduce_kernel<ROWS_PLAIN>, grad_reduce_kernel<ROWS_DGELU>, grad_reduce_kernel<ROWS_DSWIGLU> };
+    int fp4 = format_is_fp4(f);
+    void (*const code_kernel[2][3])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
+                                    int, int, Format, QRound) = {
+        { codes_kernel<ROWS_PLAIN, 1, 0>, codes_kernel<ROWS_DGELU, 1, 0>, codes_kernel<ROWS_DSWIGLU, 1, 0> },
+        { codes_kernel<ROWS_PLAIN, 1, 1>, codes_kernel<ROWS_DGELU, 1, 1>, codes_kernel<ROWS_DSWIGLU, 1, 1> } };
+    int blocks = ceil_div(rows, QROWS), runs, threads = quantize_threads(cols, 4, QTHREADS, &runs);
+    CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
+    reduce[g]<<<blocks, quantize_threads(cols, 8, QTHREADS, NULL), 0, st>>>(scales, amax, col_partial, *src, col_scale, row_scale, rows,
+                                                                          cols, f);
+    code_kernel[fp4][g]<<<dim3(blocks, runs), threads, 0, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
+                                                               rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }
 
-static RowSource rows_plain(const bf16 *x, const float *col_scale) {
+static RowSource rows_plain(const bf16 *x) {
     RowSource s; memset(&s, 0, sizeof(s));
-    s.op = ROWS_PLAIN; s.x = x; s.col_scale = col_scale;
+    s.op = ROWS_PLAIN; s.x = x;
     return s;
 }
 static RowSource rows_norm(const bf16 *x, const bf16 *w, const bf16 *b, float *mean, float *rstd, float eps, bf16 *out) {
@@ -221,6 +435,12 @@ static RowSource rows_norm(const bf16 *x, const bf16 *w, const bf16 *b, float *m
 static RowSource rows_act(int op, const bf16 *x, bf16 *out) {
     RowSource s; memset(&s, 0, sizeof(s));
     s.op = op; s.x = x; s.out = out;
+    return s;
+}
+// the gradient of a GELU / SwiGLU input from g, the gradient of its output, and pre, its input
+static RowSource rows_grad(int op, const bf16 *g, const bf16 *pre) {
+    RowSource s; memset(&s, 0, sizeof(s));
+    s.op = op; s.x = g; s.pre = pre;
     return s;
 }
 

@@ -257,7 +257,7 @@ static void test_fp8_gemms(Format fx, Format fg) {
     bf16 *dX = to_device(hx, N * K), *dWt = to_device(hw, M * K), *dB = to_device(hb, M), *dR = to_device(hr, N * M);
     bf16 *dG = to_device(hg, N * M), *dPRE = to_device(hpre, N * K), *dY = (bf16 *)cuda_malloc(N * M * 2), *dDX = (bf16 *)cuda_malloc(N * K * 2);
     fp8 *cx = (fp8 *)cuda_malloc(N * K), *cxt = (fp8 *)cuda_malloc(N * K), *cw = (fp8 *)cuda_malloc(M * K), *cwt = (fp8 *)cuda_malloc(M * K);
-    fp8 *cg = (fp8 *)cuda_malloc(N * M);
+    fp8 *cg = (fp8 *)cuda_malloc(N * M), *cgt = (fp8 *)cuda_malloc(N * M);
     float *sx = (float *)cuda_malloc(N * 4), *sw = (float *)cuda_malloc(M * 4), *sg = (float *)cuda_malloc((N + M) * 4);
     float *ones = (float *)cuda_malloc(K * 4), *dDW = (float *)cuda_malloc(M * K * 4);
     unsigned *amax = (unsigned *)cuda_malloc(M * 4);
@@ -265,9 +265,9 @@ static void test_fp8_gemms(Format fx, Format fg) {
     for (int i = 0; i < K; i++) hones[i] = 1.0f;
     cuda_upload(ones, hones, K * 4);
     cuda_upload(dDW, dw0, M * K * 4);
-    RowSource xs = rows_plain(dX, NULL), ws = rows_plain(dWt, NULL);
-    quantize_rows(cx, cxt, sx, &xs, N, K, fx, NULL, NULL, NULL, 0);
-    quantize_rows(cw, cwt, sw, &ws, M, K, fx, NULL, NULL, NULL, 0);
+    RowSource xs = rows_plain(dX), ws = rows_plain(dWt);
+    quantize_rows(cx, cxt, sx, &xs, N, K, fx, 0);
+    quantize_rows(cw, cwt, sw, &ws, M, K, fx, 0);
     float *qx = (float *)malloc_check(N * K * 4), *qw = (float *)malloc_check(M * K * 4), *qg = (float *)malloc_check(N * M * 4);
     float hsx[N], hsw[M], hsg[N > M ? N : M];
     codes_from_device(qx, cx, N * K, fx); codes_from_device(qw, cw, M * K, fx);
@@ -288,8 +288,8 @@ static void test_fp8_gemms(Format fx, Format fg) {
     CHECK(fe <= 1.0, "FP8 forward (%s) with bias and residual: %.3g of the bound", fn, fe);
 
     // dgrad: dx = (qg sg) qw, qg the codes of g * sw per token; with dGELU: times gelu'(pre)
-    RowSource gs = rows_plain(dG, sw);
-    quantize_rows(cg, NULL, sg, &gs, N, M, fg, amax, sx, NULL, 0);  // and the column absmax for wgrad
+    RowSource gs = rows_plain(dG);
+    quantize_grad(cg, sg, cgt, sg + N, &gs, sw, sx, N, M, fg, amax, NULL, 0);  // and the wgrad operand
     codes_from_device(qg, cg, N * M, fg);
     cuda_download(hsg, sg, N * 4);
     double de[2];
@@ -308,11 +308,10 @@ static void test_fp8_gemms(Format fx, Format fg) {
     CHECK(de[0] <= 1.0 && de[1] <= 1.0, "FP8 dgrad (%s x %s): %.3g, with dGELU %.3g of the bound", fn, gn, de[0], de[1]);
 
     // wgrad: dW += (qg' sg')^T qx, qg' the codes of g * sx per output channel
-    quantize_cols_t(cg, sg, amax, dG, sx, N, M, fg, 0);
     float *qgt = (float *)malloc_check(N * M * 4);
-    codes_from_device(qgt, cg, N * M, fg);
-    cuda_download(hsg, sg, M * 4);
-    matmul_fp8(dDW, CUDA_R_32F, cxt, fp8_type(fx), ones, cg, fp8_type(fg), sg, K, M, N, NULL, 1.0f, NULL, NULL,
+    codes_from_device(qgt, cgt, N * M, fg);
+    cuda_download(hsg, sg + N, M * 4);
+    matmul_fp8(dDW, CUDA_R_32F, cxt, fp8_type(fx), ones, cgt, fp8_type(fg), sg + N, K, M, N, NULL, 1.0f, NULL, NULL,
                CUBLASLT_EPILOGUE_DEFAULT, 0);
     for (int j = 0; j < M; j++)
         for (int k = 0; k < K; k++) {
@@ -327,7 +326,7 @@ static void test_fp8_gemms(Format fx, Format fg) {
            gn, fe, de[0], de[1], we);
     cuda_free(dX, N * K * 2); cuda_free(dWt, M * K * 2); cuda_free(dB, M * 2); cuda_free(dR, N * M * 2); cuda_free(dG, N * M * 2);
     cuda_free(dPRE, N * K * 2); cuda_free(dY, N * M * 2); cuda_free(dDX, N * K * 2); cuda_free(cx, N * K); cuda_free(cxt, N * K);
-    cuda_free(cw, M * K); cuda_free(cwt, M * K); cuda_free(cg, N * M); cuda_free(sx, N * 4); cuda_free(sw, M * 4);
+    cuda_free(cw, M * K); cuda_free(cwt, M * K); cuda_free(cg, N * M); cuda_free(cgt, N * M); cuda_free(sx, N * 4); cuda_free(sw, M * 4);
     cuda_free(sg, (N + M) * 4); cuda_free(ones, K * 4); cuda_free(dDW, M * K * 4); cuda_free(amax, M * 4);
     free(hx); free(hw); free(hb); free(hr); free(hg); free(hpre); free(x); free(w); free(b); free(res); free(g); free(pre);
     free(dw0); free(got); free(qx); free(qw); free(qg); free(qgt); free(ref);

@@ -36,10 +36,12 @@ static float brute_round(float x, const float *vals, int n) {
 static void check_format(Format f, const float *vals, int n, uint64_t seed) {
     int bad = 0;
     float worst = 0;
-    // every value, every midpoint (a tie), and random points across the range and beyond
+    // every value, every midpoint (a tie) and its two neighbours, and random points across the
+    // range and beyond
     for (int i = 0; i < n; i++) {
-        float pts[3] = { vals[i], i + 1 < n ? 0.5f * (vals[i] + vals[i + 1]) : vals[i] * 1.5f, -vals[i] };
-        for (int j = 0; j < 3; j++) {
+        float mid = i + 1 < n ? 0.5f * (vals[i] + vals[i + 1]) : vals[i] * 1.5f;
+        float pts[5] = { vals[i], mid, nextafterf(mid, 0.0f), nextafterf(mid, INFINITY), -vals[i] };
+        for (int j = 0; j < 5; j++) {
             float got = quant_round(pts[j], f), want = brute_round(pts[j], vals, n);
             if (got != want || signbit(got) != signbit(want)) { if (!bad) worst = pts[j]; bad++; }
         }

@@ -31,15 +31,27 @@ static float byte_value(fp8 b, Format f) {
 }
 
 // the ways the trainer quantizes BF16 rows (SPEC.md 4), on fresh random data spanning 2^-20 ..
-// 2^20 in scale, with zero, huge and tiny rows: per row (X, W), with the transposed copy; per row
-// with a folded column scale (the dgrad gradient G * s_w); per column with a folded row scale,
-// written transposed (the wgrad gradient G * s_x). Every scale and code must be the CPU
-// quantize_matrix's, bit for bit; the bias gradient's column sums from the same pass, FP32-close.
+// 2^20 in scale, with zero, huge and tiny rows: per row (X, W), with the transposed copy; and a
+// gradient G in two ways from one call: per row with folded column scales (the dgrad operand
+// G * s_w) and per column with folded row scales, written transposed (the wgrad operand G * s_x).
+// Every scale and code must be the CPU quantize_matrix's, bit for bit; the bias gradient's column
+// sums from the same pass, FP32-close. Shapes with partial row blocks and partial warps; for the
+// 4-bit formats a row of exact grid points and ties.
+static void check_codes(const char *what, Format f, int rows, int cols, const fp8 *gcodes, const float *gscales, const float *xf,
+                        int axis, float *codes, float *scales) {
+    quantize_matrix(codes, scales, xf, rows, cols, f, axis, 0);
+    int bad_s = 0, bad_c = 0;
+    for (int v = 0; v < (axis ? cols : rows); v++) bad_s += f32_bits(scales[v]) != f32_bits(gscales[v]);
+    for (size_t i = 0; i < (size_t)rows * cols; i++) bad_c += f32_bits(byte_value(gcodes[i], f)) != f32_bits(codes[i]);
+    CHECK(bad_s == 0 && bad_c == 0, "%s %s %dx%d: %d scales, %d codes differ from the CPU", what, format_name(f), rows, cols, bad_s,
+          bad_c);
+}
+
 static void test_quantize(uint64_t seed) {
-    const int shapes[4][2] = { { 40, 64 }, { 128, 768 }, { 64, 3072 }, { 48, 56 } };
+    const int shapes[5][2] = { { 40, 64 }, { 48, 64 }, { 128, 768 }, { 64, 3072 }, { 80, 2056 } };
     const Format fmts[5] = { FMT_E2M1, FMT_E1M2, FMT_E3M0, FMT_E4M3, FMT_E5M2 };
-    for (int si = 0; si < 4; si++) {
-        int rows = shapes[si][0], cols = shapes[si][1], nb = ceil_div(rows, QROWS);
+    for (int si = 0; si < 5; si++) {
+        int rows = shapes[si][0], cols = shapes[si][1], nb = ceil_div(rows, QROWS), transposed = rows % 16 == 0;
         size_t n = (size_t)rows * cols;
         bf16 *xb = (bf16 *)malloc_check(n * sizeof(bf16));
         float *x = (float *)malloc_check(n * sizeof(float)), *xf = (float *)malloc_check(n * sizeof(float));
@@ -66,34 +78,41 @@ static void test_quantize(uint64_t seed) {
         double worst_sum = 0.0;
         for (int fi = 0; fi < 5; fi++) {
             Format f = fmts[fi];
-            for (int mode = 0; mode < 3; mode++) {  // rows (+ transposed); rows with column scale; columns with row scale
+            if (format_is_fp4(f)) {  // row 3: the format's max (scale 1), then its grid points and every tie, both signs
+                for (int c = 0; c < cols; c++) {
+                    int i = c % 15;
+                    float v = i < 8 ? fp4_grid(f, i) : 0.5f * (fp4_grid(f, i - 8) + fp4_grid(f, i - 7));
+                    xb[3 * cols + c] = __float2bfloat16(c == 0 ? format_max(f) : (c / 15) % 2 ? -v : v);
+                    x[3 * cols + c] = __bfloat162float(xb[3 * cols + c]);
+                }
+                cuda_upload(dx + 3 * cols, xb + 3 * cols, cols * sizeof(bf16));
+            }
+            for (int grad = 0; grad < 1 + transposed; grad++) {
                 CUDA_CHECK(cudaMemset(ds, 0xff, (rows + cols) * sizeof(float)));  // poison
                 CUDA_CHECK(cudaMemset(dc, 0x7f, n));
                 CUDA_CHECK(cudaMemset(dt, 0x7f, n));
-                int axis = mode == 2, nv = axis ? cols : rows, bad_t = 0;
-                RowSource src = rows_plain(dx, mode == 1 ? dfold : NULL);
-                if (mode == 0) quantize_rows(dc, dt, ds, &src, rows, cols, f, NULL, NULL, NULL, 0);
-                if (mode == 1) quantize_rows(dc, NULL, ds, &src, rows, cols, f, amax, dfold + cols, dpart, 0);
-                if (mode == 2) quantize_cols_t(dt, ds, amax, dx, dfold + cols, rows, cols, f, 0);  // amax of mode 1
-                if (mode != 1) cuda_download(gt, dt, n);
-                if (mode != 2) cuda_download(gcodes, dc, n);
+                RowSource src = rows_plain(dx);
+                if (!grad) quantize_rows(dc, transposed ? dt : NULL, ds, &src, rows, cols, f, 0);
+                else quantize_grad(dc, ds, dt, ds + rows, &src, dfold, dfold + cols, rows, cols, f, amax, dpart, 0);
+                cuda_download(gcodes, dc, n);
+                cuda_download(gscales, ds, (rows + cols) * sizeof(float));
+                for (size_t i = 0; i < n; i++) xf[i] = x[i] * (grad ? fold[i % cols] : 1.0f);
+                check_codes(grad ? "quantize_grad per row (column scales folded)" : "quantize_rows", f, rows, cols, gcodes, gscales,
+                            xf, 0, codes, scales);
+                if (!transposed) continue;
+                cuda_download(gt, dt, n);
+                int bad_t = 0;
                 for (int r = 0; r < rows; r++)
                     for (int c = 0; c < cols; c++) {
-                        if (mode == 0) bad_t += gt[(size_t)c * rows + r] != gcodes[(size_t)r * cols + c];
-                        if (mode == 2) gcodes[(size_t)r * cols + c] = gt[(size_t)c * rows + r];
+                        if (!grad) bad_t += gt[(size_t)c * rows + r] != gcodes[(size_t)r * cols + c];
+                        gcodes[(size_t)r * cols + c] = gt[(size_t)c * rows + r];
                     }
-                cuda_download(gscales, ds, nv * sizeof(float));
-                for (int r = 0; r < rows; r++)
-                    for (int c = 0; c < cols; c++)
-                        xf[(size_t)r * cols + c] = x[(size_t)r * cols + c] * (mode == 1 ? fold[c] : mode == 2 ? fold[cols + r] : 1.0f);
-                quantize_matrix(codes, scales, xf, rows, cols, f, axis, 0);
-                int bad_s = 0, bad_c = 0;
-                for (int v = 0; v < nv; v++) bad_s += f32_bits(scales[v]) != f32_bits(gscales[v]);
-                for (size_t i = 0; i < n; i++) bad_c += f32_bits(byte_value(gcodes[i], f)) != f32_bits(codes[i]);
-                const char *what[3] = { "quantize_rows", "quantize_rows (column scale)", "quantize_cols_t (row scale)" };
-                CHECK(bad_s == 0 && bad_c == 0 && bad_t == 0, "%s %s %dx%d: %d scales, %d codes differ from the CPU, %d transposed"
-                      " codes from the row-major ones", what[mode], format_name(f), rows, cols, bad_s, bad_c, bad_t);
-                if (mode != 1) continue;
+                CHECK(bad_t == 0, "quantize_rows %s %dx%d: %d transposed codes differ from the row-major ones", format_name(f), rows,
+                      cols, bad_t);
+                if (!grad) continue;
+                for (size_t i = 0; i < n; i++) xf[i] = x[i] * fold[cols + i / cols];
+                check_codes("quantize_grad per column (row scales folded)", f, rows, cols, gcodes, gscales + rows, xf, 1, codes,
+                            scales);
                 cuda_download(part, dpart, (size_t)nb * cols * sizeof(float));
                 for (int c = 0; c < cols; c++) {  // the column sums of x, against FP64, relative to the column's sum of |x|
                     double sum = 0.0, ref = 0.0, mag = 0.0;
@@ -103,23 +122,24 @@ static void test_quantize(uint64_t seed) {
                 }
             }
         }
-        CHECK(worst_sum <= 1e-6, "quantize_rows %dx%d: column sums off by %.3g of the column's sum of |x|", rows, cols, worst_sum);
-        printf("quantize %dx%d: per row with the transposed copy, per row with folded column scales, per column transposed with"
-               " folded row scales: scales and codes identical to the CPU for e2m1 e1m2 e3m0 e4m3 e5m2; column sums %.1e\n",
-               rows, cols, worst_sum);
+        if (transposed) CHECK(worst_sum <= 1e-6, "quantize_grad %dx%d: column sums off by %.3g of the column's sum of |x|", rows, cols, worst_sum);
+        printf("quantize %dx%d: per row%s: scales and codes identical to the CPU for e2m1 e1m2 e3m0 e4m3 e5m2", rows, cols,
+               transposed ? " with the transposed copy; a gradient per row (column scales) and per column (row scales)" : "");
+        if (transposed) printf("; column sums %.1e", worst_sum);
+        printf("\n");
         cuda_free(dx, n * sizeof(bf16)); cuda_free(ds, (rows + cols) * sizeof(float)); cuda_free(dfold, (rows + cols) * sizeof(float));
         cuda_free(dpart, (size_t)nb * cols * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n); cuda_free(amax, cols * sizeof(unsigned));
         free(xb); free(x); free(xf); free(codes); free(fold); free(scales); free(gscales); free(part); free(gcodes); free(gt);
     }
 }
 
-// the producers fused into the quantizer (LayerNorm, RMSNorm, GELU, SwiGLU) against the same
-// producer in FP64 then the CPU quantizer: the scales within FP32 rounding, the codes the same
+// the producers fused into the quantizers (LayerNorm, RMSNorm, GELU, SwiGLU; the gradients
+// through GELU and SwiGLU) against the same producer in FP64 then the CPU quantizer: the scales within FP32 rounding, the codes the same
 // except where the FP32 and FP64 values straddle a rounding boundary (then neighbours on the
 // grid, and at most 0.1% of them), and the norm statistics within FP32 rounding
 static void test_fused_sources(uint64_t seed) {
     const int rows = 96, cols = 768;
-    const char *names[4] = { "layernorm", "rmsnorm", "gelu", "swiglu" };
+    const char *names[6] = { "layernorm", "rmsnorm", "gelu", "swiglu", "dgelu", "dswiglu" };
     size_t n = (size_t)rows * cols;
     bf16 *hx = (bf16 *)malloc_check(2 * n * sizeof(bf16)), *hw = (bf16 *)malloc_check(2 * cols * sizeof(bf16));
     float *x = (float *)malloc_check(2 * n * sizeof(float)), *w = (float *)malloc_check(2 * cols * sizeof(float));
@@ -130,29 +150,37 @@ static void test_fused_sources(uint64_t seed) {
     for (int i = 0; i < 2 * cols; i++) { hw[i] = __float2bfloat16(1.0f + 0.3f * (float)rng_normal(seed + 51, i)); w[i] = __bfloat162float(hw[i]); }
     bf16 *dx = (bf16 *)cuda_malloc(2 * n * sizeof(bf16)), *dw = (bf16 *)cuda_malloc(2 * cols * sizeof(bf16));
     float *ds = (float *)cuda_malloc(rows * sizeof(float)), *dstat = (float *)cuda_malloc(2 * rows * sizeof(float));
-    fp8 *dc = (fp8 *)cuda_malloc(n);
+    fp8 *dc = (fp8 *)cuda_malloc(n), *dt = (fp8 *)cuda_malloc(n);
+    float *dst = (float *)cuda_malloc(cols * sizeof(float));
+    unsigned *amax = (unsigned *)cuda_malloc(cols * sizeof(unsigned));
     cuda_upload(dx, hx, 2 * n * sizeof(bf16));
     cuda_upload(dw, hw, 2 * cols * sizeof(bf16));
-    for (int op = 0; op < 4; op++) {
+    for (int op = 0; op < 6; op++) {
         double mean[rows], rstd[rows];
         for (int r = 0; r < rows; r++) {
-            const float *xr = x + (size_t)r * (op == 3 ? 2 * cols : cols);
+            const float *xr = x + (size_t)r * (op == 3 ? 2 * cols : cols), *pre = x + n + (size_t)r * cols;
             double mu = 0.0, var = 0.0;
             if (op == 0) { for (int c = 0; c < cols; c++) mu += xr[c]; mu /= cols; }
             for (int c = 0; c < cols; c++) var += (xr[c] - mu) * (xr[c] - mu);
             mean[r] = mu; rstd[r] = 1.0 / sqrt(var / cols + 1e-5);
             for (int c = 0; c < cols; c++) {
-                double v = xr[c], u = xr[cols + c], k = sqrt(2.0 / M_PI);
+                double v = xr[c], u = xr[cols + c], k = sqrt(2.0 / M_PI), p = pre[c], th = tanh(k * (p + 0.044715 * p * p * p));
+                int F = cols / 2, i = c % F;  // dswiglu: gate's gradient, then up's; g (rows, F)
+                double g = x[(size_t)r * F + i], gate = pre[i], up = pre[F + i], sig = 1.0 / (1.0 + exp(-gate));
                 y[(size_t)r * cols + c] = op < 2 ? (float)((v - mu) * rstd[r] * w[c] + (op == 0 ? w[cols + c] : 0.0))
                                         : op == 2 ? (float)(0.5 * v * (1.0 + tanh(k * (v + 0.044715 * v * v * v))))
-                                                  : (float)(v / (1.0 + exp(-v)) * u);
+                                        : op == 3 ? (float)(v / (1.0 + exp(-v)) * u)
+                                        : op == 4 ? (float)(v * (0.5 * (1.0 + th) + 0.5 * p * (1.0 - th * th) * k * (1.0 + 3.0 * 0.044715 * p * p)))
+                                        : (float)(c < F ? g * up * sig * (1.0 + gate * (1.0 - sig)) : g * gate * sig);
             }
         }
         RowSource src = op < 2 ? rows_norm(dx, dw, op == 0 ? dw + cols : NULL, op == 0 ? dstat : NULL, dstat + rows, 1e-5f, NULL)
-                               : rows_act(op == 2 ? ROWS_GELU : ROWS_SWIGLU, dx, NULL);
+                      : op < 4 ? rows_act(op == 2 ? ROWS_GELU : ROWS_SWIGLU, dx, NULL)
+                               : rows_grad(op == 4 ? ROWS_DGELU : ROWS_DSWIGLU, dx, dx + n);
         for (int fi = 0; fi < 2; fi++) {
             Format f = fi ? FMT_E4M3 : FMT_E2M1;
-            quantize_rows(dc, NULL, ds, &src, rows, cols, f, NULL, NULL, NULL, 0);
+            if (op < 4) quantize_rows(dc, NULL, ds, &src, rows, cols, f, 0);
+            else quantize_grad(dc, ds, dt, dst, &src, NULL, NULL, rows, cols, f, amax, NULL, 0);
             cuda_download(gc, dc, n);
             cuda_download(gs, ds, rows * sizeof(float));
             quantize_matrix(codes, scales, y, rows, cols, f, 0, 0);
@@ -182,7 +210,8 @@ static void test_fused_sources(uint64_t seed) {
         }
     }
     cuda_free(dx, 2 * n * sizeof(bf16)); cuda_free(dw, 2 * cols * sizeof(bf16)); cuda_free(ds, rows * sizeof(float));
-    cuda_free(dstat, 2 * rows * sizeof(float)); cuda_free(dc, n);
+    cuda_free(dstat, 2 * rows * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n); cuda_free(dst, cols * sizeof(float));
+    cuda_free(amax, cols * sizeof(unsigned));
     free(hx); free(hw); free(x); free(w); free(y); free(codes); free(scales); free(gs); free(gc);
 }
 
