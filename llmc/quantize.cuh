@@ -8,10 +8,11 @@
 // GELU, SwiGLU) and of its output gradient (dGELU, dSWIGLU) run inside the quantizer, so their
 // BF16 outputs are never written. test/test_quant_gpu checks every kernel against the CPU.
 //
-// Layout of the work: the codes kernels give a block 32 whole rows and each thread 8 adjacent
-// columns of them, so a thread's loads are independent (memory in flight), column reductions stay
-// in registers, and each thread writes its columns' transposed codes as 16-byte runs without a
-// shared-memory tile. Row scales come first, from a pass of their own.
+// Layout of the work: row scales come first, from a pass of their own (a warp per row for an
+// input; for a gradient a block of 32 rows, 8 columns a thread, which also reduces the columns).
+// The codes kernel then gives each thread 4 adjacent columns of 32 rows: its loads are
+// independent (memory in flight) and it writes each column's 32 transposed codes as one whole
+// 32-byte sector, without a shared-memory tile.
 #ifndef LLMC_QUANTIZE_CUH
 #define LLMC_QUANTIZE_CUH
 
