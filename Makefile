@@ -102,7 +102,7 @@ test-gpu: $(CUDA_TARGETS) $(TINY)
 	./test/test_quant_gpu
 	./test/test_kernels_gpu
 	./test/test_gpu_train test/ref/*.bin
-	BIN=./train_gpt2_fp4 RECIPES="bf16 fp8 fp4" EXTRA="--occ 0" bash test/test_train_run.sh
+	BIN=./train_gpt2_fp4 RECIPES="bf16 fp8 fp4" bash test/test_train_run.sh
 
 # throughput, MFU and peak memory against a PyTorch baseline in the same run (needs a GPU, PyTorch)
 bench: train_gpt2_fp4 $(TINY)

@@ -4,8 +4,8 @@ flags as the CPU reference train_gpt2.c (SPEC.md). BF16 weights and activations,
 accumulation, FP32 gradients and Adam moments, BF16 weights updated with stochastic rounding (or
 an FP32 master copy, --master-fp32 1); attention on cuDNN's flash SDPA. The block linears run in
 the recipe's formats (llmc/recipe.h): BF16 GEMMs on cuBLASLt, or FP8 / FP4 codes with per-row
-scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F), with DGE for 4-bit weights. Not yet on
-the GPU: OCC, tensor-wise scaling, the fp32 recipe.
+scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F), with DGE for 4-bit weights and OCC for
+4-bit activations (llmc/occ.cuh). Not on the GPU: tensor-wise scaling, the fp32 recipe.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +34,7 @@ the GPU: OCC, tensor-wise scaling, the fp32 recipe.
 #include "llmc/classifier.cuh"
 #include "llmc/adamw.cuh"
 #include "llmc/quantize.cuh"
+#include "llmc/occ.cuh"
 
 typedef struct {
     bf16 *encoded;               // (N, C) embedding: the residual stream into layer 0
@@ -54,6 +55,10 @@ typedef struct {
     float *losses;               // (N)
     fp8 *xq[NUM_LINEARS];        // (L, K, N) input codes of each quantized linear, transposed for wgrad
     float *xs[NUM_LINEARS];      // (L, N) their per-token scales
+    int *occ_start[NUM_LINEARS]; // (L, K + 1) OCC: each layer's residual R by input column (OccColumns)
+    int *occ_items[NUM_LINEARS]; // (L, K + 1)
+    int *occ_row[NUM_LINEARS];   // (L, cap * N)
+    float *occ_val[NUM_LINEARS]; // (L, cap * N)
 } Acts;
 
 typedef struct {                 // reused layer after layer
@@ -69,6 +74,11 @@ typedef struct {                 // reused layer after layer
     float *gscales, *gscales_t;  // (N), (maxM) their scales
     fp8 *wcodes_t;               // (maxK, maxM) a layer's weight codes, transposed for dgrad
     unsigned *amax;              // (maxM) column absmax scratch
+    float2 *occ_bounds;          // (N) OCC: each row's clamp bounds
+    int *occ_col;                // (maxcap, N) each row's outliers: input column, residual
+    float *occ_val;
+    int *occ_bcount;             // (N / OCC_RB + 1, maxK) counts of R's transposition
+    float *occ_partial;          // (max items, maxM) the compensation gradient's partial sums
 } Scratch;
 
 typedef struct {                 // a quantized linear's weights, made once per optimizer step
@@ -79,6 +89,7 @@ typedef struct {                 // a quantized linear's weights, made once per 
 typedef struct {
     Config cfg;
     Recipe recipe;                // each block linear's formats (llmc/recipe.h)
+    OccPlan occ[NUM_LINEARS];     // where OCC's quantiles sit in a linear's input rows
     size_t nparams;
     size_t off[NUM_PARAM_KINDS];  // element offset of each tensor in the buffers below
     bf16 *params;                 // (nparams) the weights the kernels read
@@ -127,21 +138,31 @@ static void model_get_params(const Model *m, float *params) {
     free(tmp);
 }
 
-// what the GPU runs of the recipe table: bf16, fp8, fp4 with vector-wise scaling and without OCC
+// what the GPU runs of the recipe table: bf16, fp8, fp4 with vector-wise scaling
 static Recipe gpu_recipe(const RecipeOptions *o) {
-    const char *name = recipe_table[o->recipe].name;
-    if (strcmp(name, "fp32") == 0) die("the fp32 recipe runs on the CPU only (train_gpt2); the GPU runs bf16, fp8, fp4");
+    if (strcmp(recipe_table[o->recipe].name, "fp32") == 0) die("the fp32 recipe runs on the CPU only (train_gpt2); the GPU runs bf16, fp8, fp4");
     if (o->tensorwise) die("--scaling tensor is not implemented on the GPU yet (vector-wise only)");
-    Recipe r = recipe_resolve(o);
-    for (int l = 0; l < NUM_LINEARS; l++)
-        if (r.lin[l].occ) die("OCC is not implemented on the GPU yet: run the %s recipe with --occ 0", name);
-    return r;
+    return recipe_resolve(o);
+}
+
+static int occ_on(const Model *m, int lin) { return m->recipe.lin[lin].occ; }
+
+// layer l's residual of linear lin, by column
+static OccColumns occ_columns(const Model *m, int lin, int l) {
+    size_t N = (size_t)m->B * m->T, K = m->occ[lin].cols, rn = (size_t)m->occ[lin].cap * N;
+    OccColumns oc = { m->acts.occ_start[lin] + l * (K + 1), m->acts.occ_items[lin] + l * (K + 1), m->acts.occ_row[lin] + l * rn,
+                      m->acts.occ_val[lin] + l * rn };
+    return oc;
 }
 
 static void model_create(Model *m, const Config *c, const Recipe *r, int master_fp32) {
     memset(m, 0, sizeof(*m));
     m->cfg = *c;
     m->recipe = *r;
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        int M, K; linear_dims(c, l, &M, &K);
+        if (r->lin[l].occ) m->occ[l] = occ_plan(K, r->occ_alpha);
+    }
     m->nparams = param_count(c);
     const ParamKind *order; int n = param_order(c, &order);
     size_t off = 0; int shape[3];
@@ -227,6 +248,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     // a quantized linear makes its input rows on the fly and keeps their codes: no BF16 copy
     size_t Lqkv = quantized(m, LIN_QKV) ? 0 : L, Lfc = quantized(m, LIN_FC) ? 0 : L, Lproj = quantized(m, LIN_FCPROJ) ? 0 : L;
     int anyq = 0;
+    size_t maxcap = 0, maxpartial = 0;
     struct { void **ptr; size_t bytes; } a[64];
     int na = 0;
 #define BUF(p, count) (a[na].ptr = (void **)&(p), a[na].bytes = ((count) * sizeof(*(p)) + 255) / 256 * 256, na++)
@@ -243,6 +265,11 @@ static void model_alloc_acts(Model *m, int B, int T) {
         int M, K; linear_dims(c, l, &M, &K);
         BUF(x->xq[l], L * K * N); BUF(x->xs[l], L * N);
         anyq = 1;
+        size_t cap = occ_on(m, l) ? m->occ[l].cap : 0;
+        if (cap > maxcap) maxcap = cap;
+        if (cap && occ_items_max(&m->occ[l], N) * M > maxpartial) maxpartial = occ_items_max(&m->occ[l], N) * M;
+        BUF(x->occ_start[l], (cap ? L : 0) * (K + 1)); BUF(x->occ_items[l], (cap ? L : 0) * (K + 1));
+        BUF(x->occ_row[l], L * cap * N); BUF(x->occ_val[l], L * cap * N);
     }
     Scratch *s = &m->s;
     BUF(s->dqkv, N * QKV);
@@ -252,6 +279,8 @@ static void model_alloc_acts(Model *m, int B, int T) {
         BUF(s->xcodes, N * maxK); BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
         BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
     }
+    BUF(s->occ_bounds, maxcap ? N : 0); BUF(s->occ_col, maxcap * N); BUF(s->occ_val, maxcap * N);
+    BUF(s->occ_bcount, maxcap ? (N / OCC_RB + 1) * maxK : 0); BUF(s->occ_partial, maxpartial);
 #undef BUF
     size_t total = 0;
     for (int i = 0; i < na; i++) total += a[i].bytes;
@@ -301,7 +330,8 @@ static const bf16 *rows_materialize(Model *m, const RowSource *src, int N, int K
 // y (N, M) = x (N, K) W^T + b (+ residual) for linear lin of layer l, x the rows of src. With pre:
 // pre = x W^T + b and y = gelu(pre), in the GEMM's epilogue; a quantized linear writes only pre
 // (the next linear's quantizer applies GELU). A quantized linear keeps its input's codes,
-// transposed, and scales for the backward.
+// transposed, and scales for the backward; with OCC the input is clamped, R W^T added to the
+// output, and R kept by column.
 static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const RowSource *src, const bf16 *residual, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
@@ -311,11 +341,19 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     if (!quantized(m, lin)) { matmul_forward(y, rows_materialize(m, src, N, K), W, b, residual, pre, N, K, M, st); return; }
     const OperandFormats *f = &m->recipe.lin[lin].f;
     float *xs = m->acts.xs[lin] + (size_t)l * N;
-    quantize_rows(m->s.xcodes, m->acts.xq[lin] + (size_t)l * K * N, xs, src, N, K, f->x, st);
+    fp8 *xq = m->acts.xq[lin] + (size_t)l * K * N;
+    Scratch *s = &m->s;
+    Occ o = { m->occ[lin], s->occ_bounds, s->occ_col, s->occ_val };
+    if (occ_on(m, lin)) occ_quantize_rows(s->xcodes, xq, xs, src, N, f->x, &o, st);
+    else quantize_rows(s->xcodes, xq, xs, src, N, K, f->x, st);
     const QWeight *q = &m->wq[lin];
     matmul_fp8(pre ? pre : y, CUDA_R_16BF, q->codes + (size_t)l * M * K, fp8_type(f->w), q->scales + (size_t)l * M,
-               m->s.xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
+               s->xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
                b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
+    if (!occ_on(m, lin)) return;
+    occ_compensate(pre ? pre : y, &o, W, N, M, K, st);
+    OccColumns oc = occ_columns(m, lin, l);
+    occ_transpose(&oc, &o, N, s->occ_bcount, st);
 }
 
 // dx (N, K) = dy (N, M) W, times gelu'(pre) when pre is given; dW += dy^T x, db += sum of dy.
@@ -323,7 +361,8 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
 // takes them as they are; a quantized one may make them from the next nonlinearity's gradient
 // (dGELU, dSWIGLU). Quantized (SPEC.md 4): dgrad contracts dy * s_w quantized per token with the
 // weight codes, wgrad dy * s_x quantized per output channel with the input codes; the bias
-// gradient comes from the quantizer's first pass. DGE comes in model_update.
+// gradient comes from the quantizer's first pass. DGE comes in model_update; OCC's residual
+// adds its own exact gradient dy^T R.
 static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource *src, const bf16 *x, const bf16 *pre, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
@@ -349,6 +388,10 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
                NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
     matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),
                s->gscales_t, K, M, N, NULL, 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
+    if (!occ_on(m, lin)) return;
+    OccColumns oc = occ_columns(m, lin, l);
+    occ_compensate_grad(dW, &oc, &m->occ[lin], src, N, M, K, W, sw, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f,
+                        s->occ_partial, st);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 # One device call: build, every GPU test, then the benchmark, with logs under $OUT (default
 # out/device). Usage: bash dev/check_and_bench.sh [bench configs, default gpt2:d12:32]
 # BENCH=0 skips the benchmark, BENCH_FLAGS adds flags to dev/bench/bench.py (e.g. --no-pytorch),
-# PROFILE="gpt2:d12@32@fp4 ..." adds per-kernel profiles (MODEL@BATCH@RECIPE) at the end.
+# PROFILE="gpt2:d12@32@fp4 gpt2:d12@32@fp4@--occ,0 ..." adds per-kernel profiles
+# (MODEL@BATCH@RECIPE[@TRAINER_FLAGS, commas for spaces]) at the end.
 set -u
 out=${OUT:-out/device}
 mkdir -p "$out"
@@ -11,7 +12,7 @@ python3 dev/data/tinyshakespeare.py > /dev/null
 ./test/test_quant_gpu > "$out/quant_gpu.log" 2>&1; tail -8 "$out/quant_gpu.log"
 ./test/test_kernels_gpu > "$out/kernels_gpu.log" 2>&1; cat "$out/kernels_gpu.log"
 VERBOSE=1 ./test/test_gpu_train test/ref/*.bin > "$out/gpu_train.log" 2>&1; grep -v "^  " "$out/gpu_train.log"
-BIN=./train_gpt2_fp4 RECIPES="bf16 fp8 fp4" EXTRA="--occ 0" bash test/test_train_run.sh > "$out/trainrun.log" 2>&1
+BIN=./train_gpt2_fp4 RECIPES="bf16 fp8 fp4" bash test/test_train_run.sh > "$out/trainrun.log" 2>&1
 tail -9 "$out/trainrun.log"
 if [ "${BENCH:-1}" = 1 ]; then
     python3 dev/bench/bench.py ${BENCH_FLAGS:-} --configs "${@:-gpt2:d12:32}" > "$out/bench.md" 2> "$out/bench.err"
@@ -19,8 +20,8 @@ if [ "${BENCH:-1}" = 1 ]; then
 fi
 i=0
 for p in ${PROFILE:-}; do
-    IFS=@ read -r model batch recipe <<< "$p"
+    IFS=@ read -r model batch recipe flags <<< "$p"
     i=$((i + 1))
-    python3 dev/bench/kernel_profile.py -e "$model" -b "$batch" -r "$recipe" --occ 0 > "$out/profile_$i.md" 2>&1
+    python3 dev/bench/kernel_profile.py -e "$model" -b "$batch" -r "$recipe" ${flags//,/ } > "$out/profile_$i.md" 2>&1
     head -24 "$out/profile_$i.md"
 done

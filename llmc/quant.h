@@ -1,5 +1,5 @@
 // defines: Format, format_name, format_parse, format_max, format_is_fp4, fp4_layout, quant_round,
-//          dge_derivative, quantize_matrix, row_quantile, occ_clamp_rows
+//          dge_derivative, quantile_index, quantile_lerp, quantize_matrix, row_quantile, occ_clamp_rows
 // The one definition of every rounding rule in the project (SPEC.md 4). The element rules are
 // __host__ __device__ so the GPU kernels and the CPU reference produce the same bits; the
 // matrix-level helpers below them are the CPU reference's.
@@ -109,6 +109,22 @@ static HD inline float dge_derivative(float w, Format f, float k) {
     return d < 3.0f ? d : 3.0f;
 }
 
+// OCC's quantile p of n ascending values is v[i] + frac * (v[i + 1] - v[i]), or v[n - 1] (i = n - 1,
+// frac 0) at the top. The CPU's OCC and the GPU's pick the same positions and the same two roundings.
+static inline void quantile_index(int n, double p, int *i, float *frac) {
+    double pos = p * (n - 1);
+    int k = (int)floor(pos);
+    *i = k < n - 1 ? k : n - 1;
+    *frac = k < n - 1 ? (float)(pos - k) : 0.0f;
+}
+static HD inline float quantile_lerp(float a, float b, float frac) {
+#ifdef __CUDA_ARCH__
+    return __fadd_rn(a, __fmul_rn(frac, __fsub_rn(b, a)));  // no FMA: the CPU rounds twice
+#else
+    return a + frac * (b - a);
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // CPU reference helpers (host functions)
 #include "utils.h"
@@ -142,11 +158,9 @@ static void quantize_matrix(float *codes, float *scales, const float *x, int row
 
 // quantile p of the ascending values v[0..n-1], linear interpolation (SPEC.md 4, OCC)
 static float row_quantile(const float *v, int n, double p) {
-    double pos = p * (n - 1);
-    int i = (int)floor(pos);
-    if (i >= n - 1) return v[n - 1];
-    float frac = (float)(pos - i);
-    return v[i] + frac * (v[i + 1] - v[i]);
+    int i; float frac;
+    quantile_index(n, p, &i, &frac);
+    return i >= n - 1 ? v[n - 1] : quantile_lerp(v[i], v[i + 1], frac);
 }
 
 static int cmp_float(const void *a, const void *b) {

@@ -210,33 +210,45 @@ __device__ inline void rows_finish(float (*part)[QROWS], float *out) {
     __syncthreads();
 }
 
-// First pass of a linear input's quantization, a warp per row: the norm statistics (LayerNorm:
-// the mean, then the variance about it; the row stays in L1 between the passes) and the scale,
-// the absmax of the source row over the format's max
+// a norm's statistics of row r, by a warp: LayerNorm the mean, then the variance about it (the
+// row stays in L1 between the passes); RMSNorm the mean square. Lane 0 writes them out.
+__device__ inline void norm_stats(const RowSource &in, int r, int cols, float *mu, float *rs) {
+    int lane = threadIdx.x % 32;
+    const bf16 *xr = in.x + (size_t)r * cols;
+    float v[8], m = 0.0f, var = 0.0f;
+    if (in.b) {
+        #pragma unroll 4
+        for (int c = lane * 8; c < cols; c += 256) { load8(v, xr + c); for (int k = 0; k < 8; k++) m += v[k]; }
+        m = warp_sum(m) / cols;
+    }
+    #pragma unroll 4
+    for (int c = lane * 8; c < cols; c += 256) { load8(v, xr + c); for (int k = 0; k < 8; k++) var += (v[k] - m) * (v[k] - m); }
+    *mu = m;
+    *rs = rsqrtf(warp_sum(var) / cols + in.eps);
+    if (lane == 0) { if (in.mean) in.mean[r] = m; in.rstd[r] = *rs; }
+}
+
+// the 8 source values of row r at column c (a multiple of 8), NORM with statistics mu, rs
+template <int OP>
+__device__ inline void src_values8(float *v, const RowSource &in, int r, int c, int cols, float mu, float rs) {
+    float w[8], b[8];
+    Pack<8> raw[src_loads<OP>()];
+    if (OP == ROWS_NORM) norm_params<8>(w, b, in, c);
+    src_fetch<OP, 8>(raw, in, r, c, cols);
+    src_values<OP, 8>(v, raw, c, cols, w, b, mu, rs);
+}
+
+// First pass of a linear input's quantization, a warp per row: the norm statistics and the
+// scale, the absmax of the source row over the format's max
 template <int OP>
 __global__ void row_scales_kernel(float *scales, RowSource in, int rows, int cols, Format f) {
     int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (r >= rows) return;
-    float mu = 0.0f, rs = 1.0f, amax = 0.0f, v[8], w[8], b[8];
-    Pack<8> raw[src_loads<OP>()];
-    if (OP == ROWS_NORM) {
-        const bf16 *xr = in.x + (size_t)r * cols;
-        if (in.b) {
-            #pragma unroll 4
-            for (int c = lane * 8; c < cols; c += 256) { load8(v, xr + c); for (int k = 0; k < 8; k++) mu += v[k]; }
-            mu = warp_sum(mu) / cols;
-        }
-        float var = 0.0f;
-        #pragma unroll 4
-        for (int c = lane * 8; c < cols; c += 256) { load8(v, xr + c); for (int k = 0; k < 8; k++) var += (v[k] - mu) * (v[k] - mu); }
-        rs = rsqrtf(warp_sum(var) / cols + in.eps);
-        if (lane == 0) { if (in.mean) in.mean[r] = mu; in.rstd[r] = rs; }
-    }
+    float mu = 0.0f, rs = 1.0f, amax = 0.0f, v[8];
+    if (OP == ROWS_NORM) norm_stats(in, r, cols, &mu, &rs);
     #pragma unroll 4
     for (int c = lane * 8; c < cols; c += 256) {
-        if (OP == ROWS_NORM) norm_params<8>(w, b, in, c);
-        src_fetch<OP, 8>(raw, in, r, c, cols);
-        src_values<OP, 8>(v, raw, c, cols, w, b, mu, rs);
+        src_values8<OP>(v, in, r, c, cols, mu, rs);
         for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[k]));
     }
     amax = warp_max(amax);
@@ -251,10 +263,12 @@ __global__ void row_scales_kernel(float *scales, RowSource in, int rows, int col
 template <int OP, int COLS, int FP4>
 __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_t, float *scales_t, const float *scales,
                                                          const unsigned *col_amax, RowSource in, const float *col_scale,
-                                                         const float *row_scale, int rows, int cols, Format f, QRound qr) {
+                                                         const float *row_scale, const float2 *bounds, int rows, int cols,
+                                                         Format f, QRound qr) {
     const int NL = src_loads<OP>(), STAGE = NL == 1 ? 16 : 8;
     __shared__ QScale s_q[QROWS];
     __shared__ float s_rs[QROWS], s_mu[QROWS], s_rstd[QROWS];
+    __shared__ float2 s_b[QROWS];
     int r0 = blockIdx.x * QROWS, c = (blockIdx.y * blockDim.x + threadIdx.x) * 4;
     if (threadIdx.x < QROWS) {
         int j = threadIdx.x, r = min(r0 + j, rows - 1);
@@ -262,6 +276,7 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
         s_rs[j] = row_scale ? row_scale[r] : 1.0f;
         s_mu[j] = OP == ROWS_NORM && in.mean ? in.mean[r] : 0.0f;
         s_rstd[j] = OP == ROWS_NORM ? in.rstd[r] : 1.0f;
+        s_b[j] = bounds ? bounds[r] : make_float2(0.0f, 0.0f);
     }
     __syncthreads();
     if (c >= cols) return;
@@ -287,6 +302,7 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
             int j = s0 + i;
             float v[4], u[4];
             src_values<OP, 4>(v, raw[i], c, cols, w, b, s_mu[j], s_rstd[j]);
+            if (bounds) for (int k = 0; k < 4; k++) v[k] = fminf(fmaxf(v[k], s_b[j].x), s_b[j].y);
             for (int k = 0; k < 4; k++) u[k] = v[k] * cs[k];
             q[0][j % 4] = quant4<FP4>(u, &s_q[j], 0, qr);
             if (codes && r0 + j < rows) *(uint32_t *)(codes + (size_t)(r0 + j) * cols + c) = q[0][j % 4];
@@ -376,6 +392,20 @@ static int quantize_threads(int cols, int width, int max_threads, int *runs) {
     return ceil_div(ceil_div(groups, n), 32) * 32;
 }
 
+// the second pass of quantize_rows: the codes of the source's rows from their scales (clamped to
+// bounds first, with OCC's)
+static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowSource *src, const float2 *bounds, int rows,
+                       int cols, Format f, cudaStream_t st) {
+    void (*const code_kernel[2][4])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
+                                    const float2 *, int, int, Format, QRound) = {
+        { codes_kernel<ROWS_PLAIN, 0, 0>, codes_kernel<ROWS_NORM, 0, 0>, codes_kernel<ROWS_GELU, 0, 0>, codes_kernel<ROWS_SWIGLU, 0, 0> },
+        { codes_kernel<ROWS_PLAIN, 0, 1>, codes_kernel<ROWS_NORM, 0, 1>, codes_kernel<ROWS_GELU, 0, 1>, codes_kernel<ROWS_SWIGLU, 0, 1> } };
+    int runs, threads = quantize_threads(cols, 4, QTHREADS, &runs);
+    code_kernel[format_is_fp4(f)][src->op]<<<dim3(ceil_div(rows, QROWS), runs), threads, 0, st>>>(
+        codes, codes_t, NULL, scales, NULL, *src, NULL, NULL, bounds, rows, cols, f, qround(f));
+    CUDA_CHECK(cudaGetLastError());
+}
+
 // the source's rows quantized per row: codes (rows, cols) and / or codes_t (cols, rows), and
 // scales (rows). Two kernels: the row scales (and norm statistics), then the codes.
 static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, int cols, Format f,
@@ -384,16 +414,8 @@ static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSour
     if (src->op > ROWS_SWIGLU) die("quantize_rows: source %d is a gradient's (quantize_grad)", src->op);
     void (*const scale_kernel[])(float *, RowSource, int, int, Format) = {
         row_scales_kernel<ROWS_PLAIN>, row_scales_kernel<ROWS_NORM>, row_scales_kernel<ROWS_GELU>, row_scales_kernel<ROWS_SWIGLU> };
-    int fp4 = format_is_fp4(f);
-    void (*const code_kernel[2][4])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
-                                    int, int, Format, QRound) = {
-        { codes_kernel<ROWS_PLAIN, 0, 0>, codes_kernel<ROWS_NORM, 0, 0>, codes_kernel<ROWS_GELU, 0, 0>, codes_kernel<ROWS_SWIGLU, 0, 0> },
-        { codes_kernel<ROWS_PLAIN, 0, 1>, codes_kernel<ROWS_NORM, 0, 1>, codes_kernel<ROWS_GELU, 0, 1>, codes_kernel<ROWS_SWIGLU, 0, 1> } };
-    int runs, threads = quantize_threads(cols, 4, QTHREADS, &runs);
     scale_kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(scales, *src, rows, cols, f);
-    code_kernel[fp4][src->op]<<<dim3(ceil_div(rows, QROWS), runs), threads, 0, st>>>(codes, codes_t, NULL, scales, NULL, *src, NULL,
-                                                                                      NULL, rows, cols, f, qround(f));
-    CUDA_CHECK(cudaGetLastError());
+    rows_codes(codes, codes_t, scales, src, NULL, rows, cols, f, st);
 }
 
 // A gradient g from src (PLAIN, DGELU or DSWIGLU), (rows, cols), in two passes: codes (rows, cols)
@@ -411,7 +433,7 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
         grad_reduce_kernel<ROWS_PLAIN>, grad_reduce_kernel<ROWS_DGELU>, grad_reduce_kernel<ROWS_DSWIGLU> };
     int fp4 = format_is_fp4(f);
     void (*const code_kernel[2][3])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
-                                    int, int, Format, QRound) = {
+                                    const float2 *, int, int, Format, QRound) = {
         { codes_kernel<ROWS_PLAIN, 1, 0>, codes_kernel<ROWS_DGELU, 1, 0>, codes_kernel<ROWS_DSWIGLU, 1, 0> },
         { codes_kernel<ROWS_PLAIN, 1, 1>, codes_kernel<ROWS_DGELU, 1, 1>, codes_kernel<ROWS_DSWIGLU, 1, 1> } };
     int blocks = ceil_div(rows, QROWS), runs, threads = quantize_threads(cols, 4, QTHREADS, &runs);
@@ -419,7 +441,7 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
     reduce[g]<<<blocks, quantize_threads(cols, 8, QTHREADS, NULL), 0, st>>>(scales, amax, col_partial, *src, col_scale, row_scale, rows,
                                                                           cols, f);
     code_kernel[fp4][g]<<<dim3(blocks, runs), threads, 0, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
-                                                               rows, cols, f, qround(f));
+                                                               NULL, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }
 

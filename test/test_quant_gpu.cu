@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-#include "../llmc/quantize.cuh"
+#include "../llmc/occ.cuh"
 #include "../llmc/rand.h"
 #include "check.h"
 
@@ -215,6 +215,154 @@ static void test_fused_sources(uint64_t seed) {
     free(hx); free(hw); free(x); free(w); free(y); free(codes); free(scales); free(gs); free(gc);
 }
 
+// OCC (SPEC.md 4): bounds, codes, scales and residuals of random BF16 rows with planted outliers
+// and ties must be the CPU occ_clamp_rows' bit for bit, including a zero row, a constant row and
+// a row whose candidates overflow shared memory (lane 31's values far below the rest: the
+// threshold lets almost every value through), and a channel with an outlier in every row (in the
+// backward, a column of several items). The compensations against FP64: y += R W^T within
+// BF16 output rounding, dW += G^T R (plain and divided by the DGE factor) within FP32 rounding,
+// and bit-identical on a second run. (FP32 bound: 1e-5 of the sum of |terms| plus an ulp of the result.)
+static void test_occ(uint64_t seed) {
+    const struct { int rows, cols, M; float alpha; } cases[] = {
+        { 48, 768, 64, 0.99f }, { 32, 3072, 48, 0.99f }, { 16, 5632, 32, 0.99f }, { 32, 3072, 48, 0.999f }, { 32, 3072, 48, 0.97f },
+        { 32, 768, 32, 0.9f }, { 16, 768, 32, 0.6f }, { 16, 64, 16, 0.99f }, { 272, 768, 32, 0.99f } };
+    for (int ci = 0; ci < (int)(sizeof(cases) / sizeof(cases[0])); ci++) {
+        int rows = cases[ci].rows, K = cases[ci].cols, M = cases[ci].M;
+        float alpha = cases[ci].alpha;
+        OccPlan plan = occ_plan(K, alpha);
+        size_t n = (size_t)rows * K, cap = plan.cap;
+        bf16 *hx = (bf16 *)malloc_check(n * sizeof(bf16)), *hw = (bf16 *)malloc_check((size_t)M * K * sizeof(bf16));
+        bf16 *hg = (bf16 *)malloc_check((size_t)rows * M * sizeof(bf16)), *hy = (bf16 *)malloc_check((size_t)rows * M * sizeof(bf16));
+        float *x = (float *)malloc_check(n * sizeof(float)), *xc = (float *)malloc_check(n * sizeof(float));
+        float *res = (float *)malloc_check(n * sizeof(float)), *got = (float *)calloc_check(n, sizeof(float));
+        float *codes = (float *)malloc_check(n * sizeof(float)), *scales = (float *)malloc_check(rows * sizeof(float));
+        float *gs = (float *)malloc_check(rows * sizeof(float)), *sv = (float *)malloc_check(cap * rows * sizeof(float));
+        int *sc = (int *)malloc_check(cap * rows * sizeof(int));
+        float2 *gb = (float2 *)malloc_check(rows * sizeof(float2));
+        fp8 *gc = (fp8 *)malloc_check(n);
+        for (int r = 0; r < rows; r++) {
+            for (int c = 0; c < K; c++) {
+                size_t i = (size_t)r * K + c;
+                uint64_t h = rng_hash(seed + 300 + ci, i);
+                float v = (float)rng_normal(seed + 400 + ci, i);
+                if (rng_uniform(h) < 0.01f) v *= 50.0f;                   // planted outliers
+                if (r == 0) v = 0.0f;
+                if (r == 1) v = 1.5f;
+                if (c == 5) v += 80.0f;                                  // a channel of outliers: one per row
+                if (r == 2 && (c / 8) % 32 == 31) v = -100.0f - fabsf(v);  // overflows the candidates
+                hx[i] = __float2bfloat16(v);                              // BF16: many ties
+                x[i] = __bfloat162float(hx[i]);
+            }
+        }
+        for (size_t i = 0; i < (size_t)M * K; i++) hw[i] = __float2bfloat16((float)rng_normal(seed + 500 + ci, i) * 0.05f);
+        for (size_t i = 0; i < (size_t)rows * M; i++) {
+            hg[i] = __float2bfloat16((float)rng_normal(seed + 600 + ci, i));
+            hy[i] = __float2bfloat16((float)rng_normal(seed + 700 + ci, i));
+        }
+        bf16 *dx = (bf16 *)cuda_malloc(n * sizeof(bf16)), *dw = (bf16 *)cuda_malloc((size_t)M * K * sizeof(bf16));
+        bf16 *dg = (bf16 *)cuda_malloc((size_t)rows * M * sizeof(bf16)), *dy = (bf16 *)cuda_malloc((size_t)rows * M * sizeof(bf16));
+        float *ds = (float *)cuda_malloc(rows * sizeof(float)), *dsw = (float *)cuda_malloc(M * sizeof(float));
+        float *ddw = (float *)cuda_malloc((size_t)M * K * sizeof(float));
+        fp8 *dc = (fp8 *)cuda_malloc(n), *dt = (fp8 *)cuda_malloc(n);
+        Occ o = { plan, (float2 *)cuda_malloc(rows * sizeof(float2)), (int *)cuda_malloc(cap * rows * sizeof(int)),
+                  (float *)cuda_malloc(cap * rows * sizeof(float)) };
+        OccColumns oc = { (int *)cuda_malloc((K + 1) * sizeof(int)), (int *)cuda_malloc((K + 1) * sizeof(int)),
+                          (int *)cuda_malloc(cap * rows * sizeof(int)), (float *)cuda_malloc(cap * rows * sizeof(float)) };
+        size_t np = occ_items_max(&plan, rows) * M;
+        float *partial = (float *)cuda_malloc(np * sizeof(float));
+        int *bcount = (int *)cuda_malloc((size_t)ceil_div(rows, OCC_RB) * K * sizeof(int));
+        cuda_upload(dx, hx, n * sizeof(bf16));
+        cuda_upload(dw, hw, (size_t)M * K * sizeof(bf16));
+        cuda_upload(dg, hg, (size_t)rows * M * sizeof(bf16));
+        cuda_upload(dy, hy, (size_t)rows * M * sizeof(bf16));
+        RowSource src = rows_plain(dx);
+        occ_quantize_rows(dc, dt, ds, &src, rows, FMT_E2M1, &o, 0);
+        cuda_download(gc, dc, n);
+        cuda_download(gs, ds, rows * sizeof(float));
+        cuda_download(gb, o.bounds, rows * sizeof(float2));
+        cuda_download(sv, o.slot_val, cap * rows * sizeof(float));
+        cuda_download(sc, o.slot_col, cap * rows * sizeof(int));
+        long clamped = occ_clamp_rows(xc, res, x, rows, K, alpha);
+        check_codes("occ_quantize_rows", FMT_E2M1, rows, K, gc, gs, xc, 0, codes, scales);
+        int bad_b = 0, bad_r = 0;
+        float *sorted = (float *)malloc_check(K * sizeof(float));
+        for (int r = 0; r < rows; r++) {
+            memcpy(sorted, x + (size_t)r * K, K * sizeof(float));
+            qsort(sorted, K, sizeof(float), cmp_float);
+            bad_b += f32_bits(gb[r].x) != f32_bits(row_quantile(sorted, K, 1.0 - (double)alpha));
+            bad_b += f32_bits(gb[r].y) != f32_bits(row_quantile(sorted, K, (double)alpha));
+            for (size_t i = 0; i < cap; i++) if (sv[i * rows + r] != 0.0f) got[(size_t)r * K + sc[i * rows + r]] += sv[i * rows + r];
+        }
+        for (size_t i = 0; i < n; i++) bad_r += f32_bits(got[i]) != f32_bits(res[i]);
+        CHECK(bad_b == 0 && bad_r == 0, "occ %dx%d alpha %g: %d bounds, %d residuals differ from the CPU", rows, K, alpha, bad_b, bad_r);
+        // y += R W^T
+        occ_compensate(dy, &o, dw, rows, M, K, 0);
+        bf16 *yo = (bf16 *)malloc_check((size_t)rows * M * sizeof(bf16));
+        cuda_download(yo, dy, (size_t)rows * M * sizeof(bf16));
+        double ey = 0.0;
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < M; j++) {
+                double ref = __bfloat162float(hy[(size_t)r * M + j]), mag = fabs(ref);
+                for (int k = 0; k < K; k++) {
+                    double t = (double)res[(size_t)r * K + k] * __bfloat162float(hw[(size_t)j * K + k]);
+                    ref += t; mag += fabs(t);
+                }
+                ey = fmax(ey, fabs(__bfloat162float(yo[(size_t)r * M + j]) - ref) / mag);
+            }
+        // dW += G^T R, without and with DGE; twice, for determinism
+        float *sw = (float *)malloc_check(M * sizeof(float)), *dw0 = (float *)malloc_check((size_t)M * K * sizeof(float));
+        float *dw1 = (float *)malloc_check((size_t)M * K * sizeof(float)), *dw2 = (float *)malloc_check((size_t)M * K * sizeof(float));
+        for (int j = 0; j < M; j++) {
+            float a = 0.0f;
+            for (int k = 0; k < K; k++) a = fmaxf(a, fabsf(__bfloat162float(hw[(size_t)j * K + k])));
+            sw[j] = a / 6.0f;
+        }
+        for (size_t i = 0; i < (size_t)M * K; i++) dw0[i] = (float)rng_normal(seed + 800 + ci, i) * 0.1f;
+        cuda_upload(dsw, sw, M * sizeof(float));
+        double eg[2] = { 0.0, 0.0 };
+        int same = 1;
+        for (int dge = 0; dge < 2; dge++) {
+            for (int rep = 0; rep < 2; rep++) {
+                cuda_upload(ddw, dw0, (size_t)M * K * sizeof(float));
+                CUDA_CHECK(cudaMemset(oc.row, 0xff, cap * rows * sizeof(int)));
+                occ_transpose(&oc, &o, rows, bcount, 0);
+                RowSource g = rows_plain(dg);
+                occ_compensate_grad(ddw, &oc, &plan, &g, rows, M, K, dw, dsw, FMT_E2M1, dge ? 5.0f : 0.0f, partial, 0);
+                cuda_download(rep ? dw2 : dw1, ddw, (size_t)M * K * sizeof(float));
+            }
+            for (size_t i = 0; i < (size_t)M * K; i++) same &= f32_bits(dw1[i]) == f32_bits(dw2[i]);
+            for (int j = 0; j < M; j++)
+                for (int k = 0; k < K; k++) {
+                    double s = 0.0, mag = 0.0;
+                    for (int r = 0; r < rows; r++) {
+                        double t = (double)__bfloat162float(hg[(size_t)r * M + j]) * res[(size_t)r * K + k];
+                        s += t; mag += fabs(t);
+                    }
+                    size_t i = (size_t)j * K + k;
+                    double f = dge ? dge_derivative(__bfloat162float(hw[i]) / sw[j], FMT_E2M1, 5.0f) : 1.0;
+                    // bound: 1e-5 of the terms' magnitude, plus the ulp of the final FP32 sum
+                    if (mag > 0.0) eg[dge] = fmax(eg[dge], fabs(dw1[i] - dw0[i] - s / f) / (1e-5 * mag / f + 0x1p-23 * fabs(dw1[i])));
+                    else same &= dw1[i] == dw0[i];
+                }
+        }
+        CHECK(ey <= 0x1p-8 && eg[0] <= 1.0 && eg[1] <= 1.0 && same, "occ %dx%d alpha %g: compensation errors y %.3g (bound 2^-8), dW "
+              "%.3g / %.3g (DGE) of the bound, repeatable %d", rows, K, alpha, ey, eg[0], eg[1], same);
+        printf("occ %dx%d alpha %g: %ld clamped (cap %zu a row), bounds, codes, scales, residuals identical to the CPU; y += R W^T "
+               "%.1e (BF16 out); dW += G^T R %.2f, with DGE %.2f of the FP32 bound; repeatable\n", rows, K, alpha, clamped, cap, ey,
+               eg[0], eg[1]);
+        cuda_free(dx, n * sizeof(bf16)); cuda_free(dw, (size_t)M * K * sizeof(bf16)); cuda_free(dg, (size_t)rows * M * sizeof(bf16));
+        cuda_free(dy, (size_t)rows * M * sizeof(bf16)); cuda_free(ds, rows * sizeof(float)); cuda_free(dsw, M * sizeof(float));
+        cuda_free(ddw, (size_t)M * K * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n);
+        cuda_free(o.bounds, rows * sizeof(float2)); cuda_free(o.slot_col, cap * rows * sizeof(int));
+        cuda_free(o.slot_val, cap * rows * sizeof(float)); cuda_free(oc.start, (K + 1) * sizeof(int));
+        cuda_free(oc.item_start, (K + 1) * sizeof(int)); cuda_free(partial, np * sizeof(float));
+        cuda_free(oc.row, cap * rows * sizeof(int)); cuda_free(oc.val, cap * rows * sizeof(float));
+        cuda_free(bcount, (size_t)ceil_div(rows, OCC_RB) * K * sizeof(int));
+        free(hx); free(hw); free(hg); free(hy); free(x); free(xc); free(res); free(got); free(codes); free(scales); free(gs);
+        free(sv); free(sc); free(gb); free(gc); free(yo); free(sw); free(dw0); free(dw1); free(dw2); free(sorted);
+    }
+}
+
 int main(void) {
     const int n = 1 << 22;
     float *x = (float *)malloc(n * sizeof(float)), *got = (float *)malloc(n * sizeof(float));
@@ -262,5 +410,6 @@ int main(void) {
     free(x); free(got);
     test_quantize(seed);
     test_fused_sources(seed);
+    test_occ(seed);
     return check_summary("quant-gpu");
 }

@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--configs", nargs="+", default=["gpt2:d12:32", "gpt2:d24:16", "llama:d16,T=1024:8"],
                     help="MODEL:BATCH")
-    ap.add_argument("--recipes", nargs="+", default=["bf16", "fp8", "fp4 --occ 0"],
+    ap.add_argument("--recipes", nargs="+", default=["bf16", "fp8", "fp4 --occ 0", "fp4"],
                     help="recipes with their extra flags, one quoted argument each")
     ap.add_argument("--no-pytorch", action="store_true", help="our recipes only (quick comparisons between them)")
     a = ap.parse_args()

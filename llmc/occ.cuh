@@ -1,0 +1,389 @@
+// defines: OccPlan, occ_plan, Occ, OccColumns, occ_quantize_rows, occ_compensate, occ_transpose, occ_compensate_grad
+// OCC on the GPU (SPEC.md 4, RECIPE.md 5): each row of a 4-bit linear's input is clamped to its
+// own quantiles [q(1 - alpha), q(alpha)], its scale taken from the clamped row, and the residual
+// R = X - clamp(X) (at most cap entries a row) is added back in FP32 arithmetic: y += R W^T in the
+// forward, dW += G^T R in the backward. Bounds, codes and residuals are the CPU occ_clamp_rows'
+// bit for bit (test/test_quant_gpu).
+//
+// Selection without a sort, a warp per row. The k-th largest value of a row is at least the
+// smallest of the maxima of any 32 J disjoint groups (32 J >= k): every group holds a value that
+// large. So those maxima give a threshold with at least k values above it, typically a few k; the
+// values above it go to shared memory, where a bisection on the bits of their order-preserving
+// keys finds the exact k-th. (More than OCC_CAND above it: the bisection counts over the whole
+// row instead; slower, same answer.)
+// Compensation: R's entries are listed per row (the forward: a thread per row, a tile of W's
+// rows transposed in shared memory) and, after a deterministic counting sort, per column (the
+// backward: a block per run of up to OCC_CH entries of a column gathers G's rows; outliers
+// concentrate in a few channels, so a column may hold one entry per row). No float atomics:
+// every sum runs in a fixed order, so runs repeat bit for bit.
+#ifndef LLMC_OCC_CUH
+#define LLMC_OCC_CUH
+
+#include "quantize.cuh"
+
+#define OCC_WARPS 4      // rows per block of the selection
+#define OCC_CAND 512     // candidates per tail a warp keeps in shared memory
+#define OCC_RB 64        // rows per block of the transposition
+#define OCC_CH 128       // entries of a column per block of the backward
+
+// where a row's quantiles sit, fixed by its width and alpha (quant.h's positions, as the CPU's)
+typedef struct {
+    int cols;
+    int ilo, ihi;        // v[i] and v[i + 1] of the ascending row, interpolated by flo / fhi
+    float flo, fhi;
+    int cap;             // most outliers a row can have: ilo + 1 below lo, cols - 1 - ihi above hi
+    int jlo, jhi;        // groups per lane behind each threshold (1, 2, 4, 8; 0: every value is a candidate)
+} OccPlan;
+
+static int occ_groups(int rank) { int j = ceil_div(rank, 32); return j <= 1 ? 1 : j <= 2 ? 2 : j <= 4 ? 4 : j <= 8 ? 8 : 0; }
+
+static OccPlan occ_plan(int cols, float alpha) {
+    OccPlan p;
+    p.cols = cols;
+    quantile_index(cols, 1.0 - (double)alpha, &p.ilo, &p.flo);
+    quantile_index(cols, (double)alpha, &p.ihi, &p.fhi);
+    p.cap = p.ilo + 1 + cols - 1 - p.ihi;
+    p.jlo = occ_groups(p.ilo + 2);     // ranks from the bottom: ilo + 1 and ilo + 2
+    p.jhi = occ_groups(cols - p.ihi);  // from the top: cols - ihi and cols - ihi - 1
+    return p;
+}
+
+// a linear input's OCC scratch for one forward
+typedef struct {
+    OccPlan plan;
+    float2 *bounds;      // (rows) each row's [lo, hi]
+    int *slot_col;       // (cap, rows) each row's outliers: input column and residual, the row's
+    float *slot_val;     // entries first, then zeros (entry-major: a thread per row reads coalesced)
+} Occ;
+
+// R by input column, kept per layer for the backward: column k's entries (rows ascending) are
+// start[k] .. start[k + 1] - 1 of row / val, cut into items of at most OCC_CH entries (item_start)
+// so that the backward spreads a column holding many outliers over many blocks
+typedef struct {
+    int *start;          // (K + 1)
+    int *item_start;     // (K + 1)
+    int *row;            // (cap * rows)
+    float *val;
+} OccColumns;
+
+// items the backward's partial sums may need: (items_max, M) floats of scratch
+static size_t occ_items_max(const OccPlan *p, int rows) { return (size_t)p->cap * rows / OCC_CH + p->cols + 1; }
+
+// float -> unsigned with the same order (-0 taken as +0); and back
+__device__ inline unsigned ord_key(float x) {
+    unsigned u = __float_as_uint(x + 0.0f);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+__device__ inline float key_float(unsigned k) { return __uint_as_float(k & 0x80000000u ? k & 0x7fffffffu : ~k); }
+
+// the smallest over the warp of the J group maxima of each lane (value slot k is in group k % J)
+__device__ inline unsigned group_threshold(const unsigned *gmax, int J) {
+    if (J == 0) return 0u;
+    unsigned m[8];
+    for (int k = 0; k < 8; k++) m[k] = gmax[k];
+    #pragma unroll
+    for (int w = 4; w >= 1; w /= 2)
+        if (J <= w) for (int k = 0; k < w; k++) m[k] = max(m[k], m[k + w]);
+    unsigned t = m[0];
+    for (int k = 1; k < 8; k++) if (k < J) t = min(t, m[k]);
+    return __reduce_min_sync(0xffffffffu, t);
+}
+
+// the k-th largest key of row r (keys xor flip), from the n candidates above tau: tau itself when
+// fewer than k are above it; over the whole row when too many were to be kept
+template <int OP>
+__device__ unsigned kth_largest(int k, const unsigned *cand, int n, unsigned tau, unsigned flip, const RowSource &in, int r, int cols,
+                                float mu, float rs) {
+    int lane = threadIdx.x % 32, whole = n > OCC_CAND;
+    if (!whole && k > n) return tau;
+    unsigned res = 0u;
+    for (int bit = 31; bit >= 0; bit--) {
+        unsigned t = res | 1u << bit;
+        int cnt = 0;
+        if (whole) {
+            float v[8];
+            for (int c = lane * 8; c < cols; c += 256) {
+                src_values8<OP>(v, in, r, c, cols, mu, rs);
+                for (int j = 0; j < 8; j++) cnt += (ord_key(v[j]) ^ flip) >= t;
+            }
+        } else {
+            for (int i = lane; i < n; i += 32) cnt += cand[i] >= t;
+        }
+        if ((int)__reduce_add_sync(0xffffffffu, (unsigned)cnt) >= k) res = t;
+    }
+    return res;
+}
+
+// OCC's first pass, a warp per row: the quantiles lo, hi, the scale of the clamped row, and the
+// outliers (column, x - clamp(x)) in a fixed order (by chunk of 256 columns, value slot, lane)
+template <int OP>
+__global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales, Occ o, RowSource in, int rows, Format f) {
+    __shared__ unsigned cand[OCC_WARPS][2][OCC_CAND];
+    const OccPlan &p = o.plan;
+    int cols = p.cols, w = threadIdx.x / 32, lane = threadIdx.x % 32, r = blockIdx.x * OCC_WARPS + w;
+    if (r >= rows) return;
+    unsigned below = (1u << lane) - 1u;
+    float mu = 0.0f, rs = 1.0f, v[8] = { 0.0f };
+    if (OP == ROWS_NORM) norm_stats(in, r, cols, &mu, &rs);
+    unsigned gtop[8], gbot[8];  // per value slot: the largest key, the largest flipped key (the smallest value)
+    for (int j = 0; j < 8; j++) gtop[j] = gbot[j] = 0u;
+    for (int c = lane * 8; c < cols; c += 256) {
+        src_values8<OP>(v, in, r, c, cols, mu, rs);
+        for (int j = 0; j < 8; j++) { unsigned key = ord_key(v[j]); gtop[j] = max(gtop[j], key); gbot[j] = max(gbot[j], ~key); }
+    }
+    unsigned ttop = group_threshold(gtop, p.jhi), tbot = group_threshold(gbot, p.jlo), kmax = 0u, kmin = 0u;
+    for (int j = 0; j < 8; j++) { kmax = max(kmax, gtop[j]); kmin = max(kmin, gbot[j]); }
+    float xmax = key_float(__reduce_max_sync(0xffffffffu, kmax)), xmin = key_float(~__reduce_max_sync(0xffffffffu, kmin));
+    // the candidates above each threshold (every lane runs every iteration: the ballots need them all)
+    unsigned *ctop = cand[w][0], *cbot = cand[w][1];
+    int ntop = 0, nbot = 0;
+    for (int c0 = 0; c0 < cols; c0 += 256) {
+        int c = c0 + lane * 8, live = c < cols;
+        if (live) src_values8<OP>(v, in, r, c, cols, mu, rs);
+        for (int j = 0; j < 8; j++) {
+            unsigned key = ord_key(v[j]);
+            int pt = live && key > ttop, pb = live && ~key > tbot;
+            unsigned bt = __ballot_sync(0xffffffffu, pt), bb = __ballot_sync(0xffffffffu, pb);
+            int it = ntop + __popc(bt & below), ib = nbot + __popc(bb & below);
+            if (pt && it < OCC_CAND) ctop[it] = key;
+            if (pb && ib < OCC_CAND) cbot[ib] = ~key;
+            ntop += __popc(bt);
+            nbot += __popc(bb);
+        }
+    }
+    __syncwarp();
+    // v[ihi], v[ihi + 1] are the (cols - ihi)-th and the next largest; v[ilo], v[ilo + 1] the
+    // (ilo + 1)-th and the next smallest (the largest flipped keys)
+    int ktop = cols - p.ihi, kbot = p.ilo + 1, top = p.ihi == cols - 1;
+    float h0 = key_float(kth_largest<OP>(ktop, ctop, ntop, ttop, 0u, in, r, cols, mu, rs));
+    float h1 = top ? h0 : key_float(kth_largest<OP>(ktop - 1, ctop, ntop, ttop, 0u, in, r, cols, mu, rs));
+    float l0 = key_float(~kth_largest<OP>(kbot, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs));
+    float l1 = key_float(~kth_largest<OP>(kbot + 1, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs));
+    float lo = quantile_lerp(l0, l1, p.flo), hi = top ? h0 : quantile_lerp(h0, h1, p.fhi);
+    // the clamped row spans [clamp(min), clamp(max)]: its absmax, as the CPU's over every value
+    float cmax = fminf(fmaxf(xmax, lo), hi), cmin = fminf(fmaxf(xmin, lo), hi);
+    if (lane == 0) { scales[r] = fmaxf(fabsf(cmax), fabsf(cmin)) / format_max(f); o.bounds[r] = make_float2(lo, hi); }
+    int nout = 0;
+    for (int c0 = 0; c0 < cols; c0 += 256) {
+        int c = c0 + lane * 8, live = c < cols;
+        if (live) src_values8<OP>(v, in, r, c, cols, mu, rs);
+        for (int j = 0; j < 8; j++) {
+            float res = live ? v[j] - fminf(fmaxf(v[j], lo), hi) : 0.0f;
+            unsigned b = __ballot_sync(0xffffffffu, res != 0.0f);
+            int i = nout + __popc(b & below);
+            if (res != 0.0f && i < p.cap) { o.slot_col[(size_t)i * rows + r] = c + j; o.slot_val[(size_t)i * rows + r] = res; }
+            nout += __popc(b);
+        }
+    }
+    for (int i = nout + lane; i < p.cap; i += 32) { o.slot_col[(size_t)i * rows + r] = 0; o.slot_val[(size_t)i * rows + r] = 0.0f; }
+}
+
+// y (rows, M) += R W^T, W (M, K) BF16. A block: MT outputs, their weights transposed in shared
+// memory (K, MT); a thread per row, over the row's outliers.
+template <int MT>
+__global__ void __launch_bounds__(256) occ_compensate_kernel(bf16 *y, const int *slot_col, const float *slot_val, int cap,
+                                                             const bf16 *W, int rows, int M, int K) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16 *ws = (bf16 *)smem;
+    int j0 = blockIdx.x * MT;
+    for (int i = threadIdx.x; i < MT * K; i += blockDim.x) ws[(i % K) * MT + i / K] = W[(size_t)(j0 + i / K) * K + i % K];
+    __syncthreads();
+    for (int n = blockIdx.y * blockDim.x + threadIdx.x; n < rows; n += gridDim.y * blockDim.x) {
+        float acc[MT], wv[MT], rv[8];
+        int col[8], any = 0;
+        for (int t = 0; t < MT; t++) acc[t] = 0.0f;
+        for (int i0 = 0; i0 < cap; i0 += 8) {  // 8 slots' loads in flight, then their products
+            for (int u = 0; u < 8; u++) {
+                size_t i = (size_t)min(i0 + u, cap - 1) * rows + n;
+                rv[u] = i0 + u < cap ? slot_val[i] : 0.0f;
+                col[u] = slot_col[i];
+            }
+            if (rv[0] == 0.0f) break;  // a row's entries come first
+            any = 1;
+            for (int u = 0; u < 8; u++) {
+                if (rv[u] == 0.0f) continue;
+                for (int t = 0; t < MT; t += 8) load8(wv + t, ws + col[u] * MT + t);
+                for (int t = 0; t < MT; t++) acc[t] = fmaf(rv[u], wv[t], acc[t]);
+            }
+        }
+        if (!any) continue;
+        bf16 *yr = y + (size_t)n * M + j0;
+        for (int t = 0; t < MT; t += 8) {
+            load8(wv, yr + t);
+            for (int u = 0; u < 8; u++) wv[u] += acc[t + u];
+            store8(yr + t, wv);
+        }
+    }
+}
+
+// the transposition, a counting sort in three steps. 1: each block of OCC_RB rows counts its
+// entries per column, (blocks, K)
+__global__ void occ_count_kernel(int *bcount, const int *slot_col, const float *slot_val, int cap, int rows, int K) {
+    extern __shared__ int cnt[];
+    for (int k = threadIdx.x; k < K; k += blockDim.x) cnt[k] = 0;
+    __syncthreads();
+    int r0 = blockIdx.x * OCC_RB, nr = min(OCC_RB, rows - r0);
+    for (int e = threadIdx.x; e < cap * nr; e += blockDim.x) {
+        size_t i = (size_t)(e / nr) * rows + r0 + e % nr;
+        if (slot_val[i] != 0.0f) atomicAdd(&cnt[slot_col[i]], 1);
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < K; k += blockDim.x) bcount[(size_t)blockIdx.x * K + k] = cnt[k];
+}
+
+// exclusive prefix of x over the block (blockDim.x a multiple of 32), plus carry, which then
+// becomes carry + the block's total; sums: 32 ints of shared memory
+__device__ inline int block_scan(int x, int *carry, int *sums) {
+    int lane = threadIdx.x % 32, w = threadIdx.x / 32, inc = x;
+    for (int o = 1; o < 32; o <<= 1) { int y = __shfl_up_sync(0xffffffffu, inc, o); if (lane >= o) inc += y; }
+    if (lane == 31) sums[w] = inc;
+    __syncthreads();
+    if (w == 0) {
+        int t = lane < (int)blockDim.x / 32 ? sums[lane] : 0;
+        for (int o = 1; o < 32; o <<= 1) { int y = __shfl_up_sync(0xffffffffu, t, o); if (lane >= o) t += y; }
+        sums[lane] = t;
+    }
+    __syncthreads();
+    int excl = *carry + (w ? sums[w - 1] : 0) + inc - x;
+    __syncthreads();
+    if (threadIdx.x == blockDim.x - 1) *carry = excl + x;
+    __syncthreads();
+    return excl;
+}
+
+// 2 (one block): each block's offset within each column (exclusive, in place), the columns'
+// starts (an exclusive scan of their totals) and their items' starts
+__global__ void occ_scan_kernel(int *start, int *item_start, int *bcount, int nb, int K) {
+    __shared__ int sums[32], carry[2];
+    if (threadIdx.x < 2) carry[threadIdx.x] = 0;
+    __syncthreads();
+    for (int k0 = 0; k0 < K; k0 += blockDim.x) {
+        int k = k0 + threadIdx.x, tot = 0;
+        if (k < K) for (int b = 0; b < nb; b++) { int c = bcount[(size_t)b * K + k]; bcount[(size_t)b * K + k] = tot; tot += c; }
+        int s = block_scan(tot, &carry[0], sums), it = block_scan((tot + OCC_CH - 1) / OCC_CH, &carry[1], sums);
+        if (k < K) { start[k] = s; item_start[k] = it; }
+    }
+    if (threadIdx.x == 0) { start[K] = carry[0]; item_start[K] = carry[1]; }
+}
+
+// 3 (a warp per block of rows): the entries to their places, row after row; a row's columns are
+// distinct, so the lanes never share a column's counter
+__global__ void occ_place_kernel(int *crow, float *cval, const int *start, const int *bcount, const int *slot_col,
+                                 const float *slot_val, int cap, int rows, int K) {
+    extern __shared__ int next[];
+    for (int k = threadIdx.x; k < K; k += 32) next[k] = start[k] + bcount[(size_t)blockIdx.x * K + k];
+    __syncwarp();
+    for (int n = blockIdx.x * OCC_RB; n < min(rows, (int)(blockIdx.x + 1) * OCC_RB); n++) {
+        for (int i = threadIdx.x; i < cap; i += 32) {
+            float v = slot_val[(size_t)i * rows + n];
+            if (v == 0.0f) continue;
+            int pos = next[slot_col[(size_t)i * rows + n]]++;
+            crow[pos] = n;
+            cval[pos] = v;
+        }
+        __syncwarp();
+    }
+}
+
+// dW (M, K) += G^T R in two steps. 1: a block per item (up to OCC_CH entries of one column k),
+// threads over the outputs j: the item's sum of r * G[row, j] into partial (items, M). Four rows'
+// loads in flight at a time.
+template <int OP>
+__global__ void occ_grad_items_kernel(float *partial, OccColumns oc, RowSource g, int M, int K) {
+    int item = blockIdx.x;
+    if (item >= oc.item_start[K]) return;
+    int lo = 0, hi = K;  // the column: the last k with item_start[k] <= item
+    while (hi - lo > 1) { int mid = (lo + hi) / 2; if (oc.item_start[mid] <= item) lo = mid; else hi = mid; }
+    int e0 = oc.start[lo] + (item - oc.item_start[lo]) * OCC_CH, e1 = min(oc.start[lo + 1], e0 + OCC_CH);
+    for (int j = threadIdx.x * 8; j < M; j += blockDim.x * 8) {
+        float acc[8] = { 0.0f }, v[4][8];
+        for (int e = e0; e < e1; e += 4) {
+            for (int u = 0; u < 4; u++) src_values8<OP>(v[u], g, oc.row[min(e + u, e1 - 1)], j, M, 0.0f, 1.0f);
+            for (int u = 0; u < 4 && e + u < e1; u++) {
+                float rv = oc.val[e + u];
+                for (int t = 0; t < 8; t++) acc[t] = fmaf(rv, v[u][t], acc[t]);
+            }
+        }
+        float4 *d = (float4 *)(partial + (size_t)item * M + j);
+        d[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+        d[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+    }
+}
+
+// 2: a block per column k: its items' partial sums in order, into dW[:, k]. With DGE (dge_k > 0)
+// the sum enters divided by f'(W / s_w): model_apply_dge later scales the whole gradient by it,
+// and the compensation's own gradient is exact.
+__global__ void occ_grad_sum_kernel(float *dW, const float *partial, OccColumns oc, int M, int K, const bf16 *W, const float *sw,
+                                    Format fw, float dge_k) {
+    int k = blockIdx.x, i0 = oc.item_start[k], i1 = oc.item_start[k + 1];
+    if (i0 == i1) return;
+    for (int j = threadIdx.x; j < M; j += blockDim.x) {
+        float sum = 0.0f;
+        for (int i = i0; i < i1; i++) sum += partial[(size_t)i * M + j];
+        size_t w = (size_t)j * K + k;
+        float s = sw[j];
+        dW[w] += dge_k > 0.0f ? sum / dge_derivative(s == 0.0f ? 0.0f : __bfloat162float(W[w]) / s, fw, dge_k) : sum;
+    }
+}
+
+static int sm_count(void) {
+    static int n;
+    if (!n) { int dev; CUDA_CHECK(cudaGetDevice(&dev)); CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev)); }
+    return n;
+}
+
+// quantize_rows with OCC: the source's rows clamped to their quantiles, quantized per row from
+// the clamped absmax; the outliers into o's slots
+static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, Format f, const Occ *o,
+                              cudaStream_t st) {
+    int cols = o->plan.cols;
+    check_quantize("occ_quantize_rows", f, rows, cols, codes_t != NULL);
+    if (src->op > ROWS_SWIGLU) die("occ_quantize_rows: source %d is a gradient's", src->op);
+    void (*const kernel[])(float *, Occ, RowSource, int, Format) = {
+        occ_rows_kernel<ROWS_PLAIN>, occ_rows_kernel<ROWS_NORM>, occ_rows_kernel<ROWS_GELU>, occ_rows_kernel<ROWS_SWIGLU> };
+    kernel[src->op]<<<ceil_div(rows, OCC_WARPS), OCC_WARPS * 32, 0, st>>>(scales, *o, *src, rows, f);
+    CUDA_CHECK(cudaGetLastError());
+    rows_codes(codes, codes_t, scales, src, o->bounds, rows, cols, f, st);
+}
+
+// y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights
+static void occ_compensate(bf16 *y, const Occ *o, const bf16 *W, int rows, int M, int K, cudaStream_t st) {
+    if (M % 16 != 0 || K != o->plan.cols) die("occ_compensate: %d outputs (a multiple of 16 needed), %d inputs vs %d", M, K, o->plan.cols);
+    int mt = K <= 3072 ? 16 : 8;
+    size_t smem = (size_t)K * mt * sizeof(bf16);
+    if (smem > 200 * 1024) die("occ_compensate: %d inputs do not fit in shared memory", K);
+    void (*kernel)(bf16 *, const int *, const float *, int, const bf16 *, int, int, int) =
+        mt == 16 ? occ_compensate_kernel<16> : occ_compensate_kernel<8>;
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    int tiles = M / mt, runs = max(1, min(ceil_div(rows, 256), ceil_div(2 * sm_count(), tiles)));
+    kernel<<<dim3(tiles, runs), 256, smem, st>>>(y, o->slot_col, o->slot_val, o->plan.cap, W, rows, M, K);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// R by column, for the backward. bcount: (ceil(rows / OCC_RB), K) scratch.
+static void occ_transpose(OccColumns *oc, const Occ *o, int rows, int *bcount, cudaStream_t st) {
+    int K = o->plan.cols, nb = ceil_div(rows, OCC_RB);
+    occ_count_kernel<<<nb, 256, K * sizeof(int), st>>>(bcount, o->slot_col, o->slot_val, o->plan.cap, rows, K);
+    occ_scan_kernel<<<1, 1024, 0, st>>>(oc->start, oc->item_start, bcount, nb, K);
+    occ_place_kernel<<<nb, 32, K * sizeof(int), st>>>(oc->row, oc->val, oc->start, bcount, o->slot_col, o->slot_val, o->plan.cap,
+                                                     rows, K);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// dW (M, K) += G^T R: the compensation's weight gradient, G (rows, M) from a gradient source
+// (PLAIN, DGELU, DSWIGLU). dge_k > 0: W, its scales sw and format fw give the DGE factor it is
+// divided by (see occ_grad_sum_kernel). partial: (occ_items_max, M) scratch.
+static void occ_compensate_grad(float *dW, const OccColumns *oc, const OccPlan *p, const RowSource *g, int rows, int M, int K,
+                                const bf16 *W, const float *sw, Format fw, float dge_k, float *partial, cudaStream_t st) {
+    if (M % 8 != 0) die("occ_compensate_grad: %d outputs, not a multiple of 8", M);
+    int op = g->op == ROWS_PLAIN ? 0 : g->op == ROWS_DGELU ? 1 : g->op == ROWS_DSWIGLU ? 2 : -1;
+    if (op < 0) die("occ_compensate_grad: source %d is not a gradient", g->op);
+    void (*const kernel[])(float *, OccColumns, RowSource, int, int) = {
+        occ_grad_items_kernel<ROWS_PLAIN>, occ_grad_items_kernel<ROWS_DGELU>, occ_grad_items_kernel<ROWS_DSWIGLU> };
+    int threads = min(256, ceil_div(M / 8, 32) * 32);
+    kernel[op]<<<(unsigned)occ_items_max(p, rows), threads, 0, st>>>(partial, *oc, *g, M, K);
+    occ_grad_sum_kernel<<<K, min(1024, ceil_div(M, 32) * 32), 0, st>>>(dW, partial, *oc, M, K, W, sw, fw, dge_k);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+#endif
