@@ -103,6 +103,7 @@ typedef struct {
     float *ones;                  // (nones) unit scales, for GEMM operands that are exact codes
     int nones;
     int B, T;
+    int backward_next;            // the running forward is a training one: keep what the backward needs
     void *acts_mem;
     size_t acts_bytes;
     Acts acts;
@@ -331,7 +332,7 @@ static const bf16 *rows_materialize(Model *m, const RowSource *src, int N, int K
 // pre = x W^T + b and y = gelu(pre), in the GEMM's epilogue; a quantized linear writes only pre
 // (the next linear's quantizer applies GELU). A quantized linear keeps its input's codes,
 // transposed, and scales for the backward; with OCC the input is clamped, R W^T added to the
-// output, and R kept by column.
+// output, and R kept by column when a backward follows.
 static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const RowSource *src, const bf16 *residual, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
@@ -352,6 +353,7 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
                b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
     if (!occ_on(m, lin)) return;
     occ_compensate(pre ? pre : y, &o, W, N, M, K, st);
+    if (!m->backward_next) return;
     OccColumns oc = occ_columns(m, lin, l);
     occ_transpose(&oc, &o, N, s->occ_bcount, st);
 }
@@ -414,6 +416,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
     if (targets) CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
     m->host_inputs = inputs;
+    m->backward_next = targets && grad_scale > 0.0f;
     Acts *a = &m->acts;
     const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
     // a quantized linear's BF16 input is never written (stride 0 into an empty buffer)

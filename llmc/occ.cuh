@@ -354,7 +354,11 @@ static void occ_compensate(bf16 *y, const Occ *o, const bf16 *W, int rows, int M
     if (smem > 200 * 1024) die("occ_compensate: %d inputs do not fit in shared memory", K);
     void (*kernel)(bf16 *, const int *, const float *, int, const bf16 *, int, int, int) =
         mt == 16 ? occ_compensate_kernel<16> : occ_compensate_kernel<8>;
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    static int opted_in[2];  // the shared-memory opt-in, once per kernel
+    if (!opted_in[mt == 16]) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+        opted_in[mt == 16] = 1;
+    }
     int tiles = M / mt, runs = max(1, min(ceil_div(rows, 256), ceil_div(2 * sm_count(), tiles)));
     kernel<<<dim3(tiles, runs), 256, smem, st>>>(y, o->slot_col, o->slot_val, o->plan.cap, W, rows, M, K);
     CUDA_CHECK(cudaGetLastError());
