@@ -21,9 +21,9 @@ else
   $(info nvcc not found: skipping the CUDA targets)
 endif
 
-.PHONY: all train train-cpu data test test-sanitize test-gpu bench test-reference clean
+.PHONY: all train train-cpu data test test-sanitize test-gpu test-multi-gpu bench test-reference clean
 
-all: train_gpt2 test/test_quant test/test_train $(CUDA_TARGETS)
+all: train_gpt2 test/test_quant test/test_train test/test_rendezvous $(CUDA_TARGETS)
 
 train_gpt2: train_gpt2.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
@@ -32,6 +32,9 @@ test/test_quant: test/test_quant.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 test/test_train: test/test_train.c train_gpt2.c test/ref_file.h $(HEADERS)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+test/test_rendezvous: test/test_rendezvous.c llmc/rendezvous.h llmc/utils.h
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 TINY = data/tinyshakespeare/tiny_shakespeare_train.bin
@@ -48,10 +51,11 @@ train-cpu: train_gpt2 $(TINY)
 	./train_gpt2
 
 # CPU tests: quantizers, CPU trainer vs the PyTorch reference states, bad input, resume and
-# learning runs, data scripts
+# learning runs, data scripts, the multi-process start's rendezvous
 test: all $(TINY)
 	./test/test_quant
 	./test/test_train test/ref/*.bin
+	./test/test_rendezvous
 	bash test/test_badinput.sh
 	bash test/test_train_run.sh
 	$(PYTHON) test/test_data.py
@@ -69,6 +73,29 @@ CUDA_HEADERS = $(HEADERS) $(wildcard llmc/*.cuh) llmc/cudnn_attention.h
 CUDA_LIBS = -lcublasLt -lcublas -lcudnn -lnvrtc
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
 
+# Multi-GPU: NCCL (found in CUDA_HOME or NCCL_HOME; NO_MULTI_GPU=1 builds a single-GPU trainer
+# without it) and, optionally, MPI for `mpirun` starts (found through Open MPI's mpicc; USE_MPI=0
+# leaves it out, MPI_CFLAGS / MPI_LIBS name another MPI). Without MPI, several processes start
+# with RANK / WORLD_SIZE / LOCAL_RANK and --dist-init (scripts/run_multi_gpu.sh).
+NCCL_HOME ?= $(CUDA_HOME)
+ifneq ($(NO_MULTI_GPU),1)
+  ifneq ($(wildcard $(NCCL_HOME)/include/nccl.h),)
+    TRAIN_FLAGS += -DUSE_NCCL -I$(NCCL_HOME)/include
+    TRAIN_LIBS += -L$(NCCL_HOME)/lib -L$(NCCL_HOME)/lib64 -lnccl
+  else
+    $(error NCCL not found in $(NCCL_HOME): set NCCL_HOME, or NO_MULTI_GPU=1 for a single-GPU build)
+  endif
+  USE_MPI ?= $(if $(shell mpicc -showme:version 2>/dev/null),1,0)
+  ifeq ($(USE_MPI),1)
+    MPI_DIRS := $(shell mpicc -showme:libdirs 2>/dev/null)
+    MPI_CFLAGS ?= $(addprefix -I,$(shell mpicc -showme:incdirs 2>/dev/null))
+    MPI_LIBS ?= $(addprefix -L,$(MPI_DIRS)) $(addprefix -Xlinker -rpath -Xlinker ,$(MPI_DIRS)) \
+                $(addprefix -l,$(shell mpicc -showme:libs 2>/dev/null))
+    TRAIN_FLAGS += -DUSE_MPI $(MPI_CFLAGS)
+    TRAIN_LIBS += $(MPI_LIBS)
+  endif
+endif
+
 # cuDNN's attention goes through its C++ frontend (headers only, from PyPI, kept in .deps/)
 CUDNN_FRONTEND_VERSION = 1.32.0
 CUDNN_FE = .deps/cudnn_frontend/include
@@ -84,10 +111,10 @@ llmc/cudnn_attention.o: llmc/cudnn_attention.cpp llmc/cudnn_attention.h llmc/uti
 	$(CXX) -O2 -std=c++17 -I$(CUDA_HOME)/include -I$(CUDNN_FE) -Illmc -c -o $@ $<
 
 train_gpt2_fp4: train_gpt2_fp4.cu llmc/cudnn_attention.o $(CUDA_HEADERS)
-	$(NVCC) $(NVCC_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS)
+	$(NVCC) $(NVCC_FLAGS) $(TRAIN_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS) $(TRAIN_LIBS)
 
 test/test_gpu_train: test/test_gpu_train.cu train_gpt2_fp4.cu llmc/cudnn_attention.o test/ref_file.h $(CUDA_HEADERS)
-	$(NVCC) $(NVCC_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS)
+	$(NVCC) $(NVCC_FLAGS) $(TRAIN_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS) $(TRAIN_LIBS)
 
 test/test_quant_gpu: test/test_quant_gpu.cu $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $<
@@ -104,6 +131,11 @@ test-gpu: $(CUDA_TARGETS) $(TINY)
 	./test/test_gpu_train test/ref/*.bin
 	BIN=./train_gpt2_fp4 RECIPES="bf16 fp8 fp4" bash test/test_train_run.sh
 
+# data parallel on all visible GPUs (at least 2) against one: trajectories, ZeRO-1, a killed rank,
+# resume, resharding, mpirun
+test-multi-gpu: train_gpt2_fp4 $(TINY)
+	bash test/test_multi_gpu.sh
+
 # throughput, MFU and peak memory against a PyTorch baseline in the same run (needs a GPU, PyTorch)
 bench: train_gpt2_fp4 $(TINY)
 	$(PYTHON) dev/bench/bench.py
@@ -114,4 +146,4 @@ test-reference:
 
 clean:
 	rm -f llmc/cudnn_attention.o train_gpt2 train_gpt2_fp4 test/test_quant test/test_train test/test_quant_gpu test/test_gpu_train \
-		test/test_kernels_gpu
+		test/test_kernels_gpu test/test_rendezvous

@@ -841,9 +841,8 @@ int main(int argc, char **argv) {
         memcpy(m.params_mem, params, m.nparams * sizeof(float));
         free(params);
         if (resume_step >= 0) {
-            snprintf(path, sizeof(path), "%s/state_%08d.bin", a.out_dir, resume_step);
-            checkpoint_read_state(path, &st, m.m_mem, m.v_mem, m.nparams);
-            if (st.step != step) die("%s: state step %d does not match the model's %d", path, st.step, step);
+            checkpoint_read_state(a.out_dir, resume_step, &st, m.m_mem, m.v_mem, m.nparams, 0, m.nparams);
+            if (st.step != step) die("%s: state step %d does not match the model's %d", a.out_dir, st.step, step);
         }
     } else {
         cfg = config_parse(a.model);
@@ -859,17 +858,16 @@ int main(int argc, char **argv) {
     printf("batch %d x %d, %d micro-step(s) per step, %d steps\n", a.B, a.T, accum, a.max_steps);
 
     Run run;
-    run_open(&run, &a, &cfg, &st, resume_step >= 0);
+    run_open(&run, &a, &cfg, &st, resume_step >= 0, 0, 1);
 
     for (int step = st.step; step <= a.max_steps; step++) {
         int last = step == a.max_steps;
         if (run_eval_due(&a, step)) run_report_eval(&run, step, (long long)step * accum * a.B * a.T, evaluate(&m, &run.val, a.val_steps));
         if (run_sample_due(&a, step)) sample(&m, &run, a.gen_tokens);
         if (run_ckpt_due(&a, step, st.step)) {
-            char state_path[1100];
-            run_ckpt_paths(&a, step, path, state_path, sizeof(path));
             TrainState now = { step, run.train.shard, run.train.pos, run.rng.counter };
-            checkpoint_write_state(state_path, &now, m.m_mem, m.v_mem, m.nparams);
+            checkpoint_write_state(a.out_dir, step, 0, 1, &now, m.m_mem, m.v_mem, m.nparams, 0, m.nparams);
+            run_model_file(&a, step, path, sizeof(path));
             checkpoint_write_model(path, &cfg, m.params_mem, step);
             printf("wrote %s\n", path);
         }

@@ -6,6 +6,8 @@ an FP32 master copy, --master-fp32 1); attention on cuDNN's flash SDPA. The bloc
 the recipe's formats (llmc/recipe.h): BF16 GEMMs on cuBLASLt, or FP8 / FP4 codes with per-row
 scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F), with DGE for 4-bit weights and OCC for
 4-bit activations (llmc/occ.cuh). Not on the GPU: tensor-wise scaling, the fp32 recipe.
+Data parallel over processes, one GPU each (llmc/dist.cuh): gradients averaged per layer while the
+backward goes on, the optimizer state sharded over the ranks (ZeRO-1), updated weights all-gathered.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +37,7 @@ scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F), with DGE for 4-bit weig
 #include "llmc/adamw.cuh"
 #include "llmc/quantize.cuh"
 #include "llmc/occ.cuh"
+#include "llmc/dist.cuh"
 
 typedef struct {
     bf16 *encoded;               // (N, C) embedding: the residual stream into layer 0
@@ -92,9 +95,12 @@ typedef struct {
     OccPlan occ[NUM_LINEARS];     // where OCC's quantiles sit in a linear's input rows
     size_t nparams;
     size_t off[NUM_PARAM_KINDS];  // element offset of each tensor in the buffers below
-    bf16 *params;                 // (nparams) the weights the kernels read
-    float *master;                // (nparams) FP32 master weights, or NULL
-    float *grads, *m, *v;         // (nparams)
+    Dist *dist;                   // the other ranks, or NULL
+    int parts, part;              // ZeRO-1: the optimizer state in `parts` shards; this rank holds `part`
+    size_t shard, lo, hi;         // shard = ceil(nparams / parts); this rank's parameters [lo, hi)
+    bf16 *params;                 // (parts * shard) the weights the kernels read (all of them, on every rank)
+    float *grads;                 // (parts * shard) averaged over the ranks by the end of the backward
+    float *master, *m, *v;        // (hi - lo) this rank's shard: FP32 master weights (or NULL), Adam's moments
     float *rope_cos, *rope_sin;   // (T, hd/2), LLaMA
     void *wq_mem;                 // the QWeights, in one allocation
     size_t wq_bytes;
@@ -111,7 +117,8 @@ typedef struct {
     int *inputs, *targets;        // device (B, T)
     int *buckets, *dbuckets;      // encoder backward
     const int *host_inputs;       // of the last forward
-    float *host_losses;           // (B, T)
+    float *host_losses;           // (B, T) pinned
+    float *host_norm;             // pinned
     cudaStream_t stream;
 } Model;
 
@@ -120,23 +127,36 @@ typedef struct {
 
 static int quantized(const Model *m, int lin) { return m->recipe.lin[lin].f.x != FMT_BF16; }
 
-// uploads FP32 parameters (file order) as BF16 weights, and as the master copy if kept
+// waits for the model's stream (through the watchdog when there are other ranks)
+static void model_wait(Model *m) { dist_sync(m->dist, m->stream); }
+
+// uploads FP32 parameters (file order) as BF16 weights, and this rank's shard as the master copy if kept
 static void model_set_params(Model *m, const float *params) {
     bf16 *tmp = (bf16 *)malloc_check(m->nparams * sizeof(bf16));
     for (size_t i = 0; i < m->nparams; i++) tmp[i] = __float2bfloat16(params[i]);
     cuda_upload(m->params, tmp, m->nparams * sizeof(bf16));
     free(tmp);
-    if (m->master) cuda_upload(m->master, params, m->nparams * sizeof(float));
+    if (m->master) cuda_upload(m->master, params + m->lo, (m->hi - m->lo) * sizeof(float));
     m->wq_stale = 1;
 }
 
-// FP32 parameters (file order) of the model: the master copy, or the BF16 weights widened
-static void model_get_params(const Model *m, float *params) {
-    if (m->master) { cuda_download(params, m->master, m->nparams * sizeof(float)); return; }
-    bf16 *tmp = (bf16 *)malloc_check(m->nparams * sizeof(bf16));
-    cuda_download(tmp, m->params, m->nparams * sizeof(bf16));
-    for (size_t i = 0; i < m->nparams; i++) params[i] = __bfloat162float(tmp[i]);
-    free(tmp);
+// FP32 parameters (file order) of the model: the master copy, or the BF16 weights widened. A
+// sharded master copy is gathered in the gradient buffer (so: between steps, on every rank);
+// params NULL: this rank only takes part in that.
+static void model_get_params(Model *m, float *params) {
+    if (m->master && m->parts > 1) {
+        CUDA_CHECK(cudaMemcpyAsync(m->grads + m->lo, m->master, (m->hi - m->lo) * sizeof(float), cudaMemcpyDeviceToDevice, m->stream));
+        dist_all_gather(m->dist, m->grads, m->shard, 4, m->stream);
+        model_wait(m);
+        if (params) cuda_download(params, m->grads, m->nparams * sizeof(float));
+    } else if (params && m->master) {
+        cuda_download(params, m->master, m->nparams * sizeof(float));
+    } else if (params) {
+        bf16 *tmp = (bf16 *)malloc_check(m->nparams * sizeof(bf16));
+        cuda_download(tmp, m->params, m->nparams * sizeof(bf16));
+        for (size_t i = 0; i < m->nparams; i++) params[i] = __bfloat162float(tmp[i]);
+        free(tmp);
+    }
 }
 
 // what the GPU runs of the recipe table: bf16, fp8, fp4 with vector-wise scaling
@@ -156,10 +176,12 @@ static OccColumns occ_columns(const Model *m, int lin, int l) {
     return oc;
 }
 
-static void model_create(Model *m, const Config *c, const Recipe *r, int master_fp32) {
+// d: the other ranks (NULL: none); zero: shard the optimizer state over them
+static void model_create(Model *m, const Config *c, const Recipe *r, int master_fp32, Dist *d, int zero) {
     memset(m, 0, sizeof(*m));
     m->cfg = *c;
     m->recipe = *r;
+    m->dist = d;
     for (int l = 0; l < NUM_LINEARS; l++) {
         int M, K; linear_dims(c, l, &M, &K);
         if (r->lin[l].occ) m->occ[l] = occ_plan(K, r->occ_alpha);
@@ -169,13 +191,22 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     size_t off = 0; int shape[3];
     for (int i = 0; i < NUM_PARAM_KINDS; i++) m->off[i] = (size_t)-1;
     for (int i = 0; i < n; i++) { m->off[order[i]] = off; off += param_shape(c, order[i], shape); }
-    m->params = (bf16 *)cuda_malloc(m->nparams * sizeof(bf16));
-    m->master = master_fp32 ? (float *)cuda_malloc(m->nparams * sizeof(float)) : NULL;
-    m->grads = (float *)cuda_malloc(m->nparams * sizeof(float));
-    m->m = (float *)cuda_malloc(m->nparams * sizeof(float));
-    m->v = (float *)cuda_malloc(m->nparams * sizeof(float));
-    CUDA_CHECK(cudaMemset(m->m, 0, m->nparams * sizeof(float)));
-    CUDA_CHECK(cudaMemset(m->v, 0, m->nparams * sizeof(float)));
+    size_t np = m->nparams;
+    m->parts = d && zero ? d->world : 1;
+    m->part = d && zero ? d->rank : 0;
+    m->shard = (np + m->parts - 1) / m->parts;
+    m->lo = (size_t)m->part * m->shard < np ? (size_t)m->part * m->shard : np;
+    m->hi = m->lo + m->shard < np ? m->lo + m->shard : np;
+    size_t padded = (size_t)m->parts * m->shard, own = m->hi - m->lo;
+    m->params = (bf16 *)cuda_malloc(padded * sizeof(bf16));
+    m->grads = (float *)cuda_malloc(padded * sizeof(float));
+    CUDA_CHECK(cudaMemset(m->params, 0, padded * sizeof(bf16)));  // the padding stays zero
+    m->master = master_fp32 ? (float *)cuda_malloc(own * sizeof(float)) : NULL;
+    m->m = (float *)cuda_malloc(own * sizeof(float));
+    m->v = (float *)cuda_malloc(own * sizeof(float));
+    CUDA_CHECK(cudaMemset(m->m, 0, own * sizeof(float)));
+    CUDA_CHECK(cudaMemset(m->v, 0, own * sizeof(float)));
+    CUDA_CHECK(cudaMallocHost(&m->host_norm, sizeof(float)));
     int hd = config_hd(c);
     float *cs = (float *)malloc_check((size_t)c->T * hd * sizeof(float)), *sn = cs + (size_t)c->T * hd / 2;
     for (int t = 0; t < c->T; t++) {
@@ -225,7 +256,8 @@ static void model_free_acts(Model *m) {
     cuda_free(m->acts_mem, m->acts_bytes);
     cuda_free(m->inputs, 2 * N * sizeof(int));
     cuda_free(m->dbuckets, (3 * N + 1) * sizeof(int));
-    free(m->buckets); free(m->host_losses);
+    free(m->buckets);
+    CUDA_CHECK(cudaFreeHost(m->host_losses));
     m->acts_mem = NULL;
 }
 
@@ -293,7 +325,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     m->targets = m->inputs + N;
     m->buckets = (int *)malloc_check((3 * N + 1) * sizeof(int));
     m->dbuckets = (int *)cuda_malloc((3 * N + 1) * sizeof(int));
-    m->host_losses = (float *)malloc_check(N * sizeof(float));
+    CUDA_CHECK(cudaMallocHost(&m->host_losses, N * sizeof(float)));  // pinned: the copy does not block the host
     m->B = B; m->T = T;
 }
 
@@ -445,10 +477,10 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     norm_forward(a->lnf, gpt2 ? a->lnf_mean : NULL, a->lnf_rstd, res, PARAM(m, P_LNFW), gpt2 ? PARAM(m, P_LNFB) : NULL,
                  N, C, c->norm_eps, st);
     matmul_forward(a->logits, a->lnf, PARAM(m, gpt2 ? P_WTE : P_LMHEAD), NULL, NULL, NULL, N, C, c->Vp, st);
-    if (!targets) { CUDA_CHECK(cudaStreamSynchronize(st)); return -1.0f; }
+    if (!targets) { model_wait(m); return -1.0f; }
     classifier_forward_backward(a->logits, a->losses, m->targets, grad_scale / N, N, c->V, c->Vp, st);
     CUDA_CHECK(cudaMemcpyAsync(m->host_losses, a->losses, N * sizeof(float), cudaMemcpyDeviceToHost, st));
-    CUDA_CHECK(cudaStreamSynchronize(st));
+    model_wait(m);
     double sum = 0.0;
     for (int i = 0; i < N; i++) sum += m->host_losses[i];
     return (float)(sum / N);
@@ -456,8 +488,24 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
 
 static void model_zero_grad(Model *m) { CUDA_CHECK(cudaMemsetAsync(m->grads, 0, m->nparams * sizeof(float), m->stream)); }
 
-// accumulates into the gradients; needs the dlogits left by model_forward(..., grad_scale > 0)
-static void model_backward(Model *m) {
+// the gradients of a group of tensors are complete for this step (of layer l, for the block
+// tensors): average them over the ranks on the communication stream while the backward goes on
+static void model_reduce_grads(Model *m, int group, int l) {
+    if (m->dist == NULL || m->dist->world == 1) return;
+    const ParamKind *order; int n = param_order(&m->cfg, &order);
+    dist_grads_begin(m->dist, m->stream);
+    for (int j = 0; j < n; j++) {
+        if (param_group(order[j]) != group) continue;
+        int shape[3]; size_t size = param_shape(&m->cfg, order[j], shape);
+        size_t each = group == PG_LAYER ? size / m->cfg.L : size;
+        dist_grads_mean(m->dist, GRAD(m, order[j]) + (group == PG_LAYER ? (size_t)l * each : 0), each);
+    }
+    dist_grads_end(m->dist);
+}
+
+// accumulates into the gradients; needs the dlogits left by model_forward(..., grad_scale > 0).
+// reduce: the step's last micro-batch, after which the gradients are averaged over the ranks
+static void model_backward(Model *m, int reduce) {
     const Config *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F, hd = config_hd(c);
     int gpt2 = c->arch == ARCH_GPT2;
@@ -474,6 +522,7 @@ static void model_backward(Model *m) {
     const bf16 *res = a->res3 + (size_t)(c->L - 1) * N * C;
     norm_backward(s->dres, GRAD(m, P_LNFW), gpt2 ? GRAD(m, P_LNFB) : NULL, s->partial, s->dln, res, PARAM(m, P_LNFW),
                   a->lnf_mean, a->lnf_rstd, N, C, st);
+    if (reduce) model_reduce_grads(m, PG_HEAD, 0);
     for (int l = c->L - 1; l >= 0; l--) {
         const bf16 *resin = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
         size_t lc = (size_t)l * N * C;
@@ -503,9 +552,11 @@ static void model_backward(Model *m) {
         norm_backward(s->dres, GRAD(m, P_LN1W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN1B) + (size_t)l * C : NULL, s->partial,
                       s->dln, resin, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? a->ln1_mean + (size_t)l * N : NULL,
                       a->ln1_rstd + (size_t)l * N, N, C, st);
+        if (reduce) model_reduce_grads(m, PG_LAYER, l);
     }
     encoder_backward(GRAD(m, P_WTE), gpt2 ? GRAD(m, P_WPE) : NULL, m->buckets, m->dbuckets, s->dres, m->host_inputs, B, T, C,
                      c->V, st);
+    if (reduce) model_reduce_grads(m, PG_EMBED, 0);
 }
 
 // DGE (SPEC.md 4): the 4-bit weights' gradients times f'(W / s_w). The factor is fixed for the
@@ -519,26 +570,39 @@ static void model_apply_dge(Model *m) {
     }
 }
 
-// AdamW over every tensor (decay on the matrices); returns the gradient norm before clipping
+// AdamW (decay on the matrices) on this rank's shard of the parameters, whose updated weights
+// then go to every rank; returns the gradient norm before clipping. Every rank holds the same
+// averaged gradients, so DGE and the norm need no communication.
 static float model_update(Model *m, float lr, float b1, float b2, float eps, float wd, float clip, int t, uint64_t seed) {
+    if (m->dist && m->dist->world > 1) dist_grads_join(m->dist, m->stream);
     model_apply_dge(m);
-    float norm = sqrtf(grad_sumsq(m->grads, m->nparams, m->s.partial, m->stream));
+    float *norm_dev = m->s.partial + SUMSQ_BLOCKS;
+    grad_sumsq(norm_dev, m->grads, m->nparams, m->s.partial, m->stream);
+    CUDA_CHECK(cudaMemcpyAsync(m->host_norm, norm_dev, sizeof(float), cudaMemcpyDeviceToHost, m->stream));
+    model_wait(m);
+    float norm = sqrtf(*m->host_norm);
     float gscale = (clip > 0.0f && norm > clip) ? clip / norm : 1.0f;
     const ParamKind *order; int n = param_order(&m->cfg, &order);
-    for (int j = 0; j < n; j++) {
+    for (int j = 0; j < n; j++) {  // each tensor's part in [lo, hi)
         int shape[3]; size_t size = param_shape(&m->cfg, order[j], shape), o = m->off[order[j]];
-        adamw_update(m->params + o, m->master ? m->master + o : NULL, m->grads + o, m->m + o, m->v + o, size, lr, b1, b2, t, eps,
-                     param_decays(order[j]) ? wd : 0.0f, gscale, rng_hash(seed, ((uint64_t)t << 8) + j), m->stream);
+        size_t a = o > m->lo ? o : m->lo, b = o + size < m->hi ? o + size : m->hi;
+        if (a >= b) continue;
+        adamw_update(m->params + a, m->master ? m->master + (a - m->lo) : NULL, m->grads + a, m->m + (a - m->lo), m->v + (a - m->lo),
+                     b - a, lr, b1, b2, t, eps, param_decays(order[j]) ? wd : 0.0f, gscale, rng_hash(seed, ((uint64_t)t << 8) + j),
+                     a - o, m->stream);
     }
+    if (m->parts > 1) dist_all_gather(m->dist, m->params, m->shard, 2, m->stream);
     m->wq_stale = 1;
     return norm;
 }
 
 static void model_free(Model *m) {
-    size_t n = m->nparams, hd = config_hd(&m->cfg);
-    cuda_free(m->params, n * sizeof(bf16));
-    if (m->master) cuda_free(m->master, n * sizeof(float));
-    cuda_free(m->grads, n * sizeof(float)); cuda_free(m->m, n * sizeof(float)); cuda_free(m->v, n * sizeof(float));
+    size_t padded = (size_t)m->parts * m->shard, own = m->hi - m->lo, hd = config_hd(&m->cfg);
+    cuda_free(m->params, padded * sizeof(bf16));
+    cuda_free(m->grads, padded * sizeof(float));
+    if (m->master) cuda_free(m->master, own * sizeof(float));
+    cuda_free(m->m, own * sizeof(float)); cuda_free(m->v, own * sizeof(float));
+    CUDA_CHECK(cudaFreeHost(m->host_norm));
     cuda_free(m->rope_cos, (size_t)m->cfg.T * hd * sizeof(float));
     if (m->wq_mem) cuda_free(m->wq_mem, m->wq_bytes);
     cuda_free(m->ones, m->nones * sizeof(float));
@@ -546,12 +610,11 @@ static void model_free(Model *m) {
     CUDA_CHECK(cudaStreamDestroy(m->stream));
 }
 
-static void gpu_init(void) {
-    CUDA_CHECK(cudaSetDevice(0));
-    matmul_init();
-}
+// the libraries' handles, on the current device
+static void gpu_init(void) { matmul_init(); }
 
 #ifndef TESTING
+// the mean loss of `steps` val batches per rank (each rank its own), over all ranks
 static float evaluate(Model *m, DataLoader *val, int steps) {
     dataloader_reset(val);
     double sum = 0.0;
@@ -559,7 +622,7 @@ static float evaluate(Model *m, DataLoader *val, int steps) {
         dataloader_next(val);
         sum += model_forward(m, val->inputs, val->targets, val->B, val->T, 0.0f);
     }
-    return (float)(sum / steps);
+    return (float)(m->dist ? dist_mean(m->dist, sum / steps) : sum / steps);
 }
 
 // samples after <|endoftext|>: the forward of the growing prefix, the next token from row t-1
@@ -589,19 +652,52 @@ static void sample(Model *m, Run *run, int gen_tokens) {
     free(row); free(gen);
 }
 
+// the checkpoint at `step`: each rank's optimizer shard (one file when unsharded), then, once all
+// of them are on disk, the model from rank 0, so that a model file means a complete checkpoint
+static void save_checkpoint(Model *m, Run *run, const Args *a, int step, float *host_params) {
+    Dist *d = m->dist;
+    model_wait(m);
+    if (m->parts > 1 || d->rank == 0) {
+        TrainState now = { step, run->train.shard, run->train.pos, run->rng.counter };
+        size_t own = m->hi - m->lo;
+        float *mv = (float *)malloc_check(2 * own * sizeof(float));
+        cuda_download(mv, m->m, own * sizeof(float));
+        cuda_download(mv + own, m->v, own * sizeof(float));
+        checkpoint_write_state(a->out_dir, step, m->part, m->parts, &now, mv, mv + own, m->nparams, m->lo, m->hi);
+        free(mv);
+    }
+    model_get_params(m, d->rank == 0 ? host_params : NULL);
+    dist_mean(d, 0.0);  // a barrier: every shard is written
+    if (d->rank == 0) {
+        char path[1100];
+        run_model_file(a, step, path, sizeof(path));
+        checkpoint_write_model(path, &m->cfg, host_params, step);
+        printf("wrote %s\n", path);
+    }
+}
+
 int main(int argc, char **argv) {
     Args a = args_defaults("gpt2:d12", "bf16");
     a.B = 8; a.T = 1024; a.lr = 6e-4f;
-    int master_fp32 = 0;
+    int master_fp32 = 0, zero = 1;
+    float timeout_s = 300.0f;
+    const char *dist_addr = NULL;
     Flag flags[MAX_FLAGS];
     int nflags = args_flags(&a, flags);
     flags[nflags++] = (Flag){ "--master-fp32", FLAG_INT, &master_fp32, "1: keep FP32 master weights (else BF16 + stochastic rounding)" };
+    flags[nflags++] = (Flag){ "--zero", FLAG_INT, &zero, "1: shard the optimizer state over the ranks (ZeRO-1); 0: replicate it" };
+    flags[nflags++] = (Flag){ "--dist-init", FLAG_STR, &dist_addr, "HOST:PORT of rank 0, for a multi-process start without MPI" };
+    flags[nflags++] = (Flag){ "--nccl-timeout", FLAG_FLOAT, &timeout_s, "seconds a rank waits for the others before ending the job" };
     setvbuf(stdout, NULL, _IOLBF, 0);
     parse_flags(argc, argv, flags, nflags, "./train_gpt2_fp4", "GPU trainer for GPT-2 and LLaMA (SPEC.md)");
     check_args(&a);
-    if (master_fp32 & ~1) die("--master-fp32 takes 0 or 1");
+    if ((master_fp32 | zero) & ~1) die("--master-fp32 and --zero take 0 or 1");
+    if (!(timeout_s >= 1.0f)) die("--nccl-timeout must be at least 1 second");
     RecipeOptions ro = recipe_options(&a);
     Recipe recipe = gpu_recipe(&ro);
+    Dist dist;
+    dist_init(&dist, dist_addr, timeout_s);
+    int main_rank = dist.rank == 0;
     if (a.out_dir && mkdir(a.out_dir, 0755) != 0 && errno != EEXIST) die("cannot create %s: %s", a.out_dir, strerror(errno));
     gpu_init();
 
@@ -619,50 +715,49 @@ int main(int argc, char **argv) {
         params_init(&cfg, host_params, (uint64_t)a.seed);
     }
     Model m;
-    model_create(&m, &cfg, &recipe, master_fp32);
+    model_create(&m, &cfg, &recipe, master_fp32, &dist, zero);
     model_set_params(&m, host_params);
-    if (resume_step >= 0) {
-        float *mv = (float *)malloc_check(2 * m.nparams * sizeof(float));
-        snprintf(path, sizeof(path), "%s/state_%08d.bin", a.out_dir, resume_step);
-        checkpoint_read_state(path, &st, mv, mv + m.nparams, m.nparams);
-        if (st.step != ckpt_step) die("%s: state step %d does not match the model's %d", path, st.step, ckpt_step);
-        cuda_upload(m.m, mv, m.nparams * sizeof(float));
-        cuda_upload(m.v, mv + m.nparams, m.nparams * sizeof(float));
+    if (resume_step >= 0) {  // this rank's shard of the state, whatever the saving run's number of ranks
+        size_t own = m.hi - m.lo;
+        float *mv = (float *)malloc_check(2 * own * sizeof(float));
+        checkpoint_read_state(a.out_dir, resume_step, &st, mv, mv + own, m.nparams, m.lo, m.hi);
+        if (st.step != ckpt_step) die("%s: state step %d does not match the model's %d", a.out_dir, st.step, ckpt_step);
+        cuda_upload(m.m, mv, own * sizeof(float));
+        cuda_upload(m.v, mv + own, own * sizeof(float));
         free(mv);
     }
     if (a.T > cfg.T) die("sequence length -t %d exceeds the model's maximum T = %d", a.T, cfg.T);
-    int accum = a.total_batch > 0 ? a.total_batch / (a.B * a.T) : 1;
+    long long rank_tokens = (long long)a.B * a.T, step_tokens = rank_tokens * dist.world;
+    if (a.total_batch > 0 && a.total_batch % step_tokens != 0)
+        die("total batch -d %d is not a multiple of -b * -t * ranks = %lld", a.total_batch, step_tokens);
+    int accum = a.total_batch > 0 ? (int)(a.total_batch / step_tokens) : 1;
+    step_tokens *= accum;
     char desc[256];
     config_describe(&cfg, desc, sizeof(desc));
     cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    printf("device %s\nmodel %s, %zu parameters\n", prop.name, desc, m.nparams);
-    recipe_print(recipe_table[ro.recipe].name, &recipe);
-    printf("%s master weights\nbatch %d x %d, %d micro-step(s) per step, %d steps\n",
-           master_fp32 ? "FP32" : "BF16 (stochastic rounding)", a.B, a.T, accum, a.max_steps);
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, dist.device));
+    if (main_rank) {
+        printf("device %s x %d rank(s)%s\nmodel %s, %zu parameters\n", prop.name, dist.world,
+               dist.world > 1 ? (m.parts > 1 ? ", optimizer state sharded (ZeRO-1)" : ", optimizer state replicated") : "", desc, m.nparams);
+        recipe_print(recipe_table[ro.recipe].name, &recipe);
+        printf("%s master weights\nbatch %d x %d per rank, %d micro-step(s) per step, %lld tokens per step, %d steps\n",
+               master_fp32 ? "FP32" : "BF16 (stochastic rounding)", a.B, a.T, accum, step_tokens, a.max_steps);
+    }
 
     Run run;
-    run_open(&run, &a, &cfg, &st, resume_step >= 0);
+    run_open(&run, &a, &cfg, &st, resume_step >= 0, dist.rank, dist.world);
     // FLOPs per token for MFU: 6 per weight of the matmuls, plus attention's 6 L T C (causal half of 12)
     double flops_tok = 6.0 * (double)(m.nparams - (cfg.arch == ARCH_GPT2 ? (size_t)cfg.T * cfg.C : 0)) + 6.0 * cfg.L * a.T * cfg.C;
+    uint64_t replica_hash = 0;
 
     for (int step = st.step; step <= a.max_steps; step++) {
         int last = step == a.max_steps;
-        if (run_eval_due(&a, step)) run_report_eval(&run, step, (long long)step * accum * a.B * a.T, evaluate(&m, &run.val, a.val_steps));
-        if (run_sample_due(&a, step)) sample(&m, &run, a.gen_tokens);
-        if (run_ckpt_due(&a, step, st.step)) {
-            char state_path[1100];
-            run_ckpt_paths(&a, step, path, state_path, sizeof(path));
-            TrainState now = { step, run.train.shard, run.train.pos, run.rng.counter };
-            float *mv = (float *)malloc_check(2 * m.nparams * sizeof(float));
-            cuda_download(mv, m.m, m.nparams * sizeof(float));
-            cuda_download(mv + m.nparams, m.v, m.nparams * sizeof(float));
-            checkpoint_write_state(state_path, &now, mv, mv + m.nparams, m.nparams);
-            free(mv);
-            model_get_params(&m, host_params);
-            checkpoint_write_model(path, &cfg, host_params, step);
-            printf("wrote %s\n", path);
+        if (run_eval_due(&a, step)) {
+            float val = evaluate(&m, &run.val, a.val_steps);
+            if (main_rank) run_report_eval(&run, step, (long long)step * step_tokens, val);
         }
+        if (run_sample_due(&a, step) && main_rank) sample(&m, &run, a.gen_tokens);
+        if (run_ckpt_due(&a, step, st.step)) save_checkpoint(&m, &run, &a, step, host_params);
         if (last) break;
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -671,25 +766,32 @@ int main(int argc, char **argv) {
         for (int micro = 0; micro < accum; micro++) {
             dataloader_next(&run.train);
             loss += model_forward(&m, run.train.inputs, run.train.targets, a.B, a.T, 1.0f / accum) / accum;
-            model_backward(&m);
+            model_backward(&m, micro == accum - 1);
         }
         float lr = lr_schedule(a.lr, step, a.warmup, a.max_steps, a.final_frac);
         float norm = model_update(&m, lr, a.b1, a.b2, 1e-8f, a.wd, a.clip, step + 1, (uint64_t)a.seed);
-        CUDA_CHECK(cudaStreamSynchronize(m.stream));
+        replica_hash = dist_check_replicas(&dist, m.params, m.nparams, m.stream, step + 1);
+        loss = dist_mean(&dist, loss);
+        model_wait(&m);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
-        double tok_s = (double)accum * a.B * a.T / (ms / 1e3);
-        double mfu = tok_s * flops_tok / 989e12;  // H100 SXM dense BF16 peak
+        double tok_s = (double)step_tokens / (ms / 1e3);
+        double mfu = tok_s / dist.world * flops_tok / 989e12;  // per GPU, against the H100 SXM dense BF16 peak
         double eta_s = (a.max_steps - step - 1) * ms / 1e3;
-        printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s | MFU %.1f%% | ETA %.0f s\n", step + 1,
-               a.max_steps, loss, norm, lr, ms, tok_s, 100 * mfu, eta_s);
-        logger_train(&run.lg, step + 1, (long long)(step + 1) * accum * a.B * a.T, (float)loss, norm, lr, ms, tok_s);
+        if (main_rank)
+            printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s | MFU %.1f%% | ETA %.0f s\n", step + 1,
+                   a.max_steps, loss, norm, lr, ms, tok_s, 100 * mfu, eta_s);
+        logger_train(&run.lg, step + 1, (long long)(step + 1) * step_tokens, (float)loss, norm, lr, ms, tok_s);
         if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
     }
-    printf("peak GPU memory %.0f MiB (the trainer's allocations)\n", (cuda_peak_bytes + cudnn_attention_bytes()) / 1048576.0);
+    if (main_rank && dist.world > 1 && a.max_steps > st.step)
+        printf("replicas: weights bit-identical on all %d ranks after every step (hash %016llx)\n", dist.world,
+               (unsigned long long)replica_hash);
+    if (main_rank) printf("peak GPU memory %.0f MiB (the trainer's allocations)\n", (cuda_peak_bytes + cudnn_attention_bytes()) / 1048576.0);
     run_close(&run);
     free(host_params);
     model_free(&m);
+    dist_free(&dist);
     return 0;
 }
 #endif

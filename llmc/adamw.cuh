@@ -23,15 +23,11 @@ __global__ void sumsq_final_kernel(float *out, const float *partial, int n) {
     if (threadIdx.x == 0) *out = s;
 }
 
-// scratch: SUMSQ_BLOCKS + 1 floats; returns sum of g^2 (synchronizes)
-static float grad_sumsq(const float *g, size_t n, float *scratch, cudaStream_t s) {
+// *out (device) = sum of g^2, in a fixed order; scratch: SUMSQ_BLOCKS floats
+static void grad_sumsq(float *out, const float *g, size_t n, float *scratch, cudaStream_t s) {
     sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, n);
-    sumsq_final_kernel<<<1, 1024, 0, s>>>(scratch + SUMSQ_BLOCKS, scratch, SUMSQ_BLOCKS);
+    sumsq_final_kernel<<<1, 1024, 0, s>>>(out, scratch, SUMSQ_BLOCKS);
     CUDA_CHECK(cudaGetLastError());
-    float out;
-    CUDA_CHECK(cudaMemcpyAsync(&out, scratch + SUMSQ_BLOCKS, sizeof(float), cudaMemcpyDeviceToHost, s));
-    CUDA_CHECK(cudaStreamSynchronize(s));
-    return out;
 }
 
 // rounds x to BF16 up or down with probability given by the distance: unbiased on average
@@ -43,9 +39,10 @@ __device__ inline bf16 bf16_stochastic(float x, uint64_t bits) {
 }
 
 // one element per thread over a contiguous range of the parameter buffer; decay applies to the
-// whole range (the caller splits the buffer by tensor)
+// whole range (the caller splits the buffer by tensor). first: the range's offset in its tensor,
+// so that stochastic rounding draws the same numbers however the tensor is sharded.
 __global__ void adamw_kernel(bf16 *p, float *master, const float *g, float *m, float *v, size_t n, float lr, float b1,
-                             float b2, float c1, float c2, float eps, float wd, float gscale, uint64_t key) {
+                             float b2, float c1, float c2, float eps, float wd, float gscale, uint64_t key, size_t first) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float gr = g[i] * gscale;
@@ -55,13 +52,14 @@ __global__ void adamw_kernel(bf16 *p, float *master, const float *g, float *m, f
     float w = master ? master[i] : __bfloat162float(p[i]);
     w -= lr * ((mi / c1) / (sqrtf(vi / c2) + eps) + wd * w);
     if (master) { master[i] = w; p[i] = __float2bfloat16(w); }
-    else p[i] = bf16_stochastic(w, rng_hash(key, i));
+    else p[i] = bf16_stochastic(w, rng_hash(key, first + i));
 }
 
 static void adamw_update(bf16 *p, float *master, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
-                         int t, float eps, float wd, float gscale, uint64_t key, cudaStream_t s) {
+                         int t, float eps, float wd, float gscale, uint64_t key, size_t first, cudaStream_t s) {
+    if (n == 0) return;
     float c1 = 1.0f - powf(b1, (float)t), c2 = 1.0f - powf(b2, (float)t);
-    adamw_kernel<<<ceil_div((long long)n, 256), 256, 0, s>>>(p, master, g, m, v, n, lr, b1, b2, c1, c2, eps, wd, gscale, key);
+    adamw_kernel<<<ceil_div((long long)n, 256), 256, 0, s>>>(p, master, g, m, v, n, lr, b1, b2, c1, c2, eps, wd, gscale, key, first);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,7 +1,8 @@
-// defines: TrainState, checkpoint_write_model, checkpoint_read_model, checkpoint_write_state,
-//          checkpoint_read_state, checkpoint_latest
+// defines: TrainState, checkpoint_write_model, checkpoint_read_model, checkpoint_state_path,
+//          checkpoint_write_state, checkpoint_read_state, checkpoint_latest
 // Model and optimizer-state files (SPEC.md 6). Each is written to NAME.tmp and renamed, so a
-// crash leaves either the old file or the complete new one, never a torn one.
+// crash leaves either the old file or the complete new one, never a torn one. The optimizer
+// state may come in parts, one per rank's shard, each holding a range of the parameters.
 #ifndef LLMC_CHECKPOINT_H
 #define LLMC_CHECKPOINT_H
 
@@ -14,10 +15,11 @@
 #define MODEL_MAGIC 20261122
 #define STATE_MAGIC 20261123
 #define CKPT_VERSION 1
+#define STATE_VERSION 2
 
 typedef struct {
     int step;               // optimizer steps done
-    int shard;              // data loader position
+    int shard;              // data loader position (of rank 0's batch)
     long long pos;
     uint64_t rng_counter;   // host RNG stream position (sampling)
 } TrainState;
@@ -72,29 +74,72 @@ static float *checkpoint_read_model(const char *path, Config *c, int *step) {
     return params;
 }
 
-static void checkpoint_write_state(const char *path, const TrainState *s, const float *m, const float *v, size_t n) {
-    int h[256] = {0};
-    h[0] = STATE_MAGIC; h[1] = CKPT_VERSION; put_u64(h + 2, n); h[4] = s->step; h[5] = s->shard;
-    put_u64(h + 6, (uint64_t)s->pos); put_u64(h + 8, s->rng_counter);
-    const float *parts[2] = { m, v }; size_t lens[2] = { n, n };
-    write_atomic(path, h, parts, lens, 2);
+// the state file of part `part` of `parts`: state_STEP.bin for one part (what the CPU trainer and
+// a single GPU write), state_STEP_rankR.bin for each rank's shard
+static void checkpoint_state_path(char *buf, size_t n, const char *dir, int step, int part, int parts) {
+    if (parts == 1) snprintf(buf, n, "%s/state_%08d.bin", dir, step);
+    else snprintf(buf, n, "%s/state_%08d_rank%d.bin", dir, step, part);
 }
 
-static void checkpoint_read_state(const char *path, TrainState *s, float *m, float *v, size_t n) {
+// the optimizer state of parameters [lo, hi) out of n (m and v hold just that range): part
+// `part` of `parts` that tile [0, n) in order
+static void checkpoint_write_state(const char *dir, int step, int part, int parts, const TrainState *s, const float *m,
+                                   const float *v, size_t n, size_t lo, size_t hi) {
+    char path[1100];
+    checkpoint_state_path(path, sizeof(path), dir, step, part, parts);
+    int h[256] = {0};
+    h[0] = STATE_MAGIC; h[1] = STATE_VERSION; put_u64(h + 2, n); h[4] = s->step; h[5] = s->shard;
+    put_u64(h + 6, (uint64_t)s->pos); put_u64(h + 8, s->rng_counter);
+    h[10] = part; h[11] = parts; put_u64(h + 12, lo); put_u64(h + 14, hi);
+    const float *data[2] = { m, v }; size_t lens[2] = { hi - lo, hi - lo };
+    write_atomic(path, h, data, lens, 2);
+}
+
+static FILE *state_open(const char *path, int h[256], size_t n, long long *size) {
+    FILE *f = open_with_header(path, h, STATE_MAGIC, STATE_VERSION, "optimizer state file", size);
+    if (get_u64(h + 2) != n) die("%s: state is for %llu parameters, the model has %zu", path, (unsigned long long)get_u64(h + 2), n);
+    return f;
+}
+
+// m and v of parameters [lo, hi) out of n, from the state files of `step` in dir, whichever of
+// their parts hold that range: the run that wrote them may have had another number of ranks
+static void checkpoint_read_state(const char *dir, int step, TrainState *s, float *m, float *v, size_t n, size_t lo, size_t hi) {
+    char path[1100];
     int h[256];
     long long size;
-    FILE *f = open_with_header(path, h, STATE_MAGIC, CKPT_VERSION, "optimizer state file", &size);
-    if (get_u64(h + 2) != n) die("%s: state is for %llu parameters, the model has %zu", path, (unsigned long long)get_u64(h + 2), n);
-    if (size != (long long)(sizeof(h) + 2 * n * sizeof(float))) die("%s: file has %lld bytes, want %zu", path, size, sizeof(h) + 2 * n * sizeof(float));
-    s->step = h[4]; s->shard = h[5]; s->pos = (long long)get_u64(h + 6); s->rng_counter = get_u64(h + 8);
-    fread_check(m, sizeof(float), n, f, path);
-    fread_check(v, sizeof(float), n, f, path);
-    fclose(f);
+    checkpoint_state_path(path, sizeof(path), dir, step, 0, 1);
+    int parts = 1;
+    if (access(path, F_OK) != 0) {  // sharded: part 0 says how many parts there are
+        checkpoint_state_path(path, sizeof(path), dir, step, 0, 2);
+        fclose(state_open(path, h, n, &size));
+        parts = h[11];
+        if (parts < 2 || parts > 1 << 16) die("%s: bad part count %d", path, parts);
+    }
+    size_t covered = 0;
+    for (int p = 0; p < parts; p++) {
+        checkpoint_state_path(path, sizeof(path), dir, step, p, parts);
+        FILE *f = state_open(path, h, n, &size);
+        size_t plo = get_u64(h + 12), phi = get_u64(h + 14);
+        if (h[10] != p || h[11] != parts) die("%s: says part %d of %d, expected part %d of %d", path, h[10], h[11], p, parts);
+        if (h[4] != step) die("%s: state of step %d, expected %d", path, h[4], step);
+        if (plo != covered || phi < plo || phi > n) die("%s: range [%zu, %zu) does not follow the previous part's end %zu", path, plo, phi, covered);
+        if (size != (long long)(sizeof(h) + 2 * (phi - plo) * sizeof(float))) die("%s: file has %lld bytes, want %zu", path, size, sizeof(h) + 2 * (phi - plo) * sizeof(float));
+        covered = phi;
+        if (p == 0) { s->step = h[4]; s->shard = h[5]; s->pos = (long long)get_u64(h + 6); s->rng_counter = get_u64(h + 8); }
+        size_t a = lo > plo ? lo : plo, b = hi < phi ? hi : phi;
+        for (int k = 0; a < b && k < 2; k++) {  // m, then v
+            if (fseek(f, (long)(sizeof(h) + ((size_t)k * (phi - plo) + a - plo) * sizeof(float)), SEEK_SET) != 0) die("%s: seek failed", path);
+            fread_check((k ? v : m) + (a - lo), sizeof(float), b - a, f, path);
+        }
+        fclose(f);
+    }
+    if (covered != n) die("%s: the %d state parts end at parameter %zu of %zu", dir, parts, covered, n);
 }
 
-// the highest step in dir that has both model_STEP.bin and state_STEP.bin, or -1
+// the highest step in dir that has both model_STEP.bin and a state file (written before the
+// model, so a model file means a complete checkpoint), or -1
 static int checkpoint_latest(const char *dir) {
-    char pattern[1100], path[1100];
+    char pattern[1100], one[1100], sharded[1100];
     snprintf(pattern, sizeof(pattern), "%s/model_*.bin", dir);
     glob_t g;
     int best = -1;
@@ -104,8 +149,9 @@ static int checkpoint_latest(const char *dir) {
             int step;
             char tail;
             if (sscanf(name ? name + 1 : g.gl_pathv[i], "model_%d.bi%c", &step, &tail) != 2 || tail != 'n') continue;
-            snprintf(path, sizeof(path), "%s/state_%08d.bin", dir, step);
-            if (step > best && access(path, R_OK) == 0) best = step;
+            checkpoint_state_path(one, sizeof(one), dir, step, 0, 1);
+            checkpoint_state_path(sharded, sizeof(sharded), dir, step, 0, 2);
+            if (step > best && (access(one, R_OK) == 0 || access(sharded, R_OK) == 0)) best = step;
         }
         globfree(&g);
     }

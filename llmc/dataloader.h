@@ -1,8 +1,9 @@
 // defines: DataLoader, dataloader_init, dataloader_next, dataloader_reset, dataloader_free,
 //          shard_open
 // Reads llm.c token shards (SPEC.md 6). Batches are read in order through the shards matched by
-// a glob pattern; rank r of n reads every n-th batch, so ranks see disjoint data. The position
-// (shard, offset) is all the state there is, which makes a resumed run read the same tokens.
+// a glob pattern; rank r of n reads the r-th batch of every group of n, so ranks see disjoint data
+// and move to the next shard together. The position (shard, offset of the group) is all the state
+// there is, which makes a resumed run read the same tokens, on any number of ranks.
 #ifndef LLMC_DATALOADER_H
 #define LLMC_DATALOADER_H
 
@@ -18,7 +19,7 @@ typedef struct {
     int B, T, rank, nranks, vocab;
     glob_t files;
     int shard;           // index into files of the open shard
-    long long pos;       // token offset of this rank's next batch in the shard
+    long long pos;       // token offset of the next group of batches in the shard (rank 0's batch)
     long long ntok;      // tokens in the open shard
     FILE *f;
     uint16_t *buf;       // B*T+1 tokens
@@ -48,7 +49,7 @@ static void dataloader_open_shard(DataLoader *d, int shard) {
 
 static void dataloader_reset(DataLoader *d) {
     dataloader_open_shard(d, 0);
-    d->pos = (long long)d->B * d->T * d->rank;
+    d->pos = 0;
 }
 
 // pattern: a path or glob; vocab: token ids must be < vocab
@@ -67,24 +68,25 @@ static void dataloader_init(DataLoader *d, const char *pattern, int B, int T, in
 static void dataloader_seek(DataLoader *d, int shard, long long pos) {
     if (shard < 0 || shard >= (int)d->files.gl_pathc) die("checkpoint data position names shard %d, but only %zu shards match", shard, d->files.gl_pathc);
     dataloader_open_shard(d, shard);
-    if (pos < 0 || pos + (long long)d->B * d->T + 1 > d->ntok) die("checkpoint data position %lld is outside shard %s", pos, d->files.gl_pathv[shard]);
+    if (pos < 0 || pos + (long long)d->B * d->T * d->nranks + 1 > d->ntok) die("checkpoint data position %lld is outside shard %s", pos, d->files.gl_pathv[shard]);
     d->pos = pos;
 }
 
 // fills inputs/targets with the next batch and advances
 static void dataloader_next(DataLoader *d) {
     size_t n = (size_t)d->B * d->T;
-    if (d->pos + (long long)n + 1 > d->ntok) {  // this shard is used up: next one (wrapping)
+    if (d->pos + (long long)n * d->nranks + 1 > d->ntok) {  // this shard is used up: next one (wrapping)
         dataloader_open_shard(d, (d->shard + 1) % (int)d->files.gl_pathc);
-        d->pos = (long long)n * d->rank;
+        d->pos = 0;
     }
     const char *path = d->files.gl_pathv[d->shard];
-    if (fseek(d->f, (long)(SHARD_HEADER_INTS * sizeof(int) + 2 * d->pos), SEEK_SET) != 0) die("%s: seek failed", path);
+    long long at = d->pos + (long long)n * d->rank;
+    if (fseek(d->f, (long)(SHARD_HEADER_INTS * sizeof(int) + 2 * at), SEEK_SET) != 0) die("%s: seek failed", path);
     fread_check(d->buf, sizeof(uint16_t), n + 1, d->f, path);
     for (size_t i = 0; i < n; i++) {
         if (d->buf[i] >= d->vocab || d->buf[i + 1] >= d->vocab)
             die("%s: token id %d at position %lld is outside the vocabulary (%d)", path,
-                d->buf[i] >= d->vocab ? d->buf[i] : d->buf[i + 1], d->pos + (long long)i, d->vocab);
+                d->buf[i] >= d->vocab ? d->buf[i] : d->buf[i + 1], at + (long long)i, d->vocab);
         d->inputs[i] = d->buf[i];
         d->targets[i] = d->buf[i + 1];
     }

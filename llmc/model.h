@@ -1,5 +1,5 @@
 // defines: Config, config_parse, config_describe, ParamKind, param_shape, param_order,
-//          param_decays, param_init_std, param_count, params_init, LIN_QKV .. NUM_LINEARS,
+//          param_decays, param_group, param_init_std, param_count, params_init, LIN_QKV .. NUM_LINEARS,
 //          linear_names, linear_dims, linear_wkind, linear_bkind
 // The model description shared by both trainers and the checkpoint format (SPEC.md 1-2): the
 // configuration, and the parameter tensors of each architecture in their one fixed order.
@@ -160,6 +160,14 @@ static void linear_dims(const Config *c, int l, int *M, int *K) {
         case LIN_FC: *M = config_ff(c); *K = c->C; break;
         default: *M = c->C; *K = c->F; break;
     }
+}
+
+// when a tensor's gradient is complete in the backward: the final norm's and the LM head's first,
+// the blocks' layer by layer (their shape[0] is L), the embeddings' last
+enum { PG_HEAD, PG_LAYER, PG_EMBED };
+static int param_group(ParamKind k) {
+    if (k == P_WTE || k == P_WPE) return PG_EMBED;
+    return k == P_LNFW || k == P_LNFB || k == P_LMHEAD ? PG_HEAD : PG_LAYER;
 }
 
 static int param_decays(ParamKind k) {

@@ -1,8 +1,8 @@
 // defines: Run, run_resume_step, run_model_path, run_open, run_close, run_eval_due, run_sample_due,
-//          run_ckpt_due, run_report_eval, run_ckpt_paths
+//          run_ckpt_due, run_report_eval, run_model_file
 // What a training run holds besides the model, the same for both trainers: where the model
 // comes from (descriptor, checkpoint, or the latest checkpoint of -o when resuming), the data
-// loaders, the tokenizer for samples, the sampling RNG and the log.
+// loaders, the tokenizer for samples, the sampling RNG and the log (rank 0's only).
 #ifndef LLMC_RUN_H
 #define LLMC_RUN_H
 
@@ -33,16 +33,22 @@ static int run_resume_step(const Args *a) {
     return step;
 }
 
+// the model file of the checkpoint at step (a buffer of n bytes)
+static void run_model_file(const Args *a, int step, char *model, size_t n) {
+    snprintf(model, n, "%s/model_%08d.bin", a->out_dir, step);
+}
+
 // the checkpoint to load the model from (written into buf), or NULL for a descriptor
 static const char *run_model_path(const Args *a, int resume_step, char *buf, size_t n) {
-    if (resume_step >= 0) { snprintf(buf, n, "%s/model_%08d.bin", a->out_dir, resume_step); return buf; }
+    if (resume_step >= 0) { run_model_file(a, resume_step, buf, n); return buf; }
     return strchr(a->model, ':') == NULL ? a->model : NULL;
 }
 
-// st: the restored state when resuming (data position, RNG), else zeros
-static void run_open(Run *r, const Args *a, const Config *cfg, const TrainState *st, int resumed) {
-    dataloader_init(&r->train, a->train_data, a->B, a->T, 0, 1, cfg->V);
-    dataloader_init(&r->val, a->val_data, a->B, a->T, 0, 1, cfg->V);
+// st: the restored state when resuming (data position, RNG), else zeros; this process is rank
+// `rank` of `world`, each reading its own batches
+static void run_open(Run *r, const Args *a, const Config *cfg, const TrainState *st, int resumed, int rank, int world) {
+    dataloader_init(&r->train, a->train_data, a->B, a->T, rank, world, cfg->V);
+    dataloader_init(&r->val, a->val_data, a->B, a->T, rank, world, cfg->V);
     if (resumed) dataloader_seek(&r->train, st->shard, st->pos);
     memset(&r->tok, 0, sizeof(r->tok));
     FILE *tf = fopen(a->tokenizer, "rb");
@@ -56,7 +62,7 @@ static void run_open(Run *r, const Args *a, const Config *cfg, const TrainState 
     }
     r->rng = rng_init((uint64_t)a->seed);
     r->rng.counter = st->rng_counter;
-    logger_init(&r->lg, a->out_dir, resumed);
+    logger_init(&r->lg, rank == 0 ? a->out_dir : NULL, resumed);
 }
 
 // what happens at the top of step `step` (0 .. max_steps; the last one only evaluates, samples
@@ -74,11 +80,6 @@ static void run_report_eval(Run *r, int step, long long tokens, float val_loss) 
     logger_eval(&r->lg, step, tokens, val_loss);
 }
 
-// the two files of the checkpoint at step (buffers of n bytes)
-static void run_ckpt_paths(const Args *a, int step, char *model, char *state, size_t n) {
-    snprintf(model, n, "%s/model_%08d.bin", a->out_dir, step);
-    snprintf(state, n, "%s/state_%08d.bin", a->out_dir, step);
-}
 
 static void run_close(Run *r) {
     logger_close(&r->lg);

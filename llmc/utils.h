@@ -1,4 +1,4 @@
-// defines: die, fopen_check, fread_check, fwrite_check, fclose_check, malloc_check,
+// defines: error_context, die, fopen_check, fread_check, fwrite_check, fclose_check, malloc_check,
 //          file_size, rename_check, open_with_header
 // Every failure ends the program with one line "error: ..." on stderr and exit code 1, so bad
 // input never turns into a crash or a silent wrong result.
@@ -11,10 +11,13 @@
 #include <string.h>
 #include <errno.h>
 
+// who is speaking, when several processes share a terminal ("rank 3: "); empty otherwise
+static char error_context[32];
+
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "error: ");
+    fprintf(stderr, "error: %s", error_context);
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);

@@ -18,14 +18,14 @@ static const Tolerance tol_quant = { 0.1f, 0.25f, 5e-3f, 0.2f };
 // runs S steps from the file's init on its batch; losses and norms out
 static void run_steps(const RefFile *rf, const Recipe *recipe, int master, float *losses, float *norms) {
     Model m;
-    model_create(&m, &rf->cfg, recipe, master);
+    model_create(&m, &rf->cfg, recipe, master, NULL, 0);
     float *host = (float *)malloc_check(m.nparams * sizeof(float));
     params_init(&rf->cfg, host, rf->seed);
     model_set_params(&m, host);
     for (int s = 0; s < rf->S; s++) {
         model_zero_grad(&m);
         losses[s] = model_forward(&m, rf->inputs, rf->targets, rf->B, rf->T, 1.0f);
-        model_backward(&m);
+        model_backward(&m, 1);
         norms[s] = model_update(&m, rf->hp[0], rf->hp[1], rf->hp[2], rf->hp[3], rf->hp[4], rf->hp[5], s + 1, 1337);
     }
     free(host);
@@ -78,7 +78,7 @@ static void test_file(const char *path) {
     const Tolerance *tol = fp32 ? &tol_bf16 : &tol_quant;
     int N = rf.B * rf.T;
     Model m;
-    model_create(&m, c, &recipe, 1);
+    model_create(&m, c, &recipe, 1, NULL, 0);
     float *host = (float *)malloc_check(m.nparams * sizeof(float));
     params_init(c, host, rf.seed);
     model_set_params(&m, host);
@@ -99,7 +99,7 @@ static void test_file(const char *path) {
 
     model_zero_grad(&m);
     float loss = model_forward(&m, rf.inputs, rf.targets, rf.B, rf.T, 1.0f);
-    model_backward(&m);
+    model_backward(&m, 1);
     if (recipe.lin[LIN_FC].dge) check_dge(&m, name);  // the reference's gradients include DGE
     else model_apply_dge(&m);
     float el = fabsf(loss - rf.losses[0]) / rf.losses[0];

@@ -3,10 +3,13 @@
 models and batches at T = 1024; prints a markdown table (tok/s, MFU, peak memory).
 
     python3 dev/bench/bench.py [--steps 20] [--configs gpt2:d12:32 gpt2:d24:16 llama:d16,T=1024:8]
+    python3 dev/bench/bench.py --ranks 4 [--configs ...] [--recipes ...]     (scaling, no PyTorch)
 
 Our numbers: mean step time of the steps after the first 5 (main.jsonl). PyTorch's: 5 warmup
 steps, then --steps timed. Peak memory: what each program allocated on the device (ours: every
-cudaMalloc; PyTorch: max_memory_reserved of its caching allocator).
+cudaMalloc; PyTorch: max_memory_reserved of its caching allocator). With --ranks N: each config
+and recipe on 1 GPU, then on N GPUs (scripts/run_multi_gpu.sh, the same batch per GPU), and the
+scaling efficiency: tok/s per GPU at N over tok/s at 1.
 """
 import argparse
 import json
@@ -27,12 +30,13 @@ def run(cmd):
     return p.stdout
 
 
-def ours(model, B, steps, recipe):
-    """recipe: a name and extra flags, e.g. "fp4 --occ 0" """
+def ours(model, B, steps, recipe, ranks=1):
+    """recipe: a name and extra flags, e.g. "fp4 --occ 0"; ranks > 1: data parallel on that many GPUs"""
     name, *extra = recipe.split()
+    launch = ["./train_gpt2_fp4"] if ranks == 1 else ["bash", "scripts/run_multi_gpu.sh", str(ranks)]
     with tempfile.TemporaryDirectory() as out:
-        log = run(["./train_gpt2_fp4", "-e", model, "-b", str(B), "-t", "1024", "-x", str(steps), "-u", "2",
-                   "-v", "0", "-m", "1", "-r", name, "-i", DATA, "-j", DATA, "-o", out] + extra)
+        log = run(launch + ["-e", model, "-b", str(B), "-t", "1024", "-x", str(steps), "-u", "2",
+                            "-v", "0", "-m", "1", "-r", name, "-i", DATA, "-j", DATA, "-o", out] + extra)
         rows = [json.loads(l) for l in open(os.path.join(out, "main.jsonl")) if '"train_loss"' in l]
     ms = sum(r["ms"] for r in rows[5:]) / len(rows[5:])
     mfu = float(re.findall(r"MFU ([0-9.]+)%", log)[-1])
@@ -55,9 +59,12 @@ def main():
     ap.add_argument("--recipes", nargs="+", default=["bf16", "fp8", "fp4 --occ 0", "fp4"],
                     help="recipes with their extra flags, one quoted argument each")
     ap.add_argument("--no-pytorch", action="store_true", help="our recipes only (quick comparisons between them)")
+    ap.add_argument("--ranks", type=int, default=1, help="N > 1: scaling from 1 to N GPUs instead")
     a = ap.parse_args()
     if not os.path.exists(os.path.join(ROOT, DATA)):
         sys.exit(f"error: {DATA} missing (make data)")
+    if a.ranks > 1:
+        return scaling(a)
     rows = []
     for spec in a.configs:
         model, _, B = spec.rpartition(":")
@@ -78,6 +85,20 @@ def main():
         vs = f"{tok / base[model]:.2f}x" if model in base and not who.endswith(" bf16") else ""
         print(f"| {model} | {B} | {who} | {ms:.1f} | {tok:,.0f} | {mfu:.1f}% | {peak:,.0f} | "
               f"{'' if rel is None else f'{rel:.2f}x'} | {vs} |")
+
+
+def scaling(a):
+    print(f"| model | batch x 1024 per GPU | recipe | 1 GPU tok/s | {a.ranks} GPUs tok/s | per GPU | efficiency | "
+          f"peak MiB 1 / {a.ranks} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for spec in a.configs:
+        model, _, B = spec.rpartition(":")
+        for r in a.recipes:
+            one = ours(model, int(B), a.steps + 5, r)
+            many = ours(model, int(B), a.steps + 5, r, a.ranks)
+            per = many[1] / a.ranks
+            print(f"| {model} | {B} | {r} | {one[1]:,.0f} | {many[1]:,.0f} | {per:,.0f} | {per / one[1]:.1%} | "
+                  f"{one[3]:,.0f} / {many[3]:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":
