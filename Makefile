@@ -73,18 +73,21 @@ CUDA_HEADERS = $(HEADERS) $(wildcard llmc/*.cuh) llmc/cudnn_attention.h
 CUDA_LIBS = -lcublasLt -lcublas -lcudnn -lnvrtc
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
 
-# Multi-GPU: NCCL (found in CUDA_HOME or NCCL_HOME; NO_MULTI_GPU=1 builds a single-GPU trainer
-# without it) and, optionally, MPI for `mpirun` starts (found through Open MPI's mpicc; USE_MPI=0
-# leaves it out, MPI_CFLAGS / MPI_LIBS name another MPI). Without MPI, several processes start
-# with RANK / WORLD_SIZE / LOCAL_RANK and --dist-init (scripts/run_multi_gpu.sh).
-NCCL_HOME ?= $(CUDA_HOME)
+# Multi-GPU: NCCL (NCCL_HOME, else the first of CUDA_HOME, /usr and PyPI's nvidia-nccl package
+# that has include/nccl.h; NO_MULTI_GPU=1 builds a single-GPU trainer without it) and, optionally,
+# MPI for `mpirun` starts (found through Open MPI's mpicc; USE_MPI=0 leaves it out, MPI_CFLAGS /
+# MPI_LIBS name another MPI). Without MPI, several processes start with RANK / WORLD_SIZE /
+# LOCAL_RANK and --dist-init (scripts/run_multi_gpu.sh).
 ifneq ($(NO_MULTI_GPU),1)
-  ifneq ($(wildcard $(NCCL_HOME)/include/nccl.h),)
-    TRAIN_FLAGS += -DUSE_NCCL -I$(NCCL_HOME)/include
-    TRAIN_LIBS += -L$(NCCL_HOME)/lib -L$(NCCL_HOME)/lib64 -lnccl
-  else
-    $(error NCCL not found in $(NCCL_HOME): set NCCL_HOME, or NO_MULTI_GPU=1 for a single-GPU build)
+  NCCL_PIP := $(shell $(PYTHON) -c "import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])" 2>/dev/null)
+  NCCL_HOME ?= $(patsubst %/include/nccl.h,%,$(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h \
+                                                                      $(NCCL_PIP)/include/nccl.h)))
+  ifeq ($(wildcard $(NCCL_HOME)/include/nccl.h),)
+    $(error NCCL not found (no nccl.h): set NCCL_HOME, or NO_MULTI_GPU=1 for a single-GPU build)
   endif
+  NCCL_LIB := $(firstword $(wildcard $(NCCL_HOME)/lib/libnccl.so.2 $(NCCL_HOME)/lib64/libnccl.so.2))
+  TRAIN_FLAGS += -DUSE_NCCL -I$(NCCL_HOME)/include
+  TRAIN_LIBS += $(if $(NCCL_LIB),-L$(dir $(NCCL_LIB)) -Xlinker -rpath -Xlinker $(dir $(NCCL_LIB))) -l:libnccl.so.2
   USE_MPI ?= $(if $(shell mpicc -showme:version 2>/dev/null),1,0)
   ifeq ($(USE_MPI),1)
     MPI_DIRS := $(shell mpicc -showme:libdirs 2>/dev/null)

@@ -73,7 +73,7 @@ for ((k = 0; k < n; k++)); do
         > /dev/null 2> "$tmp/err$k" &
     pids+=($!)
 done
-for ((i = 0; i < 600 && ! -f "$tmp/killed/model_00000100.bin"; i++)); do sleep 0.1; done
+for ((i = 0; i < 600; i++)); do [ -f "$tmp/killed/model_00000100.bin" ] && break; sleep 0.1; done
 kill -9 "${pids[1]}"
 t0=$(date +%s)
 rc=0; wait "${pids[0]}" || rc=$?
@@ -108,13 +108,15 @@ if command -v mpirun > /dev/null && ldd "$bin" | grep -q libmpi; then
     mpirun -np "$n" --bind-to none "$bin" "${args[@]}" -x 100000 --nccl-timeout 20 > "$tmp/mpikill.log" 2>&1 &
     mpid=$!
     sleep 15
-    victim=$(pgrep -f "train_gpt2_fp4.*-x 100000" | tail -n 1)
+    mine="^$bin .*-x 100000"  # the ranks, not mpirun
+    victim=$(pgrep -f "$mine" | tail -n 1)
     kill -9 "$victim"
     t0=$(date +%s)
     rc=0; wait "$mpid" || rc=$?
     dt=$(($(date +%s) - t0))
-    echo "mpirun kill: a rank killed; mpirun exited with $rc after $dt s"
-    if [ "$rc" -ne 0 ] && [ "$dt" -le 60 ]; then ok; else bad "mpirun kill: exit $rc after $dt s"; fi
+    left=$(pgrep -f "$mine" | wc -l)
+    echo "mpirun kill: rank process $victim killed; mpirun exited with $rc after $dt s, $left rank(s) left"
+    if [ "$rc" -ne 0 ] && [ "$dt" -le 60 ] && [ "$left" -eq 0 ]; then ok; else bad "mpirun kill: exit $rc after $dt s, $left left"; fi
 else
     echo "mpirun: SKIPPED (no mpirun, or $bin built without MPI)"
 fi

@@ -41,7 +41,7 @@ def ours(model, B, steps, recipe, ranks=1):
     ms = sum(r["ms"] for r in rows[5:]) / len(rows[5:])
     mfu = float(re.findall(r"MFU ([0-9.]+)%", log)[-1])
     peak = float(re.search(r"peak GPU memory ([0-9]+) MiB", log).group(1))
-    return ms, B * 1024 / (ms / 1e3), mfu, peak
+    return ms, ranks * B * 1024 / (ms / 1e3), mfu, peak
 
 
 def pytorch(model, B, steps):
