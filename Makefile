@@ -23,7 +23,7 @@ endif
 
 .PHONY: all train train-cpu data test test-sanitize test-gpu test-multi-gpu bench test-reference clean
 
-all: train_gpt2 test/test_quant test/test_train test/test_rendezvous $(CUDA_TARGETS)
+all: train_gpt2 test/test_quant test/test_train test/test_dist_cpu $(CUDA_TARGETS)
 
 train_gpt2: train_gpt2.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
@@ -34,7 +34,7 @@ test/test_quant: test/test_quant.c $(HEADERS)
 test/test_train: test/test_train.c train_gpt2.c test/ref_file.h $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-test/test_rendezvous: test/test_rendezvous.c llmc/rendezvous.h llmc/utils.h
+test/test_dist_cpu: test/test_dist_cpu.c $(HEADERS)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 TINY = data/tinyshakespeare/tiny_shakespeare_train.bin
@@ -55,7 +55,7 @@ train-cpu: train_gpt2 $(TINY)
 test: all $(TINY)
 	./test/test_quant
 	./test/test_train test/ref/*.bin
-	./test/test_rendezvous
+	./test/test_dist_cpu
 	bash test/test_badinput.sh
 	bash test/test_train_run.sh
 	$(PYTHON) test/test_data.py
@@ -149,4 +149,4 @@ test-reference:
 
 clean:
 	rm -f llmc/cudnn_attention.o train_gpt2 train_gpt2_fp4 test/test_quant test/test_train test/test_quant_gpu test/test_gpu_train \
-		test/test_kernels_gpu test/test_rendezvous
+		test/test_kernels_gpu test/test_dist_cpu

@@ -858,7 +858,7 @@ int main(int argc, char **argv) {
     printf("batch %d x %d, %d micro-step(s) per step, %d steps\n", a.B, a.T, accum, a.max_steps);
 
     Run run;
-    run_open(&run, &a, &cfg, &st, resume_step >= 0, 0, 1);
+    run_open(&run, &a, &cfg, &st, resume_step >= 0, 0, 1, accum);
 
     for (int step = st.step; step <= a.max_steps; step++) {
         int last = step == a.max_steps;

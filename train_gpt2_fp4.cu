@@ -745,7 +745,7 @@ int main(int argc, char **argv) {
     }
 
     Run run;
-    run_open(&run, &a, &cfg, &st, resume_step >= 0, dist.rank, dist.world);
+    run_open(&run, &a, &cfg, &st, resume_step >= 0, dist.rank, dist.world, accum);
     // FLOPs per token for MFU: 6 per weight of the matmuls, plus attention's 6 L T C (causal half of 12)
     double flops_tok = 6.0 * (double)(m.nparams - (cfg.arch == ARCH_GPT2 ? (size_t)cfg.T * cfg.C : 0)) + 6.0 * cfg.L * a.T * cfg.C;
     unsigned replica_hash = 0;

@@ -1,9 +1,11 @@
 // defines: DataLoader, dataloader_init, dataloader_next, dataloader_reset, dataloader_free,
 //          shard_open
 // Reads llm.c token shards (SPEC.md 6). Batches are read in order through the shards matched by
-// a glob pattern; rank r of n reads the r-th batch of every group of n, so ranks see disjoint data
-// and move to the next shard together. The position (shard, offset of the group) is all the state
-// there is, which makes a resumed run read the same tokens, on any number of ranks.
+// a glob pattern, a step's worth at a time: the step's group of ranks x micro-steps batches,
+// rank r's micro-step i reading batch r * micro + i of it. A group never straddles two shards, so
+// any split of the same global batch over ranks and micro-steps reads the same tokens. The
+// position (shard, offset of the step's group) is all the state there is, which makes a resumed
+// run read the same tokens, on any number of ranks.
 #ifndef LLMC_DATALOADER_H
 #define LLMC_DATALOADER_H
 
@@ -16,10 +18,12 @@
 #define SHARD_HEADER_INTS 256
 
 typedef struct {
-    int B, T, rank, nranks, vocab;
+    int B, T, vocab;
+    int group, first, micro;  // batches per step (ranks x micro-steps); this rank's first of them; its micro-steps
+    int next;            // micro-steps of this step already read
     glob_t files;
     int shard;           // index into files of the open shard
-    long long pos;       // token offset of the next group of batches in the shard (rank 0's batch)
+    long long pos;       // token offset of the step's group of batches in the shard
     long long ntok;      // tokens in the open shard
     FILE *f;
     uint16_t *buf;       // B*T+1 tokens
@@ -43,19 +47,22 @@ static void dataloader_open_shard(DataLoader *d, int shard) {
     d->shard = shard;
     const char *path = d->files.gl_pathv[shard];
     d->ntok = shard_open(&d->f, path);
-    if (d->ntok < (long long)d->B * d->T * d->nranks + 1)
-        die("%s: %lld tokens is too few for one batch of %d x %d on %d rank(s)", path, d->ntok, d->B, d->T, d->nranks);
+    if (d->ntok < (long long)d->B * d->T * d->group + 1)
+        die("%s: %lld tokens is too few for one step of %d batches of %d x %d", path, d->ntok, d->group, d->B, d->T);
 }
 
 static void dataloader_reset(DataLoader *d) {
     dataloader_open_shard(d, 0);
     d->pos = 0;
+    d->next = 0;
 }
 
-// pattern: a path or glob; vocab: token ids must be < vocab
-static void dataloader_init(DataLoader *d, const char *pattern, int B, int T, int rank, int nranks, int vocab) {
+// pattern: a path or glob; this process is rank `rank` of `ranks`, taking `micro` batches a step;
+// vocab: token ids must be < vocab
+static void dataloader_init(DataLoader *d, const char *pattern, int B, int T, int rank, int ranks, int micro, int vocab) {
     memset(d, 0, sizeof(*d));
-    d->B = B; d->T = T; d->rank = rank; d->nranks = nranks; d->vocab = vocab;
+    d->B = B; d->T = T; d->vocab = vocab;
+    d->group = ranks * micro; d->first = rank * micro; d->micro = micro;
     int rc = glob(pattern, 0, NULL, &d->files);
     if (rc != 0 || d->files.gl_pathc == 0) die("no token shards match '%s'", pattern);
     d->buf = (uint16_t *)malloc_check(((size_t)B * T + 1) * sizeof(uint16_t));
@@ -64,23 +71,25 @@ static void dataloader_init(DataLoader *d, const char *pattern, int B, int T, in
     dataloader_reset(d);
 }
 
-// restores a saved position (from a checkpoint)
+// restores a saved position (from a checkpoint, taken between steps)
 static void dataloader_seek(DataLoader *d, int shard, long long pos) {
     if (shard < 0 || shard >= (int)d->files.gl_pathc) die("checkpoint data position names shard %d, but only %zu shards match", shard, d->files.gl_pathc);
     dataloader_open_shard(d, shard);
-    if (pos < 0 || pos + (long long)d->B * d->T * d->nranks + 1 > d->ntok) die("checkpoint data position %lld is outside shard %s", pos, d->files.gl_pathv[shard]);
+    // a group that no longer fits (the saving run may have had fewer ranks) moves to the next shard in dataloader_next
+    if (pos < 0 || pos > d->ntok) die("checkpoint data position %lld is outside shard %s", pos, d->files.gl_pathv[shard]);
     d->pos = pos;
+    d->next = 0;
 }
 
-// fills inputs/targets with the next batch and advances
+// fills inputs/targets with this rank's next batch and advances
 static void dataloader_next(DataLoader *d) {
     size_t n = (size_t)d->B * d->T;
-    if (d->pos + (long long)n * d->nranks + 1 > d->ntok) {  // this shard is used up: next one (wrapping)
+    if (d->next == 0 && d->pos + (long long)n * d->group + 1 > d->ntok) {  // the step does not fit: next shard (wrapping)
         dataloader_open_shard(d, (d->shard + 1) % (int)d->files.gl_pathc);
         d->pos = 0;
     }
     const char *path = d->files.gl_pathv[d->shard];
-    long long at = d->pos + (long long)n * d->rank;
+    long long at = d->pos + (long long)n * (d->first + d->next);
     if (fseek(d->f, (long)(SHARD_HEADER_INTS * sizeof(int) + 2 * at), SEEK_SET) != 0) die("%s: seek failed", path);
     fread_check(d->buf, sizeof(uint16_t), n + 1, d->f, path);
     for (size_t i = 0; i < n; i++) {
@@ -90,7 +99,7 @@ static void dataloader_next(DataLoader *d) {
         d->inputs[i] = d->buf[i];
         d->targets[i] = d->buf[i + 1];
     }
-    d->pos += (long long)n * d->nranks;
+    if (++d->next == d->micro) { d->pos += (long long)n * d->group; d->next = 0; }
 }
 
 static void dataloader_free(DataLoader *d) {

@@ -45,10 +45,10 @@ static const char *run_model_path(const Args *a, int resume_step, char *buf, siz
 }
 
 // st: the restored state when resuming (data position, RNG), else zeros; this process is rank
-// `rank` of `world`, each reading its own batches
-static void run_open(Run *r, const Args *a, const Config *cfg, const TrainState *st, int resumed, int rank, int world) {
-    dataloader_init(&r->train, a->train_data, a->B, a->T, rank, world, cfg->V);
-    dataloader_init(&r->val, a->val_data, a->B, a->T, rank, world, cfg->V);
+// `rank` of `world`, reading `accum` micro-batches a step (one per evaluation step)
+static void run_open(Run *r, const Args *a, const Config *cfg, const TrainState *st, int resumed, int rank, int world, int accum) {
+    dataloader_init(&r->train, a->train_data, a->B, a->T, rank, world, accum, cfg->V);
+    dataloader_init(&r->val, a->val_data, a->B, a->T, rank, world, 1, cfg->V);
     if (resumed) dataloader_seek(&r->train, st->shard, st->pos);
     memset(&r->tok, 0, sizeof(r->tok));
     FILE *tf = fopen(a->tokenizer, "rb");
