@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The FP4-vs-BF16 curves with ablations: the same model from the same seed on the same data in
+#   bf16, fp8, fp4 (full recipe), fp4 without DGE, fp4 without OCC, naive fp4 (tensor-wise
+#   scaling, no DGE, no OCC),
+# one run per GPU at a time, then one PNG and a table of final val loss (gap to bf16):
+#     scripts/reproduce_curves.sh gpt2|llama OUT_DIR STEPS [RUN...]
+# RUN: names from the list above (bf16 fp8 fp4 fp4_nodge fp4_noocc fp4_naive; default all).
+# fp4_naive needs tensor-wise scaling, which the GPU trainer does not have yet (that run ends with
+# its one-line error and the script exits 1 after the others); the CPU trainer has it.
+# Hyper-parameters as the paper's where they apply: AdamW 0.9 / 0.95, weight decay 0.1, warmup
+# 5% of the steps, cosine to 10% of the peak LR. Environment (defaults in brackets):
+#   DATA [data/english]: train/val shards of dev/data/text_files.py, e.g.
+#        python3 dev/data/text_files.py ../shared/data/english_tech.txt.xz -o data/english
+#   B [16] T [1024] LR [6e-4] VAL_EVERY [STEPS/20] VAL_STEPS [20]
+#   GPUS [all visible]: how many runs at once, run k on GPU FIRST_GPU + k mod GPUS [FIRST_GPU 0]
+#        (both families on one 8-GPU machine: GPUS=4 for gpt2, GPUS=4 FIRST_GPU=4 for llama)
+#   MODEL: the descriptor (gpt2: gpt2:d12, 124M; llama: a LLaMA of about the same size)
+#   BIN [./train_gpt2_fp4]: the trainer (./train_gpt2 runs the same on the CPU, small models)
+#   EXTRA: flags added to every run
+set -u
+[ $# -ge 3 ] || { echo "usage: $0 gpt2|llama OUT_DIR STEPS [RUN...]" >&2; exit 2; }
+arch=$1 out=$2 steps=$3
+shift 3
+cd "$(dirname "$0")/.."
+case $arch in
+    gpt2) model=${MODEL:-gpt2:d12} ;;
+    llama) model=${MODEL:-llama:L=12,C=768,H=12,KV=4,T=1024} ;;
+    *) echo "error: model family '$arch' is not gpt2 or llama" >&2; exit 2 ;;
+esac
+[[ $steps =~ ^[1-9][0-9]*$ ]] || { echo "error: STEPS '$steps' is not a positive number" >&2; exit 2; }
+declare -A flags=(
+    [bf16]="-r bf16" [fp8]="-r fp8" [fp4]="-r fp4" [fp4_nodge]="-r fp4 --dge 0" [fp4_noocc]="-r fp4 --occ 0"
+    [fp4_naive]="-r fp4 --scaling tensor --dge 0 --occ 0"
+)
+runs=("$@")
+[ ${#runs[@]} -gt 0 ] || runs=(bf16 fp8 fp4 fp4_nodge fp4_noocc fp4_naive)
+for r in "${runs[@]}"; do [ -n "${flags[$r]:-}" ] || { echo "error: unknown run '$r' (${!flags[*]})" >&2; exit 2; }; done
+bin=${BIN:-./train_gpt2_fp4}
+data=${DATA:-data/english}
+train=$(ls "$data"/*_train*.bin 2> /dev/null | head -n 1)
+val=$(ls "$data"/*_val*.bin 2> /dev/null | head -n 1)
+[ -n "$train" ] && [ -n "$val" ] || { echo "error: no *_train*.bin / *_val*.bin shards in $data (see the header of $0)" >&2; exit 1; }
+gpus=${GPUS:-$(nvidia-smi -L 2> /dev/null | wc -l)}
+[ "$gpus" -ge 1 ] 2> /dev/null || gpus=1
+val_every=${VAL_EVERY:-$(( steps / 20 > 0 ? steps / 20 : 1 ))}
+mkdir -p "$out"
+common=(-e "$model" -i "${train%_train*}_train*.bin" -j "$val" -b "${B:-16}" -t "${T:-1024}" -x "$steps"
+        -u $(( steps / 20 )) -l "${LR:-6e-4}" -q 0.1 -c 0.1 --beta1 0.9 --beta2 0.95 -v "$val_every" -m "${VAL_STEPS:-20}" -s 0)
+read -r -a extra <<< "${EXTRA:-}"
+echo "$arch ($model): ${runs[*]}, $steps steps of ${B:-16} x ${T:-1024} tokens, $gpus at a time, logs in $out/"
+
+# start run k on GPU k mod gpus; at most gpus at once; remember how each one ended
+declare -A pid_run=()
+failed=0
+reap() {
+    local p rc
+    wait -n -p p "${!pid_run[@]}"
+    rc=$?
+    echo "  ${pid_run[$p]}: $( [ $rc -eq 0 ] && grep "val loss" "$out/${pid_run[$p]}.log" | tail -n 1 | awk '{print "val loss " $NF}' || echo "FAILED (exit $rc, $out/${pid_run[$p]}.log)")"
+    [ $rc -eq 0 ] || failed=$((failed + 1))
+    unset "pid_run[$p]"
+}
+start_s=$(date +%s)
+for k in "${!runs[@]}"; do
+    r=${runs[$k]}
+    [ ${#pid_run[@]} -lt "$gpus" ] || reap
+    read -r -a f <<< "${flags[$r]}"
+    rm -rf "${out:?}/$r"
+    CUDA_VISIBLE_DEVICES=$(( ${FIRST_GPU:-0} + k % gpus )) "$bin" "${common[@]}" "${f[@]}" "${extra[@]}" -o "$out/$r" > "$out/$r.log" 2>&1 &
+    pid_run[$!]=$r
+done
+while [ ${#pid_run[@]} -gt 0 ]; do reap; done
+echo "wall time $(( $(date +%s) - start_s )) s, $failed failed"
+[ "$failed" -eq 0 ] || exit 1
+
+labels=()
+for r in bf16 fp8 fp4 fp4_nodge fp4_noocc fp4_naive; do
+    for s in "${runs[@]}"; do [ "$s" = "$r" ] && labels+=("$r=$out/$r"); done
+done
+python3 scripts/plot_curves.py "${labels[@]}" -o "$out/curves_$arch.png" --title "$arch ($model), $steps steps" | tee "$out/table_$arch.md"
