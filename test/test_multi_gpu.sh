@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Data parallel on N GPUs (default: all visible, at least 2) against one GPU, tiny shakespeare:
-#  1. same global batch, same data: N ranks track the 1-GPU loss trajectory (20 steps, bf16 and
-#     fp4, GPT-2 and LLaMA) within TOL_BF16 / TOL_FP4 (largest relative difference of a step's
-#     loss); the trainer checks every step that the weights are bit-identical on all ranks;
+#  1. same global batch, same data: N ranks track the 1-GPU loss trajectory (20 steps, bf16, fp8
+#     and fp4, GPT-2 and LLaMA) within TOL_BF16 / TOL_FP4 (largest relative difference of a step's
+#     loss; fp8 takes fp4's); the trainer checks every step that the weights are bit-identical on
+#     all ranks;
 #  2. ZeRO-1 (sharded optimizer state) gives bit-identical losses and model file to --zero 0;
 #  3. a rank killed mid-run (kill -9, no launcher to clean up) ends the other ranks with one error
 #     line within the NCCL timeout; the run resumed from its last checkpoint ends with the same
@@ -47,13 +48,14 @@ maxdiff() { paste <(losses "$1") <(losses "$2") | awk '{d = $1 - $2; if (d < 0) 
 within() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
 
 # 1 + 2: trajectories (B = 4 per rank, the same global batch on one GPU by accumulation)
-for spec in "gpt2:L=4,C=128,H=4,T=128 bf16" "gpt2:L=4,C=128,H=4,T=128 fp4" "llama:L=4,C=128,H=4,KV=2,F=256,T=128 fp4"; do
+for spec in "gpt2:L=4,C=128,H=4,T=128 bf16" "gpt2:L=4,C=128,H=4,T=128 fp8" "gpt2:L=4,C=128,H=4,T=128 fp4" \
+            "llama:L=4,C=128,H=4,KV=2,F=256,T=128 fp4"; do
     read -r model recipe <<< "$spec"
     args=("${common[@]}" -e "$model" -r "$recipe" -b 4 -d $((4 * 128 * n)) -x 20)
     "$bin" "${args[@]}" -o "$tmp/one" > "$tmp/one.log" 2>&1 || { bad "$spec: 1 GPU run"; cat "$tmp/one.log"; continue; }
     ranks "$n" "${args[@]}" -o "$tmp/many" > "$tmp/many.log" 2>&1 || { bad "$spec: $n-rank run"; cat "$tmp/many.log"; continue; }
     ranks "$n" "${args[@]}" -o "$tmp/nozero" --zero 0 > "$tmp/nozero.log" 2>&1 || { bad "$spec: $n-rank run, --zero 0"; continue; }
-    tol=$tol_bf16; [ "$recipe" = fp4 ] && tol=$tol_fp4
+    tol=$tol_bf16; [ "$recipe" = bf16 ] || tol=$tol_fp4
     d=$(maxdiff "$tmp/many" "$tmp/one")
     echo "$spec: $n ranks vs 1 GPU, 20 steps: largest loss difference $d (bound $tol); $(grep -o 'hash [0-9a-f]*' "$tmp/many.log")"
     if within "$d" "$tol"; then ok; else bad "$spec: $n ranks vs 1 GPU: $d > $tol"; fi
