@@ -29,6 +29,7 @@ not depend on the thread count.
 #include "llmc/schedulers.h"
 #include "llmc/logger.h"
 #include "llmc/run.h"
+#include "llmc/quant_stats.h"
 
 // ---------------------------------------------------------------------------------------------
 // the model
@@ -117,6 +118,7 @@ typedef struct {
     int *inputs, *targets;       // (B, T) of the last forward
     float loss;                  // mean loss of the last forward (-1 without targets)
     long occ_clamped;            // OCC: entries clamped in the last forward
+    QStats *qstats;              // (L, NUM_LINEARS) --quant-stats: filled by the next forward + backward, else NULL
 } Model;
 
 // linear l's weight and bias tensors
@@ -307,12 +309,21 @@ static void linear_forward(Model *m, int lin, int layer, float *out, const float
     float *xdeq = m->s.xdeq;
     const float *x = inp;
     float *resid = NULL;
+    long clamped = 0;
     if (r->occ) {
         resid = m->acts.xresid[lin] + (size_t)layer * N * K;
-        m->occ_clamped += occ_clamp_rows(xdeq, resid, inp, N, K, m->recipe.occ_alpha);
+        clamped = occ_clamp_rows(xdeq, resid, inp, N, K, m->recipe.occ_alpha);
+        m->occ_clamped += clamped;
         x = xdeq;
     }
     quantize_matrix(codes, scales, x, N, K, r->f.x, 0, m->recipe.tensorwise);
+    if (m->qstats) {
+        QStats *q = &m->qstats[layer * NUM_LINEARS + lin];
+        q->x = quant_error(inp, codes, scales, resid, N, K, 0);
+        q->w = quant_error(linear_weight(&m->params, lin) + wo, m->qw[lin].codes + wo, m->qw[lin].scales + (size_t)layer * M, NULL, M, K, 0);
+        q->clamped = (double)clamped / ((double)N * K);
+        quant_table_x(q->table, inp, N, K, r->f.x);
+    }
     dequantize(xdeq, codes, scales, N, K, 0);
     const float *bias = linear_bias(&m->params, lin);
     matmul_nt(out, xdeq, m->qw[lin].deq + wo, bias ? bias + (size_t)layer * M : NULL, N, K, M);
@@ -343,6 +354,8 @@ static void linear_backward(Model *m, int lin, int layer, float *dinp, const flo
     #pragma omp parallel for
     for (int n = 0; n < N; n++) for (int j = 0; j < M; j++) g[(size_t)n * M + j] = dout[(size_t)n * M + j] * sw[j];
     quantize_matrix(gc, gs, g, N, M, r->f.g, 0, m->recipe.tensorwise);
+    QStats *q = m->qstats ? &m->qstats[layer * NUM_LINEARS + lin] : NULL;
+    if (q) q->g = quant_error(g, gc, gs, NULL, N, M, 0);
     dequantize(g, gc, gs, N, M, 0);
     memset(dinp, 0, (size_t)N * K * sizeof(float));
     matmul_nn_acc(dinp, g, cw, N, M, K);
@@ -358,15 +371,18 @@ static void linear_backward(Model *m, int lin, int layer, float *dinp, const flo
     const float *W = linear_weight(&m->params, lin) + wo;
     Format fw = r->f.w;
     float k = m->recipe.dge_k;
-    #pragma omp parallel for
+    double raw = 0.0, dge = 0.0;
+    #pragma omp parallel for reduction(+:raw, dge)
     for (int j = 0; j < M; j++) {
         for (int i = 0; i < K; i++) {
             size_t e = (size_t)j * K + i;
             float corr = 1.0f;
             if (r->dge) corr = dge_derivative(sw[j] == 0.0f ? 0.0f : W[e] / sw[j], fw, k);
             dW[e] += dwq[e] * corr;
+            raw += (double)dwq[e] * dwq[e]; dge += (double)(dwq[e] * corr) * (dwq[e] * corr);
         }
     }
+    if (q) { q->dw_raw = sqrt(raw); q->dw_dge = sqrt(dge); }
     if (r->occ) {  // the compensation's own gradient: G^T R, over R's nonzeros
         const float *resid = m->acts.xresid[lin] + (size_t)layer * N * K;
         #pragma omp parallel for
@@ -859,6 +875,7 @@ int main(int argc, char **argv) {
 
     Run run;
     run_open(&run, &a, &cfg, &st, resume_step >= 0, 0, 1, accum);
+    QStats *qstats = a.quant_stats ? (QStats *)calloc_check((size_t)cfg.L * NUM_LINEARS, sizeof(QStats)) : NULL;
 
     for (int step = st.step; step <= a.max_steps; step++) {
         int last = step == a.max_steps;
@@ -877,9 +894,14 @@ int main(int argc, char **argv) {
         model_zero_grad(&m);
         double loss = 0.0;
         for (int micro = 0; micro < accum; micro++) {
+            m.qstats = micro == 0 && qstats && step % a.quant_stats == 0 ? qstats : NULL;  // the step's first micro-batch
             dataloader_next(&run.train);
             loss += model_forward(&m, run.train.inputs, run.train.targets, a.B, a.T) / accum;
             model_backward(&m, 1.0f / accum);
+            for (int i = 0; m.qstats && i < cfg.L * NUM_LINEARS; i++)
+                logger_quant(&run.lg, step, i / NUM_LINEARS, linear_names[i % NUM_LINEARS],
+                             format_name(m.recipe.lin[i % NUM_LINEARS].f.x), &qstats[i]);
+            m.qstats = NULL;
         }
         float lr = lr_schedule(a.lr, step, a.warmup, a.max_steps, a.final_frac);
         float norm = model_update(&m, lr, a.b1, a.b2, 1e-8f, a.wd, a.clip, step + 1);
@@ -891,6 +913,7 @@ int main(int argc, char **argv) {
         if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
     }
     run_close(&run);
+    free(qstats);
     model_free(&m);
     return 0;
 }

@@ -691,6 +691,7 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     parse_flags(argc, argv, flags, nflags, "./train_gpt2_fp4", "GPU trainer for GPT-2 and LLaMA (SPEC.md)");
     check_args(&a);
+    if (a.quant_stats) die("--quant-stats is not on the GPU yet (the CPU trainer train_gpt2 has it)");
     if ((master_fp32 | zero) & ~1) die("--master-fp32 and --zero take 0 or 1");
     if (!(timeout_s >= 1.0f)) die("--nccl-timeout must be at least 1 second");
     RecipeOptions ro = recipe_options(&a);

@@ -19,7 +19,7 @@ typedef struct { const char *name; FlagType type; void *dst; const char *help; }
 typedef struct {
     const char *train_data, *val_data, *model, *out_dir, *tokenizer, *recipe, *fp4_layout, *grad_format, *scaling;
     int B, T, total_batch, max_steps, warmup, val_every, val_steps, sample_every, gen_tokens, ckpt_every, resume;
-    int seed, fp4_attn, dge, occ;
+    int seed, fp4_attn, dge, occ, quant_stats;
     float lr, final_frac, wd, clip, b1, b2, dge_k, occ_alpha;
 } Args;
 
@@ -31,7 +31,7 @@ static Args args_defaults(const char *model, const char *recipe) {
         .recipe = recipe, .fp4_layout = "e2m1", .grad_format = "e4m3", .scaling = "vector",
         .B = 4, .T = 64, .total_batch = 0, .max_steps = 100, .warmup = 10, .val_every = 20, .val_steps = 10,
         .sample_every = 0, .gen_tokens = 64, .ckpt_every = 0, .resume = 0, .seed = 1337,
-        .fp4_attn = 0, .dge = 1, .occ = 1,
+        .fp4_attn = 0, .dge = 1, .occ = 1, .quant_stats = 0,
         .lr = 1e-3f, .final_frac = 0.1f, .wd = 0.1f, .clip = 1.0f, .b1 = 0.9f, .b2 = 0.95f,
         .dge_k = 5.0f, .occ_alpha = 0.99f,
     };
@@ -73,6 +73,7 @@ static int args_flags(Args *a, Flag *flags) {
         { "--occ-alpha", FLAG_FLOAT, &a->occ_alpha, "OCC quantile" },
         { "--grad-format", FLAG_STR, &a->grad_format, "8-bit output-gradient format: e4m3 | e5m2" },
         { "--scaling", FLAG_STR, &a->scaling, "scaling granularity: vector | tensor" },
+        { "--quant-stats", FLAG_INT, &a->quant_stats, "every N steps log each linear's quantization error (0: never)" },
     };
     int n = (int)(sizeof(shared) / sizeof(shared[0]));
     memcpy(flags, shared, sizeof(shared));
@@ -118,7 +119,8 @@ static void check_args(const Args *a) {
     if (a->total_batch < 0 || (a->total_batch > 0 && a->total_batch % (a->B * a->T) != 0))
         die("total batch -d (%d tokens) must be a multiple of -b * -t (%d)", a->total_batch, a->B * a->T);
     if ((long long)a->B * a->T > (1 << 24)) die("-b * -t = %lld tokens per micro-batch is more than 2^24", (long long)a->B * a->T);
-    if (a->max_steps < 0 || a->warmup < 0 || a->gen_tokens < 0 || a->val_every < 0 || a->sample_every < 0 || a->ckpt_every < 0)
+    if (a->max_steps < 0 || a->warmup < 0 || a->gen_tokens < 0 || a->val_every < 0 || a->sample_every < 0 || a->ckpt_every < 0 ||
+        a->quant_stats < 0)
         die("step counts and intervals must be >= 0");
     if (a->val_steps < 1) die("-m (val batches per evaluation) must be >= 1");
     if ((a->resume | a->fp4_attn | a->dge | a->occ) & ~1) die("-y, --fp4-attn, --dge and --occ take 0 or 1");

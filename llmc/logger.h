@@ -1,10 +1,11 @@
-// defines: Logger, logger_init, logger_train, logger_eval, logger_close
+// defines: Logger, logger_init, logger_train, logger_eval, logger_quant, logger_close
 // One JSON object per line (main.jsonl in the output folder), for scripts/ to plot.
 #ifndef LLMC_LOGGER_H
 #define LLMC_LOGGER_H
 
 #include <stdio.h>
 #include "utils.h"
+#include "quant_stats.h"
 
 typedef struct { FILE *f; char path[1024]; } Logger;
 
@@ -28,6 +29,22 @@ static void logger_eval(Logger *lg, int step, long long tokens, float val_loss) 
     if (!lg->f) return;
     fprintf(lg->f, "{\"step\": %d, \"tokens\": %lld, \"val_loss\": %.6f}\n", step, tokens, val_loss);
     fflush(lg->f);
+}
+
+static void json_qerr(FILE *f, const char *name, QErr e) {
+    fprintf(f, "\"%s\": {\"cos\": %.8f, \"mse\": %.6e, \"snr_db\": %.3f}", name, e.cos, e.mse, e.snr_db);
+}
+
+// --quant-stats: one line per linear per layer; step: optimizer steps done before it
+static void logger_quant(Logger *lg, int step, int layer, const char *linear, const char *fx, const QStats *q) {
+    if (!lg->f) return;
+    FILE *f = lg->f;
+    fprintf(f, "{\"step\": %d, \"quant\": {\"layer\": %d, \"linear\": \"%s\", \"x_format\": \"%s\", ", step, layer, linear, fx);
+    json_qerr(f, "x", q->x); fprintf(f, ", "); json_qerr(f, "w", q->w); fprintf(f, ", "); json_qerr(f, "g", q->g);
+    fprintf(f, ", \"clamped\": %.6e, \"dw_raw\": %.6e, \"dw_dge\": %.6e, \"x_table\": {", q->clamped, q->dw_raw, q->dw_dge);
+    for (int s = 0; s < QT_SETTINGS; s++) { if (s) fprintf(f, ", "); json_qerr(f, qt_names[s], q->table[s]); }
+    fprintf(f, "}}}\n");
+    fflush(f);
 }
 
 static void logger_close(Logger *lg) { if (lg->f) fclose_check(lg->f, lg->path); }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <math.h>
 #include "../llmc/quant.h"
+#include "../llmc/quant_stats.h"
 #include "../llmc/rand.h"
 #include "check.h"
 
@@ -152,5 +153,24 @@ int main(void) {
     CHECK(exact && nonzero == 6, "clamped + residual == input exactly (%d residual entries)", nonzero);
     CHECK(res[17] > 0 && res[99] > 0 && res[200] < 0, "the planted outliers are in the residual");
     CHECK(occ_clamp_rows(xc, res, row, 1, KO, 1.0f) == 0, "alpha 1 clamps nothing");
+
+    // telemetry: the error measures on hand-computed cases, and Table 1's settings on the row above
+    const float ref4[4] = { 1, 2, 3, 4 }, q4[4] = { 1, 2, 3, 5 }, one[2] = { 1, 1 }, half[2] = { 0.5f, 0.5f };
+    QErr e = quant_error(ref4, q4, one, NULL, 2, 2, 0);
+    CHECK(fabs(e.mse - 0.25) < 1e-12 && fabs(e.snr_db - 10 * log10(30.0)) < 1e-9 && fabs(e.cos - 34 / sqrt(30.0 * 39.0)) < 1e-12,
+          "quant_error: mse %g snr %g cos %g", e.mse, e.snr_db, e.cos);
+    e = quant_error(ref4, ref4, half, ref4, 2, 2, 1);  // 0.5 x + x, per column: 1.5x
+    CHECK(fabs(e.cos - 1.0) < 1e-12 && fabs(e.mse - 0.25 * 30 / 4) < 1e-12, "quant_error with a column scale and an added term");
+    e = quant_error(ref4, ref4, one, NULL, 2, 2, 0);
+    CHECK(e.snr_db == 999.0 && e.mse == 0.0 && e.cos == 1.0, "quant_error: an exact copy");
+    QErr t[QT_SETTINGS];
+    quant_table_x(t, row, 1, KO, FMT_E2M1);
+    float crow[KO], srow[1];
+    quantize_matrix(crow, srow, row, 1, KO, FMT_E2M1, 0, 0);
+    QErr direct = quant_error(row, crow, srow, NULL, 1, KO, 0);
+    CHECK(t[0].mse == direct.mse, "Table 1, no clamp: the plain quantization");
+    CHECK(t[4].snr_db > t[0].snr_db && t[2].snr_db > t[1].snr_db,
+          "Table 1 with planted outliers: clamp+comp beats no clamp (%.1f vs %.1f dB) and clamp alone (%.1f vs %.1f)",
+          t[4].snr_db, t[0].snr_db, t[2].snr_db, t[1].snr_db);
     return check_summary("quant");
 }

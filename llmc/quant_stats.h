@@ -1,0 +1,62 @@
+// defines: QErr, quant_error, QT_SETTINGS, qt_names, quant_table_x, QStats
+// Quantization telemetry (--quant-stats): how far a quantized operand is from the tensor it
+// stands for (cosine similarity, mean squared error, signal-to-noise ratio), and the activation
+// table of Wang et al.'s Table 1: the same activation quantized with no clamp, clamped at the
+// 0.999 quantile, and clamped with the residual compensated at 0.999 / 0.99 / 0.97.
+#ifndef LLMC_QUANT_STATS_H
+#define LLMC_QUANT_STATS_H
+
+#include <math.h>
+#include "quant.h"
+
+typedef struct { double cos, mse, snr_db; } QErr;
+
+// q = codes * scales (one scale per row with axis 0, per column with axis 1) + add (if not NULL),
+// against ref; all (rows, cols). An exact q has an SNR of +inf, logged as 999 dB.
+static QErr quant_error(const float *ref, const float *codes, const float *scales, const float *add, int rows, int cols, int axis) {
+    double rr = 0.0, qq = 0.0, rq = 0.0, ee = 0.0;
+    #pragma omp parallel for reduction(+:rr, qq, rq, ee)
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < cols; c++) {
+            size_t i = (size_t)r * cols + c;
+            double x = ref[i], q = (double)codes[i] * scales[axis == 0 ? r : c] + (add ? add[i] : 0.0);
+            rr += x * x; qq += q * q; rq += x * q; ee += (x - q) * (x - q);
+        }
+    }
+    QErr e;
+    e.cos = rr > 0.0 && qq > 0.0 ? rq / sqrt(rr * qq) : (rr == qq ? 1.0 : 0.0);
+    e.mse = ee / ((double)rows * cols);
+    e.snr_db = ee > 0.0 ? 10.0 * log10(rr / ee) : 999.0;
+    if (e.snr_db > 999.0) e.snr_db = 999.0;
+    return e;
+}
+
+#define QT_SETTINGS 5
+static const char *const qt_names[QT_SETTINGS] = { "no clamp", "clamp 0.999", "clamp+comp 0.999", "clamp+comp 0.99", "clamp+comp 0.97" };
+static const float qt_alpha[QT_SETTINGS] = { 0.0f, 0.999f, 0.999f, 0.99f, 0.97f };
+static const int qt_comp[QT_SETTINGS] = { 0, 0, 1, 1, 1 };
+
+// x (rows, cols) quantized per row to f under each setting of Table 1, against x itself
+static void quant_table_x(QErr out[QT_SETTINGS], const float *x, int rows, int cols, Format f) {
+    size_t n = (size_t)rows * cols;
+    float *xc = (float *)malloc_check(n * sizeof(float)), *resid = (float *)malloc_check(n * sizeof(float));
+    float *codes = (float *)malloc_check(n * sizeof(float)), *scales = (float *)malloc_check((size_t)rows * sizeof(float));
+    for (int s = 0; s < QT_SETTINGS; s++) {
+        const float *src = x;
+        if (qt_alpha[s] > 0.0f) { occ_clamp_rows(xc, resid, x, rows, cols, qt_alpha[s]); src = xc; }
+        quantize_matrix(codes, scales, src, rows, cols, f, 0, 0);
+        out[s] = quant_error(x, codes, scales, qt_comp[s] ? resid : NULL, rows, cols, 0);
+    }
+    free(xc); free(resid); free(codes); free(scales);
+}
+
+// what --quant-stats records of one linear of one layer in one step
+typedef struct {
+    QErr x, w, g;             // the run's operands against their unquantized tensors (x: with the
+                              // compensation added back under OCC; g: the dgrad operand)
+    double clamped;           // fraction of x's entries OCC clamped
+    double dw_raw, dw_dge;    // the weight gradient's norm before and after DGE
+    QErr table[QT_SETTINGS];  // x under each setting of Table 1, in x's format
+} QStats;
+
+#endif
