@@ -131,6 +131,7 @@ static float *linear_bias(Params *p, int l) {
 }
 
 static void model_alloc_params(Model *m, const Config *c) {
+    memset(m, 0, sizeof(*m));
     m->cfg = *c;
     m->nparams = param_count(c);
     m->params_mem = (float *)malloc_check(m->nparams * sizeof(float));
