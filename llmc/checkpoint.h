@@ -93,6 +93,10 @@ static void checkpoint_write_state(const char *dir, int step, int part, int part
     h[10] = part; h[11] = parts; put_u64(h + 12, lo); put_u64(h + 14, hi);
     const float *data[2] = { m, v }; size_t lens[2] = { hi - lo, hi - lo };
     write_atomic(path, h, data, lens, 2);
+    if (part == 0) {  // the same step in the other layout, from an earlier run in this folder, must not be read instead
+        checkpoint_state_path(path, sizeof(path), dir, step, 0, parts == 1 ? 2 : 1);
+        unlink(path);
+    }
 }
 
 static FILE *state_open(const char *path, int h[256], size_t n, long long *size) {

@@ -5,8 +5,9 @@
 //     within the timeout;
 //  2. the data loader's steps: any split of a global batch into ranks x micro-steps reads the
 //     same tokens, across shard ends, and a seek to a saved position continues them;
-//  3. optimizer-state parts: written by 3 ranks, read back for 1, 2, 4 and 5 ranks exactly; a
-//     missing or foreign part is refused with one line.
+//  3. optimizer-state parts: written by 3 ranks, read back for 1, 2, 4 and 5 ranks exactly (not
+//     the single file an earlier run left for the same step); a missing or foreign part is
+//     refused with one line.
 #define _DEFAULT_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,6 +127,7 @@ static void test_state_parts(const char *dir) {
     for (size_t i = 0; i < n; i++) { m[i] = (float)i * 0.5f; v[i] = 1000.0f - (float)i; }
     TrainState st = { 42, 1, 4096, 7 }, back;
     size_t cut[4] = { 0, 336, 672, n };  // 3 parts of ceil(n / 3)
+    checkpoint_write_state(dir, 42, 0, 1, &st, v, m, n, 0, n);  // an earlier single-file run, m and v swapped: must not be read
     for (int p = 0; p < 3; p++) checkpoint_write_state(dir, 42, p, 3, &st, m + cut[p], v + cut[p], n, cut[p], cut[p + 1]);
     const int worlds[4] = { 1, 2, 4, 5 };
     for (int k = 0; k < 4; k++) {
