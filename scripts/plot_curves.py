@@ -14,21 +14,25 @@ import os
 import sys
 
 
-def read_log(folder):
-    train, val = [], []
+def read_jsonl(folder):
+    """the rows of a run's main.jsonl, in order (also used by quant_stats.py)"""
     path = os.path.join(folder, "main.jsonl")
+    rows = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
             try:
-                row = json.loads(line)
+                rows.append(json.loads(line))
             except json.JSONDecodeError:
                 sys.exit(f"error: {path}:{n}: not a JSON line")
-            if "train_loss" in row:
-                train.append((row["tokens"], row["train_loss"]))
-            elif "val_loss" in row:
-                val.append((row["tokens"], row["val_loss"]))
+    return rows
+
+
+def read_log(folder):
+    rows = read_jsonl(folder)
+    train = [(r["tokens"], r["train_loss"]) for r in rows if "train_loss" in r]
+    val = [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
     if not train and not val:
-        sys.exit(f"error: {path}: no loss rows")
+        sys.exit(f"error: {os.path.join(folder, 'main.jsonl')}: no loss rows")
     return train, val
 
 

@@ -11,29 +11,20 @@ w: weight, g: output gradient) over the layers, per linear; the fraction of acti
 clamped; and the weight-gradient norm after DGE over the one before.
 """
 import argparse
-import json
-import math
 import os
 import sys
 from collections import defaultdict
+
+from plot_curves import read_jsonl
 
 SETTINGS = ["no clamp", "clamp 0.999", "clamp+comp 0.999", "clamp+comp 0.99", "clamp+comp 0.97"]
 FOUR_BIT = {"e2m1", "e1m2", "e3m0"}
 
 
 def read_rows(folder):
-    path = os.path.join(folder, "main.jsonl")
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                sys.exit(f"error: {path}:{n}: not a JSON line")
-            if "quant" in row:
-                rows.append((row["step"], row["quant"]))
+    rows = [(r["step"], r["quant"]) for r in read_jsonl(folder) if "quant" in r]
     if not rows:
-        sys.exit(f"error: {path}: no quantization rows (run with --quant-stats N)")
+        sys.exit(f"error: {os.path.join(folder, 'main.jsonl')}: no quantization rows (run with --quant-stats N)")
     return rows
 
 
