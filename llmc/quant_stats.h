@@ -42,9 +42,10 @@ static void quant_table_x(QErr out[QT_SETTINGS], const float *x, int rows, int c
     float *xc = (float *)malloc_check(n * sizeof(float)), *resid = (float *)malloc_check(n * sizeof(float));
     float *codes = (float *)malloc_check(n * sizeof(float)), *scales = (float *)malloc_check((size_t)rows * sizeof(float));
     for (int s = 0; s < QT_SETTINGS; s++) {
-        const float *src = x;
-        if (qt_alpha[s] > 0.0f) { occ_clamp_rows(xc, resid, x, rows, cols, qt_alpha[s]); src = xc; }
-        quantize_matrix(codes, scales, src, rows, cols, f, 0, 0);
+        if (s == 0 || qt_alpha[s] != qt_alpha[s - 1]) {  // clamp and comp at one alpha share the codes
+            if (qt_alpha[s] > 0.0f) occ_clamp_rows(xc, resid, x, rows, cols, qt_alpha[s]);
+            quantize_matrix(codes, scales, qt_alpha[s] > 0.0f ? xc : x, rows, cols, f, 0, 0);
+        }
         out[s] = quant_error(x, codes, scales, qt_comp[s] ? resid : NULL, rows, cols, 0);
     }
     free(xc); free(resid); free(codes); free(scales);
