@@ -5,7 +5,8 @@ accumulation, FP32 gradients and Adam moments, BF16 weights updated with stochas
 an FP32 master copy, --master-fp32 1); attention on cuDNN's flash SDPA. The block linears run in
 the recipe's formats (llmc/recipe.h): BF16 GEMMs on cuBLASLt, or FP8 / FP4 codes with per-row
 scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F), with DGE for 4-bit weights and OCC for
-4-bit activations (llmc/occ.cuh). Not on the GPU: tensor-wise scaling, the fp32 recipe.
+4-bit activations (llmc/occ.cuh); tensor-wise scaling (--scaling tensor, the naive-FP4 ablation)
+puts one scale in every row's slot. Not on the GPU: OCC with tensor-wise scaling, the fp32 recipe.
 Data parallel over processes, one GPU each (llmc/dist.cuh): gradients averaged per layer while the
 backward goes on, the optimizer state sharded over the ranks (ZeRO-1), updated weights all-gathered.
 */
@@ -159,11 +160,13 @@ static void model_get_params(Model *m, float *params) {
     }
 }
 
-// what the GPU runs of the recipe table: bf16, fp8, fp4 with vector-wise scaling
+// what the GPU runs of the recipe table: bf16, fp8, fp4; tensor-wise scaling without OCC
 static Recipe gpu_recipe(const RecipeOptions *o) {
     if (strcmp(recipe_table[o->recipe].name, "fp32") == 0) die("the fp32 recipe runs on the CPU only (train_gpt2); the GPU runs bf16, fp8, fp4");
-    if (o->tensorwise) die("--scaling tensor is not implemented on the GPU yet (vector-wise only)");
-    return recipe_resolve(o);
+    Recipe r = recipe_resolve(o);
+    for (int l = 0; l < NUM_LINEARS; l++)
+        if (r.tensorwise && r.lin[l].occ) die("--scaling tensor runs with --occ 0 on the GPU (the CPU trainer has both)");
+    return r;
 }
 
 static int occ_on(const Model *m, int lin) { return m->recipe.lin[lin].occ; }
@@ -343,7 +346,8 @@ static void model_quantize_weights(Model *m) {
         for (int layer = 0; layer < c->L; layer++) {
             size_t o = (size_t)layer * M * K;
             RowSource w = rows_plain(PARAM(m, linear_wkind[l]) + o);
-            quantize_rows(q->codes + o, NULL, q->scales + (size_t)layer * M, &w, M, K, m->recipe.lin[l].f.w, m->stream);
+            quantize_rows(q->codes + o, NULL, q->scales + (size_t)layer * M, &w, M, K, m->recipe.lin[l].f.w, m->recipe.tensorwise,
+                          m->stream);
         }
     }
     m->wq_stale = 0;
@@ -378,7 +382,7 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     Scratch *s = &m->s;
     Occ o = { m->occ[lin], s->occ_bounds, s->occ_col, s->occ_val };
     if (occ_on(m, lin)) occ_quantize_rows(s->xcodes, xq, xs, src, N, f->x, &o, st);
-    else quantize_rows(s->xcodes, xq, xs, src, N, K, f->x, st);
+    else quantize_rows(s->xcodes, xq, xs, src, N, K, f->x, m->recipe.tensorwise, st);
     const QWeight *q = &m->wq[lin];
     matmul_fp8(pre ? pre : y, CUDA_R_16BF, q->codes + (size_t)l * M * K, fp8_type(f->w), q->scales + (size_t)l * M,
                s->xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
@@ -414,10 +418,11 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     }
     const OperandFormats *f = &m->recipe.lin[lin].f;
     const float *sw = m->wq[lin].scales + (size_t)l * M, *xs = m->acts.xs[lin] + (size_t)l * N;
-    quantize_grad(s->gcodes, s->gscales, s->gcodes_t, s->gscales_t, src, sw, xs, N, M, f->g, s->amax, db ? s->partial : NULL, st);
+    quantize_grad(s->gcodes, s->gscales, s->gcodes_t, s->gscales_t, src, sw, xs, N, M, f->g, m->recipe.tensorwise, s->amax,
+                  db ? s->partial : NULL, st);
     if (db) sum_rows(db, s->partial, ceil_div(N, QROWS), M, M, st);
     RowSource w = rows_plain(W);
-    quantize_rows(NULL, s->wcodes_t, m->wq[lin].scales + (size_t)l * M, &w, M, K, f->w, st);  // the forward's codes, transposed
+    quantize_rows(NULL, s->wcodes_t, m->wq[lin].scales + (size_t)l * M, &w, M, K, f->w, m->recipe.tensorwise, st);  // the forward's, transposed
     matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL, 0.0f,
                NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
     matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),

@@ -370,6 +370,26 @@ __global__ void __launch_bounds__(QTHREADS) grad_reduce_kernel(float *scales, un
     }
 }
 
+// Tensor-wise scaling (the naive-FP4 ablation): every entry of v, n scales or absmax bits, becomes
+// their maximum. They are non-negative floats, whose order is their bits' order; and the largest
+// of the rows' absmax / max is the tensor's absmax / max (the division rounds monotonically), the
+// CPU's tensor-wise scale exactly. One block: n is a tensor's rows or columns.
+__global__ void broadcast_max_kernel(unsigned *v, int n) {
+    __shared__ unsigned s_max;
+    if (threadIdx.x == 0) s_max = 0;
+    __syncthreads();
+    unsigned m = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) m = max(m, v[i]);
+    for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (threadIdx.x % 32 == 0) atomicMax(&s_max, m);
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) v[i] = s_max;
+}
+static void broadcast_max(unsigned *v, int n, cudaStream_t st) {
+    broadcast_max_kernel<<<1, 1024, 0, st>>>(v, n);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 // grad (rows, cols) *= f'(W / s_w): the DGE correction of the weight gradient (SPEC.md 4)
 __global__ void dge_scale_kernel(float *grad, const bf16 *W, const float *scales, int rows, int cols, Format f, float k) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -406,15 +426,17 @@ static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowS
     CUDA_CHECK(cudaGetLastError());
 }
 
-// the source's rows quantized per row: codes (rows, cols) and / or codes_t (cols, rows), and
-// scales (rows). Two kernels: the row scales (and norm statistics), then the codes.
+// the source's rows quantized per row (tensor: with one scale for all): codes (rows, cols) and / or
+// codes_t (cols, rows), and scales (rows). Two kernels: the row scales (and norm statistics), then
+// the codes.
 static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, int cols, Format f,
-                          cudaStream_t st) {
+                          int tensor, cudaStream_t st) {
     check_quantize("quantize_rows", f, rows, cols, codes_t != NULL);
     if (src->op > ROWS_SWIGLU) die("quantize_rows: source %d is a gradient's (quantize_grad)", src->op);
     void (*const scale_kernel[])(float *, RowSource, int, int, Format) = {
         row_scales_kernel<ROWS_PLAIN>, row_scales_kernel<ROWS_NORM>, row_scales_kernel<ROWS_GELU>, row_scales_kernel<ROWS_SWIGLU> };
     scale_kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(scales, *src, rows, cols, f);
+    if (tensor) broadcast_max((unsigned *)scales, rows, st);
     rows_codes(codes, codes_t, scales, src, NULL, rows, cols, f, st);
 }
 
@@ -422,8 +444,9 @@ static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSour
 // of g * col_scale per row with scales (rows), for dgrad; codes_t (cols, rows) of g * row_scale
 // per column with scales_t (cols), for wgrad. col_scale and row_scale may be NULL (ones). With
 // col_partial ((rows / 32, cols)): the partial column sums of g, for sum_rows. amax: (cols) scratch.
+// tensor: one scale for all of each of the two.
 static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales_t, const RowSource *src, const float *col_scale,
-                          const float *row_scale, int rows, int cols, Format f, unsigned *amax, float *col_partial,
+                          const float *row_scale, int rows, int cols, Format f, int tensor, unsigned *amax, float *col_partial,
                           cudaStream_t st) {
     check_quantize("quantize_grad", f, rows, cols, 1);
     if (src->op == ROWS_DSWIGLU && cols % 16 != 0) die("quantize_grad: SwiGLU width %d is not a multiple of 8", cols / 2);
@@ -440,6 +463,7 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
     CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
     reduce[g]<<<blocks, quantize_threads(cols, 8, QTHREADS, NULL), 0, st>>>(scales, amax, col_partial, *src, col_scale, row_scale, rows,
                                                                           cols, f);
+    if (tensor) { broadcast_max((unsigned *)scales, rows, st); broadcast_max(amax, cols, st); }
     code_kernel[fp4][g]<<<dim3(blocks, runs), threads, 0, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
                                                                NULL, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());

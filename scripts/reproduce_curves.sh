@@ -2,17 +2,16 @@
 # The FP4-vs-BF16 curves with ablations: the same model from the same seed on the same data in
 #   bf16, fp8, fp4 (full recipe), fp4 without DGE, fp4 without OCC, naive fp4 (tensor-wise
 #   scaling, no DGE, no OCC),
-# one run per GPU at a time, then one PNG and a table of final val loss (gap to bf16):
+# one run per GPU at a time (each on the next free GPU), then one PNG and a table of final val loss
+# (gap to bf16):
 #     scripts/reproduce_curves.sh gpt2|llama OUT_DIR STEPS [RUN...]
 # RUN: names from the list above (bf16 fp8 fp4 fp4_nodge fp4_noocc fp4_naive; default all).
-# fp4_naive needs tensor-wise scaling, which the GPU trainer does not have yet (that run ends with
-# its one-line error and the script exits 1 after the others); the CPU trainer has it.
 # Hyper-parameters as the paper's where they apply: AdamW 0.9 / 0.95, weight decay 0.1, warmup
 # 5% of the steps, cosine to 10% of the peak LR. Environment (defaults in brackets):
 #   DATA [data/english]: train/val shards of dev/data/text_files.py, e.g.
 #        python3 dev/data/text_files.py ../shared/data/english_tech.txt.xz -o data/english
 #   B [16] T [1024] LR [6e-4] VAL_EVERY [STEPS/20] VAL_STEPS [20]
-#   GPUS [all visible]: how many runs at once, run k on GPU FIRST_GPU + k mod GPUS [FIRST_GPU 0]
+#   GPUS [all visible]: how many runs at once, on GPUs FIRST_GPU .. FIRST_GPU + GPUS - 1 [FIRST_GPU 0]
 #        (both families on one 8-GPU machine: GPUS=4 for gpt2, GPUS=4 FIRST_GPU=4 for llama)
 #   MODEL: the descriptor (gpt2: gpt2:d12, 124M; llama: a LLaMA of about the same size)
 #   BIN [./train_gpt2_fp4]: the trainer (./train_gpt2 runs the same on the CPU, small models)
@@ -49,25 +48,32 @@ common=(-e "$model" -i "${train%_train*}_train*.bin" -j "$val" -b "${B:-16}" -t 
 read -r -a extra <<< "${EXTRA:-}"
 echo "$arch ($model): ${runs[*]}, $steps steps of ${B:-16} x ${T:-1024} tokens, $gpus at a time, logs in $out/"
 
-# start run k on GPU k mod gpus; at most gpus at once; remember how each one ended
-declare -A pid_run=()
+# each run on a free GPU, at most gpus at once, the slowest (OCC) first; remember how each ended
+declare -A pid_run=() pid_gpu=() pid_start=()
+free=()
+for ((g = 0; g < gpus; g++)); do free+=($(( ${FIRST_GPU:-0} + g ))); done
 failed=0
 reap() {
     local p rc
     wait -n -p p "${!pid_run[@]}"
     rc=$?
-    echo "  ${pid_run[$p]}: $( [ $rc -eq 0 ] && grep "val loss" "$out/${pid_run[$p]}.log" | tail -n 1 | awk '{print "val loss " $NF}' || echo "FAILED (exit $rc, $out/${pid_run[$p]}.log)")"
+    echo "  ${pid_run[$p]} (GPU ${pid_gpu[$p]}, $(( $(date +%s) - pid_start[$p] )) s): $( [ $rc -eq 0 ] && grep "val loss" "$out/${pid_run[$p]}.log" | tail -n 1 | awk '{print "val loss " $NF}' || echo "FAILED (exit $rc, $out/${pid_run[$p]}.log)")"
     [ $rc -eq 0 ] || failed=$((failed + 1))
-    unset "pid_run[$p]"
+    free+=("${pid_gpu[$p]}")
+    unset "pid_run[$p]" "pid_gpu[$p]" "pid_start[$p]"
 }
 start_s=$(date +%s)
-for k in "${!runs[@]}"; do
-    r=${runs[$k]}
-    [ ${#pid_run[@]} -lt "$gpus" ] || reap
-    read -r -a f <<< "${flags[$r]}"
-    rm -rf "${out:?}/$r"
-    CUDA_VISIBLE_DEVICES=$(( ${FIRST_GPU:-0} + k % gpus )) "$bin" "${common[@]}" "${f[@]}" "${extra[@]}" -o "$out/$r" > "$out/$r.log" 2>&1 &
-    pid_run[$!]=$r
+for r in fp4 fp4_nodge fp4_noocc fp4_naive fp8 bf16; do
+    for s in "${runs[@]}"; do
+        [ "$s" = "$r" ] || continue
+        [ ${#free[@]} -gt 0 ] || reap
+        gpu=${free[0]}
+        free=("${free[@]:1}")
+        read -r -a f <<< "${flags[$r]}"
+        rm -rf "${out:?}/$r"
+        CUDA_VISIBLE_DEVICES=$gpu "$bin" "${common[@]}" "${f[@]}" "${extra[@]}" -o "$out/$r" > "$out/$r.log" 2>&1 &
+        pid_run[$!]=$r pid_gpu[$!]=$gpu pid_start[$!]=$(date +%s)
+    done
 done
 while [ ${#pid_run[@]} -gt 0 ]; do reap; done
 echo "wall time $(( $(date +%s) - start_s )) s, $failed failed"

@@ -268,8 +268,8 @@ static void test_fp8_gemms(Format fx, Format fg) {
     cuda_upload(ones, hones, K * 4);
     cuda_upload(dDW, dw0, M * K * 4);
     RowSource xs = rows_plain(dX), ws = rows_plain(dWt);
-    quantize_rows(cx, cxt, sx, &xs, N, K, fx, 0);
-    quantize_rows(cw, cwt, sw, &ws, M, K, fx, 0);
+    quantize_rows(cx, cxt, sx, &xs, N, K, fx, 0, 0);
+    quantize_rows(cw, cwt, sw, &ws, M, K, fx, 0, 0);
     float *qx = (float *)malloc_check(N * K * 4), *qw = (float *)malloc_check(M * K * 4), *qg = (float *)malloc_check(N * M * 4);
     float hsx[N], hsw[M], hsg[N > M ? N : M];
     codes_from_device(qx, cx, N * K, fx); codes_from_device(qw, cw, M * K, fx);
@@ -291,7 +291,7 @@ static void test_fp8_gemms(Format fx, Format fg) {
 
     // dgrad: dx = (qg sg) qw, qg the codes of g * sw per token; with dGELU: times gelu'(pre)
     RowSource gs = rows_plain(dG);
-    quantize_grad(cg, sg, cgt, sg + N, &gs, sw, sx, N, M, fg, amax, NULL, 0);  // and the wgrad operand
+    quantize_grad(cg, sg, cgt, sg + N, &gs, sw, sx, N, M, fg, 0, amax, NULL, 0);  // and the wgrad operand
     codes_from_device(qg, cg, N * M, fg);
     cuda_download(hsg, sg, N * 4);
     double de[2];

@@ -36,10 +36,11 @@ static float byte_value(fp8 b, Format f) {
 // G * s_w) and per column with folded row scales, written transposed (the wgrad operand G * s_x).
 // Every scale and code must be the CPU quantize_matrix's, bit for bit; the bias gradient's column
 // sums from the same pass, FP32-close. Shapes with partial row blocks and partial warps; for the
-// 4-bit formats a row of exact grid points and ties.
+// 4-bit formats a row of exact grid points and ties. Then all of it again with tensor-wise
+// scaling, on rows within 2^-3 .. 2^3 of each other (a 2^30 row would zero all the others' codes).
 static void check_codes(const char *what, Format f, int rows, int cols, const fp8 *gcodes, const float *gscales, const float *xf,
-                        int axis, float *codes, float *scales) {
-    quantize_matrix(codes, scales, xf, rows, cols, f, axis, 0);
+                        int axis, int tensor, float *codes, float *scales) {
+    quantize_matrix(codes, scales, xf, rows, cols, f, axis, tensor);
     int bad_s = 0, bad_c = 0;
     for (int v = 0; v < (axis ? cols : rows); v++) bad_s += f32_bits(scales[v]) != f32_bits(gscales[v]);
     for (size_t i = 0; i < (size_t)rows * cols; i++) bad_c += f32_bits(byte_value(gcodes[i], f)) != f32_bits(codes[i]);
@@ -59,72 +60,75 @@ static void test_quantize(uint64_t seed) {
         float *scales = (float *)malloc_check((rows + cols) * sizeof(float)), *gscales = (float *)malloc_check((rows + cols) * sizeof(float));
         float *part = (float *)malloc_check((size_t)nb * cols * sizeof(float));
         fp8 *gcodes = (fp8 *)malloc_check(n), *gt = (fp8 *)malloc_check(n);
-        for (int r = 0; r < rows; r++) {
-            float mag = r == 0 ? 0.0f : r == 1 ? 1e30f : r == 2 ? 1e-30f : exp2f((float)(r % 41) - 20.0f);
-            for (int c = 0; c < cols; c++) {
-                size_t i = (size_t)r * cols + c;
-                xb[i] = __float2bfloat16((float)rng_normal(seed + si, i) * mag);
-                x[i] = __bfloat162float(xb[i]);
-            }
-        }
-        for (int i = 0; i < rows + cols; i++) fold[i] = exp2f(-8.0f * rng_uniform(rng_hash(seed + 7 + si, i))) * 1.37f;
+        double worst_sum = 0.0;
         bf16 *dx = (bf16 *)cuda_malloc(n * sizeof(bf16));
         float *ds = (float *)cuda_malloc((rows + cols) * sizeof(float)), *dfold = (float *)cuda_malloc((rows + cols) * sizeof(float));
         float *dpart = (float *)cuda_malloc((size_t)nb * cols * sizeof(float));
         fp8 *dc = (fp8 *)cuda_malloc(n), *dt = (fp8 *)cuda_malloc(n);
         unsigned *amax = (unsigned *)cuda_malloc(cols * sizeof(unsigned));
-        cuda_upload(dx, xb, n * sizeof(bf16));
-        cuda_upload(dfold, fold, (rows + cols) * sizeof(float));
-        double worst_sum = 0.0;
-        for (int fi = 0; fi < 5; fi++) {
-            Format f = fmts[fi];
-            if (format_is_fp4(f)) {  // row 3: the format's max (scale 1), then its grid points and every tie, both signs
+        for (int tensor = 0; tensor < 2; tensor++) {
+            for (int r = 0; r < rows; r++) {
+                float mag = r == 0 ? 0.0f : tensor ? exp2f((float)(r % 7) - 3.0f)
+                          : r == 1 ? 1e30f : r == 2 ? 1e-30f : exp2f((float)(r % 41) - 20.0f);
                 for (int c = 0; c < cols; c++) {
-                    int i = c % 15;
-                    float v = i < 8 ? fp4_grid(f, i) : 0.5f * (fp4_grid(f, i - 8) + fp4_grid(f, i - 7));
-                    xb[3 * cols + c] = __float2bfloat16(c == 0 ? format_max(f) : (c / 15) % 2 ? -v : v);
-                    x[3 * cols + c] = __bfloat162float(xb[3 * cols + c]);
+                    size_t i = (size_t)r * cols + c;
+                    xb[i] = __float2bfloat16((float)rng_normal(seed + si, i) * mag);
+                    x[i] = __bfloat162float(xb[i]);
                 }
-                cuda_upload(dx + 3 * cols, xb + 3 * cols, cols * sizeof(bf16));
             }
-            for (int grad = 0; grad < 1 + transposed; grad++) {
-                CUDA_CHECK(cudaMemset(ds, 0xff, (rows + cols) * sizeof(float)));  // poison
-                CUDA_CHECK(cudaMemset(dc, 0x7f, n));
-                CUDA_CHECK(cudaMemset(dt, 0x7f, n));
-                RowSource src = rows_plain(dx);
-                if (!grad) quantize_rows(dc, transposed ? dt : NULL, ds, &src, rows, cols, f, 0);
-                else quantize_grad(dc, ds, dt, ds + rows, &src, dfold, dfold + cols, rows, cols, f, amax, dpart, 0);
-                cuda_download(gcodes, dc, n);
-                cuda_download(gscales, ds, (rows + cols) * sizeof(float));
-                for (size_t i = 0; i < n; i++) xf[i] = x[i] * (grad ? fold[i % cols] : 1.0f);
-                check_codes(grad ? "quantize_grad per row (column scales folded)" : "quantize_rows", f, rows, cols, gcodes, gscales,
-                            xf, 0, codes, scales);
-                if (!transposed) continue;
-                cuda_download(gt, dt, n);
-                int bad_t = 0;
-                for (int r = 0; r < rows; r++)
+            for (int i = 0; i < rows + cols; i++) fold[i] = exp2f(-8.0f * rng_uniform(rng_hash(seed + 7 + si, i))) * 1.37f;
+            cuda_upload(dx, xb, n * sizeof(bf16));
+            cuda_upload(dfold, fold, (rows + cols) * sizeof(float));
+            for (int fi = 0; fi < 5; fi++) {
+                Format f = fmts[fi];
+                if (format_is_fp4(f)) {  // row 3: the format's max (scale 1), then its grid points and every tie, both signs
                     for (int c = 0; c < cols; c++) {
-                        if (!grad) bad_t += gt[(size_t)c * rows + r] != gcodes[(size_t)r * cols + c];
-                        gcodes[(size_t)r * cols + c] = gt[(size_t)c * rows + r];
+                        int i = c % 15;
+                        float v = i < 8 ? fp4_grid(f, i) : 0.5f * (fp4_grid(f, i - 8) + fp4_grid(f, i - 7));
+                        xb[3 * cols + c] = __float2bfloat16(c == 0 ? format_max(f) : (c / 15) % 2 ? -v : v);
+                        x[3 * cols + c] = __bfloat162float(xb[3 * cols + c]);
                     }
-                CHECK(bad_t == 0, "quantize_rows %s %dx%d: %d transposed codes differ from the row-major ones", format_name(f), rows,
-                      cols, bad_t);
-                if (!grad) continue;
-                for (size_t i = 0; i < n; i++) xf[i] = x[i] * fold[cols + i / cols];
-                check_codes("quantize_grad per column (row scales folded)", f, rows, cols, gcodes, gscales + rows, xf, 1, codes,
-                            scales);
-                cuda_download(part, dpart, (size_t)nb * cols * sizeof(float));
-                for (int c = 0; c < cols; c++) {  // the column sums of x, against FP64, relative to the column's sum of |x|
-                    double sum = 0.0, ref = 0.0, mag = 0.0;
-                    for (int b = 0; b < nb; b++) sum += part[(size_t)b * cols + c];
-                    for (int r = 0; r < rows; r++) { ref += x[(size_t)r * cols + c]; mag += fabs(x[(size_t)r * cols + c]); }
-                    if (mag > 0.0) worst_sum = fmax(worst_sum, fabs(sum - ref) / mag);
+                    cuda_upload(dx + 3 * cols, xb + 3 * cols, cols * sizeof(bf16));
+                }
+                for (int grad = 0; grad < 1 + transposed; grad++) {
+                    CUDA_CHECK(cudaMemset(ds, 0xff, (rows + cols) * sizeof(float)));  // poison
+                    CUDA_CHECK(cudaMemset(dc, 0x7f, n));
+                    CUDA_CHECK(cudaMemset(dt, 0x7f, n));
+                    RowSource src = rows_plain(dx);
+                    if (!grad) quantize_rows(dc, transposed ? dt : NULL, ds, &src, rows, cols, f, tensor, 0);
+                    else quantize_grad(dc, ds, dt, ds + rows, &src, dfold, dfold + cols, rows, cols, f, tensor, amax, dpart, 0);
+                    cuda_download(gcodes, dc, n);
+                    cuda_download(gscales, ds, (rows + cols) * sizeof(float));
+                    for (size_t i = 0; i < n; i++) xf[i] = x[i] * (grad ? fold[i % cols] : 1.0f);
+                    check_codes(grad ? "quantize_grad per row (column scales folded)" : "quantize_rows", f, rows, cols, gcodes, gscales,
+                                xf, 0, tensor, codes, scales);
+                    if (!transposed) continue;
+                    cuda_download(gt, dt, n);
+                    int bad_t = 0;
+                    for (int r = 0; r < rows; r++)
+                        for (int c = 0; c < cols; c++) {
+                            if (!grad) bad_t += gt[(size_t)c * rows + r] != gcodes[(size_t)r * cols + c];
+                            gcodes[(size_t)r * cols + c] = gt[(size_t)c * rows + r];
+                        }
+                    CHECK(bad_t == 0, "quantize_rows %s %dx%d: %d transposed codes differ from the row-major ones", format_name(f), rows,
+                          cols, bad_t);
+                    if (!grad) continue;
+                    for (size_t i = 0; i < n; i++) xf[i] = x[i] * fold[cols + i / cols];
+                    check_codes("quantize_grad per column (row scales folded)", f, rows, cols, gcodes, gscales + rows, xf, 1, tensor,
+                                codes, scales);
+                    cuda_download(part, dpart, (size_t)nb * cols * sizeof(float));
+                    for (int c = 0; c < cols; c++) {  // the column sums of x, against FP64, relative to the column's sum of |x|
+                        double sum = 0.0, ref = 0.0, mag = 0.0;
+                        for (int b = 0; b < nb; b++) sum += part[(size_t)b * cols + c];
+                        for (int r = 0; r < rows; r++) { ref += x[(size_t)r * cols + c]; mag += fabs(x[(size_t)r * cols + c]); }
+                        if (mag > 0.0) worst_sum = fmax(worst_sum, fabs(sum - ref) / mag);
+                    }
                 }
             }
         }
         if (transposed) CHECK(worst_sum <= 1e-6, "quantize_grad %dx%d: column sums off by %.3g of the column's sum of |x|", rows, cols, worst_sum);
-        printf("quantize %dx%d: per row%s: scales and codes identical to the CPU for e2m1 e1m2 e3m0 e4m3 e5m2", rows, cols,
-               transposed ? " with the transposed copy; a gradient per row (column scales) and per column (row scales)" : "");
+        printf("quantize %dx%d: per row%s, vector- and tensor-wise: scales and codes identical to the CPU for e2m1 e1m2 e3m0 e4m3 e5m2",
+               rows, cols, transposed ? " with the transposed copy; a gradient per row (column scales) and per column (row scales)" : "");
         if (transposed) printf("; column sums %.1e", worst_sum);
         printf("\n");
         cuda_free(dx, n * sizeof(bf16)); cuda_free(ds, (rows + cols) * sizeof(float)); cuda_free(dfold, (rows + cols) * sizeof(float));
@@ -179,8 +183,8 @@ static void test_fused_sources(uint64_t seed) {
                                : rows_grad(op == 4 ? ROWS_DGELU : ROWS_DSWIGLU, dx, dx + n);
         for (int fi = 0; fi < 2; fi++) {
             Format f = fi ? FMT_E4M3 : FMT_E2M1;
-            if (op < 4) quantize_rows(dc, NULL, ds, &src, rows, cols, f, 0);
-            else quantize_grad(dc, ds, dt, dst, &src, NULL, NULL, rows, cols, f, amax, NULL, 0);
+            if (op < 4) quantize_rows(dc, NULL, ds, &src, rows, cols, f, 0, 0);
+            else quantize_grad(dc, ds, dt, dst, &src, NULL, NULL, rows, cols, f, 0, amax, NULL, 0);
             cuda_download(gc, dc, n);
             cuda_download(gs, ds, rows * sizeof(float));
             quantize_matrix(codes, scales, y, rows, cols, f, 0, 0);
@@ -283,7 +287,7 @@ static void test_occ(uint64_t seed) {
         cuda_download(sv, o.slot_val, cap * rows * sizeof(float));
         cuda_download(sc, o.slot_col, cap * rows * sizeof(int));
         long clamped = occ_clamp_rows(xc, res, x, rows, K, alpha);
-        check_codes("occ_quantize_rows", FMT_E2M1, rows, K, gc, gs, xc, 0, codes, scales);
+        check_codes("occ_quantize_rows", FMT_E2M1, rows, K, gc, gs, xc, 0, 0, codes, scales);
         int bad_b = 0, bad_r = 0;
         float *sorted = (float *)malloc_check(K * sizeof(float));
         for (int r = 0; r < rows; r++) {
