@@ -3,8 +3,8 @@
 # shared/data/english_tech.txt.xz, with shared/data/gpt2.tiktoken), run
 # scripts/reproduce_curves.sh for one model family on all GPUs, and with TABLE1=1 (gpt2) measure
 # issue 5's Table 1 on the fp4 run's final checkpoint with the CPU trainer (--quant-stats, one
-# batch of the val split, no update). Logs, main.jsonl files, plots and tables under $OUT; the
-# checkpoints stay on the device.
+# batch of the val split, no update). Plots and tables under $OUT, with archives of the logs and
+# main.jsonl files; the checkpoints stay on the device.
 #     bash dev/curves.sh gpt2|llama STEPS [RUN...]
 set -u
 out=${OUT:-out/device}
@@ -18,17 +18,16 @@ python3 dev/data/text_files.py shared/data/english_tech.txt.xz -o data/english -
 echo "tokenized in $(( $(date +%s) - t0 )) s: $(ls data/english | tr '\n' ' ')"
 runs=runs/$arch
 bash scripts/reproduce_curves.sh "$arch" "$runs" "$steps" "$@" 2>&1 | tee "$out/curves_$arch.log"
-mkdir -p "$out/$arch"
-cp "$runs"/*.log "$runs"/*.png "$runs"/*.md "$out/$arch/" 2> /dev/null
-for d in "$runs"/*/; do mkdir -p "$out/$arch/$(basename "$d")"; cp "$d"main.jsonl "$out/$arch/$(basename "$d")/" 2> /dev/null; done
+# the device returns few files: one archive of the logs, main.jsonl files, plot and table
+cp "$runs"/*.png "$runs"/*.md "$out/" 2> /dev/null
+tar czf "$out/$arch.tar.gz" "$runs"/*.log "$runs"/*.png "$runs"/*.md "$runs"/*/main.jsonl
 if [ "${TABLE1:-0}" = 1 ]; then
     ckpt=$(printf "%s/fp4/model_%08d.bin" "$runs" "$steps")
     t0=$(date +%s)
     OMP_NUM_THREADS=$(nproc) ./train_gpt2 -e "$ckpt" -r fp4 -i "data/english/english_tech_val_000000.bin" \
         -j "data/english/english_tech_val_000000.bin" -b 4 -t 1024 -x 1 -l 0 -v 0 -m 1 --quant-stats 1 -o runs/table1 \
         > "$out/table1.log" 2>&1 || { tail -5 "$out/table1.log"; exit 1; }
-    mkdir -p "$out/table1"
-    cp runs/table1/main.jsonl "$out/table1/"
+    tar czf "$out/table1.tar.gz" runs/table1/main.jsonl
     python3 scripts/quant_stats.py runs/table1 -o "$out/table1.png" --title "GPT-2 124M, fp4, $steps steps" | tee "$out/table1.md"
     echo "table 1 in $(( $(date +%s) - t0 )) s"
 fi

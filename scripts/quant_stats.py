@@ -6,9 +6,10 @@ compensation at 0.999 / 0.99 / 0.97), averaged over the layers' linears whose ac
 
     python3 scripts/quant_stats.py OUT_DIR [-o quant_stats.png] [--step S]
 
-The plot: per logged step, the mean SNR of each operand (x: activation as the GEMM sees it,
-w: weight, g: output gradient) over the layers, per linear; the fraction of activations OCC
-clamped; and the weight-gradient norm after DGE over the one before.
+The plot, per linear: the SNR of each operand (x: activation as the GEMM sees it, w: weight,
+g: output gradient), the fraction of activations OCC clamped, and the weight-gradient norm after
+DGE over the one before; against the step (means over the layers) when several steps were
+logged, against the layer when one was (a checkpoint measured once).
 """
 import argparse
 import os
@@ -51,13 +52,15 @@ def plot(rows, out, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    by = defaultdict(lambda: defaultdict(list))  # (linear, what) -> step -> values over layers
+    per_layer = len({step for step, _ in rows}) == 1
+    by = defaultdict(lambda: defaultdict(list))  # (linear, what) -> x (step or layer) -> values
     for step, q in rows:
+        x = q["layer"] if per_layer else step
         for op in ("x", "w", "g"):
-            by[(q["linear"], op)][step].append(q[op]["snr_db"])
-        by[(q["linear"], "clamped")][step].append(100 * q["clamped"])
+            by[(q["linear"], op)][x].append(q[op]["snr_db"])
+        by[(q["linear"], "clamped")][x].append(100 * q["clamped"])
         if q["dw_raw"] > 0:
-            by[(q["linear"], "dge")][step].append(q["dw_dge"] / q["dw_raw"])
+            by[(q["linear"], "dge")][x].append(q["dw_dge"] / q["dw_raw"])
     panels = [("x", "activation SNR (dB)"), ("w", "weight SNR (dB)"), ("g", "gradient SNR (dB)"),
               ("clamped", "activations clamped (%)"), ("dge", "|dW| after DGE / before")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
@@ -67,9 +70,9 @@ def plot(rows, out, title):
             series = by.get((lin, what))
             if not series:
                 continue
-            steps = sorted(series)
-            ax.plot(steps, [sum(series[s]) / len(series[s]) for s in steps], "o-", ms=3, label=lin)
-        ax.set_xlabel("step")
+            xs = sorted(series)
+            ax.plot(xs, [sum(series[x]) / len(series[x]) for x in xs], "o-", ms=3, label=lin)
+        ax.set_xlabel("layer" if per_layer else "step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()

@@ -250,8 +250,8 @@ def text_files_script():
     with tempfile.TemporaryDirectory() as tmp:
         text, src = sample_text(tmp)
         shard = 3000
-        out, log = run_text_files(tmp, [src], "plain", "--shard-size", shard, "--val-fraction", 0.05,
-                                  "--workers", 2, "--batch-chars", 4000)
+        order = ("--shard-size", shard, "--val-fraction", 0.05, "--shuffle-window", 0)
+        out, log = run_text_files(tmp, [src], "plain", *order, "--workers", 2, "--batch-chars", 4000)
         assert "val  :" in log and "train:" in log, log
         files = sorted(p.name for p in out.iterdir())
         vals = [f for f in files if f.startswith("sh_val_")]
@@ -275,11 +275,24 @@ def text_files_script():
         (Path(tmp) / "s.txt.xz").write_bytes(lzma.compress(src.read_bytes()))
         (Path(tmp) / "s.txt.gz").write_bytes(gzip.compress(src.read_bytes()))
         for name, workers in (("s.txt.xz", 2), ("s.txt.gz", 1)):
-            out2, _ = run_text_files(tmp, [Path(tmp) / name], name + ".out", "--shard-size", shard,
-                                     "--val-fraction", 0.05, "--workers", workers)
+            out2, _ = run_text_files(tmp, [Path(tmp) / name], name + ".out", *order, "--workers", workers)
             assert sorted(p.name for p in out2.iterdir()) == files
             for f in files:
                 assert (out2 / f).read_bytes() == (out / f).read_bytes(), (name, f)
+
+        # shuffled (the default): each split's documents the same, in another order; the same
+        # bytes from 1 and 2 workers; another seed, another order
+        shuffled = {}
+        for seed, workers in ((1337, 1), (1337, 2), (7, 2)):
+            o, _ = run_text_files(tmp, [src], f"shuf{seed}_{workers}", "--shard-size", shard, "--val-fraction", 0.05,
+                                  "--workers", workers, "--batch-chars", 4000, "--seed", seed)
+            shuffled[seed, workers] = [(o / f).read_bytes() for f in files]
+            sval = split_docs(check_shard_file(o / vals[0]))
+            strain = split_docs(np.concatenate([check_shard_file(o / f) for f in trains]))
+            for got, want in ((sval, val_docs), (strain, train_docs)):
+                key = lambda d: d.tobytes()  # noqa: E731
+                assert sorted(map(key, got)) == sorted(map(key, want)) and list(map(key, got)) != list(map(key, want))
+        assert shuffled[1337, 1] == shuffled[1337, 2] != shuffled[7, 2]
 
         # a directory, one document per file: file a -> val, file b -> train
         d = Path(tmp) / "dir"

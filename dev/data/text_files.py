@@ -9,6 +9,11 @@ documents (leading blank lines of a file) are dropped. Each document is preceded
 Split: every N-th document, N = round(1 / --val-fraction), starting with the first (so val is
 never empty), goes to val: spread over the whole input, which for a concatenation of different
 sources is more representative than its head or tail.
+Order: each split's documents, kept whole, are shuffled (seeded, --seed) within windows of
+--shuffle-window tokens (default 2^30: a corpus of up to a billion tokens is shuffled as a
+whole, in 2 GiB per split). A training run then sees every source from its first steps, and the
+first batches of val already sample all of them; without it, a concatenation of sources trains
+one source after the other (the loss jumps where a source ends). 0 keeps the input order.
 Output: {out_dir}/{name}_val_000000.bin, {name}_train_000001.bin, {name}_train_000002.bin, ...
 (val shards, if more than one, count 000000, 000001, ...; every shard but the last of a split
 holds exactly --shard-size tokens).
@@ -88,6 +93,31 @@ def batches(files, sep, batch_chars):
         yield batch
 
 
+class Shuffled:
+    """Whole documents into a ShardWriter, in a seeded random order within each window of
+    `window` tokens (0: in the order they come)."""
+
+    def __init__(self, writer, window, rng):
+        self.writer, self.window, self.rng = writer, window, rng
+        self.docs, self.ntok = [], 0
+
+    def add(self, tokens, lengths):
+        if not self.window:
+            self.writer.add(tokens)
+            return
+        if len(lengths):
+            self.docs.extend(np.split(tokens, np.cumsum(lengths)[:-1]))
+            self.ntok += len(tokens)
+        if self.ntok >= self.window:
+            self.flush()
+
+    def flush(self):
+        if self.docs:
+            order = self.rng.permutation(len(self.docs))
+            self.writer.add(np.concatenate([self.docs[i] for i in order]))
+        self.docs, self.ntok = [], 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="text files (.txt, .gz, .xz, ...) or directories")
@@ -97,6 +127,9 @@ def main():
     ap.add_argument("--val-fraction", type=float, default=0.005,
                     help="hold out every round(1/F)-th document for val; 0 = no val (default %(default)s)")
     ap.add_argument("--shard-size", type=int, default=10**8, help="tokens per shard (default %(default)s)")
+    ap.add_argument("--shuffle-window", type=int, default=1 << 30, metavar="TOKENS",
+                    help="shuffle documents within windows of this many tokens, 0: keep the order (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=1337, help="seed of the shuffle (default %(default)s)")
     ap.add_argument("--workers", type=int, default=dc.default_workers(), help="tokenizer processes (default %(default)s)")
     ap.add_argument("--batch-chars", type=int, default=1 << 20, help="characters per work unit (default %(default)s)")
     ap.add_argument("--tokenizer-out", metavar="PATH", help="also write the GPT-2 decode table (gpt2_tokenizer.bin) here")
@@ -106,6 +139,8 @@ def main():
         ap.error("--val-fraction must be in [0, 1)")
     if args.shard_size <= 0:
         ap.error("--shard-size must be positive")
+    if args.shuffle_window < 0:
+        ap.error("--shuffle-window must be >= 0")
 
     files = list(list_files(args.inputs))
     if not files:
@@ -116,12 +151,15 @@ def main():
     tiktoken_path = dc.resolve_tiktoken_path(args.tiktoken)
     dc.get_gpt2_encoding(tiktoken_path)  # fail early, and say which ranks are used
     print(f"{len(files)} input file(s) -> {out_dir}/{name}_{{val,train}}_*.bin; "
-          f"doc-sep {args.doc_sep}, val = every {every or 'no'}th document, {args.workers} worker(s)")
+          f"doc-sep {args.doc_sep}, val = every {every or 'no'}th document, {args.workers} worker(s), "
+          + (f"shuffled in windows of {args.shuffle_window:,} tokens (seed {args.seed})" if args.shuffle_window else "input order"))
 
     t0 = time.time()
     val = dc.ShardWriter(out_dir, name, "val", args.shard_size, first_index=0)
     train = dc.ShardWriter(out_dir, name, "train", args.shard_size, first_index=1)
-    ndocs = nval_docs = 0
+    rng = np.random.default_rng(args.seed)
+    val_docs, train_docs = Shuffled(val, args.shuffle_window, rng), Shuffled(train, args.shuffle_window, rng)
+    ndocs = nval_docs = seen = 0
     progress = dc.Progress()
     work = batches(files, SEPARATORS[args.doc_sep], args.batch_chars)
     pool = None
@@ -135,15 +173,18 @@ def main():
         for tokens, lengths in results:
             is_val = (np.arange(ndocs, ndocs + len(lengths)) % every == 0) if every else np.zeros(len(lengths), bool)
             mask = np.repeat(is_val, lengths)
-            val.add(tokens[mask])
-            train.add(tokens[~mask])
+            val_docs.add(tokens[mask], lengths[is_val])
+            train_docs.add(tokens[~mask], lengths[~is_val])
             ndocs += len(lengths)
             nval_docs += int(is_val.sum())
-            progress(lambda: f"{ndocs:,} documents, {val.ntok + train.ntok:,} tokens, "
-                             f"{(val.ntok + train.ntok) / (time.time() - progress.t0) / 1e6:.2f}M tokens/s")
+            seen += len(tokens)
+            progress(lambda: f"{ndocs:,} documents, {seen:,} tokens, "
+                             f"{seen / (time.time() - progress.t0) / 1e6:.2f}M tokens/s")
     finally:
         if pool is not None:
             pool.terminate()
+    val_docs.flush()
+    train_docs.flush()
     if train.ntok == 0:
         raise SystemExit(f"the train split would be empty ({ndocs} document(s) in all): lower "
                          f"--val-fraction or use a finer --doc-sep")
