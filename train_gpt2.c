@@ -324,6 +324,7 @@ static void linear_forward(Model *m, int lin, int layer, float *out, const float
         q->w = quant_error(linear_weight(&m->params, lin) + wo, m->qw[lin].codes + wo, m->qw[lin].scales + (size_t)layer * M, NULL, M, K, 0);
         q->clamped = (double)clamped / ((double)N * K);
         quant_table_x(q->table, inp, N, K, r->f.x);
+        q->has_table = 1;
     }
     dequantize(xdeq, codes, scales, N, K, 0);
     const float *bias = linear_bias(&m->params, lin);

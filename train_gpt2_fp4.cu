@@ -6,7 +6,9 @@ an FP32 master copy, --master-fp32 1); attention on cuDNN's flash SDPA. The bloc
 the recipe's formats (llmc/recipe.h): BF16 GEMMs on cuBLASLt, or FP8 / FP4 codes with per-row
 scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F), with DGE for 4-bit weights and OCC for
 4-bit activations (llmc/occ.cuh); tensor-wise scaling (--scaling tensor, the naive-FP4 ablation)
-puts one scale in every row's slot. Not on the GPU: OCC with tensor-wise scaling, the fp32 recipe.
+puts one scale in every row's slot. --quant-stats N logs each quantized operand's error and the
+DGE norms (llmc/quant_error.cuh). Not on the GPU: OCC with tensor-wise scaling, the fp32 recipe,
+Table 1's five activation settings (the CPU trainer measures those on a checkpoint).
 Data parallel over processes, one GPU each (llmc/dist.cuh): gradients averaged per layer while the
 backward goes on, the optimizer state sharded over the ranks (ZeRO-1), updated weights all-gathered.
 */
@@ -38,6 +40,7 @@ backward goes on, the optimizer state sharded over the ranks (ZeRO-1), updated w
 #include "llmc/adamw.cuh"
 #include "llmc/quantize.cuh"
 #include "llmc/occ.cuh"
+#include "llmc/quant_error.cuh"
 #include "llmc/dist.cuh"
 
 typedef struct {
@@ -107,6 +110,8 @@ typedef struct {
     size_t wq_bytes;
     QWeight wq[NUM_LINEARS];
     int wq_stale;                 // weights changed since they were quantized
+    int qstats;                   // --quant-stats: the running forward + backward adds to qsums
+    double *qsums;                // (L, NUM_LINEARS, QS_N) the quantized linears' telemetry sums
     float *ones;                  // (nones) unit scales, for GEMM operands that are exact codes
     int nones;
     int B, T;
@@ -210,6 +215,8 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     CUDA_CHECK(cudaMemset(m->m, 0, own * sizeof(float)));
     CUDA_CHECK(cudaMemset(m->v, 0, own * sizeof(float)));
     CUDA_CHECK(cudaMallocHost(&m->host_norm, sizeof(float)));
+    m->qstats = 0;
+    m->qsums = (double *)cuda_malloc((size_t)c->L * NUM_LINEARS * QS_N * sizeof(double));
     int hd = config_hd(c);
     float *cs = (float *)malloc_check((size_t)c->T * hd * sizeof(float)), *sn = cs + (size_t)c->T * hd / 2;
     for (int t = 0; t < c->T; t++) {
@@ -384,6 +391,12 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     if (occ_on(m, lin)) occ_quantize_rows(s->xcodes, xq, xs, src, N, f->x, &o, st);
     else quantize_rows(s->xcodes, xq, xs, src, N, K, f->x, m->recipe.tensorwise, st);
     const QWeight *q = &m->wq[lin];
+    if (m->qstats) {  // the codes against the rows they stand for (OCC: the residual added back)
+        double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
+        RowSource w = rows_plain(W);
+        quant_error_sums(qs + QS_X, src, s->xcodes, xs, NULL, occ_on(m, lin) ? o.bounds : NULL, N, K, f->x, st);
+        quant_error_sums(qs + QS_W, &w, q->codes + (size_t)l * M * K, q->scales + (size_t)l * M, NULL, NULL, M, K, f->w, st);
+    }
     matmul_fp8(pre ? pre : y, CUDA_R_16BF, q->codes + (size_t)l * M * K, fp8_type(f->w), q->scales + (size_t)l * M,
                s->xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
                b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
@@ -421,12 +434,16 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     quantize_grad(s->gcodes, s->gscales, s->gcodes_t, s->gscales_t, src, sw, xs, N, M, f->g, m->recipe.tensorwise, s->amax,
                   db ? s->partial : NULL, st);
     if (db) sum_rows(db, s->partial, ceil_div(N, QROWS), M, M, st);
+    double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
+    if (m->qstats) quant_error_sums(qs + QS_G, src, s->gcodes, s->gscales, sw, NULL, N, M, f->g, st);  // the dgrad operand
     RowSource w = rows_plain(W);
     quantize_rows(NULL, s->wcodes_t, m->wq[lin].scales + (size_t)l * M, &w, M, K, f->w, m->recipe.tensorwise, st);  // the forward's, transposed
     matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL, 0.0f,
                NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
     matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),
                s->gscales_t, K, M, N, NULL, 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
+    if (m->qstats)  // dW is this micro-batch's quantized GEMM alone (the first of the step)
+        dge_norm_sums(qs + QS_DW, dW, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, st);
     if (!occ_on(m, lin)) return;
     OccColumns oc = occ_columns(m, lin, l);
     occ_compensate_grad(dW, &oc, &m->occ[lin], src, N, M, K, W, sw, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f,
@@ -610,6 +627,7 @@ static void model_free(Model *m) {
     CUDA_CHECK(cudaFreeHost(m->host_norm));
     cuda_free(m->rope_cos, (size_t)m->cfg.T * hd * sizeof(float));
     if (m->wq_mem) cuda_free(m->wq_mem, m->wq_bytes);
+    cuda_free(m->qsums, (size_t)m->cfg.L * NUM_LINEARS * QS_N * sizeof(double));
     cuda_free(m->ones, m->nones * sizeof(float));
     model_free_acts(m);
     CUDA_CHECK(cudaStreamDestroy(m->stream));
@@ -617,6 +635,24 @@ static void model_free(Model *m) {
 
 // the libraries' handles, on the current device
 static void gpu_init(void) { matmul_init(); }
+
+// --quant-stats: what the forward + backward just run added up, a log line per quantized linear
+// per layer (Table 1's five settings come from the CPU trainer, on a checkpoint)
+static void log_quant_stats(Model *m, Logger *lg, int step, int N) {
+    size_t n = (size_t)m->cfg.L * NUM_LINEARS * QS_N;
+    double *sums = (double *)malloc_check(n * sizeof(double));
+    model_wait(m);
+    cuda_download(sums, m->qsums, n * sizeof(double));
+    for (int l = 0; l < m->cfg.L; l++) {
+        for (int lin = 0; lin < NUM_LINEARS; lin++) {
+            if (!quantized(m, lin)) continue;
+            int M, K; linear_dims(&m->cfg, lin, &M, &K);
+            QStats q = qstats_from_sums(sums + ((size_t)l * NUM_LINEARS + lin) * QS_N, N, M, K);
+            logger_quant(lg, step, l, linear_names[lin], format_name(m->recipe.lin[lin].f.x), &q);
+        }
+    }
+    free(sums);
+}
 
 #ifndef TESTING
 // the mean loss of `steps` val batches per rank (each rank its own), over all ranks
@@ -696,11 +732,11 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     parse_flags(argc, argv, flags, nflags, "./train_gpt2_fp4", "GPU trainer for GPT-2 and LLaMA (SPEC.md)");
     check_args(&a);
-    if (a.quant_stats) die("--quant-stats is not on the GPU yet (the CPU trainer train_gpt2 has it)");
     if ((master_fp32 | zero) & ~1) die("--master-fp32 and --zero take 0 or 1");
     if (!(timeout_s >= 1.0f)) die("--nccl-timeout must be at least 1 second");
     RecipeOptions ro = recipe_options(&a);
     Recipe recipe = gpu_recipe(&ro);
+    if (a.quant_stats && strcmp(recipe_table[ro.recipe].name, "bf16") == 0) die("--quant-stats measures quantized linears: bf16 has none");
     Dist dist;
     dist_init(&dist, dist_addr, timeout_s);
     int main_rank = dist.rank == 0;
@@ -770,9 +806,13 @@ int main(int argc, char **argv) {
         model_zero_grad(&m);
         double loss = 0.0;
         for (int micro = 0; micro < accum; micro++) {
+            m.qstats = micro == 0 && a.quant_stats && step % a.quant_stats == 0;  // the step's first micro-batch
+            if (m.qstats) CUDA_CHECK(cudaMemsetAsync(m.qsums, 0, (size_t)cfg.L * NUM_LINEARS * QS_N * sizeof(double), m.stream));
             dataloader_next(&run.train);
             loss += model_forward(&m, run.train.inputs, run.train.targets, a.B, a.T, 1.0f / accum) / accum;
             model_backward(&m, micro == accum - 1);
+            if (m.qstats && main_rank) log_quant_stats(&m, &run.lg, step, a.B * a.T);
+            m.qstats = 0;
         }
         float lr = lr_schedule(a.lr, step, a.warmup, a.max_steps, a.final_frac);
         float norm = model_update(&m, lr, a.b1, a.b2, 1e-8f, a.wd, a.clip, step + 1, (uint64_t)a.seed);

@@ -41,9 +41,13 @@ static void logger_quant(Logger *lg, int step, int layer, const char *linear, co
     FILE *f = lg->f;
     fprintf(f, "{\"step\": %d, \"quant\": {\"layer\": %d, \"linear\": \"%s\", \"x_format\": \"%s\", ", step, layer, linear, fx);
     json_qerr(f, "x", q->x); fprintf(f, ", "); json_qerr(f, "w", q->w); fprintf(f, ", "); json_qerr(f, "g", q->g);
-    fprintf(f, ", \"clamped\": %.6e, \"dw_raw\": %.6e, \"dw_dge\": %.6e, \"x_table\": {", q->clamped, q->dw_raw, q->dw_dge);
-    for (int s = 0; s < QT_SETTINGS; s++) { if (s) fprintf(f, ", "); json_qerr(f, qt_names[s], q->table[s]); }
-    fprintf(f, "}}}\n");
+    fprintf(f, ", \"clamped\": %.6e, \"dw_raw\": %.6e, \"dw_dge\": %.6e", q->clamped, q->dw_raw, q->dw_dge);
+    if (q->has_table) {
+        fprintf(f, ", \"x_table\": {");
+        for (int s = 0; s < QT_SETTINGS; s++) { if (s) fprintf(f, ", "); json_qerr(f, qt_names[s], q->table[s]); }
+        fprintf(f, "}");
+    }
+    fprintf(f, "}}\n");
     fflush(f);
 }
 

@@ -1,4 +1,4 @@
-// defines: QErr, quant_error, QT_SETTINGS, qt_names, quant_table_x, QStats
+// defines: QErr, qerr_from_sums, quant_error, QT_SETTINGS, qt_names, quant_table_x, QStats
 // Quantization telemetry (--quant-stats): how far a quantized operand is from the tensor it
 // stands for (cosine similarity, mean squared error, signal-to-noise ratio), and the activation
 // table of Wang et al.'s Table 1: the same activation quantized with no clamp, clamped at the
@@ -11,8 +11,20 @@
 
 typedef struct { double cos, mse, snr_db; } QErr;
 
+// from the sums over n entries of x x, q q, x q and (x - q)^2: an exact q has an SNR of +inf,
+// logged as 999 dB
+static QErr qerr_from_sums(const double *s, double n) {
+    double rr = s[0], qq = s[1], rq = s[2], ee = s[3];
+    QErr e;
+    e.cos = rr > 0.0 && qq > 0.0 ? rq / sqrt(rr * qq) : (rr == qq ? 1.0 : 0.0);
+    e.mse = ee / n;
+    e.snr_db = ee > 0.0 ? 10.0 * log10(rr / ee) : 999.0;
+    if (e.snr_db > 999.0) e.snr_db = 999.0;
+    return e;
+}
+
 // q = codes * scales (one scale per row with axis 0, per column with axis 1) + add (if not NULL),
-// against ref; all (rows, cols). An exact q has an SNR of +inf, logged as 999 dB.
+// against ref; all (rows, cols)
 static QErr quant_error(const float *ref, const float *codes, const float *scales, const float *add, int rows, int cols, int axis) {
     double rr = 0.0, qq = 0.0, rq = 0.0, ee = 0.0;
     #pragma omp parallel for reduction(+:rr, qq, rq, ee)
@@ -23,12 +35,8 @@ static QErr quant_error(const float *ref, const float *codes, const float *scale
             rr += x * x; qq += q * q; rq += x * q; ee += (x - q) * (x - q);
         }
     }
-    QErr e;
-    e.cos = rr > 0.0 && qq > 0.0 ? rq / sqrt(rr * qq) : (rr == qq ? 1.0 : 0.0);
-    e.mse = ee / ((double)rows * cols);
-    e.snr_db = ee > 0.0 ? 10.0 * log10(rr / ee) : 999.0;
-    if (e.snr_db > 999.0) e.snr_db = 999.0;
-    return e;
+    double sums[4] = { rr, qq, rq, ee };
+    return qerr_from_sums(sums, (double)rows * cols);
 }
 
 #define QT_SETTINGS 5
@@ -57,6 +65,7 @@ typedef struct {
                               // compensation added back under OCC; g: the dgrad operand)
     double clamped;           // fraction of x's entries OCC clamped
     double dw_raw, dw_dge;    // the weight gradient's norm before and after DGE
+    int has_table;            // the table below is filled (the CPU trainer's)
     QErr table[QT_SETTINGS];  // x under each setting of Table 1, in x's format
 } QStats;
 

@@ -2,7 +2,7 @@
 """The quantization telemetry of a run (`--quant-stats N` rows of its main.jsonl) as a plot and,
 for one step, the activation table of Wang et al.'s Table 1 (no clamp; clamp 0.999; clamp and
 compensation at 0.999 / 0.99 / 0.97), averaged over the layers' linears whose activations are
-4-bit.
+4-bit (the CPU trainer's logs; the GPU trainer logs the rest).
 
     python3 scripts/quant_stats.py OUT_DIR [-o quant_stats.png] [--step S]
 
@@ -30,8 +30,11 @@ def read_rows(folder):
 
 
 def table(rows, step):
-    """markdown of the activation table at `step`, over the 4-bit linears (all if there are none)"""
-    at = [q for s, q in rows if s == step]
+    """markdown of the activation table at `step`, over the 4-bit linears (all if there are none);
+    None where the trainer did not measure it (the GPU trainer leaves it to the CPU trainer)"""
+    at = [q for s, q in rows if s == step and "x_table" in q]
+    if not at:
+        return None
     pick = [q for q in at if q["x_format"] in FOUR_BIT] or at
     fmt = "4-bit" if pick is not at or all(q["x_format"] in FOUR_BIT for q in at) else pick[0]["x_format"]
     lines = [f"Activations at step {step}: mean over {len(pick)} linears x layers ({fmt} activations)", "",
@@ -94,7 +97,9 @@ def main():
     step = steps[-1] if a.step is None else a.step
     if step not in steps:
         sys.exit(f"error: step {step} has no quantization rows (logged: {', '.join(map(str, steps))})")
-    print(table(rows, step))
+    t = table(rows, step)
+    print(t or f"step {step}: no Table 1 settings in this log (the GPU trainer's); the CPU trainer measures them on a "
+               "checkpoint: ./train_gpt2 -e MODEL.bin -r fp4 -x 1 -l 0 --quant-stats 1 ...")
     plot(rows, a.out, a.title)
     print(f"wrote {a.out}")
 

@@ -1,11 +1,13 @@
 // The element rules of llmc/quant.h run on the GPU must give the CPU's bits: every format's
 // rounding on fresh random inputs (all magnitudes, every tie and grid point), and the DGE
 // derivative within a few ulp (powf differs by an ulp or two between libm and CUDA). And the
-// quantization kernels of llmc/quantize.cuh: the same scales and codes as quantize_matrix.
+// quantization kernels of llmc/quantize.cuh: the same scales and codes as quantize_matrix. And
+// the GPU's telemetry sums (llmc/quant_error.cuh) against the CPU's quant_error.
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include "../llmc/occ.cuh"
+#include "../llmc/quant_error.cuh"
 #include "../llmc/rand.h"
 #include "check.h"
 
@@ -367,6 +369,99 @@ static void test_occ(uint64_t seed) {
     }
 }
 
+// --quant-stats on the GPU: the error of codes the GPU made (an activation with and without OCC,
+// a gradient with folded column scales) and the weight gradient's norms with DGE, from the GPU's
+// FP64 sums, against quant_error and FP64 loops on the CPU over the same codes. The same values
+// summed in another order: within 1e-9 relative; the clamped count exact.
+static double rel(double a, double b) { return a == b ? 0.0 : fabs(a - b) / fmax(fabs(a), fabs(b)); }
+static double qerr_diff(QErr a, QErr b) { return fmax(fmax(rel(a.cos, b.cos), rel(a.mse, b.mse)), rel(a.snr_db, b.snr_db)); }
+
+// the GPU's codes and row scales back as floats (bytes: host scratch)
+static void gpu_codes(float *codes, float *scales, fp8 *bytes, const fp8 *dc, const float *ds, size_t n, int rows, Format f) {
+    cuda_download(bytes, dc, n);
+    cuda_download(scales, ds, rows * sizeof(float));
+    for (size_t i = 0; i < n; i++) codes[i] = byte_value(bytes[i], f);
+}
+
+static void test_telemetry(uint64_t seed) {
+    const int rows = 96, K = 768, M = 256;
+    size_t n = (size_t)rows * K, nw = (size_t)M * K, ng = (size_t)rows * M;
+    bf16 *hx = (bf16 *)malloc_check(n * sizeof(bf16)), *hw = (bf16 *)malloc_check(nw * sizeof(bf16));
+    bf16 *hg = (bf16 *)malloc_check(ng * sizeof(bf16));
+    float *x = (float *)malloc_check(n * sizeof(float)), *xc = (float *)malloc_check(n * sizeof(float));
+    float *res = (float *)malloc_check(n * sizeof(float)), *codes = (float *)malloc_check(n * sizeof(float));
+    float *scales = (float *)malloc_check(rows * sizeof(float)), *gf = (float *)malloc_check(ng * sizeof(float));
+    float *fold = (float *)malloc_check(M * sizeof(float)), *dw = (float *)malloc_check(nw * sizeof(float));
+    float *sw = (float *)malloc_check(M * sizeof(float));
+    fp8 *hc = (fp8 *)malloc_check(n);
+    for (size_t i = 0; i < n; i++) {
+        float v = (float)rng_normal(seed + 900, i);
+        if (rng_uniform(rng_hash(seed + 901, i)) < 0.01f) v *= 40.0f;  // planted outliers
+        hx[i] = __float2bfloat16(v);
+        x[i] = __bfloat162float(hx[i]);
+    }
+    for (size_t i = 0; i < ng; i++) hg[i] = __float2bfloat16((float)rng_normal(seed + 902, i) * 1e-3f);
+    for (int j = 0; j < M; j++) fold[j] = exp2f(-4.0f * rng_uniform(rng_hash(seed + 903, j)));
+    for (size_t i = 0; i < nw; i++) { hw[i] = __float2bfloat16((float)rng_normal(seed + 904, i) * 0.05f); dw[i] = (float)rng_normal(seed + 905, i); }
+    for (int j = 0; j < M; j++) {
+        float a = 0.0f;
+        for (int k = 0; k < K; k++) a = fmaxf(a, fabsf(__bfloat162float(hw[(size_t)j * K + k])));
+        sw[j] = a / 6.0f;
+    }
+    bf16 *dx = (bf16 *)cuda_malloc(n * sizeof(bf16)), *dwt = (bf16 *)cuda_malloc(nw * sizeof(bf16)), *dg = (bf16 *)cuda_malloc(ng * sizeof(bf16));
+    float *ds = (float *)cuda_malloc((rows + M) * sizeof(float)), *dfold = (float *)cuda_malloc(M * sizeof(float));
+    float *ddw = (float *)cuda_malloc(nw * sizeof(float)), *dsw = (float *)cuda_malloc(M * sizeof(float));
+    fp8 *dc = (fp8 *)cuda_malloc(n), *dt = (fp8 *)cuda_malloc(n);
+    unsigned *amax = (unsigned *)cuda_malloc(M * sizeof(unsigned));
+    double *dsums = (double *)cuda_malloc(QS_N * sizeof(double)), hs[QS_N];
+    OccPlan plan = occ_plan(K, 0.99f);
+    Occ o = { plan, (float2 *)cuda_malloc(rows * sizeof(float2)), (int *)cuda_malloc(plan.cap * rows * sizeof(int)),
+              (float *)cuda_malloc(plan.cap * rows * sizeof(float)) };
+    cuda_upload(dx, hx, n * sizeof(bf16)); cuda_upload(dwt, hw, nw * sizeof(bf16)); cuda_upload(dg, hg, ng * sizeof(bf16));
+    cuda_upload(dfold, fold, M * sizeof(float)); cuda_upload(ddw, dw, nw * sizeof(float)); cuda_upload(dsw, sw, M * sizeof(float));
+    CUDA_CHECK(cudaMemset(dsums, 0, QS_N * sizeof(double)));
+    RowSource sx = rows_plain(dx), sg = rows_plain(dg);
+    quantize_rows(dc, NULL, ds, &sx, rows, K, FMT_E2M1, 0, 0);
+    quant_error_sums(dsums + QS_X, &sx, dc, ds, NULL, NULL, rows, K, FMT_E2M1, 0);
+    gpu_codes(codes, scales, hc, dc, ds, n, rows, FMT_E2M1);
+    cuda_download(hs, dsums, QS_N * sizeof(double));
+    double e_plain = qerr_diff(qerr_from_sums(hs + QS_X, (double)n), quant_error(x, codes, scales, NULL, rows, K, 0));
+    CHECK(hs[QS_CLAMPED] == 0.0, "telemetry: %g entries counted clamped without OCC", hs[QS_CLAMPED]);
+
+    CUDA_CHECK(cudaMemset(dsums, 0, QS_N * sizeof(double)));
+    occ_quantize_rows(dc, NULL, ds, &sx, rows, FMT_E2M1, &o, 0);
+    quant_error_sums(dsums + QS_X, &sx, dc, ds, NULL, o.bounds, rows, K, FMT_E2M1, 0);
+    gpu_codes(codes, scales, hc, dc, ds, n, rows, FMT_E2M1);
+    long clamped = occ_clamp_rows(xc, res, x, rows, K, 0.99f);
+    cuda_download(hs, dsums, QS_N * sizeof(double));
+    double e_occ = qerr_diff(qerr_from_sums(hs + QS_X, (double)n), quant_error(x, codes, scales, res, rows, K, 0));
+    CHECK(hs[QS_CLAMPED] == (double)clamped, "telemetry: %g entries counted clamped, the CPU clamps %ld", hs[QS_CLAMPED], clamped);
+
+    quantize_grad(dc, ds, dt, ds + rows, &sg, dfold, NULL, rows, M, FMT_E4M3, 0, amax, NULL, 0);
+    quant_error_sums(dsums + QS_G, &sg, dc, ds, dfold, NULL, rows, M, FMT_E4M3, 0);
+    gpu_codes(codes, scales, hc, dc, ds, ng, rows, FMT_E4M3);
+        for (size_t i = 0; i < ng; i++) gf[i] = __bfloat162float(hg[i]) * fold[i % M];
+    dge_norm_sums(dsums + QS_DW, ddw, dwt, dsw, M, K, FMT_E2M1, 5.0f, 0);
+    cuda_download(hs, dsums, QS_N * sizeof(double));
+    double e_grad = qerr_diff(qerr_from_sums(hs + QS_G, (double)ng), quant_error(gf, codes, scales, NULL, rows, M, 0));
+    double raw = 0.0, dge = 0.0;
+    for (size_t i = 0; i < nw; i++) {
+        float c = dw[i] * dge_derivative(__bfloat162float(hw[i]) / sw[i / K], FMT_E2M1, 5.0f);
+        raw += (double)dw[i] * dw[i]; dge += (double)c * c;
+    }
+    double e_dge = fmax(rel(hs[QS_DW], raw), rel(hs[QS_DW + 1], dge));
+    CHECK(e_plain <= 1e-9 && e_occ <= 1e-9 && e_grad <= 1e-9 && e_dge <= 1e-9, "telemetry: GPU vs CPU, relative: activation %.2g, with "
+          "OCC %.2g, gradient %.2g, DGE norms %.2g (bound 1e-9)", e_plain, e_occ, e_grad, e_dge);
+    printf("telemetry %dx%d: cos / MSE / SNR of the GPU's codes (E2M1 activation, with OCC, E4M3 gradient) and the DGE norms "
+           "within %.1e of the CPU's; %ld clamped, counted exactly\n", rows, K, fmax(fmax(e_plain, e_occ), fmax(e_grad, e_dge)), clamped);
+    cuda_free(dx, n * sizeof(bf16)); cuda_free(dwt, nw * sizeof(bf16)); cuda_free(dg, ng * sizeof(bf16));
+    cuda_free(ds, (rows + M) * sizeof(float)); cuda_free(dfold, M * sizeof(float)); cuda_free(ddw, nw * sizeof(float));
+    cuda_free(dsw, M * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n); cuda_free(amax, M * sizeof(unsigned));
+    cuda_free(dsums, QS_N * sizeof(double)); cuda_free(o.bounds, rows * sizeof(float2));
+    cuda_free(o.slot_col, plan.cap * rows * sizeof(int)); cuda_free(o.slot_val, plan.cap * rows * sizeof(float));
+    free(hx); free(hw); free(hg); free(x); free(xc); free(res); free(codes); free(scales); free(gf); free(fold); free(dw); free(sw); free(hc);
+}
+
 int main(void) {
     const int n = 1 << 22;
     float *x = (float *)malloc(n * sizeof(float)), *got = (float *)malloc(n * sizeof(float));
@@ -415,5 +510,6 @@ int main(void) {
     test_quantize(seed);
     test_fused_sources(seed);
     test_occ(seed);
+    test_telemetry(seed);
     return check_summary("quant-gpu");
 }

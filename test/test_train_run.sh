@@ -4,7 +4,8 @@
 #  1. resume: a run stopped at a checkpoint and resumed ends with the same bytes as one that
 #     never stopped (model, optimizer state, data position);
 #  2. learning: small GPT-2 and LLaMA models on tiny shakespeare lower their val loss by at
-#     least 1.5 nats in 40 steps (from ~10.8).
+#     least 1.5 nats in 40 steps (from ~10.8);
+#  3. telemetry (--quant-stats) of the fp8 and fp4 recipes.
 set -u
 cd "$(dirname "$0")/.."
 bin=${BIN:-./train_gpt2}
@@ -40,6 +41,29 @@ for model in "gpt2:L=2,C=64,H=4,T=64" "llama:L=2,C=64,H=4,KV=2,F=192,T=64"; do
         echo "$model $recipe: val loss $first -> $last"
         if awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.5) }'; then ok; else bad "$model $recipe: val loss $first -> $last"; fi
     done
+done
+
+# 3. telemetry: --quant-stats 2 over 4 steps logs each quantized linear of each layer at steps 0
+#    and 2 with errors in range (OCC clamping only the 4-bit inputs, DGE shrinking only the 4-bit
+#    weights' gradients), and scripts/quant_stats.py plots the log
+for recipe in $recipes; do
+    [ "$recipe" = fp4 ] || [ "$recipe" = fp8 ] || continue
+    out="$tmp/qs_$recipe"
+    "$bin" "${common[@]}" -e "gpt2:L=2,C=64,H=4,T=32" -r "$recipe" -b 2 -t 32 -x 4 -v 0 -m 1 --quant-stats 2 -o "$out" > /dev/null \
+        || { bad "$recipe: --quant-stats run"; continue; }
+    if msg=$(python3 - "$out/main.jsonl" "$recipe" 2>&1 <<'EOF'
+import json, sys
+q = [(r["step"], r["quant"]) for r in map(json.loads, open(sys.argv[1])) if "quant" in r]
+assert sorted({s for s, _ in q}) == [0, 2] and len(q) == 2 * 2 * 4, f"{len(q)} rows, steps {sorted({s for s, _ in q})}"
+for s, r in q:
+    four = r["x_format"] == "e2m1"
+    for op in "xwg":
+        assert 0.9 < r[op]["cos"] <= 1 and 5 < r[op]["snr_db"] < 60 and r[op]["mse"] > 0, (s, r["linear"], op, r[op])
+    assert (r["clamped"] > 0.005) == (four and sys.argv[2] == "fp4"), (s, r["linear"], r["clamped"])
+    assert r["dw_raw"] > 0 and (r["dw_dge"] < r["dw_raw"] if four else r["dw_dge"] == r["dw_raw"]), (s, r["linear"], r["dw_raw"], r["dw_dge"])
+EOF
+    ) && python3 scripts/quant_stats.py "$out" -o "$out/qs.png" > /dev/null && [ -s "$out/qs.png" ]; then ok
+    else bad "$recipe: --quant-stats log: $msg"; fi
 done
 
 echo "trainrun ($bin): $passed passed, $failed failed"
