@@ -6,6 +6,7 @@
 # batch of the val split, no update). Plots and tables under $OUT, with archives of the logs and
 # main.jsonl files; the checkpoints stay on the device.
 #     bash dev/curves.sh gpt2|llama STEPS [RUN...]
+# The environment passes through to reproduce_curves.sh (SEEDS, VAL_STEPS, B, ...).
 set -u
 out=${OUT:-out/device}
 arch=$1 steps=$2
@@ -22,7 +23,7 @@ bash scripts/reproduce_curves.sh "$arch" "$runs" "$steps" "$@" 2>&1 | tee "$out/
 cp "$runs"/*.png "$runs"/*.md "$out/" 2> /dev/null
 tar czf "$out/$arch.tar.gz" "$runs"/*.log "$runs"/*.png "$runs"/*.md "$runs"/*/main.jsonl
 if [ "${TABLE1:-0}" = 1 ]; then
-    ckpt=$(printf "%s/fp4/model_%08d.bin" "$runs" "$steps")
+    ckpt=$(ls "$runs"/fp4/model_$(printf %08d "$steps").bin "$runs"/fp4_s*/model_$(printf %08d "$steps").bin 2> /dev/null | head -n 1)
     t0=$(date +%s)
     OMP_NUM_THREADS=$(nproc) ./train_gpt2 -e "$ckpt" -r fp4 -i "data/english/english_tech_val_000000.bin" \
         -j "data/english/english_tech_val_000000.bin" -b 4 -t 1024 -x 1 -l 0 -v 0 -m 1 --quant-stats 1 -o runs/table1 \

@@ -6,7 +6,10 @@ with the gap to the first run (the baseline, e.g. bf16 or fp32).
 
 Each run folder holds the trainer's main.jsonl (one JSON object per line: train rows carry
 "train_loss", eval rows "val_loss", both "step" and "tokens"). A run is labelled by its folder
-name, or by NAME=FOLDER.
+name, or by NAME=FOLDER. Folders given the same NAME are seeds of one run: their mean is drawn
+(val: with the band from the lowest to the highest seed), and the table gives each seed's final
+val loss and the gap to the baseline seed by seed (the i-th folder of a name against the
+baseline's i-th: the same initialization), as the mean and the range over the seeds.
 """
 import argparse
 import json
@@ -45,6 +48,42 @@ def smooth(ys, alpha=0.9):
     return out
 
 
+def smooth_curve(points):
+    return list(zip([t for t, _ in points], smooth([l for _, l in points])))
+
+
+def mean_curve(curves):
+    """the pointwise mean of curves [(tokens, loss)] over their common length, and min, max"""
+    n = min(map(len, curves))
+    pts = [[c[i][1] for c in curves] for i in range(n)]
+    return [curves[0][i][0] for i in range(n)], [sum(p) / len(p) for p in pts], [min(p) for p in pts], [max(p) for p in pts]
+
+
+def table(groups):
+    """markdown: final val loss per run (and per seed) and the gap to the first run"""
+    base = groups[0][1]
+    seeds = max(len(runs) for _, runs in groups) > 1
+    head = f"| run | tokens | final val loss | gap to {groups[0][0]} |"
+    if seeds:
+        head = f"| run | seeds | tokens | final val loss, mean (per seed) | gap to {groups[0][0]}, mean (range) |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for name, runs in groups:
+        finals = [val[-1] for _, val in runs if val]
+        if not finals:
+            lines.append(f"| {name} |" + " - |" * (head.count("|") - 2))
+            continue
+        gaps = [100 * (loss - b[1][-1][1]) / b[1][-1][1] for (tok, loss), b in zip(finals, base) if b[1]]
+        mean = sum(loss for _, loss in finals) / len(finals)
+        if not seeds:
+            gap = f"{gaps[0]:+.2f}%" if gaps else "-"
+            lines.append(f"| {name} | {finals[0][0]:,} | {mean:.4f} | {gap} |")
+            continue
+        gap = f"{sum(gaps) / len(gaps):+.2f}% ({min(gaps):+.2f} .. {max(gaps):+.2f})" if gaps else "-"
+        per = ", ".join(f"{loss:.4f}" for _, loss in finals)
+        lines.append(f"| {name} | {len(finals)} | {finals[0][0]:,} | {mean:.4f} ({per}) | {gap} |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run folders (or NAME=FOLDER); the first is the baseline")
@@ -52,23 +91,29 @@ def main():
     ap.add_argument("--title", default="")
     a = ap.parse_args()
 
-    runs = []
+    groups = {}  # name -> [(train, val)], in the order given
     for spec in a.runs:
         name, _, folder = spec.rpartition("=") if "=" in spec else (os.path.basename(spec.rstrip("/")), "", spec)
-        runs.append((name, *read_log(folder)))
+        groups.setdefault(name, []).append(read_log(folder))
+    groups = list(groups.items())
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    for name, train, val in runs:
-        if train:
-            line, = ax1.plot([t for t, _ in train], smooth([l for _, l in train]), label=name, lw=1.2)
-            color = line.get_color()
-        else:
-            color = None
-        if val:
-            ax2.plot([t for t, _ in val], [l for _, l in val], "o-", ms=3, label=name, color=color)
+    for name, runs in groups:
+        label = name if len(runs) == 1 else f"{name} ({len(runs)} seeds)"
+        color = None
+        trains = [smooth_curve(train) for train, _ in runs if train]
+        if trains:
+            tok, mean, _, _ = mean_curve(trains)
+            color = ax1.plot(tok, mean, label=label, lw=1.2)[0].get_color()
+        vals = [val for _, val in runs if val]
+        if vals:
+            tok, mean, lo, hi = mean_curve(vals)
+            color = ax2.plot(tok, mean, "o-", ms=3, label=label, color=color)[0].get_color()
+            if len(vals) > 1:
+                ax2.fill_between(tok, lo, hi, color=color, alpha=0.15)
     for ax, what in ((ax1, "train loss (EMA 0.9)"), (ax2, "val loss")):
         ax.set_xlabel("tokens")
         ax.set_ylabel(what)
@@ -78,17 +123,7 @@ def main():
         fig.suptitle(a.title)
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
-
-    base = runs[0][2][-1][1] if runs[0][2] else None
-    print("| run | tokens | final val loss | gap to %s |" % runs[0][0])
-    print("|---|---|---|---|")
-    for name, train, val in runs:
-        if not val:
-            print(f"| {name} | - | - | - |")
-            continue
-        tok, loss = val[-1]
-        gap = f"{100 * (loss - base) / base:+.2f}%" if base else "-"
-        print(f"| {name} | {tok:,} | {loss:.4f} | {gap} |")
+    print(table(groups))
     print(f"wrote {a.out}")
 
 

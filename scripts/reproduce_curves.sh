@@ -15,6 +15,8 @@
 #        (both families on one 8-GPU machine: GPUS=4 for gpt2, GPUS=4 FIRST_GPU=4 for llama)
 #   MODEL: the descriptor (gpt2: gpt2:d12, 124M; llama: a LLaMA of about the same size)
 #   BIN [./train_gpt2_fp4]: the trainer (./train_gpt2 runs the same on the CPU, small models)
+#   SEEDS [1337]: initialization seeds; with several, each run once per seed (folders RUN_sSEED),
+#        plotted as the mean with the seeds' band, and each gap taken seed by seed (the same init)
 #   EXTRA: flags added to every run
 set -u
 [ $# -ge 3 ] || { echo "usage: $0 gpt2|llama OUT_DIR STEPS [RUN...]" >&2; exit 2; }
@@ -46,7 +48,10 @@ mkdir -p "$out"
 common=(-e "$model" -i "${train%_train*}_train*.bin" -j "$val" -b "${B:-16}" -t "${T:-1024}" -x "$steps"
         -u $(( steps / 20 )) -l "${LR:-6e-4}" -q 0.1 -c 0.1 --beta1 0.9 --beta2 0.95 -v "$val_every" -m "${VAL_STEPS:-20}" -s 0)
 read -r -a extra <<< "${EXTRA:-}"
-echo "$arch ($model): ${runs[*]}, $steps steps of ${B:-16} x ${T:-1024} tokens, $gpus at a time, logs in $out/"
+read -r -a seeds <<< "${SEEDS:-1337}"
+for sd in "${seeds[@]}"; do [[ $sd =~ ^[0-9]+$ ]] || { echo "error: seed '$sd' is not a number" >&2; exit 2; }; done
+job() { [ ${#seeds[@]} -eq 1 ] && echo "$1" || echo "$1_s$2"; }  # a run's folder and log name
+echo "$arch ($model): ${runs[*]}, seeds ${seeds[*]}, $steps steps of ${B:-16} x ${T:-1024} tokens, $gpus at a time, logs in $out/"
 
 # each run on a free GPU, at most gpus at once, the slowest (OCC) first; remember how each ended
 declare -A pid_run=() pid_gpu=() pid_start=()
@@ -66,13 +71,16 @@ start_s=$(date +%s)
 for r in fp4 fp4_nodge fp4_noocc fp4_naive fp8 bf16; do
     for s in "${runs[@]}"; do
         [ "$s" = "$r" ] || continue
-        [ ${#free[@]} -gt 0 ] || reap
-        gpu=${free[0]}
-        free=("${free[@]:1}")
-        read -r -a f <<< "${flags[$r]}"
-        rm -rf "${out:?}/$r"
-        CUDA_VISIBLE_DEVICES=$gpu "$bin" "${common[@]}" "${f[@]}" "${extra[@]}" -o "$out/$r" > "$out/$r.log" 2>&1 &
-        pid_run[$!]=$r pid_gpu[$!]=$gpu pid_start[$!]=$(date +%s)
+        for sd in "${seeds[@]}"; do
+            [ ${#free[@]} -gt 0 ] || reap
+            gpu=${free[0]}
+            free=("${free[@]:1}")
+            read -r -a f <<< "${flags[$r]}"
+            j=$(job "$r" "$sd")
+            rm -rf "${out:?}/$j"
+            CUDA_VISIBLE_DEVICES=$gpu "$bin" "${common[@]}" "${f[@]}" --seed "$sd" "${extra[@]}" -o "$out/$j" > "$out/$j.log" 2>&1 &
+            pid_run[$!]=$j pid_gpu[$!]=$gpu pid_start[$!]=$(date +%s)
+        done
     done
 done
 while [ ${#pid_run[@]} -gt 0 ]; do reap; done
@@ -81,6 +89,9 @@ echo "wall time $(( $(date +%s) - start_s )) s, $failed failed"
 
 labels=()
 for r in bf16 fp8 fp4 fp4_nodge fp4_noocc fp4_naive; do
-    for s in "${runs[@]}"; do [ "$s" = "$r" ] && labels+=("$r=$out/$r"); done
+    for s in "${runs[@]}"; do
+        [ "$s" = "$r" ] || continue
+        for sd in "${seeds[@]}"; do labels+=("$r=$out/$(job "$r" "$sd")"); done
+    done
 done
 python3 scripts/plot_curves.py "${labels[@]}" -o "$out/curves_$arch.png" --title "$arch ($model), $steps steps" | tee "$out/table_$arch.md"
