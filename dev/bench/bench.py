@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: our GPU trainer against the PyTorch baseline, in the same run, on the same
-models and batches at T = 1024; prints a markdown table (tok/s, MFU, peak memory).
+models and batches at T = 1024; prints a markdown table (tok/s, MFU, peak memory) and OCC's share
+of the fp4 step.
 
     python3 dev/bench/bench.py [--steps 20] [--configs gpt2:d12:32 gpt2:d24:16 llama:d16,T=1024:8]
     python3 dev/bench/bench.py --ranks 4 [--configs ...] [--recipes ...]     (scaling, no PyTorch)
@@ -85,6 +86,13 @@ def main():
         vs = f"{tok / base[model]:.2f}x" if model in base and not who.endswith(" bf16") else ""
         print(f"| {model} | {B} | {who} | {ms:.1f} | {tok:,.0f} | {mfu:.1f}% | {peak:,.0f} | "
               f"{'' if rel is None else f'{rel:.2f}x'} | {vs} |")
+    # OCC's cost (issue 5's bar: at most 10% of the fp4 step), where both fp4 rows ran
+    step = {(model, who.split(" ", 1)[1]): r[0] for model, _, who, r, _ in rows if who.startswith("train_gpt2_fp4 ")}
+    for model in dict.fromkeys(m for m, _ in step):
+        if (model, "fp4") in step and (model, "fp4 --occ 0") in step:
+            with_occ, without = step[model, "fp4"], step[model, "fp4 --occ 0"]
+            print(f"\n{model}: OCC (alpha 0.99) costs {with_occ - without:.1f} ms a step, "
+                  f"{(with_occ - without) / with_occ:.0%} of the fp4 step ({with_occ / without - 1:+.0%} over fp4 --occ 0)")
 
 
 def scaling(a):
