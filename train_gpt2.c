@@ -300,7 +300,8 @@ static void model_quantize_weights(Model *m) {
     }
 }
 
-// out (N, M) = Q(X) Q(W)^T + R W^T + b; saves X's codes, scales and OCC residual for backward
+// out (N, M) = Q(X) Q(W)^T + R W^T + b (R W^T: OCC's compensation, unless --occ-comp 0); saves X's
+// codes, scales and OCC residual for backward
 static void linear_forward(Model *m, int lin, int layer, float *out, const float *inp, int N) {
     const LinearRecipe *r = &m->recipe.lin[lin];
     int M, K; linear_dims(&m->cfg, lin, &M, &K);
@@ -318,9 +319,10 @@ static void linear_forward(Model *m, int lin, int layer, float *out, const float
         x = xdeq;
     }
     quantize_matrix(codes, scales, x, N, K, r->f.x, 0, m->recipe.tensorwise);
+    const float *comp = m->recipe.occ_comp ? resid : NULL;  // the residual the GEMM's output gets back
     if (m->qstats) {
         QStats *q = &m->qstats[layer * NUM_LINEARS + lin];
-        q->x = quant_error(inp, codes, scales, resid, N, K, 0);
+        q->x = quant_error(inp, codes, scales, comp, N, K, 0);
         q->w = quant_error(linear_weight(&m->params, lin) + wo, m->qw[lin].codes + wo, m->qw[lin].scales + (size_t)layer * M, NULL, M, K, 0);
         q->clamped = (double)clamped / ((double)N * K);
         quant_table_x(q->table, inp, N, K, r->f.x);
@@ -329,12 +331,12 @@ static void linear_forward(Model *m, int lin, int layer, float *out, const float
     dequantize(xdeq, codes, scales, N, K, 0);
     const float *bias = linear_bias(&m->params, lin);
     matmul_nt(out, xdeq, m->qw[lin].deq + wo, bias ? bias + (size_t)layer * M : NULL, N, K, M);
-    if (resid) {  // compensation: the sparse outliers times the unquantized weight
+    if (comp) {  // compensation: the sparse outliers times the unquantized weight
         const float *W = linear_weight(&m->params, lin) + wo;
         #pragma omp parallel for
         for (int n = 0; n < N; n++) {
             for (int k = 0; k < K; k++) {
-                float rv = resid[(size_t)n * K + k];
+                float rv = comp[(size_t)n * K + k];
                 if (rv == 0.0f) continue;
                 for (int j = 0; j < M; j++) out[(size_t)n * M + j] += rv * W[(size_t)j * K + k];
             }
@@ -385,7 +387,7 @@ static void linear_backward(Model *m, int lin, int layer, float *dinp, const flo
         }
     }
     if (q) { q->dw_raw = sqrt(raw); q->dw_dge = sqrt(dge); }
-    if (r->occ) {  // the compensation's own gradient: G^T R, over R's nonzeros
+    if (r->occ && m->recipe.occ_comp) {  // the compensation's own gradient: G^T R, over R's nonzeros
         const float *resid = m->acts.xresid[lin] + (size_t)layer * N * K;
         #pragma omp parallel for
         for (int j = 0; j < M; j++) {

@@ -394,13 +394,13 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     if (m->qstats) {  // the codes against the rows they stand for (OCC: the residual added back)
         double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
         RowSource w = rows_plain(W);
-        quant_error_sums(qs + QS_X, src, s->xcodes, xs, NULL, occ_on(m, lin) ? o.bounds : NULL, N, K, f->x, st);
-        quant_error_sums(qs + QS_W, &w, q->codes + (size_t)l * M * K, q->scales + (size_t)l * M, NULL, NULL, M, K, f->w, st);
+        quant_error_sums(qs + QS_X, src, s->xcodes, xs, NULL, occ_on(m, lin) ? o.bounds : NULL, m->recipe.occ_comp, N, K, f->x, st);
+        quant_error_sums(qs + QS_W, &w, q->codes + (size_t)l * M * K, q->scales + (size_t)l * M, NULL, NULL, 0, M, K, f->w, st);
     }
     matmul_fp8(pre ? pre : y, CUDA_R_16BF, q->codes + (size_t)l * M * K, fp8_type(f->w), q->scales + (size_t)l * M,
                s->xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
                b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
-    if (!occ_on(m, lin)) return;
+    if (!occ_on(m, lin) || !m->recipe.occ_comp) return;
     occ_compensate(pre ? pre : y, &o, W, N, M, K, st);
     if (!m->backward_next) return;
     OccColumns oc = occ_columns(m, lin, l);
@@ -435,7 +435,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
                   db ? s->partial : NULL, st);
     if (db) sum_rows(db, s->partial, ceil_div(N, QROWS), M, M, st);
     double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
-    if (m->qstats) quant_error_sums(qs + QS_G, src, s->gcodes, s->gscales, sw, NULL, N, M, f->g, st);  // the dgrad operand
+    if (m->qstats) quant_error_sums(qs + QS_G, src, s->gcodes, s->gscales, sw, NULL, 0, N, M, f->g, st);  // the dgrad operand
     RowSource w = rows_plain(W);
     quantize_rows(NULL, s->wcodes_t, m->wq[lin].scales + (size_t)l * M, &w, M, K, f->w, m->recipe.tensorwise, st);  // the forward's, transposed
     matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL, 0.0f,
@@ -444,7 +444,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
                s->gscales_t, K, M, N, NULL, 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
     if (m->qstats)  // dW is this micro-batch's quantized GEMM alone (the first of the step)
         dge_norm_sums(qs + QS_DW, dW, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, st);
-    if (!occ_on(m, lin)) return;
+    if (!occ_on(m, lin) || !m->recipe.occ_comp) return;
     OccColumns oc = occ_columns(m, lin, l);
     occ_compensate_grad(dW, &oc, &m->occ[lin], src, N, M, K, W, sw, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f,
                         s->occ_partial, st);

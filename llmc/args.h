@@ -19,7 +19,7 @@ typedef struct { const char *name; FlagType type; void *dst; const char *help; }
 typedef struct {
     const char *train_data, *val_data, *model, *out_dir, *tokenizer, *recipe, *fp4_layout, *grad_format, *scaling;
     int B, T, total_batch, max_steps, warmup, val_every, val_steps, sample_every, gen_tokens, ckpt_every, resume;
-    int seed, fp4_attn, dge, occ, quant_stats;
+    int seed, fp4_attn, dge, occ, occ_comp, quant_stats;
     float lr, final_frac, wd, clip, b1, b2, dge_k, occ_alpha;
 } Args;
 
@@ -31,7 +31,7 @@ static Args args_defaults(const char *model, const char *recipe) {
         .recipe = recipe, .fp4_layout = "e2m1", .grad_format = "e4m3", .scaling = "vector",
         .B = 4, .T = 64, .total_batch = 0, .max_steps = 100, .warmup = 10, .val_every = 20, .val_steps = 10,
         .sample_every = 0, .gen_tokens = 64, .ckpt_every = 0, .resume = 0, .seed = 1337,
-        .fp4_attn = 0, .dge = 1, .occ = 1, .quant_stats = 0,
+        .fp4_attn = 0, .dge = 1, .occ = 1, .occ_comp = 1, .quant_stats = 0,
         .lr = 1e-3f, .final_frac = 0.1f, .wd = 0.1f, .clip = 1.0f, .b1 = 0.9f, .b2 = 0.95f,
         .dge_k = 5.0f, .occ_alpha = 0.99f,
     };
@@ -71,6 +71,7 @@ static int args_flags(Args *a, Flag *flags) {
         { "--dge-k", FLAG_FLOAT, &a->dge_k, "DGE sharpness k" },
         { "--occ", FLAG_INT, &a->occ, "outlier clamping and compensation on fp4 activations (0/1)" },
         { "--occ-alpha", FLAG_FLOAT, &a->occ_alpha, "OCC quantile" },
+        { "--occ-comp", FLAG_INT, &a->occ_comp, "OCC's compensation of the clamped residual (0: clamp only)" },
         { "--grad-format", FLAG_STR, &a->grad_format, "8-bit output-gradient format: e4m3 | e5m2" },
         { "--scaling", FLAG_STR, &a->scaling, "scaling granularity: vector | tensor" },
         { "--quant-stats", FLAG_INT, &a->quant_stats, "every N steps log each linear's quantization error (0: never)" },
@@ -123,7 +124,7 @@ static void check_args(const Args *a) {
         a->quant_stats < 0)
         die("step counts and intervals must be >= 0");
     if (a->val_steps < 1) die("-m (val batches per evaluation) must be >= 1");
-    if ((a->resume | a->fp4_attn | a->dge | a->occ) & ~1) die("-y, --fp4-attn, --dge and --occ take 0 or 1");
+    if ((a->resume | a->fp4_attn | a->dge | a->occ | a->occ_comp) & ~1) die("-y, --fp4-attn, --dge, --occ and --occ-comp take 0 or 1");
     if (!(a->lr >= 0) || !(a->final_frac >= 0 && a->final_frac <= 1)) die("learning rate must be >= 0 and -q in [0, 1]");
     if (!(a->wd >= 0) || !(a->clip >= 0)) die("weight decay and clip must be >= 0");
     if (!(a->b1 >= 0 && a->b1 < 1) || !(a->b2 >= 0 && a->b2 < 1)) die("Adam betas must be in [0, 1)");
@@ -144,7 +145,8 @@ static RecipeOptions recipe_options(const Args *a) {
     o.grad_format = (Format)f;
     if (strcmp(a->scaling, "vector") != 0 && strcmp(a->scaling, "tensor") != 0) die("unknown scaling '%s' (vector, tensor)", a->scaling);
     o.tensorwise = strcmp(a->scaling, "tensor") == 0;
-    o.fp4_attn = a->fp4_attn; o.dge = a->dge; o.occ = a->occ; o.dge_k = a->dge_k; o.occ_alpha = a->occ_alpha;
+    o.fp4_attn = a->fp4_attn; o.dge = a->dge; o.occ = a->occ; o.occ_comp = a->occ_comp; o.dge_k = a->dge_k;
+    o.occ_alpha = a->occ_alpha;
     return o;
 }
 

@@ -10,8 +10,9 @@
 #include "quantize.cuh"
 #include "quant_stats.h"
 
-// a linear's sums in one layer: x (rr, qq, rq, ee), the clamped count, w, g, the two norms
-enum { QS_X = 0, QS_CLAMPED = 4, QS_W = 5, QS_G = 9, QS_DW = 13, QS_N = 15 };
+// a linear's sums in one layer: for each of x, w, g the five of quant_error_kernel (rr, qq, rq, ee,
+// the clamped count), then the two norms of dge_norm_kernel
+enum { QS_X = 0, QS_W = 5, QS_G = 10, QS_CLAMPED = QS_X + 4, QS_DW = 15, QS_N = 17 };
 
 __device__ inline void warp_add_doubles(double *sums, double *v, int n) {
     for (int i = 0; i < n; i++) {
@@ -21,12 +22,12 @@ __device__ inline void warp_add_doubles(double *sums, double *v, int n) {
 }
 
 // A warp per row: x = the source's value times col_scale (NULL: ones), q = code * the row's
-// scale + (x - clamp(x, bounds)), OCC's compensated residual (no bounds: none). sums[0..4] +=
-// x x, q q, x q, (x - q)^2, and the number of clamped entries. NORM reads the statistics the
-// quantizer wrote.
+// scale, + (x - clamp(x, bounds)) with comp (OCC's compensated residual; no bounds: none).
+// sums[0..4] += x x, q q, x q, (x - q)^2, and the number of clamped entries. NORM reads the
+// statistics the quantizer wrote.
 template <int OP>
 __global__ void quant_error_kernel(double *sums, RowSource in, const fp8 *codes, const float *scales, const float *col_scale,
-                                   const float2 *bounds, __nv_fp8_interpretation_t fp8f, int rows, int cols) {
+                                   const float2 *bounds, int comp, __nv_fp8_interpretation_t fp8f, int rows, int cols) {
     int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     double acc[5] = { 0.0, 0.0, 0.0, 0.0, 0.0 };
     if (r < rows) {
@@ -38,7 +39,7 @@ __global__ void quant_error_kernel(double *sums, RowSource in, const fp8 *codes,
             for (int k = 0; k < 8; k++) {
                 float x = v[k] * (col_scale ? col_scale[c + k] : 1.0f), xc = fminf(fmaxf(x, b.x), b.y);
                 __half_raw h = __nv_cvt_fp8_to_halfraw(codes[(size_t)r * cols + c + k], fp8f);
-                double q = (double)__half2float(__half(h)) * s + (double)(x - xc), e = (double)x - q;
+                double q = (double)__half2float(__half(h)) * s + (comp ? (double)(x - xc) : 0.0), e = (double)x - q;
                 acc[0] += (double)x * x; acc[1] += q * q; acc[2] += (double)x * q; acc[3] += e * e; acc[4] += xc != x;
             }
         }
@@ -60,14 +61,15 @@ __global__ void dge_norm_kernel(double *sums, const float *dW, const bf16 *W, co
 }
 
 // adds the error sums of codes (rows, cols, format f) with per-row scales against src's rows,
-// times col_scale per column, OCC's residual restored from bounds (either may be NULL), to sums
+// times col_scale per column (NULL: ones), OCC's clamp bounds (NULL: none) and, with comp, the
+// residual they cut off restored, to sums
 static void quant_error_sums(double *sums, const RowSource *src, const fp8 *codes, const float *scales, const float *col_scale,
-                             const float2 *bounds, int rows, int cols, Format f, cudaStream_t st) {
-    void (*const kernel[])(double *, RowSource, const fp8 *, const float *, const float *, const float2 *, __nv_fp8_interpretation_t,
-                           int, int) = {
+                             const float2 *bounds, int comp, int rows, int cols, Format f, cudaStream_t st) {
+    void (*const kernel[])(double *, RowSource, const fp8 *, const float *, const float *, const float2 *, int,
+                           __nv_fp8_interpretation_t, int, int) = {
         quant_error_kernel<ROWS_PLAIN>, quant_error_kernel<ROWS_NORM>, quant_error_kernel<ROWS_GELU>,
         quant_error_kernel<ROWS_SWIGLU>, quant_error_kernel<ROWS_DGELU>, quant_error_kernel<ROWS_DSWIGLU> };
-    kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(sums, *src, codes, scales, col_scale, bounds, qround(f).fp8, rows, cols);
+    kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(sums, *src, codes, scales, col_scale, bounds, comp, qround(f).fp8, rows, cols);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -26,7 +26,7 @@ typedef struct {            // what the user asked for
     int recipe;             // row of recipe_table
     Format fp4_layout;      // e2m1 | e1m2 | e3m0
     Format grad_format;     // e4m3 | e5m2
-    int fp4_attn, dge, occ, tensorwise;
+    int fp4_attn, dge, occ, occ_comp, tensorwise;  // occ_comp 0: OCC clamps without compensating
     float dge_k, occ_alpha;
 } RecipeOptions;
 
@@ -38,7 +38,7 @@ typedef struct {            // resolved per linear
 typedef struct {
     LinearRecipe lin[NUM_LINEARS];
     float dge_k, occ_alpha;
-    int tensorwise;
+    int occ_comp, tensorwise;
 } Recipe;
 
 static int recipe_parse(const char *name) {
@@ -48,7 +48,7 @@ static int recipe_parse(const char *name) {
 
 static Recipe recipe_resolve(const RecipeOptions *o) {
     Recipe r;
-    r.dge_k = o->dge_k; r.occ_alpha = o->occ_alpha; r.tensorwise = o->tensorwise;
+    r.dge_k = o->dge_k; r.occ_alpha = o->occ_alpha; r.occ_comp = o->occ_comp; r.tensorwise = o->tensorwise;
     for (int l = 0; l < NUM_LINEARS; l++) {
         int attn = l == LIN_QKV || l == LIN_ATTPROJ;
         OperandFormats f = attn && !o->fp4_attn ? recipe_table[o->recipe].attn : recipe_table[o->recipe].mlp;
@@ -68,7 +68,7 @@ static void recipe_print(const char *name, const Recipe *r) {
     for (int l = 0; l < NUM_LINEARS; l++) {
         const LinearRecipe *lr = &r->lin[l];
         printf(" %s(%s,%s,%s%s%s)", linear_names[l], format_name(lr->f.x), format_name(lr->f.w), format_name(lr->f.g),
-               lr->dge ? ",dge" : "", lr->occ ? ",occ" : "");
+               lr->dge ? ",dge" : "", lr->occ ? (r->occ_comp ? ",occ" : ",clamp") : "");
     }
     printf("%s\n", r->tensorwise ? " tensor-wise" : "");
 }

@@ -422,7 +422,7 @@ static void test_telemetry(uint64_t seed) {
     CUDA_CHECK(cudaMemset(dsums, 0, QS_N * sizeof(double)));
     RowSource sx = rows_plain(dx), sg = rows_plain(dg);
     quantize_rows(dc, NULL, ds, &sx, rows, K, FMT_E2M1, 0, 0);
-    quant_error_sums(dsums + QS_X, &sx, dc, ds, NULL, NULL, rows, K, FMT_E2M1, 0);
+    quant_error_sums(dsums + QS_X, &sx, dc, ds, NULL, NULL, 0, rows, K, FMT_E2M1, 0);
     gpu_codes(codes, scales, hc, dc, ds, n, rows, FMT_E2M1);
     cuda_download(hs, dsums, QS_N * sizeof(double));
     double e_plain = qerr_diff(qerr_from_sums(hs + QS_X, (double)n), quant_error(x, codes, scales, NULL, rows, K, 0));
@@ -430,15 +430,20 @@ static void test_telemetry(uint64_t seed) {
 
     CUDA_CHECK(cudaMemset(dsums, 0, QS_N * sizeof(double)));
     occ_quantize_rows(dc, NULL, ds, &sx, rows, FMT_E2M1, &o, 0);
-    quant_error_sums(dsums + QS_X, &sx, dc, ds, NULL, o.bounds, rows, K, FMT_E2M1, 0);
+    quant_error_sums(dsums + QS_X, &sx, dc, ds, NULL, o.bounds, 1, rows, K, FMT_E2M1, 0);
+    quant_error_sums(dsums + QS_W, &sx, dc, ds, NULL, o.bounds, 0, rows, K, FMT_E2M1, 0);  // clamped, not compensated
     gpu_codes(codes, scales, hc, dc, ds, n, rows, FMT_E2M1);
     long clamped = occ_clamp_rows(xc, res, x, rows, K, 0.99f);
     cuda_download(hs, dsums, QS_N * sizeof(double));
-    double e_occ = qerr_diff(qerr_from_sums(hs + QS_X, (double)n), quant_error(x, codes, scales, res, rows, K, 0));
-    CHECK(hs[QS_CLAMPED] == (double)clamped, "telemetry: %g entries counted clamped, the CPU clamps %ld", hs[QS_CLAMPED], clamped);
+    QErr comp = qerr_from_sums(hs + QS_X, (double)n), clamp = qerr_from_sums(hs + QS_W, (double)n);
+    double e_occ = fmax(qerr_diff(comp, quant_error(x, codes, scales, res, rows, K, 0)),
+                        qerr_diff(clamp, quant_error(x, codes, scales, NULL, rows, K, 0)));
+    CHECK(hs[QS_CLAMPED] == (double)clamped && hs[QS_W + 4] == (double)clamped && comp.snr_db > clamp.snr_db + 1.0,
+          "telemetry: %g (compensated) and %g entries counted clamped, the CPU clamps %ld; SNR %.2f with the compensation, "
+          "%.2f without", hs[QS_CLAMPED], hs[QS_W + 4], clamped, comp.snr_db, clamp.snr_db);
 
     quantize_grad(dc, ds, dt, ds + rows, &sg, dfold, NULL, rows, M, FMT_E4M3, 0, amax, NULL, 0);
-    quant_error_sums(dsums + QS_G, &sg, dc, ds, dfold, NULL, rows, M, FMT_E4M3, 0);
+    quant_error_sums(dsums + QS_G, &sg, dc, ds, dfold, NULL, 0, rows, M, FMT_E4M3, 0);
     gpu_codes(codes, scales, hc, dc, ds, ng, rows, FMT_E4M3);
         for (size_t i = 0; i < ng; i++) gf[i] = __bfloat162float(hg[i]) * fold[i % M];
     dge_norm_sums(dsums + QS_DW, ddw, dwt, dsw, M, K, FMT_E2M1, 5.0f, 0);
@@ -452,8 +457,9 @@ static void test_telemetry(uint64_t seed) {
     double e_dge = fmax(rel(hs[QS_DW], raw), rel(hs[QS_DW + 1], dge));
     CHECK(e_plain <= 1e-9 && e_occ <= 1e-9 && e_grad <= 1e-9 && e_dge <= 1e-9, "telemetry: GPU vs CPU, relative: activation %.2g, with "
           "OCC %.2g, gradient %.2g, DGE norms %.2g (bound 1e-9)", e_plain, e_occ, e_grad, e_dge);
-    printf("telemetry %dx%d: cos / MSE / SNR of the GPU's codes (E2M1 activation, with OCC, E4M3 gradient) and the DGE norms "
-           "within %.1e of the CPU's; %ld clamped, counted exactly\n", rows, K, fmax(fmax(e_plain, e_occ), fmax(e_grad, e_dge)), clamped);
+    printf("telemetry %dx%d: cos / MSE / SNR of the GPU's codes (E2M1 activation, with OCC and with its clamp alone, E4M3 "
+           "gradient) and the DGE norms within %.1e of the CPU's; %ld clamped, counted exactly; SNR %.2f dB compensated, %.2f "
+           "clamped only\n", rows, K, fmax(fmax(e_plain, e_occ), fmax(e_grad, e_dge)), clamped, comp.snr_db, clamp.snr_db);
     cuda_free(dx, n * sizeof(bf16)); cuda_free(dwt, nw * sizeof(bf16)); cuda_free(dg, ng * sizeof(bf16));
     cuda_free(ds, (rows + M) * sizeof(float)); cuda_free(dfold, M * sizeof(float)); cuda_free(ddw, nw * sizeof(float));
     cuda_free(dsw, M * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n); cuda_free(amax, M * sizeof(unsigned));

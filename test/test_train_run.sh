@@ -5,7 +5,7 @@
 #     never stopped (model, optimizer state, data position);
 #  2. learning: small GPT-2 and LLaMA models on tiny shakespeare lower their val loss by at
 #     least 1.5 nats in 40 steps (from ~10.8);
-#  3. telemetry (--quant-stats) of the fp8 and fp4 recipes.
+#  3. telemetry (--quant-stats) of the fp8 and fp4 recipes; fp4 with --occ-comp 0.
 set -u
 cd "$(dirname "$0")/.."
 bin=${BIN:-./train_gpt2}
@@ -64,6 +64,27 @@ for s, r in q:
 EOF
     ) && python3 scripts/quant_stats.py "$out" -o "$out/qs.png" > /dev/null && [ -s "$out/qs.png" ]; then ok
     else bad "$recipe: --quant-stats log: $msg"; fi
+    [ "$recipe" = fp4 ] || continue
+    # --occ-comp 0 clamps as much but loses what it clamped: at step 0 (same weights, same batch)
+    # layer 0's 4-bit inputs lose SNR, its 8-bit ones are untouched
+    "$bin" "${common[@]}" -e "gpt2:L=2,C=64,H=4,T=32" -r fp4 --occ-comp 0 -b 2 -t 32 -x 1 -v 0 -m 1 --quant-stats 1 -o "$out.clamp" \
+        > /dev/null || { bad "fp4 --occ-comp 0 run"; continue; }
+    if msg=$(python3 - "$out/main.jsonl" "$out.clamp/main.jsonl" 2>&1 <<'EOF'
+import json, sys
+def step0(path):
+    return {(r["quant"]["layer"], r["quant"]["linear"]): r["quant"] for r in map(json.loads, open(path)) if r.get("step") == 0 and "quant" in r}
+comp, clamp = step0(sys.argv[1]), step0(sys.argv[2])
+assert comp.keys() == clamp.keys() and len(comp) == 8, (sorted(comp), sorted(clamp))
+for k, c in comp.items():
+    d = clamp[k]
+    if k[0] > 0:  # later layers see inputs the compensation changed
+        assert d["clamped"] > 0 if c["x_format"] == "e2m1" else d["clamped"] == 0, (k, d["clamped"])
+    elif c["x_format"] == "e2m1":  # layer 0: the same rows and codes, the residual lost
+        assert d["clamped"] == c["clamped"] > 0 and d["x"]["snr_db"] < c["x"]["snr_db"], (k, c["x"], d["x"])
+    else:
+        assert d["x"] == c["x"] and d["clamped"] == 0, (k, c["x"], d["x"])
+EOF
+    ); then ok; else bad "fp4 --occ-comp 0: $msg"; fi
 done
 
 echo "trainrun ($bin): $passed passed, $failed failed"
