@@ -51,13 +51,14 @@ train-cpu: train_gpt2 $(TINY)
 	./train_gpt2
 
 # CPU tests: quantizers, CPU trainer vs the PyTorch reference states, bad input, resume and
-# learning runs, data scripts, the multi-process start's rendezvous
+# learning runs, the curves scripts, data scripts, the multi-process start's rendezvous
 test: all $(TINY)
 	./test/test_quant
 	./test/test_train test/ref/*.bin
 	./test/test_dist_cpu
 	bash test/test_badinput.sh
 	bash test/test_train_run.sh
+	bash test/test_curves.sh
 	$(PYTHON) test/test_data.py
 
 # the C tests again under AddressSanitizer + UndefinedBehaviorSanitizer (rebuilds, then cleans)
