@@ -20,6 +20,7 @@
 #        plotted as the mean with the seeds' band, and each gap taken seed by seed (the same init)
 #   EXTRA: flags added to every run
 set -u
+(( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 501 )) || { echo "error: needs bash 5.1 or newer (wait -p), this is $BASH_VERSION" >&2; exit 1; }
 [ $# -ge 3 ] || { echo "usage: $0 gpt2|llama OUT_DIR STEPS [RUN...]" >&2; exit 2; }
 arch=$1 out=$2 steps=$3
 shift 3
