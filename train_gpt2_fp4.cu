@@ -437,7 +437,9 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
     if (m->qstats) quant_error_sums(qs + QS_G, src, s->gcodes, s->gscales, sw, NULL, 0, N, M, f->g, st);  // the dgrad operand
     RowSource w = rows_plain(W);
-    quantize_rows(NULL, s->wcodes_t, m->wq[lin].scales + (size_t)l * M, &w, M, K, f->w, m->recipe.tensorwise, st);  // the forward's, transposed
+    // the forward's weight codes, transposed: the codes pass alone, from the scales the forward made
+    check_quantize("the transposed weight codes", f->w, M, K, 1);
+    rows_codes(NULL, s->wcodes_t, m->wq[lin].scales + (size_t)l * M, &w, NULL, M, K, f->w, st);
     matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL, 0.0f,
                NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
     matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),

@@ -1,5 +1,5 @@
-// defines: fp8, fp8_type, RowSource, rows_plain, rows_norm, rows_act, rows_grad, quantize_rows, quantize_grad,
-//          dge_scale
+// defines: fp8, fp8_type, RowSource, rows_plain, rows_norm, rows_act, rows_grad, quantize_rows, rows_codes,
+//          quantize_grad, dge_scale
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
 // stored as FP8 bytes (4-bit codes are exact in E4M3, which is how Hopper's FP8 tensor cores run
