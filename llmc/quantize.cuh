@@ -157,22 +157,14 @@ __device__ inline uint32_t quant4(const float *v, const QScale *s, int stride, Q
     return quant_pair<FP4>(v[0], s[0], v[1], s[stride], r) | (uint32_t)quant_pair<FP4>(v[2], s[2 * stride], v[3], s[3 * stride], r) << 16;
 }
 
-// the 4 x 4 bytes of q[4] (4 rows of 4 columns) transposed into t[column][w] (4 rows of a column)
-__device__ inline void put_column_bytes(uint32_t (*t)[8], int w, const uint32_t *q) {
+// the 4 x 4 bytes of q[4] (4 rows of 4 columns) transposed: t[k] holds column k's 4 rows
+__device__ inline void transpose4(uint32_t *t, const uint32_t *q) {
     uint32_t lo01 = __byte_perm(q[0], q[1], 0x5140), hi01 = __byte_perm(q[0], q[1], 0x7362);
     uint32_t lo23 = __byte_perm(q[2], q[3], 0x5140), hi23 = __byte_perm(q[2], q[3], 0x7362);
-    t[0][w] = __byte_perm(lo01, lo23, 0x5410);
-    t[1][w] = __byte_perm(lo01, lo23, 0x7632);
-    t[2][w] = __byte_perm(hi01, hi23, 0x5410);
-    t[3][w] = __byte_perm(hi01, hi23, 0x7632);
-}
-// whole 32-byte sectors only: a half-written one may leave L2 before its other half arrives
-__device__ inline void store_columns(fp8 *codes_t, int c, int r, int rows, int n, uint32_t (*t)[8]) {
-    for (int k = 0; k < 4; k++) {
-        uint4 *d = (uint4 *)(codes_t + (size_t)(c + k) * rows + r);
-        d[0] = make_uint4(t[k][0], t[k][1], t[k][2], t[k][3]);
-        if (n > 16) d[1] = make_uint4(t[k][4], t[k][5], t[k][6], t[k][7]);
-    }
+    t[0] = __byte_perm(lo01, lo23, 0x5410);
+    t[1] = __byte_perm(lo01, lo23, 0x7632);
+    t[2] = __byte_perm(hi01, hi23, 0x5410);
+    t[3] = __byte_perm(hi01, hi23, 0x7632);
 }
 
 // Row reductions over a block. Each lane's partials pc[0..7] of rows j0..j0+7 are reduced over
@@ -258,18 +250,23 @@ __global__ void row_scales_kernel(float *scales, RowSource in, int rows, int col
 // The codes of a block of 32 rows: codes (rows, cols) of the source * col_scale per row, with the
 // row scales given, and codes_t (cols, rows): with COLS, the source * row_scale quantized per
 // column (a gradient's wgrad operand; scales_t from col_amax), else the row codes transposed.
-// Each thread: 4 columns of the 32 rows (few registers: many warps in flight), 16 rows' loads
-// issued together before any store; blockIdx.y picks the block's run of columns.
+// Each thread: 4 columns (DSWIGLU: 4 of gate's gradient and the same 4 of up's, which come from
+// the same loads) of the 32 rows, 4 rows at a time with the next 4 rows' loads in flight. The
+// rows loop stays rolled: unrolled, the kernel's code outgrew the instruction cache (ncu: half
+// the stalls were instruction fetches). Each column's 32 transposed codes wait in shared memory
+// (s_t, the thread's own words) and leave as one whole 32-byte sector.
+template <int OP> __device__ constexpr int src_halves() { return OP == ROWS_DSWIGLU ? 2 : 1; }
 template <int OP, int COLS, int FP4>
 __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_t, float *scales_t, const float *scales,
                                                          const unsigned *col_amax, RowSource in, const float *col_scale,
                                                          const float *row_scale, const float2 *bounds, int rows, int cols,
                                                          Format f, QRound qr) {
-    const int NL = src_loads<OP>(), STAGE = NL == 1 ? 16 : 8;
+    const int NL = src_loads<OP>(), NH = src_halves<OP>(), G = QROWS / 4;
+    extern __shared__ uint32_t s_t[];  // (G, NH, 4, blockDim.x): word (g, h, k) of a thread = rows 4g..4g+3 of its column k
     __shared__ QScale s_q[QROWS];
     __shared__ float s_rs[QROWS], s_mu[QROWS], s_rstd[QROWS];
     __shared__ float2 s_b[QROWS];
-    int r0 = blockIdx.x * QROWS, c = (blockIdx.y * blockDim.x + threadIdx.x) * 4;
+    int r0 = blockIdx.x * QROWS, c = (blockIdx.y * blockDim.x + threadIdx.x) * 4, half = cols / NH;
     if (threadIdx.x < QROWS) {
         int j = threadIdx.x, r = min(r0 + j, rows - 1);
         s_q[j] = qscale(scales[r]);
@@ -279,43 +276,66 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
         s_b[j] = bounds ? bounds[r] : make_float2(0.0f, 0.0f);
     }
     __syncthreads();
-    if (c >= cols) return;
-    float cs[4], w[4], b[4];
-    QScale ts[4];
-    for (int k = 0; k < 4; k++) cs[k] = col_scale ? col_scale[c + k] : 1.0f;
+    if (c >= half) return;
+    float cs[NH][4], w[4], b[4];
+    QScale ts[NH][4];
+    for (int h = 0; h < NH; h++)
+        for (int k = 0; k < 4; k++) cs[h][k] = col_scale ? col_scale[h * half + c + k] : 1.0f;
     if (OP == ROWS_NORM) norm_params<4>(w, b, in, c);
     if (COLS) {
-        for (int k = 0; k < 4; k++) {
-            float sc = __uint_as_float(col_amax[c + k]) / format_max(f);
-            ts[k] = qscale(sc);
-            if (r0 == 0) scales_t[c + k] = sc;
-        }
-    }
-    uint32_t t[4][8], q[2][4];
-    #pragma unroll
-    for (int s0 = 0; s0 < QROWS; s0 += STAGE) {
-        Pack<4> raw[STAGE][NL];
-        #pragma unroll
-        for (int i = 0; i < STAGE; i++) src_fetch<OP, 4>(raw[i], in, min(r0 + s0 + i, rows - 1), c, cols);
-        #pragma unroll
-        for (int i = 0; i < STAGE; i++) {
-            int j = s0 + i;
-            float v[4], u[4];
-            src_values<OP, 4>(v, raw[i], c, cols, w, b, s_mu[j], s_rstd[j]);
-            if (bounds) for (int k = 0; k < 4; k++) v[k] = fminf(fmaxf(v[k], s_b[j].x), s_b[j].y);
-            for (int k = 0; k < 4; k++) u[k] = v[k] * cs[k];
-            q[0][j % 4] = quant4<FP4>(u, &s_q[j], 0, qr);
-            if (codes && r0 + j < rows) *(uint32_t *)(codes + (size_t)(r0 + j) * cols + c) = q[0][j % 4];
-            if (COLS) {
-                for (int k = 0; k < 4; k++) u[k] = v[k] * s_rs[j];
-                q[1][j % 4] = quant4<FP4>(u, ts, 1, qr);
+        for (int h = 0; h < NH; h++)
+            for (int k = 0; k < 4; k++) {
+                float sc = __uint_as_float(col_amax[h * half + c + k]) / format_max(f);
+                ts[h][k] = qscale(sc);
+                if (r0 == 0) scales_t[h * half + c + k] = sc;
             }
-            if (j % 4 == 3) put_column_bytes(t, j / 4, q[COLS]);
-        }
     }
-    if (codes_t) store_columns(codes_t, c, r0, rows, min(rows - r0, QROWS), t);
+    uint32_t *t = s_t + threadIdx.x;
+    Pack<4> cur[4][NL], next[4][NL];
+    for (int i = 0; i < 4; i++) src_fetch<OP, 4>(cur[i], in, min(r0 + i, rows - 1), c, cols);
+    #pragma unroll 1
+    for (int g = 0; g < G; g++) {
+        if (g + 1 < G)
+            for (int i = 0; i < 4; i++) src_fetch<OP, 4>(next[i], in, min(r0 + 4 * g + 4 + i, rows - 1), c, cols);
+        uint32_t q[NH][2][4];  // per half: the row codes and the column codes of the 4 rows
+        #pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int j = 4 * g + i;
+            #pragma unroll
+            for (int h = 0; h < NH; h++) {
+                float v[4], u[4];
+                src_values<OP, 4>(v, cur[i], h * half + c, cols, w, b, s_mu[j], s_rstd[j]);
+                if (bounds) for (int k = 0; k < 4; k++) v[k] = fminf(fmaxf(v[k], s_b[j].x), s_b[j].y);
+                for (int k = 0; k < 4; k++) u[k] = v[k] * cs[h][k];
+                q[h][0][i] = quant4<FP4>(u, &s_q[j], 0, qr);
+                if (codes && r0 + j < rows) *(uint32_t *)(codes + (size_t)(r0 + j) * cols + h * half + c) = q[h][0][i];
+                if (COLS) {
+                    for (int k = 0; k < 4; k++) u[k] = v[k] * s_rs[j];
+                    q[h][1][i] = quant4<FP4>(u, ts[h], 1, qr);
+                }
+            }
+        }
+        if (codes_t)
+            for (int h = 0; h < NH; h++) {
+                uint32_t tw[4];
+                transpose4(tw, q[h][COLS]);
+                for (int k = 0; k < 4; k++) t[((g * NH + h) * 4 + k) * blockDim.x] = tw[k];
+            }
+        for (int i = 0; i < 4; i++)
+            for (int l = 0; l < NL; l++) cur[i][l] = next[i][l];
+    }
+    if (!codes_t) return;
+    // whole 32-byte sectors only (rows are a multiple of 16): a half-written one may leave L2
+    // before its other half arrives
+    for (int h = 0; h < NH; h++)
+        for (int k = 0; k < 4; k++) {
+            const uint32_t *tk = t + (h * 4 + k) * blockDim.x;
+            size_t stride = (size_t)NH * 4 * blockDim.x;
+            uint4 *d = (uint4 *)(codes_t + (size_t)(h * half + c + k) * rows + r0);
+            d[0] = make_uint4(tk[0], tk[stride], tk[2 * stride], tk[3 * stride]);
+            if (rows - r0 > 16) d[1] = make_uint4(tk[4 * stride], tk[5 * stride], tk[6 * stride], tk[7 * stride]);
+        }
 }
-
 // A gradient g (rows = tokens, cols = outputs), first pass: per row the absmax of g * col_scale
 // (the dgrad codes' scales, out to scales), per column the absmax of g * row_scale (the wgrad
 // codes' scales: atomicMax on the float bits into col_amax, exact and order-free) and, with
@@ -337,6 +357,7 @@ __global__ void __launch_bounds__(QTHREADS) grad_reduce_kernel(float *scales, un
             int o = min(o0 + (int)threadIdx.x, octets - 1), c = o * 8, live = o0 + (int)threadIdx.x < octets;
             float cs[8], cmax[8], csum[8];
             for (int k = 0; k < 8; k++) { cs[k] = col_scale ? col_scale[c + k] : 1.0f; cmax[k] = 0.0f; csum[k] = 0.0f; }
+            #pragma unroll 1
             for (int j0 = 0; j0 < QROWS; j0 += 8) {
                 Pack<8> raw[8][NL];
                 #pragma unroll
@@ -412,6 +433,14 @@ static int quantize_threads(int cols, int width, int max_threads, int *runs) {
     return ceil_div(ceil_div(groups, n), 32) * 32;
 }
 
+// a codes_kernel launch: blocks of 32 rows by runs of columns, and the transposed words' shared memory
+static void codes_launch(dim3 *grid, int *threads, size_t *smem, int rows, int cols, int halves) {
+    int runs;
+    *threads = quantize_threads(cols / halves, 4, QTHREADS / halves, &runs);
+    *grid = dim3(ceil_div(rows, QROWS), runs);
+    *smem = (size_t)QROWS * halves * *threads * sizeof(uint32_t);
+}
+
 // the second pass of quantize_rows: the codes of the source's rows from their scales (clamped to
 // bounds first, with OCC's)
 static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowSource *src, const float2 *bounds, int rows,
@@ -420,8 +449,9 @@ static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowS
                                     const float2 *, int, int, Format, QRound) = {
         { codes_kernel<ROWS_PLAIN, 0, 0>, codes_kernel<ROWS_NORM, 0, 0>, codes_kernel<ROWS_GELU, 0, 0>, codes_kernel<ROWS_SWIGLU, 0, 0> },
         { codes_kernel<ROWS_PLAIN, 0, 1>, codes_kernel<ROWS_NORM, 0, 1>, codes_kernel<ROWS_GELU, 0, 1>, codes_kernel<ROWS_SWIGLU, 0, 1> } };
-    int runs, threads = quantize_threads(cols, 4, QTHREADS, &runs);
-    code_kernel[format_is_fp4(f)][src->op]<<<dim3(ceil_div(rows, QROWS), runs), threads, 0, st>>>(
+    dim3 grid; int threads; size_t smem;
+    codes_launch(&grid, &threads, &smem, rows, cols, 1);
+    code_kernel[format_is_fp4(f)][src->op]<<<grid, threads, smem, st>>>(
         codes, codes_t, NULL, scales, NULL, *src, NULL, NULL, bounds, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }
@@ -459,12 +489,13 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
                                     const float2 *, int, int, Format, QRound) = {
         { codes_kernel<ROWS_PLAIN, 1, 0>, codes_kernel<ROWS_DGELU, 1, 0>, codes_kernel<ROWS_DSWIGLU, 1, 0> },
         { codes_kernel<ROWS_PLAIN, 1, 1>, codes_kernel<ROWS_DGELU, 1, 1>, codes_kernel<ROWS_DSWIGLU, 1, 1> } };
-    int blocks = ceil_div(rows, QROWS), runs, threads = quantize_threads(cols, 4, QTHREADS, &runs);
+    dim3 grid; int threads; size_t smem;
+    codes_launch(&grid, &threads, &smem, rows, cols, g == 2 ? 2 : 1);
     CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
-    reduce[g]<<<blocks, quantize_threads(cols, 8, QTHREADS, NULL), 0, st>>>(scales, amax, col_partial, *src, col_scale, row_scale, rows,
+    reduce[g]<<<grid.x, quantize_threads(cols, 8, QTHREADS, NULL), 0, st>>>(scales, amax, col_partial, *src, col_scale, row_scale, rows,
                                                                           cols, f);
     if (tensor) { broadcast_max((unsigned *)scales, rows, st); broadcast_max(amax, cols, st); }
-    code_kernel[fp4][g]<<<dim3(blocks, runs), threads, 0, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
+    code_kernel[fp4][g]<<<grid, threads, smem, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
                                                                NULL, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }

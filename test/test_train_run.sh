@@ -66,7 +66,8 @@ EOF
     else bad "$recipe: --quant-stats log: $msg"; fi
     [ "$recipe" = fp4 ] || continue
     # --occ-comp 0 clamps as much but loses what it clamped: at step 0 (same weights, same batch)
-    # layer 0's 4-bit inputs lose SNR, its 8-bit ones are untouched
+    # layer 0's fc input (the first 4-bit one: no compensation upstream) keeps its rows and loses
+    # SNR; its 8-bit inputs are untouched; every later input has rows the compensation changed
     "$bin" "${common[@]}" -e "gpt2:L=2,C=64,H=4,T=32" -r fp4 --occ-comp 0 -b 2 -t 32 -x 1 -v 0 -m 1 --quant-stats 1 -o "$out.clamp" \
         > /dev/null || { bad "fp4 --occ-comp 0 run"; continue; }
     if msg=$(python3 - "$out/main.jsonl" "$out.clamp/main.jsonl" 2>&1 <<'EOF'
@@ -77,9 +78,9 @@ comp, clamp = step0(sys.argv[1]), step0(sys.argv[2])
 assert comp.keys() == clamp.keys() and len(comp) == 8, (sorted(comp), sorted(clamp))
 for k, c in comp.items():
     d = clamp[k]
-    if k[0] > 0:  # later layers see inputs the compensation changed
+    if k[0] > 0 or k[1] == "fcproj":
         assert d["clamped"] > 0 if c["x_format"] == "e2m1" else d["clamped"] == 0, (k, d["clamped"])
-    elif c["x_format"] == "e2m1":  # layer 0: the same rows and codes, the residual lost
+    elif c["x_format"] == "e2m1":  # the same rows and codes, the residual lost
         assert d["clamped"] == c["clamped"] > 0 and d["x"]["snr_db"] < c["x"]["snr_db"], (k, c["x"], d["x"])
     else:
         assert d["x"] == c["x"] and d["clamped"] == 0, (k, c["x"], d["x"])

@@ -2,6 +2,7 @@
 """Per-kernel GPU time of training steps, from Nsight Compute (no nsys on our machines).
 
     python3 dev/bench/kernel_profile.py -e gpt2:d12 -b 32 [-r bf16] [--steps 2] [trainer flags, e.g. --occ 0]
+    python3 dev/bench/kernel_profile.py -e llama:d16 -b 8 -r fp4 --detail 'codes_kernel<5, 1, 0>' [--skip N]
 
 Runs ./train_gpt2_fp4 for a few steps under `ncu --clock-control none`, times every kernel
 launch of the last `--steps` steps (each launch replayed alone, so the sum is an upper bound on
@@ -29,9 +30,20 @@ def main():
     ap.add_argument("--steps", type=int, default=2, help="steps to time (after two warmup steps)")
     ap.add_argument("--ncu", default="ncu")
     ap.add_argument("--csv", help="also keep ncu's raw CSV here")
+    ap.add_argument("--detail", metavar="REGEX", help="instead: ncu's full report (stalls, memory, source counters) of "
+                    "--count launches of the kernels whose demangled name matches, e.g. 'codes_kernel<2, 0, 1>'")
+    ap.add_argument("--skip", type=int, default=0, help="with --detail: matching launches to skip first")
+    ap.add_argument("--count", type=int, default=1, help="with --detail: launches to report")
     a, extra = ap.parse_known_args()
     cmd = ["./train_gpt2_fp4", "-e", a.e, "-b", str(a.b), "-t", str(a.t), "-x", str(2 + a.steps), "-v", "0",
            "-m", "1", "-r", a.r, "-i", DATA, "-j", DATA] + extra
+    if a.detail:
+        prof = subprocess.run([a.ncu, "--set", "full", "--kernel-name-base", "demangled", "-k", f"regex:{a.detail}",
+                               "--launch-skip", str(a.skip), "--launch-count", str(a.count)] + cmd, cwd=ROOT, capture_output=True, text=True)
+        if prof.returncode != 0 or "Section:" not in prof.stdout:
+            sys.exit(f"error: ncu failed or matched no launch:\n{prof.stdout[-3000:]}{prof.stderr[-3000:]}")
+        print(prof.stdout[prof.stdout.index("==PROF=="):])
+        return
     # the step boundaries: the classifier runs once per training micro-step (eval runs after the last)
     prof = subprocess.run([a.ncu, "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--csv",
                            "--print-units", "base"] + cmd, cwd=ROOT, capture_output=True, text=True)
