@@ -60,6 +60,8 @@ template <int W> __device__ inline void pack_floats(float *f, Pack<W> r) {
 // computes anything: src_fetch loads the pieces of W values at row r, column c (a multiple of
 // W), src_values makes the W values from them. w, b: NORM's weight and bias at c.
 template <int OP> __device__ constexpr int src_loads() { return OP == ROWS_DSWIGLU ? 3 : OP == ROWS_SWIGLU || OP == ROWS_DGELU ? 2 : 1; }
+// DSWIGLU's loads at column j of gate make the gradients of gate and up at j: two halves
+template <int OP> __device__ constexpr int src_halves() { return OP == ROWS_DSWIGLU ? 2 : 1; }
 
 template <int OP, int W>
 __device__ inline void src_fetch(Pack<W> *raw, const RowSource &in, int r, int c, int cols) {
@@ -255,7 +257,6 @@ __global__ void row_scales_kernel(float *scales, RowSource in, int rows, int col
 // rows loop stays rolled: unrolled, the kernel's code outgrew the instruction cache (ncu: half
 // the stalls were instruction fetches). Each column's 32 transposed codes wait in shared memory
 // (s_t, the thread's own words) and leave as one whole 32-byte sector.
-template <int OP> __device__ constexpr int src_halves() { return OP == ROWS_DSWIGLU ? 2 : 1; }
 template <int OP, int COLS, int FP4>
 __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_t, float *scales_t, const float *scales,
                                                          const unsigned *col_amax, RowSource in, const float *col_scale,
@@ -339,35 +340,36 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
 // A gradient g (rows = tokens, cols = outputs), first pass: per row the absmax of g * col_scale
 // (the dgrad codes' scales, out to scales), per column the absmax of g * row_scale (the wgrad
 // codes' scales: atomicMax on the float bits into col_amax, exact and order-free) and, with
-// col_partial, the column sums of g (the bias gradient; (row blocks, cols), for sum_rows). Every
-// lane of a warp runs the same iterations (the shuffles need them all): a thread past the last
-// column reads a valid one and counts zeros.
+// col_partial, the column sums of g (the bias gradient; (row blocks, cols), for sum_rows). Each
+// thread takes 8 columns (DSWIGLU: 4 of gate's gradient and the same 4 of up's, from one set of
+// loads). Every lane of a warp runs the same iterations (the shuffles need them all): a thread
+// past the last column reads a valid one and counts zeros.
 template <int OP>
 __global__ void __launch_bounds__(QTHREADS) grad_reduce_kernel(float *scales, unsigned *col_amax, float *col_partial, RowSource in,
                                                                const float *col_scale, const float *row_scale, int rows, int cols,
                                                                Format f) {
-    const int NL = src_loads<OP>();
+    const int NL = src_loads<OP>(), NH = src_halves<OP>(), W = 8 / NH;
     __shared__ float part[QTHREADS / 32][QROWS], s_amax[QROWS], s_rs[QROWS];
-    int octets = cols / 8;
+    int units = cols / 8, half = cols / NH;
     for (int r0 = blockIdx.x * QROWS; r0 < rows; r0 += gridDim.x * QROWS) {
         if (threadIdx.x < QROWS) s_rs[threadIdx.x] = r0 + threadIdx.x < rows && row_scale ? row_scale[r0 + threadIdx.x] : 1.0f;
         for (int i = threadIdx.x; i < QTHREADS; i += blockDim.x) part[i / QROWS][i % QROWS] = 0.0f;
         __syncthreads();
-        for (int o0 = 0; o0 < octets; o0 += blockDim.x) {
-            int o = min(o0 + (int)threadIdx.x, octets - 1), c = o * 8, live = o0 + (int)threadIdx.x < octets;
-            float cs[8], cmax[8], csum[8];
-            for (int k = 0; k < 8; k++) { cs[k] = col_scale ? col_scale[c + k] : 1.0f; cmax[k] = 0.0f; csum[k] = 0.0f; }
+        for (int o0 = 0; o0 < units; o0 += blockDim.x) {
+            int o = min(o0 + (int)threadIdx.x, units - 1), c = o * W, live = o0 + (int)threadIdx.x < units;
+            float cs[8], cmax[8], csum[8];  // value k is column (k / W) * half + c + k % W
+            for (int k = 0; k < 8; k++) { cs[k] = col_scale ? col_scale[(k / W) * half + c + k % W] : 1.0f; cmax[k] = 0.0f; csum[k] = 0.0f; }
             #pragma unroll 1
             for (int j0 = 0; j0 < QROWS; j0 += 8) {
-                Pack<8> raw[8][NL];
+                Pack<W> raw[8][NL];
                 #pragma unroll
-                for (int i = 0; i < 8; i++) src_fetch<OP, 8>(raw[i], in, min(r0 + j0 + i, rows - 1), c, cols);
+                for (int i = 0; i < 8; i++) src_fetch<OP, W>(raw[i], in, min(r0 + j0 + i, rows - 1), c, cols);
                 float pc[8];
                 #pragma unroll
                 for (int i = 0; i < 8; i++) {
                     int j = j0 + i;
                     float v[8];
-                    src_values<OP, 8>(v, raw[i], c, cols, NULL, NULL, 0.0f, 1.0f);
+                    for (int h = 0; h < NH; h++) src_values<OP, W>(v + h * W, raw[i], h * half + c, cols, NULL, NULL, 0.0f, 1.0f);
                     if (r0 + j >= rows || !live) for (int k = 0; k < 8; k++) v[k] = 0.0f;
                     pc[i] = 0.0f;
                     for (int k = 0; k < 8; k++) {
@@ -379,12 +381,11 @@ __global__ void __launch_bounds__(QTHREADS) grad_reduce_kernel(float *scales, un
                 warp_rows8<1>(pc, part, j0);
             }
             if (!live) continue;
-            for (int k = 0; k < 8; k++) if (cmax[k] > 0.0f) atomicMax(col_amax + c + k, __float_as_uint(cmax[k]));
-            if (col_partial) {
-                float4 *out = (float4 *)(col_partial + (size_t)(r0 / QROWS) * cols + c);
-                out[0] = make_float4(csum[0], csum[1], csum[2], csum[3]);
-                out[1] = make_float4(csum[4], csum[5], csum[6], csum[7]);
-            }
+            for (int k = 0; k < 8; k++) if (cmax[k] > 0.0f) atomicMax(col_amax + (k / W) * half + c + k % W, __float_as_uint(cmax[k]));
+            if (col_partial)
+                for (int k = 0; k < 8; k += 4)
+                    *(float4 *)(col_partial + (size_t)(r0 / QROWS) * cols + (k / W) * half + c + k % W) =
+                        make_float4(csum[k], csum[k + 1], csum[k + 2], csum[k + 3]);
         }
         rows_finish<1>(part, s_amax);
         if (threadIdx.x < QROWS && r0 + (int)threadIdx.x < rows) scales[r0 + threadIdx.x] = s_amax[threadIdx.x] / format_max(f);
@@ -411,12 +412,18 @@ static void broadcast_max(unsigned *v, int n, cudaStream_t st) {
     CUDA_CHECK(cudaGetLastError());
 }
 
-// grad (rows, cols) *= f'(W / s_w): the DGE correction of the weight gradient (SPEC.md 4)
+// grad (rows, cols) *= f'(W / s_w): the DGE correction of the weight gradient (SPEC.md 4). 8
+// entries a thread (cols is a multiple of 8): 16-byte accesses, one row scale.
 __global__ void dge_scale_kernel(float *grad, const bf16 *W, const float *scales, int rows, int cols, Format f, float k) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= (size_t)rows * cols) return;
-    float s = scales[i / cols];
-    grad[i] *= dge_derivative(s == 0.0f ? 0.0f : __bfloat162float(W[i]) / s, f, k);
+    float s = scales[i / cols], w[8];
+    float4 *g = (float4 *)(grad + i);
+    float4 g0 = g[0], g1 = g[1];
+    load8(w, W + i);
+    for (int j = 0; j < 8; j++) w[j] = dge_derivative(s == 0.0f ? 0.0f : w[j] / s, f, k);
+    g[0] = make_float4(g0.x * w[0], g0.y * w[1], g0.z * w[2], g0.w * w[3]);
+    g[1] = make_float4(g1.x * w[4], g1.y * w[5], g1.z * w[6], g1.w * w[7]);
 }
 
 static void check_quantize(const char *who, Format f, int rows, int cols, int transposed) {
@@ -523,7 +530,8 @@ static RowSource rows_grad(int op, const bf16 *g, const bf16 *pre) {
 }
 
 static void dge_scale(float *grad, const bf16 *W, const float *scales, int rows, int cols, Format f, float k, cudaStream_t st) {
-    dge_scale_kernel<<<ceil_div((long long)rows * cols, 256), 256, 0, st>>>(grad, W, scales, rows, cols, f, k);
+    if (cols % 8 != 0) die("dge_scale: %d columns, not a multiple of 8", cols);
+    dge_scale_kernel<<<ceil_div((long long)rows * cols / 8, 256), 256, 0, st>>>(grad, W, scales, rows, cols, f, k);
     CUDA_CHECK(cudaGetLastError());
 }
 
