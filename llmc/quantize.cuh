@@ -341,24 +341,25 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
 // (the dgrad codes' scales, out to scales), per column the absmax of g * row_scale (the wgrad
 // codes' scales: atomicMax on the float bits into col_amax, exact and order-free) and, with
 // col_partial, the column sums of g (the bias gradient; (row blocks, cols), for sum_rows). Each
-// thread takes 8 columns (DSWIGLU: 4 of gate's gradient and the same 4 of up's, from one set of
-// loads). Every lane of a warp runs the same iterations (the shuffles need them all): a thread
-// past the last column reads a valid one and counts zeros.
+// thread takes 4 columns (DSWIGLU: 4 of gate's gradient and the same 4 of up's, from one set of
+// loads): with 8, a narrow gradient (768 columns) gave one wave of 96-thread blocks, latency-bound
+// at 0.5 TB/s (ncu). Every lane of a warp runs the same iterations (the shuffles need them all):
+// a thread past the last column reads a valid one and counts zeros.
 template <int OP>
 __global__ void __launch_bounds__(QTHREADS) grad_reduce_kernel(float *scales, unsigned *col_amax, float *col_partial, RowSource in,
                                                                const float *col_scale, const float *row_scale, int rows, int cols,
                                                                Format f) {
-    const int NL = src_loads<OP>(), NH = src_halves<OP>(), W = 8 / NH;
+    const int NL = src_loads<OP>(), NH = src_halves<OP>(), W = 4, V = NH * W;
     __shared__ float part[QTHREADS / 32][QROWS], s_amax[QROWS], s_rs[QROWS];
-    int units = cols / 8, half = cols / NH;
+    int units = cols / V, half = cols / NH;
     for (int r0 = blockIdx.x * QROWS; r0 < rows; r0 += gridDim.x * QROWS) {
         if (threadIdx.x < QROWS) s_rs[threadIdx.x] = r0 + threadIdx.x < rows && row_scale ? row_scale[r0 + threadIdx.x] : 1.0f;
         for (int i = threadIdx.x; i < QTHREADS; i += blockDim.x) part[i / QROWS][i % QROWS] = 0.0f;
         __syncthreads();
         for (int o0 = 0; o0 < units; o0 += blockDim.x) {
             int o = min(o0 + (int)threadIdx.x, units - 1), c = o * W, live = o0 + (int)threadIdx.x < units;
-            float cs[8], cmax[8], csum[8];  // value k is column (k / W) * half + c + k % W
-            for (int k = 0; k < 8; k++) { cs[k] = col_scale ? col_scale[(k / W) * half + c + k % W] : 1.0f; cmax[k] = 0.0f; csum[k] = 0.0f; }
+            float cs[V], cmax[V], csum[V];  // value k is column (k / W) * half + c + k % W
+            for (int k = 0; k < V; k++) { cs[k] = col_scale ? col_scale[(k / W) * half + c + k % W] : 1.0f; cmax[k] = 0.0f; csum[k] = 0.0f; }
             #pragma unroll 1
             for (int j0 = 0; j0 < QROWS; j0 += 8) {
                 Pack<W> raw[8][NL];
@@ -368,11 +369,11 @@ __global__ void __launch_bounds__(QTHREADS) grad_reduce_kernel(float *scales, un
                 #pragma unroll
                 for (int i = 0; i < 8; i++) {
                     int j = j0 + i;
-                    float v[8];
+                    float v[V];
                     for (int h = 0; h < NH; h++) src_values<OP, W>(v + h * W, raw[i], h * half + c, cols, NULL, NULL, 0.0f, 1.0f);
-                    if (r0 + j >= rows || !live) for (int k = 0; k < 8; k++) v[k] = 0.0f;
+                    if (r0 + j >= rows || !live) for (int k = 0; k < V; k++) v[k] = 0.0f;
                     pc[i] = 0.0f;
-                    for (int k = 0; k < 8; k++) {
+                    for (int k = 0; k < V; k++) {
                         pc[i] = fmaxf(pc[i], fabsf(v[k] * cs[k]));
                         cmax[k] = fmaxf(cmax[k], fabsf(v[k] * s_rs[j]));
                         csum[k] += v[k];
@@ -381,9 +382,9 @@ __global__ void __launch_bounds__(QTHREADS) grad_reduce_kernel(float *scales, un
                 warp_rows8<1>(pc, part, j0);
             }
             if (!live) continue;
-            for (int k = 0; k < 8; k++) if (cmax[k] > 0.0f) atomicMax(col_amax + (k / W) * half + c + k % W, __float_as_uint(cmax[k]));
+            for (int k = 0; k < V; k++) if (cmax[k] > 0.0f) atomicMax(col_amax + (k / W) * half + c + k % W, __float_as_uint(cmax[k]));
             if (col_partial)
-                for (int k = 0; k < 8; k += 4)
+                for (int k = 0; k < V; k += 4)
                     *(float4 *)(col_partial + (size_t)(r0 / QROWS) * cols + (k / W) * half + c + k % W) =
                         make_float4(csum[k], csum[k + 1], csum[k + 2], csum[k + 3]);
         }
@@ -499,7 +500,7 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
     dim3 grid; int threads; size_t smem;
     codes_launch(&grid, &threads, &smem, rows, cols, g == 2 ? 2 : 1);
     CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
-    reduce[g]<<<grid.x, quantize_threads(cols, 8, QTHREADS, NULL), 0, st>>>(scales, amax, col_partial, *src, col_scale, row_scale, rows,
+    reduce[g]<<<grid.x, quantize_threads(cols, g == 2 ? 8 : 4, QTHREADS, NULL), 0, st>>>(scales, amax, col_partial, *src, col_scale, row_scale, rows,
                                                                           cols, f);
     if (tensor) { broadcast_max((unsigned *)scales, rows, st); broadcast_max(amax, cols, st); }
     code_kernel[fp4][g]<<<grid, threads, smem, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
