@@ -90,9 +90,10 @@ __device__ inline unsigned group_threshold(const unsigned *gmax, int J) {
 }
 
 // the k-th largest key of row r (keys xor flip), from the n candidates above tau: tau itself when
-// fewer than k are above it; over the whole row when too many were to be kept
+// fewer than k are above it; over the whole row when too many were to be kept. Not inlined: four
+// copies in occ_rows_kernel made it 47-69 KB of code, past the instruction cache.
 template <int OP>
-__device__ unsigned kth_largest(int k, const unsigned *cand, int n, unsigned tau, unsigned flip, const RowSource &in, int r, int cols,
+__device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n, unsigned tau, unsigned flip, const RowSource &in, int r, int cols,
                                 float mu, float rs) {
     int lane = threadIdx.x % 32, whole = n > OCC_CAND;
     if (!whole && k > n) return tau;
