@@ -47,6 +47,8 @@ static void logger_quant(Logger *lg, int step, int layer, const char *linear, co
         for (int s = 0; s < QT_SETTINGS; s++) { if (s) fprintf(f, ", "); json_qerr(f, qt_names[s], q->table[s]); }
         fprintf(f, "}");
     }
+    if (q->has_occ)
+        fprintf(f, ", \"occ_shape\": {\"top1\": %.6f, \"cols\": %.6f, \"tile64\": %.6f}", q->occ.top1, q->occ.cols, q->occ.tile);
     fprintf(f, "}}\n");
     fflush(f);
 }

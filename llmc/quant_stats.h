@@ -1,4 +1,5 @@
-// defines: QErr, qerr_from_sums, quant_error, QT_SETTINGS, qt_names, quant_table_x, QStats
+// defines: QErr, qerr_from_sums, quant_error, QT_SETTINGS, qt_names, quant_table_x, OccShape, occ_shape,
+//          QStats
 // Quantization telemetry (--quant-stats): how far a quantized operand is from the tensor it
 // stands for (cosine similarity, mean squared error, signal-to-noise ratio), and the activation
 // table of Wang et al.'s Table 1: the same activation quantized with no clamp, clamped at the
@@ -8,6 +9,7 @@
 
 #include <math.h>
 #include "quant.h"
+#include "utils.h"
 
 typedef struct { double cos, mse, snr_db; } QErr;
 
@@ -59,14 +61,47 @@ static void quant_table_x(QErr out[QT_SETTINGS], const float *x, int rows, int c
     free(xc); free(resid); free(codes); free(scales);
 }
 
+// Where OCC's outliers sit (the residual's nonzero entries), which decides how the compensation
+// should run on the GPU: top1, the share of them in the busiest 1% of the columns; cols, the
+// fraction of columns holding any; tile, per block of `tile` rows, the distinct columns over the
+// entries, summed over the blocks (1: no two entries of a block share a column; near 0: a few
+// columns hold them all, and a backward that reads G's rows once per block and column reads each
+// about tile times less). All zero when there is no outlier.
+typedef struct { double top1, cols, tile; } OccShape;
+
+static int cmp_long_desc(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x < y) - (x > y);
+}
+
+static OccShape occ_shape(const float *resid, int rows, int cols, int tile) {
+    OccShape o = { 0.0, 0.0, 0.0 };
+    long *count = (long *)calloc_check((size_t)cols, sizeof(long)), nnz = 0, distinct = 0, any = 0, top = 0;
+    int *seen = (int *)malloc_check((size_t)cols * sizeof(int));
+    for (int c = 0; c < cols; c++) seen[c] = -1;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            if (resid[(size_t)r * cols + c] == 0.0f) continue;
+            nnz++; count[c]++;
+            if (seen[c] != r / tile) { seen[c] = r / tile; distinct++; }
+        }
+    qsort(count, (size_t)cols, sizeof(long), cmp_long_desc);
+    for (int c = 0; c < cols; c++) { any += count[c] > 0; if (c < (cols + 99) / 100) top += count[c]; }
+    if (nnz > 0) { o.top1 = (double)top / nnz; o.cols = (double)any / cols; o.tile = (double)distinct / nnz; }
+    free(count); free(seen);
+    return o;
+}
+
 // what --quant-stats records of one linear of one layer in one step
 typedef struct {
     QErr x, w, g;             // the run's operands against their unquantized tensors (x: with the
                               // compensation added back under OCC; g: the dgrad operand)
     double clamped;           // fraction of x's entries OCC clamped
     double dw_raw, dw_dge;    // the weight gradient's norm before and after DGE
-    int has_table;            // the table below is filled (the CPU trainer's)
+    int has_table;            // the table below and occ are filled (the CPU trainer's; occ under OCC only)
     QErr table[QT_SETTINGS];  // x under each setting of Table 1, in x's format
+    int has_occ;
+    OccShape occ;             // where x's outliers sit, per blocks of 64 rows
 } QStats;
 
 #endif

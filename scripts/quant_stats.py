@@ -2,7 +2,7 @@
 """The quantization telemetry of a run (`--quant-stats N` rows of its main.jsonl) as a plot and,
 for one step, the activation table of Wang et al.'s Table 1 (no clamp; clamp 0.999; clamp and
 compensation at 0.999 / 0.99 / 0.97), averaged over the layers' linears whose activations are
-4-bit (the CPU trainer's logs; the GPU trainer logs the rest).
+4-bit, and where OCC's outliers sit (the CPU trainer's logs; the GPU trainer logs the rest).
 
     python3 scripts/quant_stats.py OUT_DIR [-o quant_stats.png] [--step S]
 
@@ -48,6 +48,15 @@ def table(rows, step):
     lines.append("")
     lines.append(f"The run's own setting: mean SNR {sum(q['x']['snr_db'] for q in pick) / len(pick):.2f} dB, "
                  f"{100 * clamped:.3f}% of the entries clamped.")
+    shaped = [q for q in pick if "occ_shape" in q]
+    if shaped:
+        lines += ["", "Where the outliers sit, per linear (mean over the layers): the share in the busiest 1% of the "
+                  "columns, the columns holding any, and the distinct columns per 64 rows over the outliers there", "",
+                  "| linear | busiest 1% of columns | columns with any | distinct / entries per 64 rows |", "|---|---|---|---|"]
+        for lin in sorted({q["linear"] for q in shaped}):
+            sh = [q["occ_shape"] for q in shaped if q["linear"] == lin]
+            mean = {k: sum(x[k] for x in sh) / len(sh) for k in ("top1", "cols", "tile64")}
+            lines.append(f"| {lin} | {100 * mean['top1']:.1f}% | {100 * mean['cols']:.1f}% | {mean['tile64']:.3f} |")
     return "\n".join(lines)
 
 

@@ -61,6 +61,10 @@ for s, r in q:
         assert 0.9 < r[op]["cos"] <= 1 and 5 < r[op]["snr_db"] < 60 and r[op]["mse"] > 0, (s, r["linear"], op, r[op])
     assert (r["clamped"] > 0.005) == (four and sys.argv[2] == "fp4"), (s, r["linear"], r["clamped"])
     assert r["dw_raw"] > 0 and (r["dw_dge"] < r["dw_raw"] if four else r["dw_dge"] == r["dw_raw"]), (s, r["linear"], r["dw_raw"], r["dw_dge"])
+    if "x_table" in r:  # the CPU trainer's: where OCC's outliers sit, for the inputs it clamps
+        assert ("occ_shape" in r) == (four and sys.argv[2] == "fp4"), (s, r["linear"])
+        sh = r.get("occ_shape", {"top1": 1, "cols": 1, "tile64": 1})
+        assert 0 < sh["top1"] <= 1 and 0 < sh["cols"] <= 1 and 0 < sh["tile64"] <= 1, (s, r["linear"], sh)
 EOF
     ) && python3 scripts/quant_stats.py "$out" -o "$out/qs.png" > /dev/null && [ -s "$out/qs.png" ]; then ok
     else bad "$recipe: --quant-stats log: $msg"; fi
