@@ -140,9 +140,10 @@ test-gpu: $(CUDA_TARGETS) $(TINY)
 test-multi-gpu: train_gpt2_fp4 $(TINY)
 	bash test/test_multi_gpu.sh
 
-# throughput, MFU and peak memory against a PyTorch baseline in the same run (needs a GPU, PyTorch)
+# throughput, MFU and peak memory against a PyTorch baseline in the same run (needs a GPU, PyTorch);
+# BENCH_ARGS passes flags, e.g. make bench BENCH_ARGS="--no-pytorch --steps 10 --configs gpt2:d12:32"
 bench: train_gpt2_fp4 $(TINY)
-	$(PYTHON) dev/bench/bench.py
+	$(PYTHON) dev/bench/bench.py $(BENCH_ARGS)
 
 # the PyTorch reference's own checks, and regenerating test/ref (needs torch)
 test-reference:
