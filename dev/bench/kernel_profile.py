@@ -2,7 +2,7 @@
 """Per-kernel GPU time of training steps, from Nsight Compute (no nsys on our machines).
 
     python3 dev/bench/kernel_profile.py -e gpt2:d12 -b 32 [-r bf16] [--steps 2] [trainer flags, e.g. --occ 0]
-    python3 dev/bench/kernel_profile.py -e llama:d16 -b 8 -r fp4 --detail 'codes_kernel<5, 1, 0>' [--skip N]
+    python3 dev/bench/kernel_profile.py -e llama:d16 -b 8 -r fp4 --detail 'codes_kernel<.int.5, .int.1' [--skip N]
 
 Runs ./train_gpt2_fp4 for a few steps under `ncu --clock-control none`, times every kernel
 launch of the last `--steps` steps (each launch replayed alone, so the sum is an upper bound on
@@ -31,7 +31,7 @@ def main():
     ap.add_argument("--ncu", default="ncu")
     ap.add_argument("--csv", help="also keep ncu's raw CSV here")
     ap.add_argument("--detail", metavar="REGEX", help="instead: ncu's full report (stalls, memory, source counters) of "
-                    "--count launches of the kernels whose demangled name matches, e.g. 'codes_kernel<2, 0, 1>'")
+                    "--count launches of the kernels whose demangled name matches, as ncu writes it: 'codes_kernel<(int)2, (int)0, (int)1>' (parentheses are regex: match them with .)")
     ap.add_argument("--skip", type=int, default=0, help="with --detail: matching launches to skip first")
     ap.add_argument("--count", type=int, default=1, help="with --detail: launches to report")
     a, extra = ap.parse_known_args()
