@@ -31,7 +31,8 @@ def main():
     ap.add_argument("--ncu", default="ncu")
     ap.add_argument("--csv", help="also keep ncu's raw CSV here")
     ap.add_argument("--detail", metavar="REGEX", help="instead: ncu's full report (stalls, memory, source counters) of "
-                    "--count launches of the kernels whose demangled name matches, as ncu writes it: 'codes_kernel<(int)2, (int)0, (int)1>' (parentheses are regex: match them with .)")
+                    "--count launches of the kernels whose demangled name matches; ncu writes them as "
+                    "'codes_kernel<(int)2, (int)0, (int)1>' (match the parentheses with .)")
     ap.add_argument("--skip", type=int, default=0, help="with --detail: matching launches to skip first")
     ap.add_argument("--count", type=int, default=1, help="with --detail: launches to report")
     a, extra = ap.parse_known_args()
