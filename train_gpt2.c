@@ -383,7 +383,7 @@ static void linear_backward(Model *m, int lin, int layer, float *dinp, const flo
         for (int i = 0; i < K; i++) {
             size_t e = (size_t)j * K + i;
             float corr = 1.0f;
-            if (r->dge) corr = dge_derivative(sw[j] == 0.0f ? 0.0f : W[e] / sw[j], fw, k);
+            if (r->dge) corr = dge_factor(W[e], sw[j], fw, k);
             dW[e] += dwq[e] * corr;
             raw += (double)dwq[e] * dwq[e]; dge += (double)(dwq[e] * corr) * (dwq[e] * corr);
         }

@@ -323,7 +323,7 @@ __global__ void occ_grad_sum_kernel(float *dW, const float *partial, OccColumns 
         for (int i = i0; i < i1; i++) sum += partial[(size_t)i * M + j];
         size_t w = (size_t)j * K + k;
         float s = sw[j];
-        dW[w] += dge_k > 0.0f ? sum / dge_derivative(s == 0.0f ? 0.0f : __bfloat162float(W[w]) / s, fw, dge_k) : sum;
+        dW[w] += dge_k > 0.0f ? sum / dge_factor(__bfloat162float(W[w]), s, fw, dge_k) : sum;
     }
 }
 

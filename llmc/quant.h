@@ -1,5 +1,5 @@
 // defines: Format, format_name, format_parse, format_max, format_is_fp4, fp4_layout, quant_round,
-//          dge_derivative, quantile_index, quantile_lerp, quantize_matrix, row_quantile, occ_clamp_rows
+//          dge_derivative, dge_factor, quantile_index, quantile_lerp, quantize_matrix, row_quantile, occ_clamp_rows
 // The one definition of every rounding rule in the project (SPEC.md 4). The element rules are
 // __host__ __device__ so the GPU kernels and the CPU reference produce the same bits; the
 // matrix-level helpers below them are the CPU reference's.
@@ -108,6 +108,8 @@ static HD inline float dge_derivative(float w, Format f, float k) {
     float d = (1.0f / k) * powf(t, 1.0f / k - 1.0f);
     return d < 3.0f ? d : 3.0f;
 }
+// the DGE factor of a weight w whose row scale is s (a zero row's weights sit at 0)
+static HD inline float dge_factor(float w, float s, Format f, float k) { return dge_derivative(s == 0.0f ? 0.0f : w / s, f, k); }
 
 // OCC's quantile p of n ascending values is v[i] + frac * (v[i + 1] - v[i]), or v[n - 1] (i = n - 1,
 // frac 0) at the top. The CPU's OCC and the GPU's pick the same positions and the same two roundings.

@@ -53,7 +53,7 @@ __global__ void dge_norm_kernel(double *sums, const float *dW, const bf16 *W, co
     double acc[2] = { 0.0, 0.0 };
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)rows * cols; i += (size_t)gridDim.x * blockDim.x) {
         float s = scales[i / cols], d = dW[i];
-        float corr = k > 0.0f ? dge_derivative(s == 0.0f ? 0.0f : __bfloat162float(W[i]) / s, f, k) : 1.0f;
+        float corr = k > 0.0f ? dge_factor(__bfloat162float(W[i]), s, f, k) : 1.0f;
         acc[0] += (double)d * d;
         acc[1] += (double)(d * corr) * (d * corr);
     }

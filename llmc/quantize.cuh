@@ -422,7 +422,7 @@ __global__ void dge_scale_kernel(float *grad, const bf16 *W, const float *scales
     float4 *g = (float4 *)(grad + i);
     float4 g0 = g[0], g1 = g[1];
     load8(w, W + i);
-    for (int j = 0; j < 8; j++) w[j] = dge_derivative(s == 0.0f ? 0.0f : w[j] / s, f, k);
+    for (int j = 0; j < 8; j++) w[j] = dge_factor(w[j], s, f, k);
     g[0] = make_float4(g0.x * w[0], g0.y * w[1], g0.z * w[2], g0.w * w[3]);
     g[1] = make_float4(g1.x * w[4], g1.y * w[5], g1.z * w[6], g1.w * w[7]);
 }

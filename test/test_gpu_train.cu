@@ -52,7 +52,7 @@ static void check_dge(Model *m, const char *name) {
         cuda_download(sw, m->wq[l].scales, rows * sizeof(float));
         for (size_t i = 0; i < rows * K; i++) {
             float s = sw[i / K], wv = __bfloat162float(w[o + i]);
-            float want = before[o + i] * dge_derivative(s == 0.0f ? 0.0f : wv / s, m->recipe.lin[l].f.w, m->recipe.dge_k);
+            float want = before[o + i] * dge_factor(wv, s, m->recipe.lin[l].f.w, m->recipe.dge_k);
             wrong += fabsf(after[o + i] - want) > 1e-6f * fabsf(want);
             changed += after[o + i] != before[o + i];
             is4[o + i] = 1;
