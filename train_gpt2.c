@@ -328,7 +328,7 @@ static void linear_forward(Model *m, int lin, int layer, float *out, const float
         quant_table_x(q->table, inp, N, K, r->f.x);
         q->has_table = 1;
         q->has_occ = r->occ;
-        if (r->occ) q->occ = occ_shape(resid, N, K, 64);
+        if (r->occ) q->occ = occ_shape(resid, N, K);
     }
     dequantize(xdeq, codes, scales, N, K, 0);
     const float *bias = linear_bias(&m->params, lin);

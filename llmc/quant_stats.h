@@ -63,10 +63,11 @@ static void quant_table_x(QErr out[QT_SETTINGS], const float *x, int rows, int c
 
 // Where OCC's outliers sit (the residual's nonzero entries), which decides how the compensation
 // should run on the GPU: top1, the share of them in the busiest 1% of the columns; cols, the
-// fraction of columns holding any; tile, per block of `tile` rows, the distinct columns over the
+// fraction of columns holding any; tile, per block of OCC_SHAPE_ROWS rows, the distinct columns over the
 // entries, summed over the blocks (1: no two entries of a block share a column; near 0: a few
 // columns hold them all, and a backward that reads G's rows once per block and column reads each
 // about tile times less). All zero when there is no outlier.
+#define OCC_SHAPE_ROWS 64  // logged as "tile64"
 typedef struct { double top1, cols, tile; } OccShape;
 
 static int cmp_long_desc(const void *a, const void *b) {
@@ -74,7 +75,7 @@ static int cmp_long_desc(const void *a, const void *b) {
     return (x < y) - (x > y);
 }
 
-static OccShape occ_shape(const float *resid, int rows, int cols, int tile) {
+static OccShape occ_shape(const float *resid, int rows, int cols) {
     OccShape o = { 0.0, 0.0, 0.0 };
     long *count = (long *)calloc_check((size_t)cols, sizeof(long)), nnz = 0, distinct = 0, any = 0, top = 0;
     int *seen = (int *)malloc_check((size_t)cols * sizeof(int));
@@ -83,7 +84,7 @@ static OccShape occ_shape(const float *resid, int rows, int cols, int tile) {
         for (int c = 0; c < cols; c++) {
             if (resid[(size_t)r * cols + c] == 0.0f) continue;
             nnz++; count[c]++;
-            if (seen[c] != r / tile) { seen[c] = r / tile; distinct++; }
+            if (seen[c] != r / OCC_SHAPE_ROWS) { seen[c] = r / OCC_SHAPE_ROWS; distinct++; }
         }
     qsort(count, (size_t)cols, sizeof(long), cmp_long_desc);
     for (int c = 0; c < cols; c++) { any += count[c] > 0; if (c < (cols + 99) / 100) top += count[c]; }
@@ -98,10 +99,10 @@ typedef struct {
                               // compensation added back under OCC; g: the dgrad operand)
     double clamped;           // fraction of x's entries OCC clamped
     double dw_raw, dw_dge;    // the weight gradient's norm before and after DGE
-    int has_table;            // the table below and occ are filled (the CPU trainer's; occ under OCC only)
+    int has_table;            // the table below is filled (the CPU trainer's)
     QErr table[QT_SETTINGS];  // x under each setting of Table 1, in x's format
-    int has_occ;
-    OccShape occ;             // where x's outliers sit, per blocks of 64 rows
+    int has_occ;              // occ is filled (the CPU trainer's, for inputs under OCC)
+    OccShape occ;             // where x's outliers sit
 } QStats;
 
 #endif

@@ -328,10 +328,10 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
     if (!codes_t) return;
     // whole 32-byte sectors only (rows are a multiple of 16): a half-written one may leave L2
     // before its other half arrives
+    const int stride = NH * 4 * blockDim.x;  // between a column's successive words
     for (int h = 0; h < NH; h++)
         for (int k = 0; k < 4; k++) {
             const uint32_t *tk = t + (h * 4 + k) * blockDim.x;
-            size_t stride = (size_t)NH * 4 * blockDim.x;
             uint4 *d = (uint4 *)(codes_t + (size_t)(h * half + c + k) * rows + r0);
             d[0] = make_uint4(tk[0], tk[stride], tk[2 * stride], tk[3 * stride]);
             if (rows - r0 > 16) d[1] = make_uint4(tk[4 * stride], tk[5 * stride], tk[6 * stride], tk[7 * stride]);
@@ -497,11 +497,12 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
                                     const float2 *, int, int, Format, QRound) = {
         { codes_kernel<ROWS_PLAIN, 1, 0>, codes_kernel<ROWS_DGELU, 1, 0>, codes_kernel<ROWS_DSWIGLU, 1, 0> },
         { codes_kernel<ROWS_PLAIN, 1, 1>, codes_kernel<ROWS_DGELU, 1, 1>, codes_kernel<ROWS_DSWIGLU, 1, 1> } };
-    dim3 grid; int threads; size_t smem;
-    codes_launch(&grid, &threads, &smem, rows, cols, g == 2 ? 2 : 1);
+    int halves = src->op == ROWS_DSWIGLU ? 2 : 1, threads;  // src_halves: a thread's 4 columns in each half
+    dim3 grid; size_t smem;
+    codes_launch(&grid, &threads, &smem, rows, cols, halves);
     CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
-    reduce[g]<<<grid.x, quantize_threads(cols, g == 2 ? 8 : 4, QTHREADS, NULL), 0, st>>>(scales, amax, col_partial, *src, col_scale, row_scale, rows,
-                                                                          cols, f);
+    reduce[g]<<<grid.x, quantize_threads(cols, 4 * halves, QTHREADS, NULL), 0, st>>>(scales, amax, col_partial, *src, col_scale,
+                                                                                    row_scale, rows, cols, f);
     if (tensor) { broadcast_max((unsigned *)scales, rows, st); broadcast_max(amax, cols, st); }
     code_kernel[fp4][g]<<<grid, threads, smem, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
                                                                NULL, rows, cols, f, qround(f));

@@ -178,11 +178,11 @@ int main(void) {
     // 256 entries, 101 columns hold any, and each block of 64 rows has column 5 plus 64 others
     float *resid = (float *)calloc_check(128 * 200, sizeof(float));
     for (int r = 0; r < 128; r++) { resid[r * 200 + 5] = 1.0f; resid[r * 200 + 10 + r % 100] = -2.0f; }
-    OccShape sh = occ_shape(resid, 128, 200, 64);
+    OccShape sh = occ_shape(resid, 128, 200);
     CHECK(fabs(sh.top1 - 130.0 / 256) < 1e-12 && fabs(sh.cols - 101.0 / 200) < 1e-12 && fabs(sh.tile - 130.0 / 256) < 1e-12,
           "occ_shape: top1 %.6f cols %.6f tile %.6f", sh.top1, sh.cols, sh.tile);
     memset(resid, 0, 128 * 200 * sizeof(float));
-    sh = occ_shape(resid, 128, 200, 64);
+    sh = occ_shape(resid, 128, 200);
     CHECK(sh.top1 == 0.0 && sh.cols == 0.0 && sh.tile == 0.0, "occ_shape without outliers: zeros");
     free(resid);
     return check_summary("quant");
