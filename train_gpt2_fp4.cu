@@ -73,7 +73,8 @@ typedef struct {                 // reused layer after layer
     bf16 *dres;                  // (N, C) gradient of the residual stream
     bf16 *dln;                   // (N, C)
     bf16 *datty;                 // (N, C)
-    bf16 *dfch;                  // (N, FF) (none when fc is quantized: its quantizer applies the derivative)
+    bf16 *dfch;                  // (N, FF) fc's output gradient: a bf16 fc's, or the one fc's quantizer makes for
+                                 // OCC's compensation (none otherwise: the quantizer applies the derivative)
     bf16 *dfch_act;              // (N, F)
     float *partial;              // column-sum and norm partials; the gradient-norm partials
     fp8 *xcodes;                 // (N, maxK) input codes for the forward GEMM
@@ -84,7 +85,7 @@ typedef struct {                 // reused layer after layer
     float2 *occ_bounds;          // (N) OCC: each row's clamp bounds
     int *occ_col;                // (maxcap, N) each row's outliers: input column, residual
     float *occ_val;
-    int *occ_bcount;             // (N / OCC_RB + 1, maxK) counts of R's transposition
+    int *occ_bcount;             // (occ_count_ints(N, maxK)) counts of R's transposition
     float *occ_partial;          // (max items, maxM) the compensation gradient's partial sums
 } Scratch;
 
@@ -316,14 +317,15 @@ static void model_alloc_acts(Model *m, int B, int T) {
     }
     Scratch *s = &m->s;
     BUF(s->dqkv, N * QKV);
-    BUF(s->dres, N * C); BUF(s->dln, N * C); BUF(s->datty, N * C); BUF(s->dfch, (quantized(m, LIN_FC) ? 0 : N) * FF);
+    int fc_grad = !quantized(m, LIN_FC) || (occ_on(m, LIN_FC) && m->recipe.occ_comp);
+    BUF(s->dres, N * C); BUF(s->dln, N * C); BUF(s->datty, N * C); BUF(s->dfch, (fc_grad ? N : 0) * FF);
     BUF(s->dfch_act, N * F); BUF(s->partial, partial);
     if (anyq) {
         BUF(s->xcodes, N * maxK); BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
         BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
     }
     BUF(s->occ_bounds, maxcap ? N : 0); BUF(s->occ_col, maxcap * N); BUF(s->occ_val, maxcap * N);
-    BUF(s->occ_bcount, maxcap ? (N / OCC_RB + 1) * maxK : 0); BUF(s->occ_partial, maxpartial);
+    BUF(s->occ_bcount, maxcap ? occ_count_ints(N, maxK) : 0); BUF(s->occ_partial, maxpartial);
 #undef BUF
     size_t total = 0;
     for (int i = 0; i < na; i++) total += a[i].bytes;
@@ -431,7 +433,10 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     }
     const OperandFormats *f = &m->recipe.lin[lin].f;
     const float *sw = m->wq[lin].scales + (size_t)l * M, *xs = m->acts.xs[lin] + (size_t)l * N;
-    quantize_grad(s->gcodes, s->gscales, s->gcodes_t, s->gscales_t, src, sw, xs, N, M, f->g, m->recipe.tensorwise, s->amax,
+    int comp = occ_on(m, lin) && m->recipe.occ_comp;
+    RowSource g = *src;  // OCC's compensation gradient takes a nonlinearity's gradient materialized
+    if (comp && g.op != ROWS_PLAIN) g.out = s->dfch;
+    quantize_grad(s->gcodes, s->gscales, s->gcodes_t, s->gscales_t, &g, sw, xs, N, M, f->g, m->recipe.tensorwise, s->amax,
                   db ? s->partial : NULL, st);
     if (db) sum_rows(db, s->partial, ceil_div(N, QROWS), M, M, st);
     double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
@@ -446,10 +451,10 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
                s->gscales_t, K, M, N, NULL, 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
     if (m->qstats)  // dW is this micro-batch's quantized GEMM alone (the first of the step)
         dge_norm_sums(qs + QS_DW, dW, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, st);
-    if (!occ_on(m, lin) || !m->recipe.occ_comp) return;
+    if (!comp) return;
     OccColumns oc = occ_columns(m, lin, l);
-    occ_compensate_grad(dW, &oc, &m->occ[lin], src, N, M, K, W, sw, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f,
-                        s->occ_partial, st);
+    occ_compensate_grad(dW, &oc, &m->occ[lin], g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, W, sw, f->w,
+                        m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, s->occ_partial, st);
 }
 
 // ---------------------------------------------------------------------------------------------

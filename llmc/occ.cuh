@@ -9,13 +9,15 @@
 // smallest of the maxima of any 32 J disjoint groups (32 J >= k): every group holds a value that
 // large. So those maxima give a threshold with at least k values above it, typically a few k; the
 // values above it go to shared memory, where a bisection on the bits of their order-preserving
-// keys finds the exact k-th. (More than OCC_CAND above it: the bisection counts over the whole
-// row instead; slower, same answer.)
+// keys finds the exact k-th, and one counting pass its neighbour (the quantile interpolates the
+// two). (More than OCC_CAND above it: both count over the whole row instead; slower, same answer.)
 // Compensation: R's entries are listed per row (the forward: a thread per row, a tile of W's
 // rows transposed in shared memory) and, after a deterministic counting sort, per column (the
 // backward: a block per run of up to OCC_CH entries of a column gathers G's rows; outliers
-// concentrate in a few channels, so a column may hold one entry per row). No float atomics:
-// every sum runs in a fixed order, so runs repeat bit for bit.
+// concentrate in a few channels, so a column may hold one entry per row). G is BF16: a
+// nonlinearity's gradient (dGELU, dSwiGLU) comes materialized by quantize_grad's codes pass, once,
+// rather than remade per entry (that was 10 of 27 ms of OCC a step at GPT-2 124M, 8k tokens).
+// No float atomics: every sum runs in a fixed order, so runs repeat bit for bit.
 #ifndef LLMC_OCC_CUH
 #define LLMC_OCC_CUH
 
@@ -23,8 +25,9 @@
 
 #define OCC_WARPS 4      // rows per block of the selection
 #define OCC_CAND 512     // candidates per tail a warp keeps in shared memory
-#define OCC_RB 64        // rows per block of the transposition
+#define OCC_RB 32        // rows per block of the transposition (its placing runs through them in order)
 #define OCC_CH 128       // entries of a column per block of the backward
+#define OCC_CHUNKS 32    // runs of row blocks the transposition's column prefix sums are cut into
 
 // where a row's quantiles sit, fixed by its width and alpha (quant.h's positions, as the CPU's)
 typedef struct {
@@ -90,7 +93,7 @@ __device__ inline unsigned group_threshold(const unsigned *gmax, int J) {
 }
 
 // the k-th largest key of row r (keys xor flip), from the n candidates above tau: tau itself when
-// fewer than k are above it; over the whole row when too many were to be kept. Not inlined: four
+// fewer than k are above it; over the whole row when too many were to be kept. Not inlined: its
 // copies in occ_rows_kernel made it 47-69 KB of code, past the instruction cache.
 template <int OP>
 __device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n, unsigned tau, unsigned flip, const RowSource &in, int r, int cols,
@@ -113,6 +116,41 @@ __device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n,
         if ((int)__reduce_add_sync(0xffffffffu, (unsigned)cnt) >= k) res = t;
     }
     return res;
+}
+
+// the (k - 1)-th largest key (up) or the (k + 1)-th (!up) of row r, a the k-th, from the same
+// candidates (keys xor flip above tau; the whole row when they overflowed): one counting pass in
+// place of a second bisection. Above a sit at most k - 1 keys: with exactly k - 1 the next larger
+// is their smallest, else a repeats. At or above a sit at least k: with more, a repeats, else the
+// next smaller is the largest key below a, or tau when no candidate is (tau's groups were sized
+// for rank k + 1, so that rank is at least tau).
+__device__ inline void next_see(unsigned x, unsigned a, int up, int *cnt, int *found, unsigned *best) {
+    if (up) { if (x > a) { (*cnt)++; *best = min(*best, x); } }
+    else if (x >= a) (*cnt)++;
+    else { *found = 1; *best = max(*best, x); }
+}
+template <int OP>
+__device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsigned *cand, int n, unsigned tau, unsigned flip,
+                                          const RowSource &in, int r, int cols, float mu, float rs) {
+    int lane = threadIdx.x % 32, whole = n > OCC_CAND;
+    if (!up && !whole && a == tau) return a;  // keys equal to tau are no candidates: the rank k + 1 is tau
+    int cnt = 0, found = 0;
+    unsigned best = up ? ~0u : 0u;
+    if (whole) {
+        float v[8];
+        for (int c = lane * 8; c < cols; c += 256) {
+            src_values8<OP>(v, in, r, c, cols, mu, rs);
+            for (int j = 0; j < 8; j++) next_see(ord_key(v[j]) ^ flip, a, up, &cnt, &found, &best);
+        }
+    } else {
+        for (int i = lane; i < n; i += 32) next_see(cand[i], a, up, &cnt, &found, &best);
+    }
+    cnt = (int)__reduce_add_sync(0xffffffffu, (unsigned)cnt);
+    if (up) return cnt == k - 1 ? __reduce_min_sync(0xffffffffu, best) : a;
+    if (cnt > k) return a;
+    found = __any_sync(0xffffffffu, found);
+    best = __reduce_max_sync(0xffffffffu, best);
+    return found ? best : tau;
 }
 
 // OCC's first pass, a warp per row: the quantiles lo, hi, the scale of the clamped row, and the
@@ -156,11 +194,12 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     // v[ihi], v[ihi + 1] are the (cols - ihi)-th and the next largest; v[ilo], v[ilo + 1] the
     // (ilo + 1)-th and the next smallest (the largest flipped keys)
     int ktop = cols - p.ihi, kbot = p.ilo + 1, top = p.ihi == cols - 1;
-    float h0 = key_float(kth_largest<OP>(ktop, ctop, ntop, ttop, 0u, in, r, cols, mu, rs));
-    float h1 = top ? h0 : key_float(kth_largest<OP>(ktop - 1, ctop, ntop, ttop, 0u, in, r, cols, mu, rs));
-    float l0 = key_float(~kth_largest<OP>(kbot, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs));
-    float l1 = key_float(~kth_largest<OP>(kbot + 1, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs));
-    float lo = quantile_lerp(l0, l1, p.flo), hi = top ? h0 : quantile_lerp(h0, h1, p.fhi);
+    unsigned h0 = kth_largest<OP>(ktop, ctop, ntop, ttop, 0u, in, r, cols, mu, rs);
+    unsigned h1 = top ? h0 : kth_next<OP>(ktop, h0, 1, ctop, ntop, ttop, 0u, in, r, cols, mu, rs);
+    unsigned l0 = kth_largest<OP>(kbot, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs);
+    unsigned l1 = kth_next<OP>(kbot, l0, 0, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs);
+    float lo = quantile_lerp(key_float(~l0), key_float(~l1), p.flo);
+    float hi = top ? key_float(h0) : quantile_lerp(key_float(h0), key_float(h1), p.fhi);
     // the clamped row spans [clamp(min), clamp(max)]: its absmax, as the CPU's over every value
     float cmax = fminf(fmaxf(xmax, lo), hi), cmin = fminf(fmaxf(xmin, lo), hi);
     if (lane == 0) { scales[r] = fmaxf(fabsf(cmax), fabsf(cmin)) / format_max(f); o.bounds[r] = make_float2(lo, hi); }
@@ -252,15 +291,31 @@ __device__ inline int block_scan(int x, int *carry, int *sums) {
     return excl;
 }
 
-// 2 (one block): each block's offset within each column (exclusive, in place), the columns'
-// starts (an exclusive scan of their totals) and their items' starts
-__global__ void occ_scan_kernel(int *start, int *item_start, int *bcount, int nb, int K) {
+// 2: each row block's offset within its column, in two levels. 2a (a thread per column and chunk
+// of `per` row blocks): the offsets within the chunk, in place, and the chunk's total into ctot
+// (OCC_CHUNKS, K). Eight counts' loads in flight: one thread per column with a serial loop over
+// every row block was the slowest step (a single block: 1.7 ms a step at 8k tokens).
+__global__ void occ_colscan_kernel(int *bcount, int *ctot, int nb, int per, int K) {
+    int k = blockIdx.x * blockDim.x + threadIdx.x, b0 = blockIdx.y * per, b1 = min(nb, b0 + per);
+    if (k >= K) return;
+    int tot = 0;
+    for (int b = b0; b < b1; b += 8) {
+        int c[8];
+        for (int u = 0; u < 8; u++) c[u] = b + u < b1 ? bcount[(size_t)(b + u) * K + k] : 0;
+        for (int u = 0; u < 8 && b + u < b1; u++) { bcount[(size_t)(b + u) * K + k] = tot; tot += c[u]; }
+    }
+    ctot[(size_t)blockIdx.y * K + k] = tot;
+}
+
+// 2b (one block): each chunk's offset within its column (in place), the columns' starts (an
+// exclusive scan of their totals) and their items' starts
+__global__ void occ_scan_kernel(int *start, int *item_start, int *ctot, int K) {
     __shared__ int sums[32], carry[2];
     if (threadIdx.x < 2) carry[threadIdx.x] = 0;
     __syncthreads();
     for (int k0 = 0; k0 < K; k0 += blockDim.x) {
         int k = k0 + threadIdx.x, tot = 0;
-        if (k < K) for (int b = 0; b < nb; b++) { int c = bcount[(size_t)b * K + k]; bcount[(size_t)b * K + k] = tot; tot += c; }
+        if (k < K) for (int p = 0; p < OCC_CHUNKS; p++) { int c = ctot[(size_t)p * K + k]; ctot[(size_t)p * K + k] = tot; tot += c; }
         int s = block_scan(tot, &carry[0], sums), it = block_scan((tot + OCC_CH - 1) / OCC_CH, &carry[1], sums);
         if (k < K) { start[k] = s; item_start[k] = it; }
     }
@@ -269,10 +324,11 @@ __global__ void occ_scan_kernel(int *start, int *item_start, int *bcount, int nb
 
 // 3 (a warp per block of rows): the entries to their places, row after row; a row's columns are
 // distinct, so the lanes never share a column's counter
-__global__ void occ_place_kernel(int *crow, float *cval, const int *start, const int *bcount, const int *slot_col,
-                                 const float *slot_val, int cap, int rows, int K) {
+__global__ void occ_place_kernel(int *crow, float *cval, const int *start, const int *bcount, const int *ctot, int per,
+                                 const int *slot_col, const float *slot_val, int cap, int rows, int K) {
     extern __shared__ int next[];
-    for (int k = threadIdx.x; k < K; k += 32) next[k] = start[k] + bcount[(size_t)blockIdx.x * K + k];
+    const int *chunk = ctot + (size_t)(blockIdx.x / per) * K;
+    for (int k = threadIdx.x; k < K; k += 32) next[k] = start[k] + chunk[k] + bcount[(size_t)blockIdx.x * K + k];
     __syncwarp();
     for (int n = blockIdx.x * OCC_RB; n < min(rows, (int)(blockIdx.x + 1) * OCC_RB); n++) {
         for (int i = threadIdx.x; i < cap; i += 32) {
@@ -286,11 +342,10 @@ __global__ void occ_place_kernel(int *crow, float *cval, const int *start, const
     }
 }
 
-// dW (M, K) += G^T R in two steps. 1: a block per item (up to OCC_CH entries of one column k),
-// threads over the outputs j: the item's sum of r * G[row, j] into partial (items, M). Four rows'
-// loads in flight at a time.
-template <int OP>
-__global__ void occ_grad_items_kernel(float *partial, OccColumns oc, RowSource g, int M, int K) {
+// dW (M, K) += G^T R in two steps, G (rows, M) BF16. 1: a block per item (up to OCC_CH entries
+// of one column k), threads over the outputs j: the item's sum of r * G[row, j] into partial
+// (items, M). Four rows' loads in flight at a time.
+__global__ void occ_grad_items_kernel(float *partial, OccColumns oc, const bf16 *g, int M, int K) {
     int item = blockIdx.x;
     if (item >= oc.item_start[K]) return;
     int lo = 0, hi = K;  // the column: the last k with item_start[k] <= item
@@ -299,7 +354,7 @@ __global__ void occ_grad_items_kernel(float *partial, OccColumns oc, RowSource g
     for (int j = threadIdx.x * 8; j < M; j += blockDim.x * 8) {
         float acc[8] = { 0.0f }, v[4][8];
         for (int e = e0; e < e1; e += 4) {
-            for (int u = 0; u < 4; u++) src_values8<OP>(v[u], g, oc.row[min(e + u, e1 - 1)], j, M, 0.0f, 1.0f);
+            for (int u = 0; u < 4; u++) load8(v[u], g + (size_t)oc.row[min(e + u, e1 - 1)] * M + j);
             for (int u = 0; u < 4 && e + u < e1; u++) {
                 float rv = oc.val[e + u];
                 for (int t = 0; t < 8; t++) acc[t] = fmaf(rv, v[u][t], acc[t]);
@@ -311,19 +366,30 @@ __global__ void occ_grad_items_kernel(float *partial, OccColumns oc, RowSource g
     }
 }
 
-// 2: a block per column k: its items' partial sums in order, into dW[:, k]. With DGE (dge_k > 0)
-// the sum enters divided by f'(W / s_w): model_apply_dge later scales the whole gradient by it,
-// and the compensation's own gradient is exact.
-__global__ void occ_grad_sum_kernel(float *dW, const float *partial, OccColumns oc, int M, int K, const bf16 *W, const float *sw,
-                                    Format fw, float dge_k) {
-    int k = blockIdx.x, i0 = oc.item_start[k], i1 = oc.item_start[k + 1];
-    if (i0 == i1) return;
-    for (int j = threadIdx.x; j < M; j += blockDim.x) {
-        float sum = 0.0f;
-        for (int i = i0; i < i1; i++) sum += partial[(size_t)i * M + j];
-        size_t w = (size_t)j * K + k;
-        float s = sw[j];
-        dW[w] += dge_k > 0.0f ? sum / dge_factor(__bfloat162float(W[w]), s, fw, dge_k) : sum;
+// 2: a block per 32 columns k and 32 outputs j: each column's items' partial sums in order (a
+// warp per column, its lanes over j: coalesced reads), then through shared memory into dW[j, k]
+// with the lanes over k (coalesced: a block per column wrote a float per 32-byte sector). With DGE
+// (dge_k > 0) the sum enters divided by f'(W / s_w): model_apply_dge later scales the whole
+// gradient by it, and the compensation's own gradient is exact.
+__global__ void __launch_bounds__(256) occ_grad_sum_kernel(float *dW, const float *partial, OccColumns oc, int M, int K, const bf16 *W,
+                                                           const float *sw, Format fw, float dge_k) {
+    __shared__ float sum[32][33];
+    __shared__ int has[32];
+    int k0 = blockIdx.x * 32, j0 = blockIdx.y * 32, lane = threadIdx.x % 32, j = j0 + lane;
+    for (int kk = threadIdx.x / 32; kk < 32; kk += blockDim.x / 32) {
+        int k = k0 + kk, i0 = k < K ? oc.item_start[k] : 0, i1 = k < K ? oc.item_start[k + 1] : 0;
+        float a = 0.0f;
+        if (j < M) for (int i = i0; i < i1; i++) a += partial[(size_t)i * M + j];
+        sum[kk][lane] = a;
+        if (lane == 0) has[kk] = i1 > i0;
+    }
+    __syncthreads();
+    for (int jj = threadIdx.x / 32; jj < 32; jj += blockDim.x / 32) {
+        int k = k0 + lane, jo = j0 + jj;
+        if (k >= K || jo >= M || !has[lane]) continue;
+        size_t w = (size_t)jo * K + k;
+        float v = sum[lane][jj];
+        dW[w] += dge_k > 0.0f ? v / dge_factor(__bfloat162float(W[w]), sw[jo], fw, dge_k) : v;
     }
 }
 
@@ -350,44 +416,50 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
 // y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights
 static void occ_compensate(bf16 *y, const Occ *o, const bf16 *W, int rows, int M, int K, cudaStream_t st) {
     if (M % 16 != 0 || K != o->plan.cols) die("occ_compensate: %d outputs (a multiple of 16 needed), %d inputs vs %d", M, K, o->plan.cols);
-    int mt = K <= 3072 ? 16 : 8;
+    // outputs per block: wide, so that each residual entry loaded feeds many products, as far as
+    // W's tile (K, mt) fits in shared memory
+    int v = K <= 1024 && M % 32 == 0 ? 0 : K <= 3072 ? 1 : 2, mt = 32 >> v;
     size_t smem = (size_t)K * mt * sizeof(bf16);
     if (smem > 200 * 1024) die("occ_compensate: %d inputs do not fit in shared memory", K);
-    void (*kernel)(bf16 *, const int *, const float *, int, const bf16 *, int, int, int) =
-        mt == 16 ? occ_compensate_kernel<16> : occ_compensate_kernel<8>;
-    static int opted_in[2];  // the shared-memory opt-in, once per kernel
-    if (!opted_in[mt == 16]) {
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
-        opted_in[mt == 16] = 1;
+    void (*const kernels[])(bf16 *, const int *, const float *, int, const bf16 *, int, int, int) = {
+        occ_compensate_kernel<32>, occ_compensate_kernel<16>, occ_compensate_kernel<8> };
+    static int opted_in[3];  // the shared-memory opt-in, once per kernel
+    if (!opted_in[v]) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernels[v], cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+        opted_in[v] = 1;
     }
+    void (*kernel)(bf16 *, const int *, const float *, int, const bf16 *, int, int, int) = kernels[v];
     int tiles = M / mt, runs = max(1, min(ceil_div(rows, 256), ceil_div(2 * sm_count(), tiles)));
     kernel<<<dim3(tiles, runs), 256, smem, st>>>(y, o->slot_col, o->slot_val, o->plan.cap, W, rows, M, K);
     CUDA_CHECK(cudaGetLastError());
 }
 
-// R by column, for the backward. bcount: (ceil(rows / OCC_RB), K) scratch.
+// the transposition's scratch, in ints: the row blocks' counts (ceil(rows / OCC_RB), K) and the
+// chunks' totals (OCC_CHUNKS, K)
+static size_t occ_count_ints(int rows, int K) { return (size_t)(ceil_div(rows, OCC_RB) + OCC_CHUNKS) * K; }
+
+// R by column, for the backward. bcount: occ_count_ints scratch.
 static void occ_transpose(OccColumns *oc, const Occ *o, int rows, int *bcount, cudaStream_t st) {
-    int K = o->plan.cols, nb = ceil_div(rows, OCC_RB);
+    int K = o->plan.cols, nb = ceil_div(rows, OCC_RB), per = ceil_div(nb, OCC_CHUNKS);
+    int *ctot = bcount + (size_t)nb * K;
     occ_count_kernel<<<nb, 256, K * sizeof(int), st>>>(bcount, o->slot_col, o->slot_val, o->plan.cap, rows, K);
-    occ_scan_kernel<<<1, 1024, 0, st>>>(oc->start, oc->item_start, bcount, nb, K);
-    occ_place_kernel<<<nb, 32, K * sizeof(int), st>>>(oc->row, oc->val, oc->start, bcount, o->slot_col, o->slot_val, o->plan.cap,
-                                                     rows, K);
+    occ_colscan_kernel<<<dim3(ceil_div(K, 128), OCC_CHUNKS), 128, 0, st>>>(bcount, ctot, nb, per, K);
+    occ_scan_kernel<<<1, 1024, 0, st>>>(oc->start, oc->item_start, ctot, K);
+    occ_place_kernel<<<nb, 32, K * sizeof(int), st>>>(oc->row, oc->val, oc->start, bcount, ctot, per, o->slot_col,
+                                                     o->slot_val, o->plan.cap, rows, K);
     CUDA_CHECK(cudaGetLastError());
 }
 
-// dW (M, K) += G^T R: the compensation's weight gradient, G (rows, M) from a gradient source
-// (PLAIN, DGELU, DSWIGLU). dge_k > 0: W, its scales sw and format fw give the DGE factor it is
-// divided by (see occ_grad_sum_kernel). partial: (occ_items_max, M) scratch.
-static void occ_compensate_grad(float *dW, const OccColumns *oc, const OccPlan *p, const RowSource *g, int rows, int M, int K,
+// dW (M, K) += G^T R: the compensation's weight gradient, G (rows, M) BF16 (a nonlinearity's
+// gradient as quantize_grad's codes pass wrote it: RowSource.out). dge_k > 0: W, its scales sw and
+// format fw give the DGE factor it is divided by (see occ_grad_sum_kernel). partial:
+// (occ_items_max, M) scratch.
+static void occ_compensate_grad(float *dW, const OccColumns *oc, const OccPlan *p, const bf16 *g, int rows, int M, int K,
                                 const bf16 *W, const float *sw, Format fw, float dge_k, float *partial, cudaStream_t st) {
     if (M % 8 != 0) die("occ_compensate_grad: %d outputs, not a multiple of 8", M);
-    int op = g->op == ROWS_PLAIN ? 0 : g->op == ROWS_DGELU ? 1 : g->op == ROWS_DSWIGLU ? 2 : -1;
-    if (op < 0) die("occ_compensate_grad: source %d is not a gradient", g->op);
-    void (*const kernel[])(float *, OccColumns, RowSource, int, int) = {
-        occ_grad_items_kernel<ROWS_PLAIN>, occ_grad_items_kernel<ROWS_DGELU>, occ_grad_items_kernel<ROWS_DSWIGLU> };
     int threads = min(256, ceil_div(M / 8, 32) * 32);
-    kernel[op]<<<(unsigned)occ_items_max(p, rows), threads, 0, st>>>(partial, *oc, *g, M, K);
-    occ_grad_sum_kernel<<<K, min(1024, ceil_div(M, 32) * 32), 0, st>>>(dW, partial, *oc, M, K, W, sw, fw, dge_k);
+    occ_grad_items_kernel<<<(unsigned)occ_items_max(p, rows), threads, 0, st>>>(partial, *oc, g, M, K);
+    occ_grad_sum_kernel<<<dim3(ceil_div(K, 32), ceil_div(M, 32)), 256, 0, st>>>(dW, partial, *oc, M, K, W, sw, fw, dge_k);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -142,7 +142,8 @@ static void test_quantize(uint64_t seed) {
 // the producers fused into the quantizers (LayerNorm, RMSNorm, GELU, SwiGLU; the gradients
 // through GELU and SwiGLU) against the same producer in FP64 then the CPU quantizer: the scales within FP32 rounding, the codes the same
 // except where the FP32 and FP64 values straddle a rounding boundary (then neighbours on the
-// grid, and at most 0.1% of them), and the norm statistics within FP32 rounding
+// grid, and at most 0.1% of them), the norm statistics within FP32 rounding, and the gradients'
+// BF16 copy for OCC (RowSource.out) within BF16 rounding
 static void test_fused_sources(uint64_t seed) {
     const int rows = 96, cols = 768;
     const char *names[6] = { "layernorm", "rmsnorm", "gelu", "swiglu", "dgelu", "dswiglu" };
@@ -158,6 +159,7 @@ static void test_fused_sources(uint64_t seed) {
     float *ds = (float *)cuda_malloc(rows * sizeof(float)), *dstat = (float *)cuda_malloc(2 * rows * sizeof(float));
     fp8 *dc = (fp8 *)cuda_malloc(n), *dt = (fp8 *)cuda_malloc(n);
     float *dst = (float *)cuda_malloc(cols * sizeof(float));
+    bf16 *dout = (bf16 *)cuda_malloc(n * sizeof(bf16)), *hout = (bf16 *)malloc_check(n * sizeof(bf16));
     unsigned *amax = (unsigned *)cuda_malloc(cols * sizeof(unsigned));
     cuda_upload(dx, hx, 2 * n * sizeof(bf16));
     cuda_upload(dw, hw, 2 * cols * sizeof(bf16));
@@ -183,6 +185,7 @@ static void test_fused_sources(uint64_t seed) {
         RowSource src = op < 2 ? rows_norm(dx, dw, op == 0 ? dw + cols : NULL, op == 0 ? dstat : NULL, dstat + rows, 1e-5f, NULL)
                       : op < 4 ? rows_act(op == 2 ? ROWS_GELU : ROWS_SWIGLU, dx, NULL)
                                : rows_grad(op == 4 ? ROWS_DGELU : ROWS_DSWIGLU, dx, dx + n);
+        if (op >= 4) src.out = dout;
         for (int fi = 0; fi < 2; fi++) {
             Format f = fi ? FMT_E4M3 : FMT_E2M1;
             if (op < 4) quantize_rows(dc, NULL, ds, &src, rows, cols, f, 0, 0);
@@ -214,11 +217,18 @@ static void test_fused_sources(uint64_t seed) {
             for (int r = 0; r < rows; r++) { e = fmax(e, fabs(st[rows + r] - rstd[r]) / rstd[r]); if (op == 0) e = fmax(e, fabs(st[r] - mean[r]) / 2.0); }
             CHECK(e <= 1e-5, "fused %s statistics error %.3g", names[op], e);
         }
+        if (op >= 4) {  // BF16 rounding, 2^-9 of the value, and FP32's error (absolute where the derivative cancels)
+            cuda_download(hout, dout, n * sizeof(bf16));
+            double e = 0.0;
+            for (size_t i = 0; i < n; i++) e = fmax(e, fabs(__bfloat162float(hout[i]) - y[i]) / (0x1p-8 * fabs(y[i]) + 1e-5));
+            CHECK(e <= 1.0, "fused %s: its BF16 copy at %.3g of the bound (2^-8 of the value + 1e-5)", names[op], e);
+            printf("fused %s: BF16 copy for OCC at %.2f of the bound\n", names[op], e);
+        }
     }
     cuda_free(dx, 2 * n * sizeof(bf16)); cuda_free(dw, 2 * cols * sizeof(bf16)); cuda_free(ds, rows * sizeof(float));
     cuda_free(dstat, 2 * rows * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n); cuda_free(dst, cols * sizeof(float));
-    cuda_free(amax, cols * sizeof(unsigned));
-    free(hx); free(hw); free(x); free(w); free(y); free(codes); free(scales); free(gs); free(gc);
+    cuda_free(amax, cols * sizeof(unsigned)); cuda_free(dout, n * sizeof(bf16));
+    free(hx); free(hw); free(x); free(w); free(y); free(codes); free(scales); free(gs); free(gc); free(hout);
 }
 
 // OCC (SPEC.md 4): bounds, codes, scales and residuals of random BF16 rows with planted outliers
@@ -276,7 +286,7 @@ static void test_occ(uint64_t seed) {
                           (int *)cuda_malloc(cap * rows * sizeof(int)), (float *)cuda_malloc(cap * rows * sizeof(float)) };
         size_t np = occ_items_max(&plan, rows) * M;
         float *partial = (float *)cuda_malloc(np * sizeof(float));
-        int *bcount = (int *)cuda_malloc((size_t)ceil_div(rows, OCC_RB) * K * sizeof(int));
+        int *bcount = (int *)cuda_malloc(occ_count_ints(rows, K) * sizeof(int));
         cuda_upload(dx, hx, n * sizeof(bf16));
         cuda_upload(dw, hw, (size_t)M * K * sizeof(bf16));
         cuda_upload(dg, hg, (size_t)rows * M * sizeof(bf16));
@@ -332,8 +342,7 @@ static void test_occ(uint64_t seed) {
                 cuda_upload(ddw, dw0, (size_t)M * K * sizeof(float));
                 CUDA_CHECK(cudaMemset(oc.row, 0xff, cap * rows * sizeof(int)));
                 occ_transpose(&oc, &o, rows, bcount, 0);
-                RowSource g = rows_plain(dg);
-                occ_compensate_grad(ddw, &oc, &plan, &g, rows, M, K, dw, dsw, FMT_E2M1, dge ? 5.0f : 0.0f, partial, 0);
+                occ_compensate_grad(ddw, &oc, &plan, dg, rows, M, K, dw, dsw, FMT_E2M1, dge ? 5.0f : 0.0f, partial, 0);
                 cuda_download(rep ? dw2 : dw1, ddw, (size_t)M * K * sizeof(float));
             }
             for (size_t i = 0; i < (size_t)M * K; i++) same &= f32_bits(dw1[i]) == f32_bits(dw2[i]);
@@ -363,7 +372,7 @@ static void test_occ(uint64_t seed) {
         cuda_free(o.slot_val, cap * rows * sizeof(float)); cuda_free(oc.start, (K + 1) * sizeof(int));
         cuda_free(oc.item_start, (K + 1) * sizeof(int)); cuda_free(partial, np * sizeof(float));
         cuda_free(oc.row, cap * rows * sizeof(int)); cuda_free(oc.val, cap * rows * sizeof(float));
-        cuda_free(bcount, (size_t)ceil_div(rows, OCC_RB) * K * sizeof(int));
+        cuda_free(bcount, occ_count_ints(rows, K) * sizeof(int));
         free(hx); free(hw); free(hg); free(hy); free(x); free(xc); free(res); free(got); free(codes); free(scales); free(gs);
         free(sv); free(sc); free(gb); free(gc); free(yo); free(sw); free(dw0); free(dw1); free(dw2); free(sorted);
     }
@@ -372,7 +381,7 @@ static void test_occ(uint64_t seed) {
 // --quant-stats on the GPU: the error of codes the GPU made (an activation with and without OCC,
 // a gradient with folded column scales) and the weight gradient's norms with DGE, from the GPU's
 // FP64 sums, against quant_error and FP64 loops on the CPU over the same codes. The same values
-// summed in another order: within 1e-9 relative; the clamped count exact.
+// summed in another order: within 1e-9 relative (the DGE norms 1e-6: see there); the clamped count exact.
 static double rel(double a, double b) { return a == b ? 0.0 : fabs(a - b) / fmax(fabs(a), fabs(b)); }
 static double qerr_diff(QErr a, QErr b) { return fmax(fmax(rel(a.cos, b.cos), rel(a.mse, b.mse)), rel(a.snr_db, b.snr_db)); }
 
@@ -455,8 +464,10 @@ static void test_telemetry(uint64_t seed) {
         raw += (double)dw[i] * dw[i]; dge += (double)c * c;
     }
     double e_dge = fmax(rel(hs[QS_DW], raw), rel(hs[QS_DW + 1], dge));
-    CHECK(e_plain <= 1e-9 && e_occ <= 1e-9 && e_grad <= 1e-9 && e_dge <= 1e-9, "telemetry: GPU vs CPU, relative: activation %.2g, with "
-          "OCC %.2g, gradient %.2g, DGE norms %.2g (bound 1e-9)", e_plain, e_occ, e_grad, e_dge);
+    // the DGE factor's powf is CUDA's on one side, libm's on the other, up to 4 ulp apart (CUDA's bound):
+    // a factor may move by 2.4e-7, its square by 4.8e-7 (one run saw 1.7e-9 overall)
+    CHECK(e_plain <= 1e-9 && e_occ <= 1e-9 && e_grad <= 1e-9 && e_dge <= 1e-6, "telemetry: GPU vs CPU, relative: activation %.2g, with "
+          "OCC %.2g, gradient %.2g (bound 1e-9), DGE norms %.2g (bound 1e-6)", e_plain, e_occ, e_grad, e_dge);
     printf("telemetry %dx%d: cos / MSE / SNR of the GPU's codes (E2M1 activation, with OCC and with its clamp alone, E4M3 "
            "gradient) and the DGE norms within %.1e of the CPU's; %ld clamped, counted exactly; SNR %.2f dB compensated, %.2f "
            "clamped only\n", rows, K, fmax(fmax(e_plain, e_occ), fmax(e_grad, e_dge)), clamped, comp.snr_db, clamp.snr_db);
