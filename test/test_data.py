@@ -236,6 +236,33 @@ def text_files_streaming_split_matches_whole_file():
         assert len(docs) > 50 and all(d.endswith("\n\n") and "\n\n" not in d[:-2] for d in docs[:-1])
 
 
+@test
+def text_files_long_documents_cut_at_line_ends():
+    """A document longer than the cap leaves in pieces of at most cap characters that end at
+    line ends (a longer line at the cap), and nothing is lost; cap 0 keeps it whole."""
+    _, tf = modules()
+    doc = "".join(f"line {i} " + "x" * (i % 23) + "\n" for i in range(400)) + "y" * 250 + "\nend"
+    for cap in (0, 100, 64, 7, len(doc), len(doc) - 1):
+        got = list(tf.pieces(doc, cap))
+        assert "".join(got) == doc, cap
+        if cap == 0 or cap >= len(doc):
+            assert got == [doc], cap
+            continue
+        assert all(len(p) <= cap for p in got), cap
+        for p, nxt in zip(got, got[1:]):  # a cut before a line end only where the line is too long
+            assert p.endswith("\n") or ("\n" not in p and len(p) == cap), (cap, p, nxt)
+    with tempfile.TemporaryDirectory() as tmp:
+        text, src = sample_text(tmp)
+        out, log = run_text_files(tmp, [src], "cut", "--doc-sep", "file", "--max-doc-chars", 4000, "--val-fraction", 0.1,
+                                  "--shuffle-window", 0)
+        docs = split_docs(check_shard_file(out / "sh_val_000000.bin")) + split_docs(check_shard_file(out / "sh_train_000001.bin"))
+        enc = encoder()
+        texts = [enc.decode([int(t) for t in d]) for d in docs]
+        assert len(texts) >= len(text) // 4000 and all(len(t) <= 4000 for t in texts), [len(t) for t in texts]
+        assert sorted(texts) == sorted(tf.pieces(text, 4000))
+        assert "pieces of at most 4000 characters" in log, log
+
+
 def run_text_files(tmp, inputs, out_name, *opts):
     out = Path(tmp) / out_name
     log = run_script("text_files.py", *inputs, "-o", out, "-n", "sh",
@@ -308,7 +335,7 @@ def text_files_script():
         assert enc.decode([int(t) for t in train]) == "<|endoftext|>" + text[half:]
 
         # a single document cannot make both splits: an error, not an empty train split
-        log = run_script("text_files.py", src, "-o", Path(tmp) / "one", "--doc-sep", "file",
+        log = run_script("text_files.py", src, "-o", Path(tmp) / "one", "--doc-sep", "file", "--max-doc-chars", 0,
                          "--tiktoken", shared_file("gpt2.tiktoken"), expect_rc=1)
         assert "train split would be empty" in log, log
         assert not (Path(tmp) / "one").exists()
