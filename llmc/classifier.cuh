@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(CLASSIFIER_THREADS) classifier_kernel(bf16 *lo
             float p = i + k < V ? expf(v[k] - m) * inv : 0.0f;
             v[k] = (p - (i + k == t ? 1.0f : 0.0f)) * dloss;
         }
-        store8(lg + i, v);
+        store_bf16<8>(lg + i, v);
     }
 }
 

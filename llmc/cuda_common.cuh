@@ -1,5 +1,5 @@
 // defines: CUDA_CHECK, CUBLAS_CHECK, bf16, ceil_div, cuda_malloc, cuda_free, cuda_peak_bytes,
-//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, sum_rows, load8, store8
+//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, sum_rows, load8, store_bf16
 // What every CUDA file of the project needs: error checks that end the run with one line, the
 // BF16 type, and a deterministic block reduction.
 #ifndef LLMC_CUDA_COMMON_CUH
@@ -70,11 +70,12 @@ __device__ inline void load8(float *f, const bf16 *p) {
     const __nv_bfloat162 *h = (const __nv_bfloat162 *)&raw;
     for (int k = 0; k < 4; k++) { float2 v = __bfloat1622float2(h[k]); f[2 * k] = v.x; f[2 * k + 1] = v.y; }
 }
-__device__ inline void store8(bf16 *p, const float *f) {
-    uint4 raw;
-    __nv_bfloat162 *h = (__nv_bfloat162 *)&raw;
-    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    *(uint4 *)p = raw;
+// W (8 or 4) floats as BF16 in one 16- or 8-byte access (p aligned to it)
+template <int W> __device__ inline void store_bf16(bf16 *p, const float *f) {
+    alignas(16) __nv_bfloat162 h[W / 2];
+    for (int k = 0; k < W / 2; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    if constexpr (W == 8) *(uint4 *)p = *(const uint4 *)h;
+    else *(uint2 *)p = *(const uint2 *)h;
 }
 
 // out[c] += sum_r partial[r, c] over a (rows, cols) matrix of partial sums, rows ld apart: a

@@ -29,7 +29,7 @@ __global__ void norm_forward_kernel(bf16 *out, float *mean, float *rstd, const b
         load8(v, x + i); load8(wv, w + i);
         if (b) load8(bv, b + i);
         for (int k = 0; k < 8; k++) v[k] = (v[k] - s) * r * wv[k] + (b ? bv[k] : 0.0f);
-        store8(o + i, v);
+        store_bf16<8>(o + i, v);
     }
     if (lane == 0) { if (mean) mean[row] = s; rstd[row] = r; }
 }
@@ -54,7 +54,7 @@ __global__ void norm_backward_kernel(bf16 *dinp, float *partial, const bf16 *dou
             float old[8];
             load8(xv, x + i); load8(dv, dy + i); load8(wv, w + i); load8(old, dx + i);
             for (int k = 0; k < 8; k++) old[k] += (wv[k] * dv[k] - dmean - (xv[k] - mu) * r * dnn) * r;
-            store8(dx + i, old);
+            store_bf16<8>(dx + i, old);
         }
     }
     for (int c = threadIdx.x; c < C; c += blockDim.x) {

@@ -43,7 +43,7 @@ typedef struct {
 #define QROWS 32        // rows per block
 #define QTHREADS 256    // at most, per block
 
-// W (8 or 4) BF16 values in one 16- or 8-byte access, as floats
+// W (8 or 4) BF16 values in one 16- or 8-byte access
 template <int W> struct Pack;
 template <> struct Pack<8> { uint4 u; };
 template <> struct Pack<4> { uint2 u; };
@@ -55,12 +55,6 @@ template <int W> __device__ inline Pack<W> pack_load(const bf16 *p) {
 template <int W> __device__ inline void pack_floats(float *f, Pack<W> r) {
     const __nv_bfloat162 *h = (const __nv_bfloat162 *)&r.u;
     for (int k = 0; k < W / 2; k++) { float2 v = __bfloat1622float2(h[k]); f[2 * k] = v.x; f[2 * k + 1] = v.y; }
-}
-template <int W> __device__ inline void pack_store(bf16 *p, const float *f) {
-    Pack<W> r;
-    __nv_bfloat162 *h = (__nv_bfloat162 *)&r.u;
-    for (int k = 0; k < W / 2; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    *(decltype(r.u) *)p = r.u;
 }
 
 // A source's values come in two steps, so a kernel can issue the loads of many rows before it
@@ -317,7 +311,7 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
                 for (int k = 0; k < 4; k++) u[k] = v[k] * cs[h][k];
                 q[h][0][i] = quant4<FP4>(u, &s_q[j], 0, qr);
                 if (codes && r0 + j < rows) *(uint32_t *)(codes + (size_t)(r0 + j) * cols + h * half + c) = q[h][0][i];
-                if (OP >= ROWS_DGELU && in.out && r0 + j < rows) pack_store<4>(in.out + (size_t)(r0 + j) * cols + h * half + c, v);
+                if (OP >= ROWS_DGELU && in.out && r0 + j < rows) store_bf16<4>(in.out + (size_t)(r0 + j) * cols + h * half + c, v);
                 if (COLS) {
                     for (int k = 0; k < 4; k++) u[k] = v[k] * s_rs[j];
                     q[h][1][i] = quant4<FP4>(u, ts[h], 1, qr);
