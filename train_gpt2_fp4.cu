@@ -83,7 +83,7 @@ typedef struct {                 // reused layer after layer
     fp8 *wcodes_t;               // (maxK, maxM) a layer's weight codes, transposed for dgrad
     unsigned *amax;              // (maxM) column absmax scratch
     float2 *occ_bounds;          // (N) OCC: each row's clamp bounds
-    int *occ_col;                // (N, maxcap) each row's outliers: input column, residual
+    int *occ_col;                // (maxcap, N) each row's outliers: input column, residual
     float *occ_val;
     int *occ_bcount;             // (occ_count_ints(N, maxK)) counts of R's transposition
     float *occ_partial;          // (max items, maxM) the compensation gradient's partial sums

@@ -11,8 +11,8 @@
 // values above it go to shared memory, where a bisection on the bits of their order-preserving
 // keys finds the exact k-th, and one counting pass its neighbour (the quantile interpolates the
 // two). (More than OCC_CAND above it: both count over the whole row instead; slower, same answer.)
-// Compensation: R's entries are listed per row (the forward: a group of lanes per row, a tile of
-// W's rows transposed in shared memory) and, after a deterministic counting sort, per column (the
+// Compensation: R's entries are listed per row (the forward: a thread per row, a tile of W's
+// rows transposed in shared memory) and, after a deterministic counting sort, per column (the
 // backward: a block per run of up to OCC_CH entries of a column gathers G's rows; outliers
 // concentrate in a few channels, so a column may hold one entry per row). G is BF16: a
 // nonlinearity's gradient (dGELU, dSwiGLU) comes materialized by quantize_grad's codes pass, once,
@@ -55,8 +55,8 @@ static OccPlan occ_plan(int cols, float alpha) {
 typedef struct {
     OccPlan plan;
     float2 *bounds;      // (rows) each row's [lo, hi]
-    int *slot_col;       // (rows, cap) each row's outliers: input column and residual, the row's
-    float *slot_val;     // entries first, then zeros
+    int *slot_col;       // (cap, rows) each row's outliers: input column and residual, the row's
+    float *slot_val;     // entries first, then zeros (entry-major: a thread per row reads coalesced)
 } Occ;
 
 // R by input column, kept per layer for the backward: column k's entries (rows ascending) are
@@ -211,76 +211,48 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
             float res = live ? v[j] - fminf(fmaxf(v[j], lo), hi) : 0.0f;
             unsigned b = __ballot_sync(0xffffffffu, res != 0.0f);
             int i = nout + __popc(b & below);
-            if (res != 0.0f && i < p.cap) { o.slot_col[(size_t)r * p.cap + i] = c + j; o.slot_val[(size_t)r * p.cap + i] = res; }
+            if (res != 0.0f && i < p.cap) { o.slot_col[(size_t)i * rows + r] = c + j; o.slot_val[(size_t)i * rows + r] = res; }
             nout += __popc(b);
         }
     }
-    for (int i = nout + lane; i < p.cap; i += 32) { o.slot_col[(size_t)r * p.cap + i] = 0; o.slot_val[(size_t)r * p.cap + i] = 0.0f; }
+    for (int i = nout + lane; i < p.cap; i += 32) { o.slot_col[(size_t)i * rows + r] = 0; o.slot_val[(size_t)i * rows + r] = 0.0f; }
 }
 
-// lane q's two entries of row n: slots q and width + q (zeros past cap)
-__device__ inline void occ_entries2(int *k, float *r, const int *slot_col, const float *slot_val, int n, int cap, int q, int width) {
-    for (int h = 0; h < 2; h++) {
-        int e = h * width + q;
-        k[h] = e < cap ? slot_col[(size_t)n * cap + e] : 0;
-        r[h] = e < cap ? slot_val[(size_t)n * cap + e] : 0.0f;
-    }
-}
-
-// y (rows, M) += R W^T, W (M, K) BF16. A block takes MT outputs, their weights in shared memory
-// as (K, MT / 2) pairs (W[j, k], W[j + 1, k]); a group of MT / 2 lanes takes a row, each lane two
-// outputs, and walks the row's entries, broadcast in the group: the lanes read consecutive words
-// of one k, without bank conflicts. (A thread per row, each reading the weights of its own k's,
-// had up to 8-way conflicts: 5.7 ms a step at GPT-2 124M, 8k tokens, for ~0.8 G products.) The
-// sums run over a row's entries in slot order, as the CPU's.
+// y (rows, M) += R W^T, W (M, K) BF16. A block: MT outputs, their weights transposed in shared
+// memory (K, MT); a thread per row, over the row's outliers.
 template <int MT>
 __global__ void __launch_bounds__(256) occ_compensate_kernel(bf16 *y, const int *slot_col, const float *slot_val, int cap,
                                                              const bf16 *W, int rows, int M, int K) {
-    constexpr int LR = MT / 2;  // lanes per row
     extern __shared__ __align__(16) unsigned char smem[];
-    __nv_bfloat162 *ws = (__nv_bfloat162 *)smem;  // (K, LR)
+    bf16 *ws = (bf16 *)smem;
     int j0 = blockIdx.x * MT;
-    for (int i = threadIdx.x; i < LR * (K / 8); i += blockDim.x) {  // a thread per pair and 8 k's, pairs fastest
-        int q = i % LR, k = i / LR * 8;
-        float a[8], b[8];
-        load8(a, W + (size_t)(j0 + 2 * q) * K + k);
-        load8(b, W + (size_t)(j0 + 2 * q + 1) * K + k);
-        for (int u = 0; u < 8; u++) ws[(k + u) * LR + q] = __floats2bfloat162_rn(a[u], b[u]);
-    }
+    for (int i = threadIdx.x; i < MT * K; i += blockDim.x) ws[(i % K) * MT + i / K] = W[(size_t)(j0 + i / K) * K + i % K];
     __syncthreads();
-    int lane = threadIdx.x % 32, q = lane % LR, step = gridDim.y * blockDim.x / LR;
-    unsigned group = LR == 32 ? 0xffffffffu : ((1u << LR) - 1u) << (lane / LR * LR);
-    // a lane holds two entries of its row (the q-th and the (LR + q)-th) and loads the next row's
-    // while it works: a row's entries take one load's latency, not two in a row
-    int n = (blockIdx.y * blockDim.x + threadIdx.x) / LR, kq[2];
-    float rq[2];
-    if (n < rows) occ_entries2(kq, rq, slot_col, slot_val, n, cap, q, LR);
-    for (; n < rows; n += step) {
-        int kc[2] = { kq[0], kq[1] };
-        float rc[2] = { rq[0], rq[1] };
-        if (n + step < rows) occ_entries2(kq, rq, slot_col, slot_val, n + step, cap, q, LR);
-        __nv_bfloat162 *yp = (__nv_bfloat162 *)(y + (size_t)n * M + j0) + q;
-        float2 old = __bfloat1622float2(*yp);
-        float acc0 = 0.0f, acc1 = 0.0f;
-        for (int e0 = 0; e0 < cap; e0 += LR) {
-            int kv = e0 == 0 ? kc[0] : kc[1];
-            float rv = e0 == 0 ? rc[0] : rc[1];
-            if (e0 >= 2 * LR) {  // past the two held (rows wider than 2 LR outliers)
-                kv = e0 + q < cap ? slot_col[(size_t)n * cap + e0 + q] : 0;
-                rv = e0 + q < cap ? slot_val[(size_t)n * cap + e0 + q] : 0.0f;
+    for (int n = blockIdx.y * blockDim.x + threadIdx.x; n < rows; n += gridDim.y * blockDim.x) {
+        float acc[MT], wv[MT], rv[8];
+        int col[8], any = 0;
+        for (int t = 0; t < MT; t++) acc[t] = 0.0f;
+        for (int i0 = 0; i0 < cap; i0 += 8) {  // 8 slots' loads in flight, then their products
+            for (int u = 0; u < 8; u++) {
+                size_t i = (size_t)min(i0 + u, cap - 1) * rows + n;
+                rv[u] = i0 + u < cap ? slot_val[i] : 0.0f;
+                col[u] = slot_col[i];
             }
-            int t = 0;
-            for (; t < LR && e0 + t < cap; t++) {
-                float r = __shfl_sync(group, rv, t, LR);
-                int k = __shfl_sync(group, kv, t, LR);
-                if (r == 0.0f) break;  // a row's entries come first (the whole group sees the same r)
-                float2 w = __bfloat1622float2(ws[k * LR + q]);
-                acc0 = fmaf(r, w.x, acc0);
-                acc1 = fmaf(r, w.y, acc1);
+            if (rv[0] == 0.0f) break;  // a row's entries come first
+            any = 1;
+            for (int u = 0; u < 8; u++) {
+                if (rv[u] == 0.0f) continue;
+                for (int t = 0; t < MT; t += 8) load8(wv + t, ws + col[u] * MT + t);
+                for (int t = 0; t < MT; t++) acc[t] = fmaf(rv[u], wv[t], acc[t]);
             }
-            if (t < LR) break;
         }
-        *yp = __floats2bfloat162_rn(old.x + acc0, old.y + acc1);
+        if (!any) continue;
+        bf16 *yr = y + (size_t)n * M + j0;
+        for (int t = 0; t < MT; t += 8) {
+            load8(wv, yr + t);
+            for (int u = 0; u < 8; u++) wv[u] += acc[t + u];
+            store8(yr + t, wv);
+        }
     }
 }
 
@@ -292,7 +264,7 @@ __global__ void occ_count_kernel(int *bcount, const int *slot_col, const float *
     __syncthreads();
     int r0 = blockIdx.x * OCC_RB, nr = min(OCC_RB, rows - r0);
     for (int e = threadIdx.x; e < cap * nr; e += blockDim.x) {
-        size_t i = (size_t)r0 * cap + e;
+        size_t i = (size_t)(e / nr) * rows + r0 + e % nr;
         if (slot_val[i] != 0.0f) atomicAdd(&cnt[slot_col[i]], 1);
     }
     __syncthreads();
@@ -360,9 +332,9 @@ __global__ void occ_place_kernel(int *crow, float *cval, const int *start, const
     __syncwarp();
     for (int n = blockIdx.x * OCC_RB; n < min(rows, (int)(blockIdx.x + 1) * OCC_RB); n++) {
         for (int i = threadIdx.x; i < cap; i += 32) {
-            float v = slot_val[(size_t)n * cap + i];
+            float v = slot_val[(size_t)i * rows + n];
             if (v == 0.0f) continue;
-            int pos = next[slot_col[(size_t)n * cap + i]]++;
+            int pos = next[slot_col[(size_t)i * rows + n]]++;
             crow[pos] = n;
             cval[pos] = v;
         }
@@ -441,28 +413,24 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
     rows_codes(codes, codes_t, scales, src, o->bounds, rows, cols, f, st);
 }
 
-// y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights. Outputs per block:
-// as many as W's tile (K, mt) leaves in shared memory, so that each entry broadcast feeds many
-// products; as many blocks as fit on the GPU at once (one wave).
+// y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights
 static void occ_compensate(bf16 *y, const Occ *o, const bf16 *W, int rows, int M, int K, cudaStream_t st) {
-    const size_t max_smem = 200 * 1024;
-    int v = 0;
-    while (v < 2 && (M % (64 >> v) != 0 || (size_t)K * (64 >> v) * sizeof(bf16) > max_smem)) v++;
-    int mt = 64 >> v;
+    if (M % 16 != 0 || K != o->plan.cols) die("occ_compensate: %d outputs (a multiple of 16 needed), %d inputs vs %d", M, K, o->plan.cols);
+    // outputs per block: wide, so that each residual entry loaded feeds many products, as far as
+    // W's tile (K, mt) fits in shared memory
+    int v = K <= 1024 && M % 32 == 0 ? 0 : K <= 3072 ? 1 : 2, mt = 32 >> v;
     size_t smem = (size_t)K * mt * sizeof(bf16);
-    if (M % mt != 0 || K % 8 != 0 || K != o->plan.cols || smem > max_smem)
-        die("occ_compensate: %d outputs (a multiple of 16 needed), %d inputs (a multiple of 8, at most %zu; the plan's %d)", M, K,
-            max_smem / (16 * sizeof(bf16)), o->plan.cols);
+    if (smem > 200 * 1024) die("occ_compensate: %d inputs do not fit in shared memory", K);
     void (*const kernels[])(bf16 *, const int *, const float *, int, const bf16 *, int, int, int) = {
-        occ_compensate_kernel<64>, occ_compensate_kernel<32>, occ_compensate_kernel<16> };
+        occ_compensate_kernel<32>, occ_compensate_kernel<16>, occ_compensate_kernel<8> };
     static int opted_in[3];  // the shared-memory opt-in, once per kernel
     if (!opted_in[v]) {
-        CUDA_CHECK(cudaFuncSetAttribute(kernels[v], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)max_smem));
+        CUDA_CHECK(cudaFuncSetAttribute(kernels[v], cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
         opted_in[v] = 1;
     }
-    int tiles = M / mt, per_sm = max(1, min(8, (int)((228 * 1024) / (smem + 1024)))), rows_per_block = 256 / (mt / 2);
-    int runs = max(1, min(ceil_div(rows, rows_per_block), per_sm * sm_count() / tiles));
-    kernels[v]<<<dim3(tiles, runs), 256, smem, st>>>(y, o->slot_col, o->slot_val, o->plan.cap, W, rows, M, K);
+    void (*kernel)(bf16 *, const int *, const float *, int, const bf16 *, int, int, int) = kernels[v];
+    int tiles = M / mt, runs = max(1, min(ceil_div(rows, 256), ceil_div(2 * sm_count(), tiles)));
+    kernel<<<dim3(tiles, runs), 256, smem, st>>>(y, o->slot_col, o->slot_val, o->plan.cap, W, rows, M, K);
     CUDA_CHECK(cudaGetLastError());
 }
 

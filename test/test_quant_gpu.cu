@@ -307,7 +307,7 @@ static void test_occ(uint64_t seed) {
             qsort(sorted, K, sizeof(float), cmp_float);
             bad_b += f32_bits(gb[r].x) != f32_bits(row_quantile(sorted, K, 1.0 - (double)alpha));
             bad_b += f32_bits(gb[r].y) != f32_bits(row_quantile(sorted, K, (double)alpha));
-            for (size_t i = r * cap; i < (r + 1) * cap; i++) if (sv[i] != 0.0f) got[(size_t)r * K + sc[i]] += sv[i];
+            for (size_t i = 0; i < cap; i++) if (sv[i * rows + r] != 0.0f) got[(size_t)r * K + sc[i * rows + r]] += sv[i * rows + r];
         }
         for (size_t i = 0; i < n; i++) bad_r += f32_bits(got[i]) != f32_bits(res[i]);
         CHECK(bad_b == 0 && bad_r == 0, "occ %dx%d alpha %g: %d bounds, %d residuals differ from the CPU", rows, K, alpha, bad_b, bad_r);
