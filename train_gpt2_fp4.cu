@@ -68,31 +68,29 @@ typedef struct {
     float *occ_val[NUM_LINEARS]; // (L, cap * N)
 } Acts;
 
-typedef struct {                 // reused layer after layer
-    bf16 *dqkv;                  // (N, QKV)
-    bf16 *dres;                  // (N, C) gradient of the residual stream
-    bf16 *dln;                   // (N, C)
-    bf16 *datty;                 // (N, C)
-    bf16 *dfch;                  // (N, FF) fc's output gradient: a bf16 fc's, or the one fc's quantizer makes for
-                                 // OCC's compensation (none otherwise: the quantizer applies the derivative)
-    bf16 *dfch_act;              // (N, F)
+// Reused layer after layer. (F): used by the blocks' forward only, (B): by their backward only;
+// both sets live in the logits' memory, free before the LM head's forward and after its dgrad.
+typedef struct {
+    bf16 *dln;                   // (N, C) the LM head's dgrad, then each norm's output gradient
     float *partial;              // column-sum and norm partials; the gradient-norm partials
-    fp8 *xcodes;                 // (N, maxK) input codes for the forward GEMM
-    fp8 *gcodes, *gcodes_t;      // (N, maxM) output-gradient codes per token, for dgrad; (maxM, N) per output, for wgrad
-    float *gscales, *gscales_t;  // (N), (maxM) their scales
-    fp8 *wcodes_t;               // (maxK, maxM) a layer's weight codes, transposed for dgrad
-    unsigned *amax;              // (maxM) column absmax scratch
-    float2 *occ_bounds;          // (N) OCC: each row's clamp bounds
-    int *occ_col;                // (maxcap, N) each row's outliers: input column, residual
+    fp8 *xcodes;                 // (F) (N, maxK) input codes for the forward GEMM
+    fp8 *wcodes;                 // (F) (maxM, maxK) a layer's weight codes for the forward GEMM
+    float2 *occ_bounds;          // (F) (N) OCC: each row's clamp bounds
+    int *occ_col;                // (F) (maxcap, N) each row's outliers: input column, residual
     float *occ_val;
-    int *occ_bcount;             // (occ_count_ints(N, maxK)) counts of R's transposition
-    float *occ_partial;          // (max items, maxM) the compensation gradient's partial sums
+    int *occ_bcount;             // (F) (occ_count_ints(N, maxK)) counts of R's transposition
+    bf16 *dqkv;                  // (B) (N, QKV)
+    bf16 *dres;                  // (B) (N, C) gradient of the residual stream
+    bf16 *datty;                 // (B) (N, C)
+    bf16 *dfch;                  // (B) (N, FF) fc's output gradient: a bf16 fc's, or the one fc's quantizer makes
+                                 // for OCC's compensation (none otherwise: the quantizer applies the derivative)
+    bf16 *dfch_act;              // (B) (N, F)
+    fp8 *gcodes, *gcodes_t;      // (B) (N, maxM) output-gradient codes per token (dgrad), (maxM, N) per output (wgrad)
+    float *gscales, *gscales_t;  // (B) (N), (maxM) their scales
+    fp8 *wcodes_t;               // (B) (maxK, maxM) a layer's weight codes, transposed for dgrad
+    unsigned *amax;              // (B) (maxM) column absmax scratch
+    float *occ_partial;          // (B) (max items, maxM) the compensation gradient's partial sums
 } Scratch;
-
-typedef struct {                 // a quantized linear's weights, made once per optimizer step
-    fp8 *codes;                  // (L, M, K) per output channel
-    float *scales;               // (L, M)
-} QWeight;
 
 typedef struct {
     Config cfg;
@@ -107,10 +105,11 @@ typedef struct {
     float *grads;                 // (parts * shard) averaged over the ranks by the end of the backward
     float *master, *m, *v;        // (hi - lo) this rank's shard: FP32 master weights (or NULL), Adam's moments
     float *rope_cos, *rope_sin;   // (T, hd/2), LLaMA
-    void *wq_mem;                 // the QWeights, in one allocation
-    size_t wq_bytes;
-    QWeight wq[NUM_LINEARS];
-    int wq_stale;                 // weights changed since they were quantized
+    float *wscales_mem;           // the wscales, in one allocation
+    size_t nwscales;
+    float *wscales[NUM_LINEARS];  // (L, M) a quantized linear's weight scales per output channel, once per optimizer
+                                  // step (the codes are made per layer when a GEMM needs them)
+    int wq_stale;                 // weights changed since their scales were taken
     int qstats;                   // --quant-stats: the running forward + backward adds to qsums
     double *qsums;                // (L, NUM_LINEARS, QS_N) the quantized linears' telemetry sums
     float *ones;                  // (nones) unit scales, for GEMM operands that are exact codes
@@ -231,26 +230,18 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     m->rope_sin = m->rope_cos + (size_t)c->T * hd / 2;
     cuda_upload(m->rope_cos, cs, (size_t)c->T * hd * sizeof(float));
     free(cs);
-    // the quantized linears' weight codes and scales
-    size_t bytes = 0, wo[NUM_LINEARS];
+    // the quantized linears' weight scales
+    size_t wo[NUM_LINEARS];
     int maxMK = 0;
+    m->nwscales = 0;
     for (int l = 0; l < NUM_LINEARS; l++) {
         int M, K; linear_dims(c, l, &M, &K);
         if (M + K > maxMK) maxMK = M + K;
-        wo[l] = bytes;
-        if (quantized(m, l)) bytes += (((size_t)c->L * M * K + 255) / 256 + ((size_t)c->L * M * 4 + 255) / 256) * 256;
+        wo[l] = m->nwscales;
+        if (quantized(m, l)) m->nwscales += (size_t)c->L * M;
     }
-    if (bytes > 0) {
-        m->wq_mem = cuda_malloc(bytes);
-        m->wq_bytes = bytes;
-        for (int l = 0; l < NUM_LINEARS; l++) {
-            if (!quantized(m, l)) continue;
-            int M, K; linear_dims(c, l, &M, &K);
-            size_t mk = (size_t)c->L * M * K;
-            m->wq[l].codes = (fp8 *)m->wq_mem + wo[l];
-            m->wq[l].scales = (float *)(m->wq[l].codes + (mk + 255) / 256 * 256);
-        }
-    }
+    m->wscales_mem = m->nwscales ? (float *)cuda_malloc(m->nwscales * sizeof(float)) : NULL;
+    for (int l = 0; l < NUM_LINEARS; l++) m->wscales[l] = quantized(m, l) ? m->wscales_mem + wo[l] : NULL;
     m->nones = maxMK;
     m->ones = (float *)cuda_malloc(maxMK * sizeof(float));
     float *ones = (float *)malloc_check(maxMK * sizeof(float));
@@ -285,7 +276,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
         if ((size_t)K > maxK) maxK = K;
         if (quantized(m, l) && N % 16 != 0) die("FP8/FP4 linears need B * T to be a multiple of 16 (it is %zu)", N);
     }
-    size_t partial = (N / 64 + 1) * (Vp > maxM ? Vp : maxM);
+    size_t partial = (N / 64 + 1) * maxM;  // column_sum's, for the biases of linears
     if ((N / NORM_ROWS + 1) * 2 * C > partial) partial = (N / NORM_ROWS + 1) * 2 * C;
     if ((N / QROWS + 1) * maxM > partial) partial = (N / QROWS + 1) * maxM;
     if (partial < SUMSQ_BLOCKS + 1) partial = SUMSQ_BLOCKS + 1;
@@ -293,9 +284,13 @@ static void model_alloc_acts(Model *m, int B, int T) {
     size_t Lqkv = quantized(m, LIN_QKV) ? 0 : L, Lfc = quantized(m, LIN_FC) ? 0 : L, Lproj = quantized(m, LIN_FCPROJ) ? 0 : L;
     int anyq = 0;
     size_t maxcap = 0, maxpartial = 0;
-    struct { void **ptr; size_t bytes; } a[64];
+    // buffers at offsets of one allocation; SHARE() starts another layout of the shared span
+    // [lo, hi), laid out again from lo
+    struct { void **ptr; size_t off; } a[64];
     int na = 0;
-#define BUF(p, count) (a[na].ptr = (void **)&(p), a[na].bytes = ((count) * sizeof(*(p)) + 255) / 256 * 256, na++)
+    size_t at = 0, lo = 0, hi = 0;
+#define BUF(p, count) (a[na].ptr = (void **)&(p), a[na].off = at, at += ((count) * sizeof(*(p)) + 255) / 256 * 256, na++)
+#define SHARE() (hi = at > hi ? at : hi, at = lo)
     Acts *x = &m->acts;
     BUF(x->encoded, N * C);
     BUF(x->ln1, Lqkv * N * C); BUF(x->ln1_mean, L * N); BUF(x->ln1_rstd, L * N);
@@ -303,7 +298,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     BUF(x->ln2, Lfc * N * C); BUF(x->ln2_mean, L * N); BUF(x->ln2_rstd, L * N);
     BUF(x->fch, L * N * FF); BUF(x->fch_act, Lproj * N * F); BUF(x->res3, L * N * C);
     BUF(x->lnf, N * C); BUF(x->lnf_mean, N); BUF(x->lnf_rstd, N);
-    BUF(x->logits, N * Vp); BUF(x->losses, N);
+    BUF(x->losses, N);
     for (int l = 0; l < NUM_LINEARS; l++) {
         if (!quantized(m, l)) { x->xq[l] = NULL; x->xs[l] = NULL; continue; }
         int M, K; linear_dims(c, l, &M, &K);
@@ -316,23 +311,30 @@ static void model_alloc_acts(Model *m, int B, int T) {
         BUF(x->occ_row[l], L * cap * N); BUF(x->occ_val[l], L * cap * N);
     }
     Scratch *s = &m->s;
-    BUF(s->dqkv, N * QKV);
+    BUF(s->dln, N * C); BUF(s->partial, partial);
+    // the logits live from the LM head's forward to its dgrad: the blocks' forward scratch before,
+    // their backward scratch after, in the same memory
+    lo = at;
+    BUF(x->logits, N * Vp);
+    SHARE();
+    BUF(s->xcodes, anyq ? N * maxK : 0); BUF(s->wcodes, anyq ? maxM * maxK : 0);
+    BUF(s->occ_bounds, maxcap ? N : 0); BUF(s->occ_col, maxcap * N); BUF(s->occ_val, maxcap * N);
+    BUF(s->occ_bcount, maxcap ? occ_count_ints(N, maxK) : 0);
+    SHARE();
     int fc_grad = !quantized(m, LIN_FC) || (occ_on(m, LIN_FC) && m->recipe.occ_comp);
-    BUF(s->dres, N * C); BUF(s->dln, N * C); BUF(s->datty, N * C); BUF(s->dfch, (fc_grad ? N : 0) * FF);
-    BUF(s->dfch_act, N * F); BUF(s->partial, partial);
+    BUF(s->dqkv, N * QKV); BUF(s->dres, N * C); BUF(s->datty, N * C); BUF(s->dfch, (fc_grad ? N : 0) * FF);
+    BUF(s->dfch_act, N * F);
     if (anyq) {
-        BUF(s->xcodes, N * maxK); BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
+        BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
         BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
     }
-    BUF(s->occ_bounds, maxcap ? N : 0); BUF(s->occ_col, maxcap * N); BUF(s->occ_val, maxcap * N);
-    BUF(s->occ_bcount, maxcap ? occ_count_ints(N, maxK) : 0); BUF(s->occ_partial, maxpartial);
+    BUF(s->occ_partial, maxpartial);
+    SHARE();
+#undef SHARE
 #undef BUF
-    size_t total = 0;
-    for (int i = 0; i < na; i++) total += a[i].bytes;
-    m->acts_mem = cuda_malloc(total);
-    m->acts_bytes = total;
-    char *p = (char *)m->acts_mem;
-    for (int i = 0; i < na; i++) { *a[i].ptr = p; p += a[i].bytes; }
+    m->acts_mem = cuda_malloc(hi);
+    m->acts_bytes = hi;
+    for (int i = 0; i < na; i++) *a[i].ptr = (char *)m->acts_mem + a[i].off;
     m->inputs = (int *)cuda_malloc(2 * N * sizeof(int));
     m->targets = m->inputs + N;
     m->buckets = (int *)malloc_check((3 * N + 1) * sizeof(int));
@@ -344,18 +346,17 @@ static void model_alloc_acts(Model *m, int B, int T) {
 // ---------------------------------------------------------------------------------------------
 // a block linear in its recipe's formats (SPEC.md 4)
 
-// the quantized weights of every low-precision linear, per output channel, once per optimizer step
-// (the backward makes each layer's transposed copy when it needs it)
-static void model_quantize_weights(Model *m) {
+// the weight scales of every low-precision linear, per output channel, once per optimizer step;
+// the codes are made from them per layer, in the forward and (transposed) in the backward: all
+// layers' codes would take memory (721 MB at llama:d16) and save only a pass over the weights
+static void model_weight_scales(Model *m) {
     const Config *c = &m->cfg;
     for (int l = 0; l < NUM_LINEARS; l++) {
         if (!quantized(m, l)) continue;
         int M, K; linear_dims(c, l, &M, &K);
-        QWeight *q = &m->wq[l];
         for (int layer = 0; layer < c->L; layer++) {
-            size_t o = (size_t)layer * M * K;
-            RowSource w = rows_plain(PARAM(m, linear_wkind[l]) + o);
-            quantize_rows(q->codes + o, NULL, q->scales + (size_t)layer * M, &w, M, K, m->recipe.lin[l].f.w, m->recipe.tensorwise,
+            RowSource w = rows_plain(PARAM(m, linear_wkind[l]) + (size_t)layer * M * K);
+            quantize_rows(NULL, NULL, m->wscales[l] + (size_t)layer * M, &w, M, K, m->recipe.lin[l].f.w, m->recipe.tensorwise,
                           m->stream);
         }
     }
@@ -392,14 +393,15 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     Occ o = { m->occ[lin], s->occ_bounds, s->occ_col, s->occ_val };
     if (occ_on(m, lin)) occ_quantize_rows(s->xcodes, xq, xs, src, N, f->x, &o, st);
     else quantize_rows(s->xcodes, xq, xs, src, N, K, f->x, m->recipe.tensorwise, st);
-    const QWeight *q = &m->wq[lin];
+    const float *sw = m->wscales[lin] + (size_t)l * M;
+    RowSource w = rows_plain(W);
+    rows_codes(s->wcodes, NULL, sw, &w, NULL, M, K, f->w, st);
     if (m->qstats) {  // the codes against the rows they stand for (OCC: the residual added back)
         double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
-        RowSource w = rows_plain(W);
         quant_error_sums(qs + QS_X, src, s->xcodes, xs, NULL, occ_on(m, lin) ? o.bounds : NULL, m->recipe.occ_comp, N, K, f->x, st);
-        quant_error_sums(qs + QS_W, &w, q->codes + (size_t)l * M * K, q->scales + (size_t)l * M, NULL, NULL, 0, M, K, f->w, st);
+        quant_error_sums(qs + QS_W, &w, s->wcodes, sw, NULL, NULL, 0, M, K, f->w, st);
     }
-    matmul_fp8(pre ? pre : y, CUDA_R_16BF, q->codes + (size_t)l * M * K, fp8_type(f->w), q->scales + (size_t)l * M,
+    matmul_fp8(pre ? pre : y, CUDA_R_16BF, s->wcodes, fp8_type(f->w), sw,
                s->xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
                b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
     if (!occ_on(m, lin) || !m->recipe.occ_comp) return;
@@ -432,7 +434,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
         return;
     }
     const OperandFormats *f = &m->recipe.lin[lin].f;
-    const float *sw = m->wq[lin].scales + (size_t)l * M, *xs = m->acts.xs[lin] + (size_t)l * N;
+    const float *sw = m->wscales[lin] + (size_t)l * M, *xs = m->acts.xs[lin] + (size_t)l * N;
     int comp = occ_on(m, lin) && m->recipe.occ_comp;
     RowSource g = *src;  // OCC's compensation gradient takes a nonlinearity's gradient materialized
     if (comp && g.op != ROWS_PLAIN) g.out = s->dfch;
@@ -442,9 +444,9 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
     if (m->qstats) quant_error_sums(qs + QS_G, src, s->gcodes, s->gscales, sw, NULL, 0, N, M, f->g, st);  // the dgrad operand
     RowSource w = rows_plain(W);
-    // the forward's weight codes, transposed: the codes pass alone, from the scales the forward made
+    // the forward's weight codes, transposed: the codes pass alone, from the step's scales
     check_quantize("the transposed weight codes", f->w, M, K, 1);
-    rows_codes(NULL, s->wcodes_t, m->wq[lin].scales + (size_t)l * M, &w, NULL, M, K, f->w, st);
+    rows_codes(NULL, s->wcodes_t, sw, &w, NULL, M, K, f->w, st);
     matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL, 0.0f,
                NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
     matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),
@@ -473,7 +475,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
             die("token id out of range at position %d", i);
     }
     cudaStream_t st = m->stream;
-    if (m->wq_stale) model_quantize_weights(m);
+    if (m->wq_stale) model_weight_scales(m);
     CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
     if (targets) CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
     m->host_inputs = inputs;
@@ -594,7 +596,7 @@ static void model_apply_dge(Model *m) {
     for (int l = 0; l < NUM_LINEARS; l++) {
         if (!m->recipe.lin[l].dge) continue;
         int M, K; linear_dims(&m->cfg, l, &M, &K);
-        dge_scale(GRAD(m, linear_wkind[l]), PARAM(m, linear_wkind[l]), m->wq[l].scales, m->cfg.L * M, K, m->recipe.lin[l].f.w,
+        dge_scale(GRAD(m, linear_wkind[l]), PARAM(m, linear_wkind[l]), m->wscales[l], m->cfg.L * M, K, m->recipe.lin[l].f.w,
                   m->recipe.dge_k, m->stream);
     }
 }
@@ -633,7 +635,7 @@ static void model_free(Model *m) {
     cuda_free(m->m, own * sizeof(float)); cuda_free(m->v, own * sizeof(float));
     CUDA_CHECK(cudaFreeHost(m->host_norm));
     cuda_free(m->rope_cos, (size_t)m->cfg.T * hd * sizeof(float));
-    if (m->wq_mem) cuda_free(m->wq_mem, m->wq_bytes);
+    if (m->wscales_mem) cuda_free(m->wscales_mem, m->nwscales * sizeof(float));
     cuda_free(m->qsums, (size_t)m->cfg.L * NUM_LINEARS * QS_N * sizeof(double));
     cuda_free(m->ones, m->nones * sizeof(float));
     model_free_acts(m);

@@ -467,8 +467,8 @@ static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowS
 }
 
 // the source's rows quantized per row (tensor: with one scale for all): codes (rows, cols) and / or
-// codes_t (cols, rows), and scales (rows). Two kernels: the row scales (and norm statistics), then
-// the codes.
+// codes_t (cols, rows) (neither: the scales alone), and scales (rows). Two kernels: the row scales
+// (and norm statistics), then the codes.
 static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, int cols, Format f,
                           int tensor, cudaStream_t st) {
     check_quantize("quantize_rows", f, rows, cols, codes_t != NULL);
@@ -477,7 +477,7 @@ static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSour
         row_scales_kernel<ROWS_PLAIN>, row_scales_kernel<ROWS_NORM>, row_scales_kernel<ROWS_GELU>, row_scales_kernel<ROWS_SWIGLU> };
     scale_kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(scales, *src, rows, cols, f);
     if (tensor) broadcast_max((unsigned *)scales, rows, st);
-    rows_codes(codes, codes_t, scales, src, NULL, rows, cols, f, st);
+    if (codes || codes_t) rows_codes(codes, codes_t, scales, src, NULL, rows, cols, f, st);
 }
 
 // A gradient g from src (PLAIN, DGELU or DSWIGLU), (rows, cols), in two passes: codes (rows, cols)

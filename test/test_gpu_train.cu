@@ -49,7 +49,7 @@ static void check_dge(Model *m, const char *name) {
         int M, K; linear_dims(&m->cfg, l, &M, &K);
         size_t rows = (size_t)m->cfg.L * M, o = m->off[linear_wkind[l]];
         float *sw = (float *)malloc_check(rows * sizeof(float));
-        cuda_download(sw, m->wq[l].scales, rows * sizeof(float));
+        cuda_download(sw, m->wscales[l], rows * sizeof(float));
         for (size_t i = 0; i < rows * K; i++) {
             float s = sw[i / K], wv = __bfloat162float(w[o + i]);
             float want = before[o + i] * dge_factor(wv, s, m->recipe.lin[l].f.w, m->recipe.dge_k);
