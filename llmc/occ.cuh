@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(256) occ_compensate_kernel(bf16 *y, const int 
         for (int t = 0; t < MT; t += 8) {
             load8(wv, yr + t);
             for (int u = 0; u < 8; u++) wv[u] += acc[t + u];
-            store8(yr + t, wv);
+            store_bf16<8>(yr + t, wv);
         }
     }
 }
