@@ -5,7 +5,8 @@
 // across a rounding boundary of the 4- or 8-bit grid (wider bounds; measured values in
 // dev/NOTES.md); the fp4 states with OCC too. Also: two
 // runs from the same seed give bit-identical losses (BF16 weights, stochastic rounding), and DGE
-// changes exactly the 4-bit weights' gradients, by f'(W / s_w).
+// changes exactly the 4-bit weights' gradients, by f'(W / s_w); and fp4 allocates no more device
+// memory than bf16 at the bench's sizes.
 #define TESTING
 #include "../train_gpt2_fp4.cu"
 #include "check.h"
@@ -143,9 +144,37 @@ static void test_file(const char *path) {
     ref_free(&rf);
 }
 
+// the device memory the trainer allocates for a model and recipe with activations for B x T tokens
+// (no step run: every buffer is made up front)
+static size_t model_bytes(const char *model, const char *recipe, int B, int T) {
+    Args a = args_defaults(model, recipe);
+    RecipeOptions ro = recipe_options(&a);
+    Recipe r = gpu_recipe(&ro);
+    Config c = config_parse(model);
+    size_t before = cuda_bytes;
+    Model m;
+    model_create(&m, &c, &r, 0, NULL, 0);
+    model_alloc_acts(&m, B, T);
+    size_t bytes = cuda_bytes - before;
+    model_free(&m);
+    return bytes;
+}
+
+// issue 4's bar: fp4 (with OCC) takes no more memory than bf16, at the bench's models and batches
+static void test_memory(void) {
+    const struct { const char *model; int B; } runs[] = { { "gpt2:d12", 32 }, { "gpt2:d24", 16 }, { "llama:d16,T=1024", 8 } };
+    for (int i = 0; i < 3; i++) {
+        double b = model_bytes(runs[i].model, "bf16", runs[i].B, 1024) / 1048576.0;
+        double q = model_bytes(runs[i].model, "fp4", runs[i].B, 1024) / 1048576.0;
+        CHECK(q <= b, "%s, %d x 1024 tokens: fp4 allocates %.0f MiB, more than bf16's %.0f", runs[i].model, runs[i].B, q, b);
+        printf("memory %s, %d x 1024 tokens: fp4 %.0f MiB, bf16 %.0f MiB\n", runs[i].model, runs[i].B, q, b);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) die("usage: test_gpu_train test/ref/*.bin");
     gpu_init();
+    test_memory();
     for (int i = 1; i < argc; i++) test_file(argv[i]);
     return check_summary("gpu-train");
 }
