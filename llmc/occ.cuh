@@ -218,15 +218,28 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     for (int i = nout + lane; i < p.cap; i += 32) { o.slot_col[(size_t)i * rows + r] = 0; o.slot_val[(size_t)i * rows + r] = 0.0f; }
 }
 
+// Where chunk c (8 outputs, 16 bytes) of row k of W's transposed tile (K, MT) sits in shared
+// memory. The lanes of a warp read the same chunk of 32 random rows; unswizzled, a 64-byte row
+// (MT = 32) put chunk c of every row on one of 2 of the 8 16-byte bank groups (16 wavefronts a
+// read, where 4 is the least): the chunk index XOR the row's bits above those that pick its place
+// in a 128-byte line spreads them over all 8.
+template <int MT> __device__ inline int occ_chunk(int k, int c) {
+    constexpr int P = MT / 8, ROWS = 8 / P;  // chunks a row, rows a 128-byte line
+    return k * MT + 8 * (c ^ (k / ROWS % P));
+}
+
 // y (rows, M) += R W^T, W (M, K) BF16. A block: MT outputs, their weights transposed in shared
-// memory (K, MT); a thread per row, over the row's outliers.
+// memory (K, MT, swizzled by occ_chunk); a thread per row, over the row's outliers.
 template <int MT>
 __global__ void __launch_bounds__(256) occ_compensate_kernel(bf16 *y, const int *slot_col, const float *slot_val, int cap,
                                                              const bf16 *W, int rows, int M, int K) {
     extern __shared__ __align__(16) unsigned char smem[];
     bf16 *ws = (bf16 *)smem;
     int j0 = blockIdx.x * MT;
-    for (int i = threadIdx.x; i < MT * K; i += blockDim.x) ws[(i % K) * MT + i / K] = W[(size_t)(j0 + i / K) * K + i % K];
+    for (int i = threadIdx.x; i < MT * K; i += blockDim.x) {
+        int k = i % K, j = i / K;
+        ws[occ_chunk<MT>(k, j / 8) + j % 8] = W[(size_t)(j0 + j) * K + k];
+    }
     __syncthreads();
     for (int n = blockIdx.y * blockDim.x + threadIdx.x; n < rows; n += gridDim.y * blockDim.x) {
         float acc[MT], wv[MT], rv[8];
@@ -242,7 +255,7 @@ __global__ void __launch_bounds__(256) occ_compensate_kernel(bf16 *y, const int 
             any = 1;
             for (int u = 0; u < 8; u++) {
                 if (rv[u] == 0.0f) continue;
-                for (int t = 0; t < MT; t += 8) load8(wv + t, ws + col[u] * MT + t);
+                for (int t = 0; t < MT; t += 8) load8(wv + t, ws + occ_chunk<MT>(col[u], t / 8));
                 for (int t = 0; t < MT; t++) acc[t] = fmaf(rv[u], wv[t], acc[t]);
             }
         }
