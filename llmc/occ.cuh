@@ -235,10 +235,22 @@ __global__ void __launch_bounds__(256) occ_compensate_kernel(bf16 *y, const int 
                                                              const bf16 *W, int rows, int M, int K) {
     extern __shared__ __align__(16) unsigned char smem[];
     bf16 *ws = (bf16 *)smem;
-    int j0 = blockIdx.x * MT;
-    for (int i = threadIdx.x; i < MT * K; i += blockDim.x) {
-        int k = i % K, j = i / K;
-        ws[occ_chunk<MT>(k, j / 8) + j % 8] = W[(size_t)(j0 + j) * K + k];
+    int j0 = blockIdx.x * MT, n8 = MT * (K / 8);
+    // W's tile in, 8 k's of an output (16 bytes) a load and 4 loads in flight a thread (SASS: one
+    // 2-byte load an iteration, each waiting for the last, was 96-192 round trips a thread). Past
+    // the end a thread loads and stores the last 8 again: the same values to the same places.
+    for (int i0 = threadIdx.x; i0 < n8; i0 += 4 * blockDim.x) {
+        uint4 raw[4];
+        int j[4], k[4];
+        for (int u = 0; u < 4; u++) {
+            int i = min(i0 + u * (int)blockDim.x, n8 - 1);
+            j[u] = i / (K / 8), k[u] = i % (K / 8) * 8;
+            raw[u] = *(const uint4 *)(W + (size_t)(j0 + j[u]) * K + k[u]);
+        }
+        for (int u = 0; u < 4; u++) {
+            const bf16 *e = (const bf16 *)&raw[u];
+            for (int t = 0; t < 8; t++) ws[occ_chunk<MT>(k[u] + t, j[u] / 8) + j[u] % 8] = e[t];
+        }
     }
     __syncthreads();
     for (int n = blockIdx.y * blockDim.x + threadIdx.x; n < rows; n += gridDim.y * blockDim.x) {
@@ -428,7 +440,8 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
 
 // y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights
 static void occ_compensate(bf16 *y, const Occ *o, const bf16 *W, int rows, int M, int K, cudaStream_t st) {
-    if (M % 16 != 0 || K != o->plan.cols) die("occ_compensate: %d outputs (a multiple of 16 needed), %d inputs vs %d", M, K, o->plan.cols);
+    if (M % 16 != 0 || K % 8 != 0 || K != o->plan.cols)
+        die("occ_compensate: %d outputs (a multiple of 16 needed), %d inputs (a multiple of 8, the plan's %d)", M, K, o->plan.cols);
     // outputs per block: wide, so that each residual entry loaded feeds many products, as far as
     // W's tile (K, mt) fits in shared memory
     int v = K <= 1024 && M % 32 == 0 ? 0 : K <= 3072 ? 1 : 2, mt = 32 >> v;
