@@ -367,9 +367,22 @@ __global__ void occ_place_kernel(int *crow, float *cval, const int *start, const
     }
 }
 
+// entries e .. e + 3 of an item that ends at e1: their rows and values (past e1: the last row
+// again, with value 0)
+__device__ inline void occ_entries4(int *row, float *val, const OccColumns &oc, int e, int e1) {
+    for (int u = 0; u < 4; u++) {
+        int i = min(e + u, e1 - 1);
+        row[u] = oc.row[i];
+        val[u] = e + u < e1 ? oc.val[i] : 0.0f;
+    }
+}
+
 // dW (M, K) += G^T R in two steps, G (rows, M) BF16. 1: a block per item (up to OCC_CH entries
 // of one column k), threads over the outputs j: the item's sum of r * G[row, j] into partial
-// (items, M). Four rows' loads in flight at a time.
+// (items, M). Four entries a step, in a pipeline: the entries two steps ahead and G's rows one
+// step ahead load while a step sums, so that G's four loads go out together (loaded and summed in
+// one step, SASS showed each load waiting for the last one's FMAs). Past the item's end: the last
+// row again, times 0 (exact).
 __global__ void occ_grad_items_kernel(float *partial, OccColumns oc, const bf16 *g, int M, int K) {
     int item = blockIdx.x;
     if (item >= oc.item_start[K]) return;
@@ -377,12 +390,24 @@ __global__ void occ_grad_items_kernel(float *partial, OccColumns oc, const bf16 
     while (hi - lo > 1) { int mid = (lo + hi) / 2; if (oc.item_start[mid] <= item) lo = mid; else hi = mid; }
     int e0 = oc.start[lo] + (item - oc.item_start[lo]) * OCC_CH, e1 = min(oc.start[lo + 1], e0 + OCC_CH);
     for (int j = threadIdx.x * 8; j < M; j += blockDim.x * 8) {
-        float acc[8] = { 0.0f }, v[4][8];
+        float acc[8] = { 0.0f }, rv[4], rn[4];
+        int row[4];
+        Pack<8> gn[4];
+        occ_entries4(row, rv, oc, e0, e1);
+        for (int u = 0; u < 4; u++) { gn[u] = pack_load<8>(g + (size_t)row[u] * M + j); rn[u] = rv[u]; }
+        occ_entries4(row, rv, oc, e0 + 4, e1);
         for (int e = e0; e < e1; e += 4) {
-            for (int u = 0; u < 4; u++) load8(v[u], g + (size_t)oc.row[min(e + u, e1 - 1)] * M + j);
-            for (int u = 0; u < 4 && e + u < e1; u++) {
-                float rv = oc.val[e + u];
-                for (int t = 0; t < 8; t++) acc[t] = fmaf(rv, v[u][t], acc[t]);
+            Pack<8> gc[4];
+            float rc[4];
+            for (int u = 0; u < 4; u++) {
+                gc[u] = gn[u], rc[u] = rn[u];
+                gn[u] = pack_load<8>(g + (size_t)row[u] * M + j), rn[u] = rv[u];
+            }
+            occ_entries4(row, rv, oc, e + 8, e1);
+            for (int u = 0; u < 4; u++) {
+                float v[8];
+                pack_floats<8>(v, gc[u]);
+                for (int t = 0; t < 8; t++) acc[t] = fmaf(rc[u], v[t], acc[t]);
             }
         }
         float4 *d = (float4 *)(partial + (size_t)item * M + j);
