@@ -240,15 +240,15 @@ __global__ void __launch_bounds__(256) occ_compensate_kernel(bf16 *y, const int 
     // 2-byte load an iteration, each waiting for the last, was 96-192 round trips a thread). Past
     // the end a thread loads and stores the last 8 again: the same values to the same places.
     for (int i0 = threadIdx.x; i0 < n8; i0 += 4 * blockDim.x) {
-        uint4 raw[4];
+        Pack<8> raw[4];
         int j[4], k[4];
         for (int u = 0; u < 4; u++) {
             int i = min(i0 + u * (int)blockDim.x, n8 - 1);
             j[u] = i / (K / 8), k[u] = i % (K / 8) * 8;
-            raw[u] = *(const uint4 *)(W + (size_t)(j0 + j[u]) * K + k[u]);
+            raw[u] = pack_load<8>(W + (size_t)(j0 + j[u]) * K + k[u]);
         }
         for (int u = 0; u < 4; u++) {
-            const bf16 *e = (const bf16 *)&raw[u];
+            const bf16 *e = (const bf16 *)&raw[u].u;
             for (int t = 0; t < 8; t++) ws[occ_chunk<MT>(k[u] + t, j[u] / 8) + j[u] % 8] = e[t];
         }
     }
