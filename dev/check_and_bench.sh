@@ -4,7 +4,9 @@
 # BENCH=0 skips the benchmark, BENCH_FLAGS adds flags to dev/bench/bench.py (e.g. --no-pytorch),
 # RECIPES its recipes, separated by ';' (default "bf16;fp8;fp4 --occ 0;fp4"),
 # PROFILE="gpt2:d12@32@fp4 gpt2:d12@32@fp4@--occ,0 ..." adds per-kernel profiles
-# (MODEL@BATCH@RECIPE[@TRAINER_FLAGS, commas for spaces]) at the end.
+# (MODEL@BATCH@RECIPE[@TRAINER_FLAGS, commas for spaces]) at the end, and
+# DETAIL="gpt2:d12@8@fp4@occ_rows_kernel<.*2> ..." ncu's full report of one launch of each kernel
+# that the regex (ncu's demangled name) matches, into detail_N.txt (MODEL@BATCH@RECIPE@REGEX[@SKIP]).
 set -u
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
@@ -31,4 +33,12 @@ for p in ${PROFILE:-}; do
     i=$((i + 1))
     python3 dev/bench/kernel_profile.py -e "$model" -b "$batch" -r "$recipe" ${flags//,/ } > "$out/profile_$i.md" 2>&1
     head -24 "$out/profile_$i.md"
+done
+i=0
+set -f  # the regexes are no globs
+for p in ${DETAIL:-}; do
+    IFS=@ read -r model batch recipe regex skip <<< "$p"
+    i=$((i + 1))
+    python3 dev/bench/kernel_profile.py -e "$model" -b "$batch" -r "$recipe" --detail "$regex" --skip "${skip:-0}" > "$out/detail_$i.txt" 2>&1
+    echo "detail $i ($regex): $(grep -E "^  [a-z_]+.*<|Duration|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Waves Per SM" "$out/detail_$i.txt" | tr -s ' ' | tr '\n' ';')"
 done
