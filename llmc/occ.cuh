@@ -235,6 +235,15 @@ template <int MT> __device__ inline int occ_chunk(int k, int c) {
     return k * MT + 8 * (c ^ (k / ROWS % P));
 }
 
+// slots i0 .. i0 + 7 of row n (past cap: value 0)
+__device__ inline void occ_slots8(float *val, int *col, const int *slot_col, const float *slot_val, int cap, int rows, int n, int i0) {
+    for (int u = 0; u < 8; u++) {
+        size_t i = (size_t)min(i0 + u, cap - 1) * rows + n;
+        val[u] = i0 + u < cap ? slot_val[i] : 0.0f;
+        col[u] = slot_col[i];
+    }
+}
+
 // y (rows, M) += R W^T, W (M, K) BF16. A block: MT outputs, their weights transposed in shared
 // memory (K, MT, swizzled by occ_chunk); a thread per row, over the row's outliers.
 template <int MT>
@@ -261,16 +270,14 @@ __global__ void __launch_bounds__(256) occ_compensate_kernel(bf16 *y, const int 
     }
     __syncthreads();
     for (int n = blockIdx.y * blockDim.x + threadIdx.x; n < rows; n += gridDim.y * blockDim.x) {
-        float acc[MT], wv[MT], rv[8];
-        int col[8], any = 0;
+        float acc[MT], wv[MT], rv[8], rn[8];
+        int col[8], cn[8], any = 0;
         for (int t = 0; t < MT; t++) acc[t] = 0.0f;
-        for (int i0 = 0; i0 < cap; i0 += 8) {  // 8 slots' loads in flight, then their products
-            for (int u = 0; u < 8; u++) {
-                size_t i = (size_t)min(i0 + u, cap - 1) * rows + n;
-                rv[u] = i0 + u < cap ? slot_val[i] : 0.0f;
-                col[u] = slot_col[i];
-            }
+        occ_slots8(rn, cn, slot_col, slot_val, cap, rows, n, 0);
+        for (int i0 = 0; i0 < cap; i0 += 8) {  // the next 8 slots' loads in flight while these 8 are summed
+            for (int u = 0; u < 8; u++) { rv[u] = rn[u]; col[u] = cn[u]; }
             if (rv[0] == 0.0f) break;  // a row's entries come first
+            if (i0 + 8 < cap) occ_slots8(rn, cn, slot_col, slot_val, cap, rows, n, i0 + 8);
             any = 1;
             for (int u = 0; u < 8; u++) {
                 if (rv[u] == 0.0f) continue;
