@@ -348,7 +348,7 @@ __global__ void occ_colscan_kernel(int *bcount, int *ctot, int nb, int per, int 
 
 // 2b (one block): each chunk's offset within its column (in place), the columns' starts (an
 // exclusive scan of their totals) and their items' starts
-__global__ void occ_scan_kernel(int *start, int *item_start, int *ctot, int K) {
+__global__ void __launch_bounds__(512) occ_scan_kernel(int *start, int *item_start, int *ctot, int K) {
     __shared__ int sums[32], carry[2];
     if (threadIdx.x < 2) carry[threadIdx.x] = 0;
     __syncthreads();
@@ -544,7 +544,7 @@ static void occ_transpose(OccColumns *oc, const Occ *o, int rows, int *bcount, c
     int *ctot = bcount + (size_t)nb * K;
     occ_count_kernel<<<nb, 256, K * sizeof(int), st>>>(bcount, o->slot_col, o->slot_val, o->plan.cap, rows, K);
     occ_colscan_kernel<<<dim3(ceil_div(K, 128), OCC_CHUNKS), 128, 0, st>>>(bcount, ctot, nb, per, K);
-    occ_scan_kernel<<<1, 1024, 0, st>>>(oc->start, oc->item_start, ctot, K);
+    occ_scan_kernel<<<1, 512, 0, st>>>(oc->start, oc->item_start, ctot, K);
     size_t smem = (K + 2 * (size_t)(o->plan.cap | 1) * OCC_RB) * sizeof(int);
     if (smem > (200 << 10)) die("occ_transpose: %d columns and %d outliers a row do not fit in shared memory", K, o->plan.cap);
     static int opted_in;
