@@ -23,7 +23,7 @@
 
 #include "quantize.cuh"
 
-#define OCC_WARPS 4      // rows per block of the selection, at most
+#define OCC_WARPS 4      // rows per block of the selection
 #define OCC_CAND 512     // candidates per tail a warp keeps in shared memory
 #define OCC_RB 32        // rows per block of the transposition (its placing runs through them in order, a lane per row)
 #define OCC_CH 128       // entries of a column per block of the backward
@@ -92,11 +92,12 @@ __device__ inline unsigned group_threshold(const unsigned *gmax, int J) {
     return __reduce_min_sync(0xffffffffu, t);
 }
 
-// the k-th largest key of a row (keys xor flip), from the n candidates above tau: tau itself when
-// fewer than k are above it; over the whole row (row, the warp's values) when too many were to be
-// kept. Not inlined: its copies in occ_rows_kernel made it 47-69 KB of code, past the instruction
-// cache.
-__device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n, unsigned tau, unsigned flip, const float *row, int cols) {
+// the k-th largest key of row r (keys xor flip), from the n candidates above tau: tau itself when
+// fewer than k are above it; over the whole row when too many were to be kept. Not inlined: its
+// copies in occ_rows_kernel made it 47-69 KB of code, past the instruction cache.
+template <int OP>
+__device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n, unsigned tau, unsigned flip, const RowSource &in, int r, int cols,
+                                float mu, float rs) {
     int lane = threadIdx.x % 32, whole = n > OCC_CAND;
     if (!whole && k > n) return tau;
     unsigned res = 0u;
@@ -104,8 +105,11 @@ __device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n,
         unsigned t = res | 1u << bit;
         int cnt = 0;
         if (whole) {
-            for (int c = lane * 8; c < cols; c += 256)
-                for (int j = 0; j < 8; j++) cnt += (ord_key(row[c + j]) ^ flip) >= t;
+            float v[8];
+            for (int c = lane * 8; c < cols; c += 256) {
+                src_values8<OP>(v, in, r, c, cols, mu, rs);
+                for (int j = 0; j < 8; j++) cnt += (ord_key(v[j]) ^ flip) >= t;
+            }
         } else {
             for (int i = lane; i < n; i += 32) cnt += cand[i] >= t;
         }
@@ -114,7 +118,7 @@ __device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n,
     return res;
 }
 
-// the (k - 1)-th largest key (up) or the (k + 1)-th (!up) of a row, a the k-th, from the same
+// the (k - 1)-th largest key (up) or the (k + 1)-th (!up) of row r, a the k-th, from the same
 // candidates (keys xor flip above tau; the whole row when they overflowed): one counting pass in
 // place of a second bisection. Above a sit at most k - 1 keys: with exactly k - 1 the next larger
 // is their smallest, else a repeats. At or above a sit at least k: with more, a repeats, else the
@@ -125,15 +129,19 @@ __device__ inline void next_see(unsigned x, unsigned a, int up, int *cnt, int *f
     else if (x >= a) (*cnt)++;
     else { *found = 1; *best = max(*best, x); }
 }
+template <int OP>
 __device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsigned *cand, int n, unsigned tau, unsigned flip,
-                                          const float *row, int cols) {
+                                          const RowSource &in, int r, int cols, float mu, float rs) {
     int lane = threadIdx.x % 32, whole = n > OCC_CAND;
     if (!up && !whole && a == tau) return a;  // keys equal to tau are no candidates: the rank k + 1 is tau
     int cnt = 0, found = 0;
     unsigned best = up ? ~0u : 0u;
     if (whole) {
-        for (int c = lane * 8; c < cols; c += 256)
-            for (int j = 0; j < 8; j++) next_see(ord_key(row[c + j]) ^ flip, a, up, &cnt, &found, &best);
+        float v[8];
+        for (int c = lane * 8; c < cols; c += 256) {
+            src_values8<OP>(v, in, r, c, cols, mu, rs);
+            for (int j = 0; j < 8; j++) next_see(ord_key(v[j]) ^ flip, a, up, &cnt, &found, &best);
+        }
     } else {
         for (int i = lane; i < n; i += 32) next_see(cand[i], a, up, &cnt, &found, &best);
     }
@@ -145,50 +153,34 @@ __device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsig
     return found ? best : tau;
 }
 
-// shared memory of a warp of occ_rows_kernel: its row's values and its two tails' candidates
-__host__ __device__ inline size_t occ_rows_smem(int cols) { return (size_t)cols * sizeof(float) + 2 * OCC_CAND * sizeof(unsigned); }
-
 // OCC's first pass, a warp per row: the quantiles lo, hi, the scale of the clamped row, and the
-// outliers (column, x - clamp(x)) in a fixed order (by chunk of 256 columns, value slot, lane).
-// The row's values are made once, 4 chunks' loads in flight a lane, into shared memory, where
-// the passes after it read them: each pass made them again from one dependent load a chunk
-// (GELU's exponential 3 times a value), 0.22 ms a launch at 8k x 3072.
+// outliers (column, x - clamp(x)) in a fixed order (by chunk of 256 columns, value slot, lane)
 template <int OP>
 __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales, Occ o, RowSource in, int rows, Format f) {
-    extern __shared__ __align__(16) unsigned char occ_smem[];
+    __shared__ unsigned cand[OCC_WARPS][2][OCC_CAND];
     const OccPlan &p = o.plan;
-    int cols = p.cols, w = threadIdx.x / 32, lane = threadIdx.x % 32, r = blockIdx.x * (blockDim.x / 32) + w;
+    int cols = p.cols, w = threadIdx.x / 32, lane = threadIdx.x % 32, r = blockIdx.x * OCC_WARPS + w;
     if (r >= rows) return;
-    unsigned *ctop = (unsigned *)(occ_smem + w * occ_rows_smem(cols)), *cbot = ctop + OCC_CAND;
-    float *row = (float *)(cbot + OCC_CAND);
     unsigned below = (1u << lane) - 1u;
     float mu = 0.0f, rs = 1.0f, v[8] = { 0.0f };
     if (OP == ROWS_NORM) norm_stats(in, r, cols, &mu, &rs);
-    for (int c0 = lane * 8; c0 < cols; c0 += 4 * 256) {
-        Pack<8> raw[4][src_loads<OP>()];
-        for (int u = 0; u < 4; u++) if (c0 + u * 256 < cols) src_fetch<OP, 8>(raw[u], in, r, c0 + u * 256, cols);
-        for (int u = 0; u < 4 && c0 + u * 256 < cols; u++) {
-            int c = c0 + u * 256;
-            float wn[8], bn[8];
-            if (OP == ROWS_NORM) norm_params<8>(wn, bn, in, c);
-            src_values<OP, 8>(v, raw[u], c, cols, wn, bn, mu, rs);
-            *(float4 *)(row + c) = make_float4(v[0], v[1], v[2], v[3]);
-            *(float4 *)(row + c + 4) = make_float4(v[4], v[5], v[6], v[7]);
-        }
-    }
     unsigned gtop[8], gbot[8];  // per value slot: the largest key, the largest flipped key (the smallest value)
     for (int j = 0; j < 8; j++) gtop[j] = gbot[j] = 0u;
-    for (int c = lane * 8; c < cols; c += 256)
-        for (int j = 0; j < 8; j++) { unsigned key = ord_key(row[c + j]); gtop[j] = max(gtop[j], key); gbot[j] = max(gbot[j], ~key); }
+    for (int c = lane * 8; c < cols; c += 256) {
+        src_values8<OP>(v, in, r, c, cols, mu, rs);
+        for (int j = 0; j < 8; j++) { unsigned key = ord_key(v[j]); gtop[j] = max(gtop[j], key); gbot[j] = max(gbot[j], ~key); }
+    }
     unsigned ttop = group_threshold(gtop, p.jhi), tbot = group_threshold(gbot, p.jlo), kmax = 0u, kmin = 0u;
     for (int j = 0; j < 8; j++) { kmax = max(kmax, gtop[j]); kmin = max(kmin, gbot[j]); }
     float xmax = key_float(__reduce_max_sync(0xffffffffu, kmax)), xmin = key_float(~__reduce_max_sync(0xffffffffu, kmin));
     // the candidates above each threshold (every lane runs every iteration: the ballots need them all)
+    unsigned *ctop = cand[w][0], *cbot = cand[w][1];
     int ntop = 0, nbot = 0;
     for (int c0 = 0; c0 < cols; c0 += 256) {
         int c = c0 + lane * 8, live = c < cols;
+        if (live) src_values8<OP>(v, in, r, c, cols, mu, rs);
         for (int j = 0; j < 8; j++) {
-            unsigned key = live ? ord_key(row[c + j]) : 0u;
+            unsigned key = ord_key(v[j]);
             int pt = live && key > ttop, pb = live && ~key > tbot;
             unsigned bt = __ballot_sync(0xffffffffu, pt), bb = __ballot_sync(0xffffffffu, pb);
             int it = ntop + __popc(bt & below), ib = nbot + __popc(bb & below);
@@ -202,10 +194,10 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     // v[ihi], v[ihi + 1] are the (cols - ihi)-th and the next largest; v[ilo], v[ilo + 1] the
     // (ilo + 1)-th and the next smallest (the largest flipped keys)
     int ktop = cols - p.ihi, kbot = p.ilo + 1, top = p.ihi == cols - 1;
-    unsigned h0 = kth_largest(ktop, ctop, ntop, ttop, 0u, row, cols);
-    unsigned h1 = top ? h0 : kth_next(ktop, h0, 1, ctop, ntop, ttop, 0u, row, cols);
-    unsigned l0 = kth_largest(kbot, cbot, nbot, tbot, ~0u, row, cols);
-    unsigned l1 = kth_next(kbot, l0, 0, cbot, nbot, tbot, ~0u, row, cols);
+    unsigned h0 = kth_largest<OP>(ktop, ctop, ntop, ttop, 0u, in, r, cols, mu, rs);
+    unsigned h1 = top ? h0 : kth_next<OP>(ktop, h0, 1, ctop, ntop, ttop, 0u, in, r, cols, mu, rs);
+    unsigned l0 = kth_largest<OP>(kbot, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs);
+    unsigned l1 = kth_next<OP>(kbot, l0, 0, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs);
     float lo = quantile_lerp(key_float(~l0), key_float(~l1), p.flo);
     float hi = top ? key_float(h0) : quantile_lerp(key_float(h0), key_float(h1), p.fhi);
     // the clamped row spans [clamp(min), clamp(max)]: its absmax, as the CPU's over every value
@@ -214,8 +206,9 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     int nout = 0;
     for (int c0 = 0; c0 < cols; c0 += 256) {
         int c = c0 + lane * 8, live = c < cols;
+        if (live) src_values8<OP>(v, in, r, c, cols, mu, rs);
         for (int j = 0; j < 8; j++) {
-            float x = live ? row[c + j] : 0.0f, res = x - fminf(fmaxf(x, lo), hi);
+            float res = live ? v[j] - fminf(fmaxf(v[j], lo), hi) : 0.0f;
             unsigned b = __ballot_sync(0xffffffffu, res != 0.0f);
             int i = nout + __popc(b & below);
             if (res != 0.0f && i < p.cap) { o.slot_col[(size_t)i * rows + r] = c + j; o.slot_val[(size_t)i * rows + r] = res; }
@@ -499,15 +492,7 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
     if (src->op > ROWS_SWIGLU) die("occ_quantize_rows: source %d is a gradient's", src->op);
     void (*const kernel[])(float *, Occ, RowSource, int, Format) = {
         occ_rows_kernel<ROWS_PLAIN>, occ_rows_kernel<ROWS_NORM>, occ_rows_kernel<ROWS_GELU>, occ_rows_kernel<ROWS_SWIGLU> };
-    size_t per_warp = occ_rows_smem(cols);
-    int warps = (int)min((size_t)OCC_WARPS, (200 << 10) / per_warp);
-    if (warps < 1) die("occ_quantize_rows: rows of %d values do not fit in shared memory", cols);
-    static int opted_in[4];  // the shared-memory opt-in, once per kernel
-    if (!opted_in[src->op]) {
-        CUDA_CHECK(cudaFuncSetAttribute(kernel[src->op], cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10));
-        opted_in[src->op] = 1;
-    }
-    kernel[src->op]<<<ceil_div(rows, warps), warps * 32, warps * per_warp, st>>>(scales, *o, *src, rows, f);
+    kernel[src->op]<<<ceil_div(rows, OCC_WARPS), OCC_WARPS * 32, 0, st>>>(scales, *o, *src, rows, f);
     CUDA_CHECK(cudaGetLastError());
     rows_codes(codes, codes_t, scales, src, o->bounds, rows, cols, f, st);
 }
