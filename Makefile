@@ -123,8 +123,8 @@ test/test_gpu_train: test/test_gpu_train.cu train_gpt2_fp4.cu llmc/cudnn_attenti
 test/test_quant_gpu: test/test_quant_gpu.cu $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $<
 
-test/test_kernels_gpu: test/test_kernels_gpu.cu $(CUDA_HEADERS)
-	$(NVCC) $(NVCC_FLAGS) -o $@ $< -lcublasLt
+test/test_kernels_gpu: test/test_kernels_gpu.cu llmc/cudnn_attention.o $(CUDA_HEADERS)
+	$(NVCC) $(NVCC_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS)
 
 # GPU tests (needs an NVIDIA GPU): the quantizers on the device vs the CPU, bit for bit; the
 # kernels and GEMMs vs FP64 references; the GPU trainer's recipes vs the PyTorch states,

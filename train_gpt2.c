@@ -21,6 +21,7 @@ not depend on the thread count.
 #include "llmc/rand.h"
 #include "llmc/model.h"
 #include "llmc/quant.h"
+#include "llmc/attention_fp8.h"
 #include "llmc/recipe.h"
 #include "llmc/args.h"
 #include "llmc/dataloader.h"
@@ -514,15 +515,27 @@ static void rope(Model *m, float *qkv, int B, int T, float sign) {
     }
 }
 
-// causal attention with grouped-query heads: qkv (N, QKV) -> out (N, C), att (B, H, T, T)
-static void attention_forward(const Config *c, float *out, float *att, const float *qkv, int B, int T) {
-    int hd = config_hd(c), QKV = config_qkv(c), H = c->H, group = c->H / c->KV;
+// causal attention with grouped-query heads: qkv (N, QKV) -> out (N, C), att (B, H, T, T). The
+// fp8 core (attention_fp8.h) first quantizes q, k and v in qkv; att stays the exact softmax of the
+// quantized q and k (what the backward differentiates, as the GPU's BF16 backward does), and out
+// comes from E4M3 P and V codes, key block by key block as on the GPU.
+static void attention_forward(const Config *c, float *out, float *att, float *qkv, int B, int T, int fp8) {
+    int hd = config_hd(c), QKV = config_qkv(c), H = c->H, KV = c->KV, group = c->H / c->KV, heads = H + 2 * KV;
     float scale = 1.0f / sqrtf((float)hd);
+    int *e = NULL, *ev = NULL;  // fp8: each head row's exponent; V's by (b, kv head, t)
+    if (fp8) {
+        e = (int *)malloc_check((size_t)B * T * heads * sizeof(int));
+        ev = (int *)malloc_check((size_t)B * KV * T * sizeof(int));
+        att8_quantize_heads(qkv, e, B * T, heads, hd);
+        for (int b = 0; b < B; b++)
+            for (int kv = 0; kv < KV; kv++)
+                for (int t = 0; t < T; t++) ev[((size_t)b * KV + kv) * T + t] = e[((size_t)b * T + t) * heads + H + KV + kv];
+    }
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             const float *base = qkv + (size_t)b * T * QKV;
-            int koff = (H + h / group) * hd, voff = (H + c->KV + h / group) * hd;
+            int koff = (H + h / group) * hd, voff = (H + KV + h / group) * hd;
             for (int t = 0; t < T; t++) {
                 const float *q = base + (size_t)t * QKV + h * hd;
                 float *a = att + (((size_t)b * H + h) * T + t) * T;
@@ -539,6 +552,10 @@ static void attention_forward(const Config *c, float *out, float *att, const flo
                 for (int t2 = 0; t2 <= t; t2++) a[t2] /= sum;
                 for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
                 float *o = out + ((size_t)b * T + t) * c->C + h * hd;
+                if (fp8) {
+                    att8_forward(o, q, base + koff, base + voff, ev + ((size_t)b * KV + h / group) * T, QKV, t, hd);
+                    continue;
+                }
                 for (int i = 0; i < hd; i++) o[i] = 0.0f;
                 for (int t2 = 0; t2 <= t; t2++) {
                     const float *v = base + (size_t)t2 * QKV + voff;
@@ -547,6 +564,7 @@ static void attention_forward(const Config *c, float *out, float *att, const flo
             }
         }
     }
+    free(e); free(ev);
 }
 
 // dqkv (N, QKV) = gradient of attention; parallel over key/value heads, whose gradients the
@@ -686,7 +704,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
                      gpt2 ? p->ln1b + (size_t)l * C : NULL, N, C, c->norm_eps);
         linear_forward(m, LIN_QKV, l, qkv, ln1, N);
         if (!gpt2) rope(m, qkv, B, T, 1.0f);
-        attention_forward(c, atty, a->att + (size_t)l * B * c->H * T * T, qkv, B, T);
+        attention_forward(c, atty, a->att + (size_t)l * B * c->H * T * T, qkv, B, T, m->recipe.attn_fp8);
         linear_forward(m, LIN_ATTPROJ, l, res2, atty, N);
         for (size_t i = 0; i < (size_t)N * C; i++) res2[i] += res[i];
         norm_forward(ln2, a->ln2_mean + (size_t)l * N, a->ln2_rstd + (size_t)l * N, res2, p->ln2w + (size_t)l * C,

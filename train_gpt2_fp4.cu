@@ -2,7 +2,8 @@
 GPU trainer for GPT-2 and LLaMA. Same configurations, parameter layout, checkpoints, data and
 flags as the CPU reference train_gpt2.c (SPEC.md). BF16 weights and activations, FP32
 accumulation, FP32 gradients and Adam moments, BF16 weights updated with stochastic rounding (or
-an FP32 master copy, --master-fp32 1); attention on cuDNN's flash SDPA. The block linears run in
+an FP32 master copy, --master-fp32 1); attention on cuDNN's flash SDPA, or with --attn-core fp8
+on our FP8 forward (llmc/attention_fp8.cuh) and cuDNN's backward. The block linears run in
 the recipe's formats (llmc/recipe.h): BF16 GEMMs on cuBLASLt, or FP8 / FP4 codes with per-row
 scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F), with DGE for 4-bit weights and OCC for
 4-bit activations (llmc/occ.cuh); tensor-wise scaling (--scaling tensor, the naive-FP4 ablation)
@@ -90,6 +91,8 @@ typedef struct {
     fp8 *wcodes_t;               // (B) (maxK, maxM) a layer's weight codes, transposed for dgrad
     unsigned *amax;              // (B) (maxM) column absmax scratch
     float *occ_partial;          // (B) (max items, maxM) the compensation gradient's partial sums
+    unsigned char *att8_mem;     // (F) --attn-core fp8: the FP8 core's codes and scales (att8_bytes)
+    Att8 att8;                   // laid out over att8_mem
 } Scratch;
 
 typedef struct {
@@ -190,6 +193,8 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     m->cfg = *c;
     m->recipe = *r;
     m->dist = d;
+    if (r->attn_fp8 && config_hd(c) != 64 && config_hd(c) != 128)
+        die("--attn-core fp8 runs head dims 64 and 128 (this model's is %d)", config_hd(c));
     for (int l = 0; l < NUM_LINEARS; l++) {
         int M, K; linear_dims(c, l, &M, &K);
         if (r->lin[l].occ) m->occ[l] = occ_plan(K, r->occ_alpha);
@@ -320,6 +325,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     BUF(s->xcodes, anyq ? N * maxK : 0); BUF(s->wcodes, anyq ? maxM * maxK : 0);
     BUF(s->occ_bounds, maxcap ? N : 0); BUF(s->occ_col, maxcap * N); BUF(s->occ_val, maxcap * N);
     BUF(s->occ_bcount, maxcap ? occ_count_ints(N, maxK) : 0);
+    BUF(s->att8_mem, m->recipe.attn_fp8 ? att8_bytes(B, T, c->H, c->KV, config_hd(c)) : 0);
     SHARE();
     int fc_grad = !quantized(m, LIN_FC) || (occ_on(m, LIN_FC) && m->recipe.occ_comp);
     BUF(s->dqkv, N * QKV); BUF(s->dres, N * C); BUF(s->datty, N * C); BUF(s->dfch, (fc_grad ? N : 0) * FF);
@@ -335,6 +341,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     m->acts_mem = cuda_malloc(hi);
     m->acts_bytes = hi;
     for (int i = 0; i < na; i++) *a[i].ptr = (char *)m->acts_mem + a[i].off;
+    if (m->recipe.attn_fp8) s->att8 = att8_carve(s->att8_mem, B, T, c->H, c->KV, config_hd(c));
     m->inputs = (int *)cuda_malloc(2 * N * sizeof(int));
     m->targets = m->inputs + N;
     m->buckets = (int *)malloc_check((3 * N + 1) * sizeof(int));
@@ -495,7 +502,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
         RowSource n1 = rows_norm(res, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN1B) + (size_t)l * C : NULL,
                                  gpt2 ? a->ln1_mean + (size_t)l * N : NULL, a->ln1_rstd + (size_t)l * N, c->norm_eps, ln1);
         linear_forward(m, LIN_QKV, l, qkv, NULL, &n1, NULL, N);
-        attention_forward(atty, stats, qkv, cs, sn, B, T, c->H, c->KV, hd, st);
+        attention_forward(atty, stats, qkv, cs, sn, m->recipe.attn_fp8 ? &m->s.att8 : NULL, B, T, c->H, c->KV, hd, st);
         RowSource at = rows_plain(atty);
         linear_forward(m, LIN_ATTPROJ, l, res2, NULL, &at, res, N);
         RowSource n2 = rows_norm(res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN2B) + (size_t)l * C : NULL,

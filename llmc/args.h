@@ -17,7 +17,7 @@ typedef struct { const char *name; FlagType type; void *dst; const char *help; }
 #define MAX_FLAGS 64
 
 typedef struct {
-    const char *train_data, *val_data, *model, *out_dir, *tokenizer, *recipe, *fp4_layout, *grad_format, *scaling;
+    const char *train_data, *val_data, *model, *out_dir, *tokenizer, *recipe, *fp4_layout, *grad_format, *scaling, *attn_core;
     int B, T, total_batch, max_steps, warmup, val_every, val_steps, sample_every, gen_tokens, ckpt_every, resume;
     int seed, fp4_attn, dge, occ, occ_comp, quant_stats;
     float lr, final_frac, wd, clip, b1, b2, dge_k, occ_alpha;
@@ -28,7 +28,7 @@ static Args args_defaults(const char *model, const char *recipe) {
         .train_data = "data/tinyshakespeare/tiny_shakespeare_train.bin",
         .val_data = "data/tinyshakespeare/tiny_shakespeare_val.bin",
         .model = model, .out_dir = NULL, .tokenizer = "data/gpt2_tokenizer.bin",
-        .recipe = recipe, .fp4_layout = "e2m1", .grad_format = "e4m3", .scaling = "vector",
+        .recipe = recipe, .fp4_layout = "e2m1", .grad_format = "e4m3", .scaling = "vector", .attn_core = "bf16",
         .B = 4, .T = 64, .total_batch = 0, .max_steps = 100, .warmup = 10, .val_every = 20, .val_steps = 10,
         .sample_every = 0, .gen_tokens = 64, .ckpt_every = 0, .resume = 0, .seed = 1337,
         .fp4_attn = 0, .dge = 1, .occ = 1, .occ_comp = 1, .quant_stats = 0,
@@ -74,6 +74,7 @@ static int args_flags(Args *a, Flag *flags) {
         { "--occ-comp", FLAG_INT, &a->occ_comp, "OCC's compensation of the clamped residual (0: clamp only)" },
         { "--grad-format", FLAG_STR, &a->grad_format, "8-bit output-gradient format: e4m3 | e5m2" },
         { "--scaling", FLAG_STR, &a->scaling, "scaling granularity: vector | tensor" },
+        { "--attn-core", FLAG_STR, &a->attn_core, "attention core: bf16 (fp32 on the CPU) | fp8 (E4M3 Q, K, V, P)" },
         { "--quant-stats", FLAG_INT, &a->quant_stats, "every N steps log each linear's quantization error (0: never)" },
     };
     int n = (int)(sizeof(shared) / sizeof(shared[0]));
@@ -145,6 +146,8 @@ static RecipeOptions recipe_options(const Args *a) {
     o.grad_format = (Format)f;
     if (strcmp(a->scaling, "vector") != 0 && strcmp(a->scaling, "tensor") != 0) die("unknown scaling '%s' (vector, tensor)", a->scaling);
     o.tensorwise = strcmp(a->scaling, "tensor") == 0;
+    if (strcmp(a->attn_core, "bf16") != 0 && strcmp(a->attn_core, "fp8") != 0) die("unknown attention core '%s' (bf16, fp8)", a->attn_core);
+    o.attn_fp8 = strcmp(a->attn_core, "fp8") == 0;
     o.fp4_attn = a->fp4_attn; o.dge = a->dge; o.occ = a->occ; o.occ_comp = a->occ_comp; o.dge_k = a->dge_k;
     o.occ_alpha = a->occ_alpha;
     return o;

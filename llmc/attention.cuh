@@ -1,12 +1,14 @@
 // defines: attention_forward, attention_backward
 // Causal attention with grouped-query heads on the qkv projection (B, T, H + 2 KV, hd): RoPE
 // (LLaMA) rotates q and k in place, then cuDNN's flash attention (cudnn_attention.cpp) reads
-// q, k and v where they are. The backward runs the same steps in reverse.
+// q, k and v where they are; or the FP8 core (attention_fp8.cuh) quantizes them in place and runs
+// its own forward. The backward runs the same steps in reverse, cuDNN's in both cases.
 #ifndef LLMC_ATTENTION_CUH
 #define LLMC_ATTENTION_CUH
 
 #include "cuda_common.cuh"
 #include "cudnn_attention.h"
+#include "attention_fp8.cuh"
 
 // rotates the q and k heads of qkv in place by +angle (or -angle: the backward)
 __global__ void rope_kernel(bf16 *qkv, const float *cos, const float *sin, int B, int T, int H, int KV, int hd, float sign) {
@@ -30,11 +32,13 @@ static void rope(bf16 *qkv, const float *cos, const float *sin, int B, int T, in
     CUDA_CHECK(cudaGetLastError());
 }
 
-// out (B, T, H hd); stats (B, H, T) for the backward, NULL for inference; cos NULL: no RoPE
-static void attention_forward(bf16 *out, float *stats, bf16 *qkv, const float *cos, const float *sin, int B, int T, int H,
-                              int KV, int hd, cudaStream_t st) {
+// out (B, T, H hd); stats (B, H, T) for the backward, NULL for inference; cos NULL: no RoPE;
+// fp8 NULL: the BF16 core, else the FP8 core's scratch
+static void attention_forward(bf16 *out, float *stats, bf16 *qkv, const float *cos, const float *sin, const Att8 *fp8, int B,
+                              int T, int H, int KV, int hd, cudaStream_t st) {
     if (cos) rope(qkv, cos, sin, B, T, H, KV, hd, 1.0f, st);
-    cudnn_attention_forward(out, stats, qkv, B, T, H, KV, hd, st);
+    if (fp8) attention_fp8_forward(out, stats, qkv, fp8, B, T, H, KV, hd, st);
+    else cudnn_attention_forward(out, stats, qkv, B, T, H, KV, hd, st);
 }
 
 // dqkv (B, T, H + 2 KV, hd) from dout (B, T, H hd); qkv, out, stats as the forward left them

@@ -1,7 +1,8 @@
 // defines: OperandFormats, recipe_table, RecipeOptions, LinearRecipe, Recipe, recipe_parse,
 //          recipe_resolve, recipe_print
 // Precision recipes as data (SPEC.md 4): for each block linear, the format of the activation X,
-// the weight W and the output gradient G; DGE and OCC where the operands are 4-bit.
+// the weight W and the output gradient G; DGE and OCC where the operands are 4-bit; and the
+// attention core's format (BF16 flash attention, or E4M3 Q, K, V and P: attention_fp8.h).
 #ifndef LLMC_RECIPE_H
 #define LLMC_RECIPE_H
 
@@ -27,6 +28,7 @@ typedef struct {            // what the user asked for
     Format fp4_layout;      // e2m1 | e1m2 | e3m0
     Format grad_format;     // e4m3 | e5m2
     int fp4_attn, dge, occ, occ_comp, tensorwise;  // occ_comp 0: OCC clamps without compensating
+    int attn_fp8;           // --attn-core fp8
     float dge_k, occ_alpha;
 } RecipeOptions;
 
@@ -38,7 +40,7 @@ typedef struct {            // resolved per linear
 typedef struct {
     LinearRecipe lin[NUM_LINEARS];
     float dge_k, occ_alpha;
-    int occ_comp, tensorwise;
+    int occ_comp, tensorwise, attn_fp8;
 } Recipe;
 
 static int recipe_parse(const char *name) {
@@ -49,6 +51,7 @@ static int recipe_parse(const char *name) {
 static Recipe recipe_resolve(const RecipeOptions *o) {
     Recipe r;
     r.dge_k = o->dge_k; r.occ_alpha = o->occ_alpha; r.occ_comp = o->occ_comp; r.tensorwise = o->tensorwise;
+    r.attn_fp8 = o->attn_fp8;
     for (int l = 0; l < NUM_LINEARS; l++) {
         int attn = l == LIN_QKV || l == LIN_ATTPROJ;
         OperandFormats f = attn && !o->fp4_attn ? recipe_table[o->recipe].attn : recipe_table[o->recipe].mlp;
@@ -70,7 +73,7 @@ static void recipe_print(const char *name, const Recipe *r) {
         printf(" %s(%s,%s,%s%s%s)", linear_names[l], format_name(lr->f.x), format_name(lr->f.w), format_name(lr->f.g),
                lr->dge ? ",dge" : "", lr->occ ? (r->occ_comp ? ",occ" : ",clamp") : "");
     }
-    printf("%s\n", r->tensorwise ? " tensor-wise" : "");
+    printf("%s%s\n", r->tensorwise ? " tensor-wise" : "", r->attn_fp8 ? " attention-core fp8" : "");
 }
 
 #endif

@@ -38,7 +38,7 @@ static FILE *ref_open(RefFile *r, const char *path) {
         die("%s: bad header", path);
     RecipeOptions *o = &r->ro;
     o->recipe = h[13]; o->dge = h[14]; o->occ = h[15]; o->occ_comp = 1; o->fp4_layout = (Format)(FMT_E2M1 + h[16]);
-    o->fp4_attn = h[17]; o->tensorwise = h[18]; o->grad_format = h[19] ? FMT_E5M2 : FMT_E4M3;
+    o->fp4_attn = h[17]; o->tensorwise = h[18]; o->attn_fp8 = 0; o->grad_format = h[19] ? FMT_E5M2 : FMT_E4M3;
     memcpy(&o->occ_alpha, h + 34, 4); memcpy(&o->dge_k, h + 35, 4);
     memcpy(r->hp, h + 36, sizeof(r->hp));
     size_t n = (size_t)r->B * r->T;
