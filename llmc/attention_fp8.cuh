@@ -59,63 +59,70 @@ __device__ inline float att8_value(unsigned char c) {
     return __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)c, __NV_E4M3)));
 }
 
-// Q's and K's head rows: a warp per (token, head), D / 32 values a lane; codes and scales out,
-// the quantized values back into qkv
+// one head row of D values across 8 lanes of a warp (x: this lane's D / 8 of them; live false:
+// a lane past the last row, which only takes part in the shuffles): quantized in place, this
+// lane's codes out (8 a uint2); returns e
 template <int D>
-__global__ void att8_quantize_qk_kernel(bf16 *qkv, Att8 a, int B, int T, int H, int KV) {
-    constexpr int E = D / 32;
-    long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    int lane = threadIdx.x % 32;
-    if (row >= (long long)B * T * (H + KV)) return;
-    int n = (int)(row / (H + KV)), head = (int)(row % (H + KV));
-    bf16 *x = qkv + ((size_t)n * (H + 2 * KV) + head) * D + lane * E;
+__device__ inline int att8_quantize_row(bf16 *x, uint2 *codes, bool live) {
+    constexpr int E = D / 8;
     float v[E], amax = 0.0f;
-    for (int i = 0; i < E; i++) { v[i] = __bfloat162float(x[i]); amax = fmaxf(amax, fabsf(v[i])); }
-    int e = att8_exponent(warp_max(amax));
+    if (live) for (int i = 0; i < E; i += 8) load8(v + i, x + i);
+    if (live) for (int i = 0; i < E; i++) amax = fmaxf(amax, fabsf(v[i]));
+    for (int o = 1; o < 8; o *= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    int e = att8_exponent(amax);
+    if (!live) return e;
     float down = att8_pow2(-e), up = att8_pow2(e);
-    __nv_fp8_storage_t *codes = head < H ? a.q + ((size_t)n * H + head) * D : a.k + ((size_t)n * KV + head - H) * D;
-    for (int i = 0; i < E; i += 2) {
-        unsigned short c = att8_codes2(v[i], v[i + 1], down);
-        *(unsigned short *)(codes + lane * E + i) = c;
-        x[i] = __float2bfloat16(att8_value(c & 0xff) * up);
-        x[i + 1] = __float2bfloat16(att8_value(c >> 8) * up);
+    for (int i = 0; i < E; i += 8) {
+        unsigned c[4];
+        float q[8];
+        for (int k = 0; k < 4; k++) {
+            c[k] = att8_codes2(v[i + 2 * k], v[i + 2 * k + 1], down);
+            q[2 * k] = att8_value(c[k] & 0xff) * up;
+            q[2 * k + 1] = att8_value(c[k] >> 8) * up;
+        }
+        codes[i / 8] = make_uint2(c[0] | c[1] << 16, c[2] | c[3] << 16);
+        store_bf16<8>(x + i, q);
     }
-    if (lane != 0) return;
-    int b = n / T, t = n % T;
-    if (head < H) a.qs[(size_t)n * H + head] = up;
-    else a.keys[((size_t)b * KV + head - H) * 3 * att8_tp(T) + t] = up;
+    return e;
 }
 
-// V's head rows of 64 tokens of one (batch, kv head): quantized as above (a warp per token), the
+// Q's and K's head rows, 8 lanes per (token, head): codes and scales out, the quantized values
+// back into qkv
+template <int D>
+__global__ void att8_quantize_qk_kernel(bf16 *qkv, Att8 a, int B, int T, int H, int KV) {
+    long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 8;
+    int lane = threadIdx.x % 8;
+    bool live = row < (long long)B * T * (H + KV);
+    int n = live ? (int)(row / (H + KV)) : 0, head = live ? (int)(row % (H + KV)) : 0;
+    __nv_fp8_storage_t *codes = head < H ? a.q + ((size_t)n * H + head) * D : a.k + ((size_t)n * KV + head - H) * D;
+    int e = att8_quantize_row<D>(qkv + ((size_t)n * (H + 2 * KV) + head) * D + lane * (D / 8), (uint2 *)(codes + lane * (D / 8)), live);
+    if (!live || lane != 0) return;
+    int b = n / T, t = n % T;
+    if (head < H) a.qs[(size_t)n * H + head] = att8_pow2(e);
+    else a.keys[((size_t)b * KV + head - H) * 3 * att8_tp(T) + t] = att8_pow2(e);
+}
+
+// V's head rows of 64 tokens of one (batch, kv head), 8 lanes per token: quantized as above, the
 // codes transposed into the block's columns of vt through shared memory, V's e and 2^-e per key;
 // zeros past T (K's scale there too)
 template <int D>
 __global__ void __launch_bounds__(256) att8_quantize_v_kernel(bf16 *qkv, Att8 a, int T, int H, int KV) {
-    constexpr int E = D / 32;
+    constexpr int E = D / 8;
     __shared__ unsigned char tile[D][ATT8_KEYS];
     int kb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, Tp = att8_tp(T);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int lane = threadIdx.x % 8;
     float *keys = a.keys + ((size_t)b * KV + kvh) * 3 * Tp;
-    for (int j = warp; j < ATT8_KEYS; j += 8) {
+    for (int j = threadIdx.x / 8; j < ATT8_KEYS; j += blockDim.x / 8) {
         int t = kb * ATT8_KEYS + j;
-        if (t >= T) {
-            for (int i = 0; i < E; i++) tile[lane * E + i][j] = 0;
-            if (lane < 3) keys[lane * Tp + t] = 0.0f;
-            continue;
+        uint2 codes[E / 8];
+        int e = att8_quantize_row<D>(qkv + (((size_t)b * T + (t < T ? t : 0)) * (H + 2 * KV) + H + KV + kvh) * D + lane * E,
+                                     codes, t < T);
+        for (int i = 0; i < E; i++) tile[lane * E + i][j] = t < T ? (i % 8 < 4 ? codes[i / 8].x : codes[i / 8].y) >> 8 * (i % 4) : 0;
+        if (lane == 0) {
+            if (t >= T) keys[t] = 0.0f;
+            keys[Tp + t] = t < T ? (float)e : 0.0f;
+            keys[2 * Tp + t] = t < T ? att8_pow2(-e) : 0.0f;
         }
-        bf16 *x = qkv + (((size_t)b * T + t) * (H + 2 * KV) + H + KV + kvh) * D + lane * E;
-        float v[E], amax = 0.0f;
-        for (int i = 0; i < E; i++) { v[i] = __bfloat162float(x[i]); amax = fmaxf(amax, fabsf(v[i])); }
-        int e = att8_exponent(warp_max(amax));
-        float down = att8_pow2(-e), up = att8_pow2(e);
-        for (int i = 0; i < E; i += 2) {
-            unsigned short c = att8_codes2(v[i], v[i + 1], down);
-            tile[lane * E + i][j] = c & 0xff;
-            tile[lane * E + i + 1][j] = c >> 8;
-            x[i] = __float2bfloat16(att8_value(c & 0xff) * up);
-            x[i + 1] = __float2bfloat16(att8_value(c >> 8) * up);
-        }
-        if (lane == 0) { keys[Tp + t] = (float)e; keys[2 * Tp + t] = down; }
     }
     __syncthreads();
     for (int chunk = threadIdx.x; chunk < D * ATT8_KEYS / 16; chunk += blockDim.x) {
@@ -272,7 +279,7 @@ __global__ void __launch_bounds__(128) att8_forward_kernel(bf16 *out, float *lse
 template <int D>
 static void att8_launch(bf16 *out, float *lse, bf16 *qkv, const Att8 *a, int B, int T, int H, int KV, cudaStream_t st) {
     long long rows = (long long)B * T * (H + KV);
-    att8_quantize_qk_kernel<D><<<ceil_div(rows * 32, 256), 256, 0, st>>>(qkv, *a, B, T, H, KV);
+    att8_quantize_qk_kernel<D><<<ceil_div(rows * 8, 256), 256, 0, st>>>(qkv, *a, B, T, H, KV);
     att8_quantize_v_kernel<D><<<dim3(att8_tp(T) / ATT8_KEYS, KV, B), 256, 0, st>>>(qkv, *a, T, H, KV);
     att8_forward_kernel<D><<<dim3(att8_tp(T) / ATT8_KEYS, H, B), 128, 0, st>>>(out, lse, *a, T, H, KV);
     CUDA_CHECK(cudaGetLastError());

@@ -473,10 +473,8 @@ static int sm_count(void) {
 // How many runs (1 .. max_runs) to cut a grid's rows into, tiles blocks each, so that the blocks
 // fill whole waves: a last wave of a few blocks takes as long as a full one (occ_compensate ran
 // 288 blocks on 264 slots: two waves, the second 24 blocks). The fewest waves per run, up to 4
-// waves.
-static int whole_waves(int tiles, int max_runs, const void *kernel, int threads, size_t smem) {
-    int per_sm;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+// waves. per_sm: the kernel's blocks an SM holds at once.
+static int whole_waves(int tiles, int max_runs, int per_sm) {
     int slots = max(1, per_sm) * sm_count(), best = 1;
     for (int r = 2; r <= min(max_runs, max(1, 4 * slots / tiles)); r++)
         if ((long long)ceil_div(tiles * r, slots) * best < (long long)ceil_div(tiles * best, slots) * r) best = r;
@@ -514,7 +512,13 @@ static void occ_compensate(bf16 *y, const Occ *o, const bf16 *W, int rows, int M
         opted_in[v] = 1;
     }
     void (*kernel)(bf16 *, const int *, const float *, int, const bf16 *, int, int, int) = kernels[v];
-    int tiles = M / mt, runs = whole_waves(tiles, ceil_div(rows, 256), (const void *)kernel, 256, smem);
+    static size_t asked[3];  // the shared-memory size each kernel's occupancy was asked for (0: not yet)
+    static int per_sm[3];
+    if (asked[v] != smem) {
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm[v], kernel, 256, smem));
+        asked[v] = smem;
+    }
+    int tiles = M / mt, runs = whole_waves(tiles, ceil_div(rows, 256), per_sm[v]);
     kernel<<<dim3(tiles, runs), 256, smem, st>>>(y, o->slot_col, o->slot_val, o->plan.cap, W, rows, M, K);
     CUDA_CHECK(cudaGetLastError());
 }

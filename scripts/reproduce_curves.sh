@@ -72,7 +72,7 @@ reap() {
     unset "pid_run[$p]" "pid_gpu[$p]" "pid_start[$p]"
 }
 start_s=$(date +%s)
-for r in fp4 fp4_nodge fp4_clamp fp4_noocc fp4_naive fp8 bf16; do
+for r in fp4_attn8 fp4 fp4_nodge fp4_clamp fp4_noocc fp4_naive fp8 bf16_attn8 bf16; do
     for s in "${runs[@]}"; do
         [ "$s" = "$r" ] || continue
         for sd in "${seeds[@]}"; do
@@ -92,7 +92,7 @@ echo "wall time $(( $(date +%s) - start_s )) s, $failed failed"
 [ "$failed" -eq 0 ] || exit 1
 
 labels=()
-for r in bf16 fp8 fp4 fp4_nodge fp4_clamp fp4_noocc fp4_naive; do
+for r in bf16 bf16_attn8 fp8 fp4 fp4_attn8 fp4_nodge fp4_clamp fp4_noocc fp4_naive; do
     for s in "${runs[@]}"; do
         [ "$s" = "$r" ] || continue
         for sd in "${seeds[@]}"; do labels+=("$r=$out/$(job "$r" "$sd")"); done
