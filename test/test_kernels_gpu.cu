@@ -377,8 +377,8 @@ static void test_replica_hash(void) {
 // output against the CPU reference on the same codes: that one sums S in FP32 where the tensor
 // cores accumulate with fewer bits, which moves P across an E4M3 rounding boundary now and then
 // (a term off by 2^-4 of itself), plus BF16 output rounding: on average within 1e-3 of a row's
-// largest output, at worst 2%; the log-sum-exp within 1e-4 (measured on an H100: 4.4e-4, 3.9e-3,
-// 3e-6). (3) Against the BF16 core on the unquantized rows: the relative L2 error is E4M3's
+// largest output, at worst 5%; the log-sum-exp within 1e-4 (measured on an H100: 4.2-4.4e-4,
+// 3.8e-3 to 1.0e-2, 3e-6). (3) Against the BF16 core on the unquantized rows: the relative L2 error is E4M3's
 // rounding of q, k, v, bound 6% (measured 4.4-4.7%); the log-sum-exp within 0.25 (0.08-0.12, the
 // largest over 49k rows).
 static void test_attention_fp8(int B, int T, int H, int KV, int D) {
@@ -428,7 +428,7 @@ static void test_attention_fp8(int B, int T, int H, int KV, int D) {
                 double le = fabs(lse[((size_t)b * H + hh) * T + t] - l);
                 if (!(le <= lse_err)) lse_err = le;
             }
-    CHECK(mean <= 1e-3 && worst <= 0.02 && lse_err <= 1e-4, "attention fp8 B=%d T=%d H=%d KV=%d D=%d vs the CPU reference: mean %.3g, "
+    CHECK(mean <= 1e-3 && worst <= 0.05 && lse_err <= 1e-4, "attention fp8 B=%d T=%d H=%d KV=%d D=%d vs the CPU reference: mean %.3g, "
           "worst %.3g of a row's largest output, log-sum-exp %.3g", B, T, H, KV, D, mean, worst, lse_err);
     // (3) against the BF16 core
     float *o16 = got;

@@ -74,9 +74,9 @@ static void test_attention_fp8(void) {
     }
     CHECK(bad == 0 && att8_exponent(448.0f) == 0 && att8_exponent(448.5f) == 1 && att8_exponent(0.0f) == 0,
           "att8_exponent: %d amax outside (224, 448] after scaling", bad);
-    int seen = 0;
-    for (int k = 0; k < 32; k++) seen |= 1 << att8_key_at(k);
-    CHECK(seen == -1 && att8_key_at(2) == 8 && att8_key_at(4) == 2 && att8_key_at(19) == 25, "att8_key_at is not the fragment order");
+    unsigned seen = 0;
+    for (int k = 0; k < 32; k++) seen |= 1u << att8_key_at(k);
+    CHECK(seen == 0xffffffffu && att8_key_at(2) == 8 && att8_key_at(4) == 2 && att8_key_at(19) == 25, "att8_key_at is not the fragment order");
     enum { T = 200, D = 64, HEADS = 3 };  // one q, k, v head per token
     float *x = (float *)malloc_check((size_t)T * HEADS * D * sizeof(float)), o[D];
     int *e = (int *)malloc_check((size_t)T * HEADS * sizeof(int)), ev[T];
