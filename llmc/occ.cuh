@@ -13,8 +13,8 @@
 // two). (More than OCC_CAND above it: both count over the whole row instead; slower, same answer.)
 // Compensation: R's entries are listed per row (the forward: a thread per row, a tile of W's
 // rows transposed in shared memory) and, after a deterministic counting sort, per column (the
-// backward: a block per run of up to OCC_CH entries of a column gathers G's rows; outliers
-// concentrate in a few channels, so a column may hold one entry per row). G is BF16: a
+// backward: a block per run of up to OCC_CH entries of a column gathers G's rows; a channel can
+// hold an outlier in every row, so a column is cut into runs). G is BF16: a
 // nonlinearity's gradient (dGELU, dSwiGLU) comes materialized by quantize_grad's codes pass, once,
 // rather than remade per entry (that was 10 of 27 ms of OCC a step at GPT-2 124M, 8k tokens).
 // No float atomics: every sum runs in a fixed order, so runs repeat bit for bit.
