@@ -121,7 +121,7 @@ test/test_gpu_train: test/test_gpu_train.cu train_gpt2_fp4.cu llmc/cudnn_attenti
 	$(NVCC) $(NVCC_FLAGS) $(TRAIN_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS) $(TRAIN_LIBS)
 
 test/test_quant_gpu: test/test_quant_gpu.cu $(CUDA_HEADERS)
-	$(NVCC) $(NVCC_FLAGS) -o $@ $<
+	$(NVCC) $(NVCC_FLAGS) -o $@ $< -lcublasLt
 
 test/test_kernels_gpu: test/test_kernels_gpu.cu llmc/cudnn_attention.o $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS)

@@ -79,6 +79,7 @@ typedef struct {
     float2 *occ_bounds;          // (F) (N) OCC: each row's clamp bounds
     int *occ_col;                // (F) (maxcap, N) each row's outliers: input column, residual
     float *occ_val;
+    bf16 *occ_dense;             // (F) (N, maxK) OCC: the residual R as a dense matrix, for the compensation's GEMM
     int *occ_bcount;             // (F) (occ_count_ints(N, maxK)) counts of R's transposition
     bf16 *dqkv;                  // (B) (N, QKV)
     bf16 *dres;                  // (B) (N, C) gradient of the residual stream
@@ -324,6 +325,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     SHARE();
     BUF(s->xcodes, anyq ? N * maxK : 0); BUF(s->wcodes, anyq ? maxM * maxK : 0);
     BUF(s->occ_bounds, maxcap ? N : 0); BUF(s->occ_col, maxcap * N); BUF(s->occ_val, maxcap * N);
+    BUF(s->occ_dense, maxcap ? N * maxK : 0);
     BUF(s->occ_bcount, maxcap ? occ_count_ints(N, maxK) : 0);
     BUF(s->att8_mem, m->recipe.attn_fp8 ? att8_bytes(B, T, c->H, c->KV, config_hd(c)) : 0);
     SHARE();
@@ -397,7 +399,7 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     float *xs = m->acts.xs[lin] + (size_t)l * N;
     fp8 *xq = m->acts.xq[lin] + (size_t)l * K * N;
     Scratch *s = &m->s;
-    Occ o = { m->occ[lin], s->occ_bounds, s->occ_col, s->occ_val };
+    Occ o = { m->occ[lin], s->occ_bounds, s->occ_col, s->occ_val, s->occ_dense };
     if (occ_on(m, lin)) occ_quantize_rows(s->xcodes, xq, xs, src, N, f->x, &o, st);
     else quantize_rows(s->xcodes, xq, xs, src, N, K, f->x, m->recipe.tensorwise, st);
     const float *sw = m->wscales[lin] + (size_t)l * M;

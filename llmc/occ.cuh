@@ -1,9 +1,9 @@
 // defines: OccPlan, occ_plan, Occ, OccColumns, occ_quantize_rows, occ_compensate, occ_transpose, occ_compensate_grad
 // OCC on the GPU (SPEC.md 4, RECIPE.md 5): each row of a 4-bit linear's input is clamped to its
 // own quantiles [q(1 - alpha), q(alpha)], its scale taken from the clamped row, and the residual
-// R = X - clamp(X) (at most cap entries a row) is added back in FP32 arithmetic: y += R W^T in the
-// forward, dW += G^T R in the backward. Bounds, codes and residuals are the CPU occ_clamp_rows'
-// bit for bit (test/test_quant_gpu).
+// R = X - clamp(X) rounded to BF16 (at most cap entries a row) is added back with FP32
+// accumulation: y += R W^T in the forward, dW += G^T R in the backward. Bounds, codes and
+// residuals are the CPU occ_clamp_rows' bit for bit (test/test_quant_gpu).
 //
 // Selection without a sort, a warp per row. The k-th largest value of a row is at least the
 // smallest of the maxima of any 32 J disjoint groups (32 J >= k): every group holds a value that
@@ -11,17 +11,18 @@
 // values above it go to shared memory, where a bisection on the bits of their order-preserving
 // keys finds the exact k-th, and one counting pass its neighbour (the quantile interpolates the
 // two). (More than OCC_CAND above it: both count over the whole row instead; slower, same answer.)
-// Compensation: R's entries are listed per row (the forward: a thread per row, a tile of W's
-// rows transposed in shared memory) and, after a deterministic counting sort, per column (the
-// backward: a block per run of up to OCC_CH entries of a column gathers G's rows; a channel can
-// hold an outlier in every row, so a column is cut into runs). G is BF16: a
-// nonlinearity's gradient (dGELU, dSwiGLU) comes materialized by quantize_grad's codes pass, once,
-// rather than remade per entry (that was 10 of 27 ms of OCC a step at GPT-2 124M, 8k tokens).
+// Compensation: R's entries are listed per row (the forward makes them a dense matrix for a BF16
+// GEMM) and, after a deterministic counting sort, per column (the backward: a block per run of up
+// to OCC_CH entries of a column gathers G's rows; a channel can hold an outlier in every row, so a
+// column is cut into runs). G is BF16: a nonlinearity's gradient (dGELU, dSwiGLU) comes
+// materialized by quantize_grad's codes pass, once, rather than remade per entry (that was 10 of
+// 27 ms of OCC a step at GPT-2 124M, 8k tokens).
 // No float atomics: every sum runs in a fixed order, so runs repeat bit for bit.
 #ifndef LLMC_OCC_CUH
 #define LLMC_OCC_CUH
 
 #include "quantize.cuh"
+#include "matmul.cuh"
 
 #define OCC_WARPS 4      // rows per block of the selection
 #define OCC_CAND 512     // candidates per tail a warp keeps in shared memory
@@ -57,6 +58,7 @@ typedef struct {
     float2 *bounds;      // (rows) each row's [lo, hi]
     int *slot_col;       // (cap, rows) each row's outliers: input column and residual, the row's
     float *slot_val;     // entries first, then zeros (entry-major: a thread per row reads coalesced)
+    bf16 *dense;         // (rows, cols) R as a dense matrix, for the forward's GEMM
 } Occ;
 
 // R by input column, kept per layer for the backward: column k's entries (rows ascending) are
@@ -208,7 +210,7 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
         int c = c0 + lane * 8, live = c < cols;
         if (live) src_values8<OP>(v, in, r, c, cols, mu, rs);
         for (int j = 0; j < 8; j++) {
-            float res = live ? v[j] - fminf(fmaxf(v[j], lo), hi) : 0.0f;
+            float res = live ? bf16_round(v[j] - fminf(fmaxf(v[j], lo), hi)) : 0.0f;
             unsigned b = __ballot_sync(0xffffffffu, res != 0.0f);
             int i = nout + __popc(b & below);
             if (res != 0.0f && i < p.cap) { o.slot_col[(size_t)i * rows + r] = c + j; o.slot_val[(size_t)i * rows + r] = res; }
@@ -218,74 +220,10 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     for (int i = nout + lane; i < p.cap; i += 32) { o.slot_col[(size_t)i * rows + r] = 0; o.slot_val[(size_t)i * rows + r] = 0.0f; }
 }
 
-// Where chunk c (8 outputs, 16 bytes) of row k of W's transposed tile (K, MT) sits in shared
-// memory. The lanes of a warp read the same chunk of 32 random rows; unswizzled, a 64-byte row
-// (MT = 32) put chunk c of every row on one of 2 of the 8 16-byte bank groups (16 wavefronts a
-// read, where 4 is the least): the chunk index XOR the row's bits above those that pick its place
-// in a 128-byte line spreads them over all 8.
-template <int MT> __device__ inline int occ_chunk(int k, int c) {
-    constexpr int P = MT / 8, ROWS = 8 / P;  // chunks a row, rows a 128-byte line
-    return k * MT + 8 * (c ^ (k / ROWS % P));
-}
-
-// slots i0 .. i0 + 7 of row n (past cap: value 0)
-__device__ inline void occ_slots8(float *val, int *col, const int *slot_col, const float *slot_val, int cap, int rows, int n, int i0) {
-    for (int u = 0; u < 8; u++) {
-        size_t i = (size_t)min(i0 + u, cap - 1) * rows + n;
-        val[u] = i0 + u < cap ? slot_val[i] : 0.0f;
-        col[u] = slot_col[i];
-    }
-}
-
-// y (rows, M) += R W^T, W (M, K) BF16. A block: MT outputs, their weights transposed in shared
-// memory (K, MT, swizzled by occ_chunk); a thread per row, over the row's outliers.
-template <int MT>
-__global__ void __launch_bounds__(256) occ_compensate_kernel(bf16 *y, const int *slot_col, const float *slot_val, int cap,
-                                                             const bf16 *W, int rows, int M, int K) {
-    extern __shared__ __align__(16) unsigned char smem[];
-    bf16 *ws = (bf16 *)smem;
-    int j0 = blockIdx.x * MT, n8 = MT * (K / 8);
-    // W's tile in, 8 k's of an output (16 bytes) a load and 4 loads in flight a thread (SASS: one
-    // 2-byte load an iteration, each waiting for the last, was 96-192 round trips a thread). Past
-    // the end a thread loads and stores the last 8 again: the same values to the same places.
-    for (int i0 = threadIdx.x; i0 < n8; i0 += 4 * blockDim.x) {
-        Pack<8> raw[4];
-        int j[4], k[4];
-        for (int u = 0; u < 4; u++) {
-            int i = min(i0 + u * (int)blockDim.x, n8 - 1);
-            j[u] = i / (K / 8), k[u] = i % (K / 8) * 8;
-            raw[u] = pack_load<8>(W + (size_t)(j0 + j[u]) * K + k[u]);
-        }
-        for (int u = 0; u < 4; u++) {
-            const bf16 *e = (const bf16 *)&raw[u].u;
-            for (int t = 0; t < 8; t++) ws[occ_chunk<MT>(k[u] + t, j[u] / 8) + j[u] % 8] = e[t];
-        }
-    }
-    __syncthreads();
-    for (int n = blockIdx.y * blockDim.x + threadIdx.x; n < rows; n += gridDim.y * blockDim.x) {
-        float acc[MT], wv[MT], rv[8], rn[8];
-        int col[8], cn[8], any = 0;
-        for (int t = 0; t < MT; t++) acc[t] = 0.0f;
-        occ_slots8(rn, cn, slot_col, slot_val, cap, rows, n, 0);
-        for (int i0 = 0; i0 < cap; i0 += 8) {  // the next 8 slots' loads in flight while these 8 are summed
-            for (int u = 0; u < 8; u++) { rv[u] = rn[u]; col[u] = cn[u]; }
-            if (rv[0] == 0.0f) break;  // a row's entries come first
-            if (i0 + 8 < cap) occ_slots8(rn, cn, slot_col, slot_val, cap, rows, n, i0 + 8);
-            any = 1;
-            for (int u = 0; u < 8; u++) {
-                if (rv[u] == 0.0f) continue;
-                for (int t = 0; t < MT; t += 8) load8(wv + t, ws + occ_chunk<MT>(col[u], t / 8));
-                for (int t = 0; t < MT; t++) acc[t] = fmaf(rv[u], wv[t], acc[t]);
-            }
-        }
-        if (!any) continue;
-        bf16 *yr = y + (size_t)n * M + j0;
-        for (int t = 0; t < MT; t += 8) {
-            load8(wv, yr + t);
-            for (int u = 0; u < 8; u++) wv[u] += acc[t + u];
-            store_bf16<8>(yr + t, wv);
-        }
-    }
+// R (rows, K) as a dense BF16 matrix, over zeros: slot i / rows of row i % rows
+__global__ void occ_dense_kernel(bf16 *r, const int *slot_col, const float *slot_val, int cap, int rows, int K) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (size_t)cap * rows && slot_val[i] != 0.0f) r[i % rows * K + slot_col[i]] = __float2bfloat16(slot_val[i]);
 }
 
 // the transposition, a counting sort in three steps. 1: each block of OCC_RB rows counts its
@@ -464,23 +402,6 @@ __global__ void __launch_bounds__(256) occ_grad_sum_kernel(float *dW, const floa
     }
 }
 
-static int sm_count(void) {
-    static int n;
-    if (!n) { int dev; CUDA_CHECK(cudaGetDevice(&dev)); CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev)); }
-    return n;
-}
-
-// How many runs (1 .. max_runs) to cut a grid's rows into, tiles blocks each, so that the blocks
-// fill whole waves: a last wave of a few blocks takes as long as a full one (occ_compensate ran
-// 288 blocks on 264 slots: two waves, the second 24 blocks). The fewest waves per run, up to 4
-// waves. per_sm: the kernel's blocks an SM holds at once.
-static int whole_waves(int tiles, int max_runs, int per_sm) {
-    int slots = max(1, per_sm) * sm_count(), best = 1;
-    for (int r = 2; r <= min(max_runs, max(1, 4 * slots / tiles)); r++)
-        if ((long long)ceil_div(tiles * r, slots) * best < (long long)ceil_div(tiles * best, slots) * r) best = r;
-    return best;
-}
-
 // quantize_rows with OCC: the source's rows clamped to their quantiles, quantized per row from
 // the clamped absmax; the outliers into o's slots
 static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, Format f, const Occ *o,
@@ -495,32 +416,17 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
     rows_codes(codes, codes_t, scales, src, o->bounds, rows, cols, f, st);
 }
 
-// y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights
+// y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights. R goes dense
+// into o->dense (exact: its entries are BF16 numbers) for a BF16 GEMM on the tensor cores, which
+// at 2% of the entries beats a sparse kernel over the slots (that one read W's rows at random
+// for every outlier, at 90% of the shared-memory pipe: 4.3 ms a step at GPT-2 124M, 8k tokens).
 static void occ_compensate(bf16 *y, const Occ *o, const bf16 *W, int rows, int M, int K, cudaStream_t st) {
-    if (M % 16 != 0 || K % 8 != 0 || K != o->plan.cols)
-        die("occ_compensate: %d outputs (a multiple of 16 needed), %d inputs (a multiple of 8, the plan's %d)", M, K, o->plan.cols);
-    // outputs per block: wide, so that each residual entry loaded feeds many products, as far as
-    // W's tile (K, mt) fits in shared memory
-    int v = K <= 1024 && M % 32 == 0 ? 0 : K <= 3072 ? 1 : 2, mt = 32 >> v;
-    size_t smem = (size_t)K * mt * sizeof(bf16);
-    if (smem > 200 * 1024) die("occ_compensate: %d inputs do not fit in shared memory", K);
-    void (*const kernels[])(bf16 *, const int *, const float *, int, const bf16 *, int, int, int) = {
-        occ_compensate_kernel<32>, occ_compensate_kernel<16>, occ_compensate_kernel<8> };
-    static int opted_in[3];  // the shared-memory opt-in, once per kernel
-    if (!opted_in[v]) {
-        CUDA_CHECK(cudaFuncSetAttribute(kernels[v], cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
-        opted_in[v] = 1;
-    }
-    void (*kernel)(bf16 *, const int *, const float *, int, const bf16 *, int, int, int) = kernels[v];
-    static size_t asked[3];  // the shared-memory size each kernel's occupancy was asked for (0: not yet)
-    static int per_sm[3];
-    if (asked[v] != smem) {
-        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm[v], kernel, 256, smem));
-        asked[v] = smem;
-    }
-    int tiles = M / mt, runs = whole_waves(tiles, ceil_div(rows, 256), per_sm[v]);
-    kernel<<<dim3(tiles, runs), 256, smem, st>>>(y, o->slot_col, o->slot_val, o->plan.cap, W, rows, M, K);
+    if (K != o->plan.cols) die("occ_compensate: %d inputs, the plan's %d", K, o->plan.cols);
+    size_t slots = (size_t)o->plan.cap * rows;
+    CUDA_CHECK(cudaMemsetAsync(o->dense, 0, (size_t)rows * K * sizeof(bf16), st));
+    occ_dense_kernel<<<ceil_div(slots, 256), 256, 0, st>>>(o->dense, o->slot_col, o->slot_val, o->plan.cap, rows, K);
     CUDA_CHECK(cudaGetLastError());
+    matmul_forward(y, o->dense, W, NULL, y, NULL, rows, K, M, st);
 }
 
 // the transposition's scratch, in ints: the row blocks' counts (ceil(rows / OCC_RB), K) and the

@@ -171,7 +171,8 @@ static int cmp_float(const void *a, const void *b) {
 }
 
 // OCC: clamp each row of x (rows x cols) to its own [quantile(1-alpha), quantile(alpha)];
-// xc = clamped, resid = x - xc (exact, nonzero only at the outliers). Returns the clamped count.
+// xc = clamped, resid = x - xc rounded to BF16 (the compensation's GEMM operand on the GPU;
+// nonzero only at the outliers). Returns the clamped count.
 static long occ_clamp_rows(float *xc, float *resid, const float *x, int rows, int cols, float alpha) {
     long clamped = 0;
     #pragma omp parallel reduction(+:clamped)
@@ -187,7 +188,7 @@ static long occ_clamp_rows(float *xc, float *resid, const float *x, int rows, in
             for (int c = 0; c < cols; c++) {
                 float v = fminf(fmaxf(xr[c], lo), hi);
                 xc[(size_t)r * cols + c] = v;
-                resid[(size_t)r * cols + c] = xr[c] - v;
+                resid[(size_t)r * cols + c] = bf16_round(xr[c] - v);
                 clamped += v != xr[c];
             }
         }

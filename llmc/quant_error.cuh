@@ -22,7 +22,7 @@ __device__ inline void warp_add_doubles(double *sums, double *v, int n) {
 }
 
 // A warp per row: x = the source's value times col_scale (NULL: ones), q = code * the row's
-// scale, + (x - clamp(x, bounds)) with comp (OCC's compensated residual; no bounds: none).
+// scale, + bf16(x - clamp(x, bounds)) with comp (OCC's compensated residual; no bounds: none).
 // sums[0..4] += x x, q q, x q, (x - q)^2, and the number of clamped entries. NORM reads the
 // statistics the quantizer wrote.
 template <int OP>
@@ -39,7 +39,7 @@ __global__ void quant_error_kernel(double *sums, RowSource in, const fp8 *codes,
             for (int k = 0; k < 8; k++) {
                 float x = v[k] * (col_scale ? col_scale[c + k] : 1.0f), xc = fminf(fmaxf(x, b.x), b.y);
                 __half_raw h = __nv_cvt_fp8_to_halfraw(codes[(size_t)r * cols + c + k], fp8f);
-                double q = (double)__half2float(__half(h)) * s + (comp ? (double)(x - xc) : 0.0), e = (double)x - q;
+                double q = (double)__half2float(__half(h)) * s + (comp ? (double)bf16_round(x - xc) : 0.0), e = (double)x - q;
                 acc[0] += (double)x * x; acc[1] += q * q; acc[2] += (double)x * q; acc[3] += e * e; acc[4] += xc != x;
             }
         }

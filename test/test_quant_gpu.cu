@@ -281,7 +281,7 @@ static void test_occ(uint64_t seed) {
         float *ddw = (float *)cuda_malloc((size_t)M * K * sizeof(float));
         fp8 *dc = (fp8 *)cuda_malloc(n), *dt = (fp8 *)cuda_malloc(n);
         Occ o = { plan, (float2 *)cuda_malloc(rows * sizeof(float2)), (int *)cuda_malloc(cap * rows * sizeof(int)),
-                  (float *)cuda_malloc(cap * rows * sizeof(float)) };
+                  (float *)cuda_malloc(cap * rows * sizeof(float)), (bf16 *)cuda_malloc(n * sizeof(bf16)) };
         OccColumns oc = { (int *)cuda_malloc((K + 1) * sizeof(int)), (int *)cuda_malloc((K + 1) * sizeof(int)),
                           (int *)cuda_malloc(cap * rows * sizeof(int)), (float *)cuda_malloc(cap * rows * sizeof(float)) };
         size_t np = occ_items_max(&plan, rows) * M;
@@ -369,7 +369,7 @@ static void test_occ(uint64_t seed) {
         cuda_free(dy, (size_t)rows * M * sizeof(bf16)); cuda_free(ds, rows * sizeof(float)); cuda_free(dsw, M * sizeof(float));
         cuda_free(ddw, (size_t)M * K * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n);
         cuda_free(o.bounds, rows * sizeof(float2)); cuda_free(o.slot_col, cap * rows * sizeof(int));
-        cuda_free(o.slot_val, cap * rows * sizeof(float)); cuda_free(oc.start, (K + 1) * sizeof(int));
+        cuda_free(o.slot_val, cap * rows * sizeof(float)); cuda_free(o.dense, n * sizeof(bf16)); cuda_free(oc.start, (K + 1) * sizeof(int));
         cuda_free(oc.item_start, (K + 1) * sizeof(int)); cuda_free(partial, np * sizeof(float));
         cuda_free(oc.row, cap * rows * sizeof(int)); cuda_free(oc.val, cap * rows * sizeof(float));
         cuda_free(bcount, occ_count_ints(rows, K) * sizeof(int));
@@ -425,7 +425,7 @@ static void test_telemetry(uint64_t seed) {
     double *dsums = (double *)cuda_malloc(QS_N * sizeof(double)), hs[QS_N];
     OccPlan plan = occ_plan(K, 0.99f);
     Occ o = { plan, (float2 *)cuda_malloc(rows * sizeof(float2)), (int *)cuda_malloc(plan.cap * rows * sizeof(int)),
-              (float *)cuda_malloc(plan.cap * rows * sizeof(float)) };
+              (float *)cuda_malloc(plan.cap * rows * sizeof(float)), NULL };  // no compensation here
     cuda_upload(dx, hx, n * sizeof(bf16)); cuda_upload(dwt, hw, nw * sizeof(bf16)); cuda_upload(dg, hg, ng * sizeof(bf16));
     cuda_upload(dfold, fold, M * sizeof(float)); cuda_upload(ddw, dw, nw * sizeof(float)); cuda_upload(dsw, sw, M * sizeof(float));
     CUDA_CHECK(cudaMemset(dsums, 0, QS_N * sizeof(double)));
@@ -485,6 +485,7 @@ int main(void) {
     float *dx, *dy;
     CUDA_CHECK(cudaMalloc(&dx, n * sizeof(float)));
     CUDA_CHECK(cudaMalloc(&dy, n * sizeof(float)));
+    matmul_init();  // OCC's compensation runs a cuBLASLt GEMM
     uint64_t seed = (uint64_t)time(NULL);  // fresh data every run; printed to reproduce
     printf("seed %llu\n", (unsigned long long)seed);
     for (Format f = FMT_BF16; f < NUM_FORMATS; f = (Format)(f + 1)) {

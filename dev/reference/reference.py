@@ -248,7 +248,8 @@ def quantize(x, fmt, dim, scaling):
 
 
 def occ_clamp(x, alpha):
-    """Per-row clamp to the row's own alpha / (1-alpha) quantiles (SPEC 4, OCC step 1)."""
+    """Per-row clamp to the row's own alpha / (1-alpha) quantiles (SPEC 4, OCC step 1); the
+    residual x - xc rounded to BF16 (the GPU's compensation GEMM operand)."""
     K = x.shape[1]
     v, _ = torch.sort(x, dim=1)
 
@@ -262,7 +263,7 @@ def occ_clamp(x, alpha):
 
     lo, hi = quantile(1.0 - alpha), quantile(alpha)
     xc = torch.minimum(torch.maximum(x, lo), hi)
-    return xc, x - xc
+    return xc, (x - xc).to(torch.bfloat16).to(x.dtype)
 
 
 def dge_derivative(w, layout, k):
