@@ -292,10 +292,11 @@ static void model_alloc_acts(Model *m, int B, int T) {
     size_t maxcap = 0, maxpartial = 0;
     // buffers at offsets of one allocation; SHARE() starts another layout of the shared span
     // [lo, hi), laid out again from lo
-    struct { void **ptr; size_t off; } a[64];
+    struct { void **ptr; size_t off; } a[96];
     int na = 0;
     size_t at = 0, lo = 0, hi = 0;
-#define BUF(p, count) (a[na].ptr = (void **)&(p), a[na].off = at, at += ((count) * sizeof(*(p)) + 255) / 256 * 256, na++)
+#define BUF(p, count) (na < 96 ? (void)0 : die("model_alloc_acts: more than 96 buffers"), a[na].ptr = (void **)&(p), \
+                       a[na].off = at, at += ((count) * sizeof(*(p)) + 255) / 256 * 256, na++)
 #define SHARE() (hi = at > hi ? at : hi, at = lo)
     Acts *x = &m->acts;
     BUF(x->encoded, N * C);
