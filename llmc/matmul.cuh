@@ -79,8 +79,8 @@ static LtPlan *lt_plan(const GemmKey *key, const float *a_scale, const float *b_
     cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &LT_WORKSPACE, sizeof(LT_WORKSPACE)));
-    // split-K partial sums in FP32 only: reduced in the output's type (BF16), they round once per
-    // split (OCC's y += R W^T at 16-64 outputs came out at twice BF16's rounding error)
+    // split-K partial sums in FP32 only: reduced in the output's type (BF16) or in place, they
+    // would round once per split
     uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction, sizeof(reduction)));
     cublasLtMatmulHeuristicResult_t heur;

@@ -235,8 +235,10 @@ static void test_fused_sources(uint64_t seed) {
 // and ties must be the CPU occ_clamp_rows' bit for bit, including a zero row, a constant row and
 // a row whose candidates overflow shared memory (lane 31's values far below the rest: the
 // threshold lets almost every value through), and a channel with an outlier in every row (in the
-// backward, a column of several items). The compensations against FP64: y += R W^T within
-// BF16 output rounding, dW += G^T R (plain and divided by the DGE factor) within FP32 rounding,
+// backward, a column of several items). The compensations against FP64: y += R W^T within two
+// BF16 roundings (cuBLASLt's BF16 GEMM adding y: measured up to 1.6 of one on the H100, the
+// second rounding's place not pinned down), dW += G^T R (plain and divided by the DGE factor)
+// within FP32 rounding,
 // and bit-identical on a second run. (FP32 bound: 1e-5 of the sum of |terms| plus an ulp of the result.)
 static void test_occ(uint64_t seed) {
     const struct { int rows, cols, M; float alpha; } cases[] = {
@@ -360,7 +362,7 @@ static void test_occ(uint64_t seed) {
                     else same &= dw1[i] == dw0[i];
                 }
         }
-        CHECK(ey <= 0x1p-8 && eg[0] <= 1.0 && eg[1] <= 1.0 && same, "occ %dx%d alpha %g: compensation errors y %.3g (bound 2^-8), dW "
+        CHECK(ey <= 0x1p-7 && eg[0] <= 1.0 && eg[1] <= 1.0 && same, "occ %dx%d alpha %g: compensation errors y %.3g (bound 2^-7), dW "
               "%.3g / %.3g (DGE) of the bound, repeatable %d", rows, K, alpha, ey, eg[0], eg[1], same);
         printf("occ %dx%d alpha %g: %ld clamped (cap %zu a row), bounds, codes, scales, residuals identical to the CPU; y += R W^T "
                "%.1e (BF16 out); dW += G^T R %.2f, with DGE %.2f of the FP32 bound; repeatable\n", rows, K, alpha, clamped, cap, ey,
