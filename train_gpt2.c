@@ -527,9 +527,7 @@ static void attention_forward(const Config *c, float *out, float *att, float *qk
         e = (int *)malloc_check((size_t)B * T * heads * sizeof(int));
         ev = (int *)malloc_check((size_t)B * KV * T * sizeof(int));
         att8_quantize_heads(qkv, e, B * T, heads, hd);
-        for (int b = 0; b < B; b++)
-            for (int kv = 0; kv < KV; kv++)
-                for (int t = 0; t < T; t++) ev[((size_t)b * KV + kv) * T + t] = e[((size_t)b * T + t) * heads + H + KV + kv];
+        att8_value_exponents(ev, e, B, T, H, KV);
     }
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++) {

@@ -344,7 +344,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     m->acts_mem = cuda_malloc(hi);
     m->acts_bytes = hi;
     for (int i = 0; i < na; i++) *a[i].ptr = (char *)m->acts_mem + a[i].off;
-    if (m->recipe.attn_fp8) s->att8 = att8_carve(s->att8_mem, B, T, c->H, c->KV, config_hd(c));
+    if (m->recipe.attn_fp8) att8_carve(&s->att8, s->att8_mem, B, T, c->H, c->KV, config_hd(c));
     m->inputs = (int *)cuda_malloc(2 * N * sizeof(int));
     m->targets = m->inputs + N;
     m->buckets = (int *)malloc_check((3 * N + 1) * sizeof(int));

@@ -27,26 +27,22 @@ typedef struct {
 
 static __host__ __device__ inline int att8_tp(int T) { return (T + ATT8_KEYS - 1) / ATT8_KEYS * ATT8_KEYS; }
 
-// the scratch bytes of an Att8 for B x T tokens (each buffer 256-byte aligned)
-static size_t att8_bytes(int B, int T, int H, int KV, int hd) {
-    size_t N = (size_t)B * T, Tp = att8_tp(T);
-    size_t sizes[5] = { N * H * hd, N * KV * hd, (size_t)B * KV * hd * Tp, N * H * 4, (size_t)B * KV * 3 * Tp * 4 };
-    size_t total = 0;
-    for (int i = 0; i < 5; i++) total += (sizes[i] + 255) / 256 * 256;
-    return total;
+// lays an Att8 out from mem (each buffer 256-byte aligned) and returns the bytes it spans; with
+// mem NULL, only the bytes
+static size_t att8_carve(Att8 *a, void *mem, int B, int T, int H, int KV, int hd) {
+    size_t N = (size_t)B * T, Tp = att8_tp(T), at = 0;
+    void **ptr[5] = { (void **)&a->q, (void **)&a->k, (void **)&a->vt, (void **)&a->qs, (void **)&a->keys };
+    size_t bytes[5] = { N * H * hd, N * KV * hd, (size_t)B * KV * hd * Tp, N * H * 4, (size_t)B * KV * 3 * Tp * 4 };
+    for (int i = 0; i < 5; i++) {
+        if (mem) *ptr[i] = (char *)mem + at;
+        at += (bytes[i] + 255) / 256 * 256;
+    }
+    return at;
 }
 
-// lays an Att8 out over mem (att8_bytes of it)
-static Att8 att8_carve(void *mem, int B, int T, int H, int KV, int hd) {
-    size_t N = (size_t)B * T, Tp = att8_tp(T);
-    char *p = (char *)mem;
-    Att8 a;
-    a.q = (__nv_fp8_storage_t *)p; p += (N * H * hd + 255) / 256 * 256;
-    a.k = (__nv_fp8_storage_t *)p; p += (N * KV * hd + 255) / 256 * 256;
-    a.vt = (__nv_fp8_storage_t *)p; p += ((size_t)B * KV * hd * Tp + 255) / 256 * 256;
-    a.qs = (float *)p; p += (N * H * 4 + 255) / 256 * 256;
-    a.keys = (float *)p;
-    return a;
+static size_t att8_bytes(int B, int T, int H, int KV, int hd) {
+    Att8 unused;
+    return att8_carve(&unused, NULL, B, T, H, KV, hd);
 }
 
 // E4M3 codes of x (down: 2^-e), two at a time, low byte first

@@ -1,4 +1,5 @@
-// defines: ATT8_KEYS, att8_exponent, att8_pow2, att8_key_at, att8_quantize_heads, att8_forward
+// defines: ATT8_KEYS, att8_exponent, att8_pow2, att8_key_at, att8_quantize_heads, att8_value_exponents,
+//          att8_forward
 // The FP8 attention core's numerics (--attn-core fp8), shared by the GPU kernels
 // (attention_fp8.cuh) and the CPU reference here.
 //  - Q, K and V are E4M3 codes per (token, head) row with a power-of-two scale 2^e, e the
@@ -56,6 +57,14 @@ static void att8_quantize_heads(float *qkv, int *e, int N, int heads, int hd) {
         for (int i = 0; i < hd; i++) x[i] = quant_round(x[i] * down, FMT_E4M3) * up;
         e[r] = ex;
     }
+}
+
+// V's exponents ev (B, KV, T), one run of keys per (batch, kv head), from the head rows' e
+// (B T, H + 2 KV) of att8_quantize_heads
+static void att8_value_exponents(int *ev, const int *e, int B, int T, int H, int KV) {
+    for (int b = 0; b < B; b++)
+        for (int kv = 0; kv < KV; kv++)
+            for (int t = 0; t < T; t++) ev[((size_t)b * KV + kv) * T + t] = e[((size_t)b * T + t) * (H + 2 * KV) + H + KV + kv];
 }
 
 // one query row's output o (hd) and log-sum-exp, from the quantized rows (att8_quantize_heads):

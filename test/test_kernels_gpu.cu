@@ -393,7 +393,8 @@ static void test_attention_fp8(int B, int T, int H, int KV, int D) {
     bf16 *dqkv = to_device(h, n), *dout = (bf16 *)cuda_malloc(no * sizeof(bf16)), *dref = (bf16 *)cuda_malloc(no * sizeof(bf16));
     float *dlse = (float *)cuda_malloc(N * H * sizeof(float)), *dlse16 = (float *)cuda_malloc(N * H * sizeof(float));
     void *mem = cuda_malloc(att8_bytes(B, T, H, KV, D));
-    Att8 a = att8_carve(mem, B, T, H, KV, D);
+    Att8 a;
+    att8_carve(&a, mem, B, T, H, KV, D);
     cudnn_attention_forward(dref, dlse16, dqkv, B, T, H, KV, D, 0);  // the BF16 core on the unquantized rows
     attention_fp8_forward(dout, dlse, dqkv, &a, B, T, H, KV, D, 0);
     CUDA_CHECK(cudaDeviceSynchronize());
@@ -410,9 +411,7 @@ static void test_attention_fp8(int B, int T, int H, int KV, int D) {
     from_device(o, dout, no);
     cuda_download(lse, dlse, N * H * sizeof(float));
     cuda_download(lse16, dlse16, N * H * sizeof(float));
-    for (int b = 0; b < B; b++)
-        for (int kv = 0; kv < KV; kv++)
-            for (int t = 0; t < T; t++) ev[((size_t)b * KV + kv) * T + t] = e[((size_t)b * T + t) * heads + H + KV + kv];
+    att8_value_exponents(ev, e, B, T, H, KV);
     double worst = 0.0, mean = 0.0, lse_err = 0.0;
     for (int b = 0; b < B; b++)
         for (int hh = 0; hh < H; hh++)
