@@ -63,10 +63,8 @@ typedef struct {
     float *losses;               // (N)
     fp8 *xq[NUM_LINEARS];        // (L, K, N) input codes of each quantized linear, transposed for wgrad
     float *xs[NUM_LINEARS];      // (L, N) their per-token scales
-    int *occ_start[NUM_LINEARS]; // (L, K + 1) OCC: each layer's residual R by input column (OccColumns)
-    int *occ_items[NUM_LINEARS]; // (L, K + 1)
-    int *occ_row[NUM_LINEARS];   // (L, cap * N)
-    float *occ_val[NUM_LINEARS]; // (L, cap * N)
+    int *occ_col[NUM_LINEARS];   // (L, cap, N) OCC: each layer's residual R, a row's outliers: input column,
+    float *occ_val[NUM_LINEARS]; // (L, cap, N) residual (Occ's slots)
 } Acts;
 
 // Reused layer after layer. (F): used by the blocks' forward only, (B): by their backward only;
@@ -77,10 +75,7 @@ typedef struct {
     fp8 *xcodes;                 // (F) (N, maxK) input codes for the forward GEMM
     fp8 *wcodes;                 // (F) (maxM, maxK) a layer's weight codes for the forward GEMM
     float2 *occ_bounds;          // (F) (N) OCC: each row's clamp bounds
-    int *occ_col;                // (F) (maxcap, N) each row's outliers: input column, residual
-    float *occ_val;
     bf16 *occ_dense;             // (F) (N, maxK) OCC: the residual R as a dense matrix, for the compensation's GEMM
-    int *occ_bcount;             // (F) (occ_count_ints(N, maxK)) counts of R's transposition
     bf16 *dqkv;                  // (B) (N, QKV)
     bf16 *dres;                  // (B) (N, C) gradient of the residual stream
     bf16 *datty;                 // (B) (N, C)
@@ -91,7 +86,8 @@ typedef struct {
     float *gscales, *gscales_t;  // (B) (N), (maxM) their scales
     fp8 *wcodes_t;               // (B) (maxK, maxM) a layer's weight codes, transposed for dgrad
     unsigned *amax;              // (B) (maxM) column absmax scratch
-    float *occ_partial;          // (B) (max items, maxM) the compensation gradient's partial sums
+    bf16 *occ_dense_b;           // (B) (N, maxK) R dense again, for the compensation's weight gradient
+    float *occ_dwr;              // (B) (max M * K) that gradient, before the DGE factor
     unsigned char *att8_mem;     // (F) --attn-core fp8: the FP8 core's codes and scales (att8_bytes)
     Att8 att8;                   // laid out over att8_mem
 } Scratch;
@@ -119,7 +115,6 @@ typedef struct {
     float *ones;                  // (nones) unit scales, for GEMM operands that are exact codes
     int nones;
     int B, T;
-    int backward_next;            // the running forward is a training one: keep what the backward needs
     void *acts_mem;
     size_t acts_bytes;
     Acts acts;
@@ -180,12 +175,11 @@ static Recipe gpu_recipe(const RecipeOptions *o) {
 
 static int occ_on(const Model *m, int lin) { return m->recipe.lin[lin].occ; }
 
-// layer l's residual of linear lin, by column
-static OccColumns occ_columns(const Model *m, int lin, int l) {
-    size_t N = (size_t)m->B * m->T, K = m->occ[lin].cols, rn = (size_t)m->occ[lin].cap * N;
-    OccColumns oc = { m->acts.occ_start[lin] + l * (K + 1), m->acts.occ_items[lin] + l * (K + 1), m->acts.occ_row[lin] + l * rn,
-                      m->acts.occ_val[lin] + l * rn };
-    return oc;
+// OCC's state for linear lin of layer l: that layer's slots, dense the pass's scratch
+static Occ occ_state(const Model *m, int lin, int l, bf16 *dense) {
+    size_t rn = (size_t)m->occ[lin].cap * m->B * m->T;
+    Occ o = { m->occ[lin], m->s.occ_bounds, m->acts.occ_col[lin] + l * rn, m->acts.occ_val[lin] + l * rn, dense };
+    return o;
 }
 
 // d: the other ranks (NULL: none); zero: shard the optimizer state over them
@@ -289,7 +283,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     // a quantized linear makes its input rows on the fly and keeps their codes: no BF16 copy
     size_t Lqkv = quantized(m, LIN_QKV) ? 0 : L, Lfc = quantized(m, LIN_FC) ? 0 : L, Lproj = quantized(m, LIN_FCPROJ) ? 0 : L;
     int anyq = 0;
-    size_t maxcap = 0, maxpartial = 0;
+    size_t maxcap = 0, maxmk = 0;
     // buffers at offsets of one allocation; SHARE() starts another layout of the shared span
     // [lo, hi), laid out again from lo
     struct { void **ptr; size_t off; } a[96];
@@ -313,9 +307,8 @@ static void model_alloc_acts(Model *m, int B, int T) {
         anyq = 1;
         size_t cap = occ_on(m, l) ? m->occ[l].cap : 0;
         if (cap > maxcap) maxcap = cap;
-        if (cap && occ_items_max(&m->occ[l], N) * M > maxpartial) maxpartial = occ_items_max(&m->occ[l], N) * M;
-        BUF(x->occ_start[l], (cap ? L : 0) * (K + 1)); BUF(x->occ_items[l], (cap ? L : 0) * (K + 1));
-        BUF(x->occ_row[l], L * cap * N); BUF(x->occ_val[l], L * cap * N);
+        if (cap && (size_t)M * K > maxmk) maxmk = (size_t)M * K;
+        BUF(x->occ_col[l], L * cap * N); BUF(x->occ_val[l], L * cap * N);
     }
     Scratch *s = &m->s;
     BUF(s->dln, N * C); BUF(s->partial, partial);
@@ -325,9 +318,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     BUF(x->logits, N * Vp);
     SHARE();
     BUF(s->xcodes, anyq ? N * maxK : 0); BUF(s->wcodes, anyq ? maxM * maxK : 0);
-    BUF(s->occ_bounds, maxcap ? N : 0); BUF(s->occ_col, maxcap * N); BUF(s->occ_val, maxcap * N);
-    BUF(s->occ_dense, maxcap ? N * maxK : 0);
-    BUF(s->occ_bcount, maxcap ? occ_count_ints(N, maxK) : 0);
+    BUF(s->occ_bounds, maxcap ? N : 0); BUF(s->occ_dense, maxcap ? N * maxK : 0);
     BUF(s->att8_mem, m->recipe.attn_fp8 ? att8_bytes(B, T, c->H, c->KV, config_hd(c)) : 0);
     SHARE();
     int fc_grad = !quantized(m, LIN_FC) || (occ_on(m, LIN_FC) && m->recipe.occ_comp);
@@ -337,7 +328,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
         BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
         BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
     }
-    BUF(s->occ_partial, maxpartial);
+    BUF(s->occ_dense_b, maxcap ? N * maxK : 0); BUF(s->occ_dwr, maxmk);
     SHARE();
 #undef SHARE
 #undef BUF
@@ -388,7 +379,7 @@ static const bf16 *rows_materialize(Model *m, const RowSource *src, int N, int K
 // pre = x W^T + b and y = gelu(pre), in the GEMM's epilogue; a quantized linear writes only pre
 // (the next linear's quantizer applies GELU). A quantized linear keeps its input's codes,
 // transposed, and scales for the backward; with OCC the input is clamped, R W^T added to the
-// output, and R kept by column when a backward follows.
+// output, and R's entries kept per row for the backward.
 static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const RowSource *src, const bf16 *residual, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
@@ -400,7 +391,7 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     float *xs = m->acts.xs[lin] + (size_t)l * N;
     fp8 *xq = m->acts.xq[lin] + (size_t)l * K * N;
     Scratch *s = &m->s;
-    Occ o = { m->occ[lin], s->occ_bounds, s->occ_col, s->occ_val, s->occ_dense };
+    Occ o = occ_state(m, lin, l, s->occ_dense);
     if (occ_on(m, lin)) occ_quantize_rows(s->xcodes, xq, xs, src, N, f->x, &o, st);
     else quantize_rows(s->xcodes, xq, xs, src, N, K, f->x, m->recipe.tensorwise, st);
     const float *sw = m->wscales[lin] + (size_t)l * M;
@@ -416,9 +407,6 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
                b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
     if (!occ_on(m, lin) || !m->recipe.occ_comp) return;
     occ_compensate(pre ? pre : y, &o, W, N, M, K, st);
-    if (!m->backward_next) return;
-    OccColumns oc = occ_columns(m, lin, l);
-    occ_transpose(&oc, &o, N, s->occ_bcount, st);
 }
 
 // dx (N, K) = dy (N, M) W, times gelu'(pre) when pre is given; dW += dy^T x, db += sum of dy.
@@ -439,7 +427,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     if (!quantized(m, lin)) {
         if (src->op != ROWS_PLAIN) die("linear_backward: a bf16 linear takes its gradient materialized");
         matmul_dgrad(dx, src->x, W, pre, N, M, K, st);
-        matmul_wgrad(dW, src->x, x, N, M, K, st);
+        matmul_wgrad(dW, src->x, x, N, M, K, 1.0f, st);
         if (db) column_sum(db, src->x, s->partial, N, M, st);
         return;
     }
@@ -464,9 +452,9 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     if (m->qstats)  // dW is this micro-batch's quantized GEMM alone (the first of the step)
         dge_norm_sums(qs + QS_DW, dW, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, st);
     if (!comp) return;
-    OccColumns oc = occ_columns(m, lin, l);
-    occ_compensate_grad(dW, &oc, &m->occ[lin], g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, W, sw, f->w,
-                        m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, s->occ_partial, st);
+    Occ o = occ_state(m, lin, l, s->occ_dense_b);
+    occ_compensate_grad(dW, &o, g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, W, sw, f->w,
+                        m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, s->occ_dwr, st);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -489,7 +477,6 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, N * sizeof(int), cudaMemcpyHostToDevice, st));
     if (targets) CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, N * sizeof(int), cudaMemcpyHostToDevice, st));
     m->host_inputs = inputs;
-    m->backward_next = targets && grad_scale > 0.0f;
     Acts *a = &m->acts;
     const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
     // a quantized linear's BF16 input is never written (stride 0 into an empty buffer)
@@ -557,7 +544,7 @@ static void model_backward(Model *m, int reduce) {
     // a quantized linear's BF16 input is never written (stride 0 into an empty buffer)
     size_t kqkv = !quantized(m, LIN_QKV), kfc = !quantized(m, LIN_FC), kproj = !quantized(m, LIN_FCPROJ);
     ParamKind head = gpt2 ? P_WTE : P_LMHEAD;
-    matmul_wgrad(GRAD(m, head), a->logits, a->lnf, N, c->Vp, C, st);
+    matmul_wgrad(GRAD(m, head), a->logits, a->lnf, N, c->Vp, C, 1.0f, st);
     matmul_dgrad(s->dln, a->logits, PARAM(m, head), NULL, N, c->Vp, C, st);
     CUDA_CHECK(cudaMemsetAsync(s->dres, 0, (size_t)N * C * sizeof(bf16), st));
     const bf16 *res = a->res3 + (size_t)(c->L - 1) * N * C;

@@ -1,7 +1,7 @@
 // defines: matmul_init, GemmKey, lt_matmul, gemm_key, matmul_forward, matmul_dgrad, matmul_wgrad,
 //          matmul_fp8, column_sum
 // The GEMMs of a linear layer through cuBLASLt (BF16 operands, FP32 accumulation), for row-major
-// tensors: y = x W^T (+ b) (+ residual) (GELU fused), dx = dy W (dGELU fused), dW += dy^T x; and
+// tensors: y = x W^T (+ b) (+ residual) (GELU fused), dx = dy W (dGELU fused), dW (+)= dy^T x; and
 // the deterministic column sums the bias gradients need.
 #ifndef LLMC_MATMUL_CUH
 #define LLMC_MATMUL_CUH
@@ -137,10 +137,10 @@ static void matmul_dgrad(bf16 *dx, const bf16 *dy, const bf16 *W, const bf16 *pr
     lt_matmul(&key, dx, W, dy, NULL, 0.0f, NULL, (void *)pre, NULL, NULL, stream);
 }
 
-// dW (M, K) += dy (N, M)^T x (N, K), FP32 accumulator
-static void matmul_wgrad(float *dW, const bf16 *dy, const bf16 *x, int N, int M, int K, cudaStream_t stream) {
+// dW (M, K) = beta dW + dy (N, M)^T x (N, K), FP32 accumulator (beta 1: accumulate, 0: overwrite)
+static void matmul_wgrad(float *dW, const bf16 *dy, const bf16 *x, int N, int M, int K, float beta, cudaStream_t stream) {
     GemmKey key = gemm_key(K, M, N, 0, 1, CUDA_R_16BF, CUDA_R_32F);
-    lt_matmul(&key, dW, x, dy, NULL, 1.0f, NULL, NULL, NULL, NULL, stream);
+    lt_matmul(&key, dW, x, dy, NULL, beta, NULL, NULL, NULL, NULL, stream);
 }
 
 // TN FP8 GEMM with FP32 scale vectors (cuBLASLt OUTER_VEC_32F, SPEC.md 4): column-major

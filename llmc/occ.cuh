@@ -1,4 +1,4 @@
-// defines: OccPlan, occ_plan, Occ, OccColumns, occ_quantize_rows, occ_compensate, occ_transpose, occ_compensate_grad
+// defines: OccPlan, occ_plan, Occ, occ_quantize_rows, occ_compensate, occ_compensate_grad
 // OCC on the GPU (SPEC.md 4, RECIPE.md 5): each row of a 4-bit linear's input is clamped to its
 // own quantiles [q(1 - alpha), q(alpha)], its scale taken from the clamped row, and the residual
 // R = X - clamp(X) rounded to BF16 (at most cap entries a row) is added back with FP32
@@ -11,12 +11,12 @@
 // values above it go to shared memory, where a bisection on the bits of their order-preserving
 // keys finds the exact k-th, and one counting pass its neighbour (the quantile interpolates the
 // two). (More than OCC_CAND above it: both count over the whole row instead; slower, same answer.)
-// Compensation: R's entries are listed per row (the forward makes them a dense matrix for a BF16
-// GEMM) and, after a deterministic counting sort, per column (the backward: a block per run of up
-// to OCC_CH entries of a column gathers G's rows; a channel can hold an outlier in every row, so a
-// column is cut into runs). G is BF16: a nonlinearity's gradient (dGELU, dSwiGLU) comes
-// materialized by quantize_grad's codes pass, once, rather than remade per entry (that was 10 of
-// 27 ms of OCC a step at GPT-2 124M, 8k tokens).
+// Compensation: R's entries are listed per row (a row's slots) and kept per layer; both GEMMs take
+// R made dense in BF16 (exact) on the tensor cores, y += R W^T and dW += G^T R, which at 2% of
+// the entries beat our sparse kernels (W's rows read at random per outlier in the forward, G's
+// rows gathered per outlier after a counting sort by column in the backward: 4.3 and 5.4 ms a
+// step at GPT-2 124M, 8k tokens, against about 1.4 and 2 ms dense). G is BF16: a nonlinearity's
+// gradient (dGELU, dSwiGLU) comes materialized by quantize_grad's codes pass.
 // No float atomics: every sum runs in a fixed order, so runs repeat bit for bit.
 #ifndef LLMC_OCC_CUH
 #define LLMC_OCC_CUH
@@ -26,9 +26,6 @@
 
 #define OCC_WARPS 4      // rows per block of the selection
 #define OCC_CAND 512     // candidates per tail a warp keeps in shared memory
-#define OCC_RB 32        // rows per block of the transposition (its placing runs through them in order, a lane per row)
-#define OCC_CH 128       // entries of a column per block of the backward
-#define OCC_CHUNKS 32    // runs of row blocks the transposition's column prefix sums are cut into
 
 // where a row's quantiles sit, fixed by its width and alpha (quant.h's positions, as the CPU's)
 typedef struct {
@@ -52,27 +49,15 @@ static OccPlan occ_plan(int cols, float alpha) {
     return p;
 }
 
-// a linear input's OCC scratch for one forward
+// a linear input's OCC state: the bounds are the forward's scratch, the slots are kept per layer
+// for the backward, dense is scratch of either pass
 typedef struct {
     OccPlan plan;
     float2 *bounds;      // (rows) each row's [lo, hi]
     int *slot_col;       // (cap, rows) each row's outliers: input column and residual, the row's
     float *slot_val;     // entries first, then zeros (entry-major: a thread per row reads coalesced)
-    bf16 *dense;         // (rows, cols) R as a dense matrix, for the forward's GEMM
+    bf16 *dense;         // (rows, cols) R as a dense matrix, for the GEMMs
 } Occ;
-
-// R by input column, kept per layer for the backward: column k's entries (rows ascending) are
-// start[k] .. start[k + 1] - 1 of row / val, cut into items of at most OCC_CH entries (item_start)
-// so that the backward spreads a column holding many outliers over many blocks
-typedef struct {
-    int *start;          // (K + 1)
-    int *item_start;     // (K + 1)
-    int *row;            // (cap * rows)
-    float *val;
-} OccColumns;
-
-// items the backward's partial sums may need: (items_max, M) floats of scratch
-static size_t occ_items_max(const OccPlan *p, int rows) { return (size_t)p->cap * rows / OCC_CH + p->cols + 1; }
 
 // float -> unsigned with the same order (-0 taken as +0); and back
 __device__ inline unsigned ord_key(float x) {
@@ -226,182 +211,6 @@ __global__ void occ_dense_kernel(bf16 *r, const int *slot_col, const float *slot
     if (i < (size_t)cap * rows && slot_val[i] != 0.0f) r[i % rows * K + slot_col[i]] = __float2bfloat16(slot_val[i]);
 }
 
-// the transposition, a counting sort in three steps. 1: each block of OCC_RB rows counts its
-// entries per column, (blocks, K)
-__global__ void occ_count_kernel(int *bcount, const int *slot_col, const float *slot_val, int cap, int rows, int K) {
-    extern __shared__ int cnt[];
-    for (int k = threadIdx.x; k < K; k += blockDim.x) cnt[k] = 0;
-    __syncthreads();
-    int r0 = blockIdx.x * OCC_RB, nr = min(OCC_RB, rows - r0);
-    for (int e = threadIdx.x; e < cap * nr; e += blockDim.x) {
-        size_t i = (size_t)(e / nr) * rows + r0 + e % nr;
-        if (slot_val[i] != 0.0f) atomicAdd(&cnt[slot_col[i]], 1);
-    }
-    __syncthreads();
-    for (int k = threadIdx.x; k < K; k += blockDim.x) bcount[(size_t)blockIdx.x * K + k] = cnt[k];
-}
-
-// exclusive prefix of x over the block (blockDim.x a multiple of 32), plus carry, which then
-// becomes carry + the block's total; sums: 32 ints of shared memory
-__device__ inline int block_scan(int x, int *carry, int *sums) {
-    int lane = threadIdx.x % 32, w = threadIdx.x / 32, inc = x;
-    for (int o = 1; o < 32; o <<= 1) { int y = __shfl_up_sync(0xffffffffu, inc, o); if (lane >= o) inc += y; }
-    if (lane == 31) sums[w] = inc;
-    __syncthreads();
-    if (w == 0) {
-        int t = lane < (int)blockDim.x / 32 ? sums[lane] : 0;
-        for (int o = 1; o < 32; o <<= 1) { int y = __shfl_up_sync(0xffffffffu, t, o); if (lane >= o) t += y; }
-        sums[lane] = t;
-    }
-    __syncthreads();
-    int excl = *carry + (w ? sums[w - 1] : 0) + inc - x;
-    __syncthreads();
-    if (threadIdx.x == blockDim.x - 1) *carry = excl + x;
-    __syncthreads();
-    return excl;
-}
-
-// 2: each row block's offset within its column, in two levels. 2a (a thread per column and chunk
-// of `per` row blocks): the offsets within the chunk, in place, and the chunk's total into ctot
-// (OCC_CHUNKS, K). Eight counts' loads in flight: one thread per column with a serial loop over
-// every row block was the slowest step (a single block: 1.7 ms a step at 8k tokens).
-__global__ void occ_colscan_kernel(int *bcount, int *ctot, int nb, int per, int K) {
-    int k = blockIdx.x * blockDim.x + threadIdx.x, b0 = blockIdx.y * per, b1 = min(nb, b0 + per);
-    if (k >= K) return;
-    int tot = 0;
-    for (int b = b0; b < b1; b += 8) {
-        int c[8];
-        for (int u = 0; u < 8; u++) c[u] = b + u < b1 ? bcount[(size_t)(b + u) * K + k] : 0;
-        for (int u = 0; u < 8 && b + u < b1; u++) { bcount[(size_t)(b + u) * K + k] = tot; tot += c[u]; }
-    }
-    ctot[(size_t)blockIdx.y * K + k] = tot;
-}
-
-// 2b (one block): each chunk's offset within its column (in place), the columns' starts (an
-// exclusive scan of their totals) and their items' starts
-__global__ void __launch_bounds__(512) occ_scan_kernel(int *start, int *item_start, int *ctot, int K) {
-    __shared__ int sums[32], carry[2];
-    if (threadIdx.x < 2) carry[threadIdx.x] = 0;
-    __syncthreads();
-    for (int k0 = 0; k0 < K; k0 += blockDim.x) {
-        int k = k0 + threadIdx.x, tot = 0, c[OCC_CHUNKS];
-        if (k < K) {  // the loads first, all in flight (a store between them kept them one at a time)
-            for (int p = 0; p < OCC_CHUNKS; p++) c[p] = ctot[(size_t)p * K + k];
-            for (int p = 0; p < OCC_CHUNKS; p++) { ctot[(size_t)p * K + k] = tot; tot += c[p]; }
-        }
-        int s = block_scan(tot, &carry[0], sums), it = block_scan((tot + OCC_CH - 1) / OCC_CH, &carry[1], sums);
-        if (k < K) { start[k] = s; item_start[k] = it; }
-    }
-    if (threadIdx.x == 0) { start[K] = carry[0]; item_start[K] = carry[1]; }
-}
-
-// 3 (a warp per block of rows): the entries to their places, row after row; a row's columns are
-// distinct, so the lanes never share a column's counter. The block's slots come into shared
-// memory first, many loads in flight (placed straight from memory, each row waited for its own).
-__global__ void occ_place_kernel(int *crow, float *cval, const int *start, const int *bcount, const int *ctot, int per,
-                                 const int *slot_col, const float *slot_val, int cap, int rows, int K) {
-    extern __shared__ int next[];                // (K) the block's next place in each column
-    int cp = cap | 1;                            // a row's slots: an odd stride, no bank conflicts either way
-    int *s_col = next + K;                       // (OCC_RB, cp) the block's slots
-    float *s_val = (float *)(s_col + cp * OCC_RB);
-    const int *chunk = ctot + (size_t)(blockIdx.x / per) * K;
-    int r0 = blockIdx.x * OCC_RB, nr = min(OCC_RB, rows - r0);
-    for (int k = threadIdx.x; k < K; k += 32) next[k] = start[k] + chunk[k] + bcount[(size_t)blockIdx.x * K + k];
-    #pragma unroll 8
-    for (int i = 0; i < cap; i++) {  // lane = row: coalesced
-        size_t e = (size_t)i * rows + r0 + min((int)threadIdx.x, nr - 1);
-        s_col[threadIdx.x * cp + i] = slot_col[e];
-        s_val[threadIdx.x * cp + i] = slot_val[e];
-    }
-    __syncwarp();
-    for (int j = 0; j < nr; j++) {
-        for (int i = threadIdx.x; i < cap; i += 32) {
-            float v = s_val[j * cp + i];
-            if (v == 0.0f) continue;
-            int pos = next[s_col[j * cp + i]]++;
-            crow[pos] = r0 + j;
-            cval[pos] = v;
-        }
-        __syncwarp();
-    }
-}
-
-// entries e .. e + 3 of an item that ends at e1: their rows and values (past e1: the last row
-// again, with value 0)
-__device__ inline void occ_entries4(int *row, float *val, const OccColumns &oc, int e, int e1) {
-    for (int u = 0; u < 4; u++) {
-        int i = min(e + u, e1 - 1);
-        row[u] = oc.row[i];
-        val[u] = e + u < e1 ? oc.val[i] : 0.0f;
-    }
-}
-
-// dW (M, K) += G^T R in two steps, G (rows, M) BF16. 1: a block per item (up to OCC_CH entries
-// of one column k), threads over the outputs j: the item's sum of r * G[row, j] into partial
-// (items, M). Four entries a step, in a pipeline: the entries two steps ahead and G's rows one
-// step ahead load while a step sums, so that G's four loads go out together (loaded and summed in
-// one step, SASS showed each load waiting for the last one's FMAs). Past the item's end: the last
-// row again, times 0 (exact).
-__global__ void occ_grad_items_kernel(float *partial, OccColumns oc, const bf16 *g, int M, int K) {
-    int item = blockIdx.x;
-    if (item >= oc.item_start[K]) return;
-    int lo = 0, hi = K;  // the column: the last k with item_start[k] <= item
-    while (hi - lo > 1) { int mid = (lo + hi) / 2; if (oc.item_start[mid] <= item) lo = mid; else hi = mid; }
-    int e0 = oc.start[lo] + (item - oc.item_start[lo]) * OCC_CH, e1 = min(oc.start[lo + 1], e0 + OCC_CH);
-    for (int j = threadIdx.x * 8; j < M; j += blockDim.x * 8) {
-        float acc[8] = { 0.0f }, rv[4], rn[4];
-        int row[4];
-        Pack<8> gn[4];
-        occ_entries4(row, rv, oc, e0, e1);
-        for (int u = 0; u < 4; u++) { gn[u] = pack_load<8>(g + (size_t)row[u] * M + j); rn[u] = rv[u]; }
-        occ_entries4(row, rv, oc, e0 + 4, e1);
-        for (int e = e0; e < e1; e += 4) {
-            Pack<8> gc[4];
-            float rc[4];
-            for (int u = 0; u < 4; u++) {
-                gc[u] = gn[u], rc[u] = rn[u];
-                gn[u] = pack_load<8>(g + (size_t)row[u] * M + j), rn[u] = rv[u];
-            }
-            occ_entries4(row, rv, oc, e + 8, e1);
-            for (int u = 0; u < 4; u++) {
-                float v[8];
-                pack_floats<8>(v, gc[u]);
-                for (int t = 0; t < 8; t++) acc[t] = fmaf(rc[u], v[t], acc[t]);
-            }
-        }
-        float4 *d = (float4 *)(partial + (size_t)item * M + j);
-        d[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-        d[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
-    }
-}
-
-// 2: a block per 32 columns k and 32 outputs j: each column's items' partial sums in order (a
-// warp per column, its lanes over j: coalesced reads), then through shared memory into dW[j, k]
-// with the lanes over k (coalesced: a block per column wrote a float per 32-byte sector). With DGE
-// (dge_k > 0) the sum enters divided by f'(W / s_w): model_apply_dge later scales the whole
-// gradient by it, and the compensation's own gradient is exact.
-__global__ void __launch_bounds__(256) occ_grad_sum_kernel(float *dW, const float *partial, OccColumns oc, int M, int K, const bf16 *W,
-                                                           const float *sw, Format fw, float dge_k) {
-    __shared__ float sum[32][33];
-    __shared__ int has[32];
-    int k0 = blockIdx.x * 32, j0 = blockIdx.y * 32, lane = threadIdx.x % 32, j = j0 + lane;
-    for (int kk = threadIdx.x / 32; kk < 32; kk += blockDim.x / 32) {
-        int k = k0 + kk, i0 = k < K ? oc.item_start[k] : 0, i1 = k < K ? oc.item_start[k + 1] : 0;
-        float a = 0.0f;
-        if (j < M) for (int i = i0; i < i1; i++) a += partial[(size_t)i * M + j];
-        sum[kk][lane] = a;
-        if (lane == 0) has[kk] = i1 > i0;
-    }
-    __syncthreads();
-    for (int jj = threadIdx.x / 32; jj < 32; jj += blockDim.x / 32) {
-        int k = k0 + lane, jo = j0 + jj;
-        if (k >= K || jo >= M || !has[lane]) continue;
-        size_t w = (size_t)jo * K + k;
-        float v = sum[lane][jj];
-        dW[w] += dge_k > 0.0f ? v / dge_factor(__bfloat162float(W[w]), sw[jo], fw, dge_k) : v;
-    }
-}
-
 // quantize_rows with OCC: the source's rows clamped to their quantiles, quantized per row from
 // the clamped absmax; the outliers into o's slots
 static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, Format f, const Occ *o,
@@ -416,49 +225,42 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
     rows_codes(codes, codes_t, scales, src, o->bounds, rows, cols, f, st);
 }
 
-// y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights. R goes dense
-// into o->dense (exact: its entries are BF16 numbers) for a BF16 GEMM on the tensor cores, which
-// at 2% of the entries beats a sparse kernel over the slots (that one read W's rows at random
-// for every outlier, at 90% of the shared-memory pipe: 4.3 ms a step at GPT-2 124M, 8k tokens).
+// R (rows, K) dense in o->dense, exact: its entries are BF16 numbers
+static void occ_dense(const Occ *o, int rows, cudaStream_t st) {
+    size_t slots = (size_t)o->plan.cap * rows;
+    CUDA_CHECK(cudaMemsetAsync(o->dense, 0, (size_t)rows * o->plan.cols * sizeof(bf16), st));
+    occ_dense_kernel<<<ceil_div(slots, 256), 256, 0, st>>>(o->dense, o->slot_col, o->slot_val, o->plan.cap, rows, o->plan.cols);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights
 static void occ_compensate(bf16 *y, const Occ *o, const bf16 *W, int rows, int M, int K, cudaStream_t st) {
     if (K != o->plan.cols) die("occ_compensate: %d inputs, the plan's %d", K, o->plan.cols);
-    size_t slots = (size_t)o->plan.cap * rows;
-    CUDA_CHECK(cudaMemsetAsync(o->dense, 0, (size_t)rows * K * sizeof(bf16), st));
-    occ_dense_kernel<<<ceil_div(slots, 256), 256, 0, st>>>(o->dense, o->slot_col, o->slot_val, o->plan.cap, rows, K);
-    CUDA_CHECK(cudaGetLastError());
+    occ_dense(o, rows, st);
     matmul_forward(y, o->dense, W, NULL, y, NULL, rows, K, M, st);
 }
 
-// the transposition's scratch, in ints: the row blocks' counts (ceil(rows / OCC_RB), K) and the
-// chunks' totals (OCC_CHUNKS, K)
-static size_t occ_count_ints(int rows, int K) { return (size_t)(ceil_div(rows, OCC_RB) + OCC_CHUNKS) * K; }
-
-// R by column, for the backward. bcount: occ_count_ints scratch.
-static void occ_transpose(OccColumns *oc, const Occ *o, int rows, int *bcount, cudaStream_t st) {
-    int K = o->plan.cols, nb = ceil_div(rows, OCC_RB), per = ceil_div(nb, OCC_CHUNKS);
-    int *ctot = bcount + (size_t)nb * K;
-    occ_count_kernel<<<nb, 256, K * sizeof(int), st>>>(bcount, o->slot_col, o->slot_val, o->plan.cap, rows, K);
-    occ_colscan_kernel<<<dim3(ceil_div(K, 128), OCC_CHUNKS), 128, 0, st>>>(bcount, ctot, nb, per, K);
-    occ_scan_kernel<<<1, 512, 0, st>>>(oc->start, oc->item_start, ctot, K);
-    size_t smem = (K + 2 * (size_t)(o->plan.cap | 1) * OCC_RB) * sizeof(int);
-    if (smem > (200 << 10)) die("occ_transpose: %d columns and %d outliers a row do not fit in shared memory", K, o->plan.cap);
-    static int opted_in;
-    if (!opted_in) { CUDA_CHECK(cudaFuncSetAttribute(occ_place_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10)); opted_in = 1; }
-    occ_place_kernel<<<nb, 32, smem, st>>>(oc->row, oc->val, oc->start, bcount, ctot, per, o->slot_col, o->slot_val, o->plan.cap,
-                                           rows, K);
-    CUDA_CHECK(cudaGetLastError());
+// dW += dwr / f'(W / s_w) (dge_k > 0; else dW += dwr): model_apply_dge later scales the whole
+// gradient by f', and the compensation's own gradient is exact
+__global__ void occ_grad_add_kernel(float *dW, const float *dwr, const bf16 *W, const float *sw, Format fw, float dge_k, int K,
+                                    size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = dwr[i];
+    dW[i] += dge_k > 0.0f && v != 0.0f ? v / dge_factor(__bfloat162float(W[i]), sw[i / K], fw, dge_k) : v;
 }
 
 // dW (M, K) += G^T R: the compensation's weight gradient, G (rows, M) BF16 (a nonlinearity's
-// gradient as quantize_grad's codes pass wrote it: RowSource.out). dge_k > 0: W, its scales sw and
-// format fw give the DGE factor it is divided by (see occ_grad_sum_kernel). partial:
-// (occ_items_max, M) scratch.
-static void occ_compensate_grad(float *dW, const OccColumns *oc, const OccPlan *p, const bf16 *g, int rows, int M, int K,
-                                const bf16 *W, const float *sw, Format fw, float dge_k, float *partial, cudaStream_t st) {
-    if (M % 8 != 0) die("occ_compensate_grad: %d outputs, not a multiple of 8", M);
-    int threads = min(256, ceil_div(M / 8, 32) * 32);
-    occ_grad_items_kernel<<<(unsigned)occ_items_max(p, rows), threads, 0, st>>>(partial, *oc, g, M, K);
-    occ_grad_sum_kernel<<<dim3(ceil_div(K, 32), ceil_div(M, 32)), 256, 0, st>>>(dW, partial, *oc, M, K, W, sw, fw, dge_k);
+// gradient as quantize_grad's codes pass wrote it: RowSource.out), R from o's slots. dge_k > 0:
+// divided by the DGE factor of W, its scales sw and format fw (see occ_grad_add_kernel).
+// dwr: (M, K) FP32 scratch.
+static void occ_compensate_grad(float *dW, const Occ *o, const bf16 *g, int rows, int M, int K, const bf16 *W, const float *sw,
+                                Format fw, float dge_k, float *dwr, cudaStream_t st) {
+    if (K != o->plan.cols) die("occ_compensate_grad: %d inputs, the plan's %d", K, o->plan.cols);
+    occ_dense(o, rows, st);
+    matmul_wgrad(dwr, g, o->dense, rows, M, K, 0.0f, st);
+    size_t n = (size_t)M * K;
+    occ_grad_add_kernel<<<ceil_div(n, 256), 256, 0, st>>>(dW, dwr, W, sw, fw, dge_k, K, n);
     CUDA_CHECK(cudaGetLastError());
 }
 
