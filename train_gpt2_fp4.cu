@@ -63,8 +63,7 @@ typedef struct {
     float *losses;               // (N)
     fp8 *xq[NUM_LINEARS];        // (L, K, N) input codes of each quantized linear, transposed for wgrad
     float *xs[NUM_LINEARS];      // (L, N) their per-token scales
-    int *occ_col[NUM_LINEARS];   // (L, cap, N) OCC: each layer's residual R, a row's outliers: input column,
-    float *occ_val[NUM_LINEARS]; // (L, cap, N) residual (Occ's slots)
+    float2 *occ_bounds[NUM_LINEARS]; // (L, N) OCC: each row's clamp bounds (the backward makes R again from them)
 } Acts;
 
 // Reused layer after layer. (F): used by the blocks' forward only, (B): by their backward only;
@@ -74,7 +73,6 @@ typedef struct {
     float *partial;              // column-sum and norm partials; the gradient-norm partials
     fp8 *xcodes;                 // (F) (N, maxK) input codes for the forward GEMM
     fp8 *wcodes;                 // (F) (maxM, maxK) a layer's weight codes for the forward GEMM
-    float2 *occ_bounds;          // (F) (N) OCC: each row's clamp bounds
     bf16 *occ_dense;             // (F) (N, maxK) OCC: the residual R as a dense matrix, for the compensation's GEMM
     bf16 *dqkv;                  // (B) (N, QKV)
     bf16 *dres;                  // (B) (N, C) gradient of the residual stream
@@ -175,10 +173,9 @@ static Recipe gpu_recipe(const RecipeOptions *o) {
 
 static int occ_on(const Model *m, int lin) { return m->recipe.lin[lin].occ; }
 
-// OCC's state for linear lin of layer l: that layer's slots, dense the pass's scratch
+// OCC's state for linear lin of layer l: that layer's bounds, dense the pass's scratch
 static Occ occ_state(const Model *m, int lin, int l, bf16 *dense) {
-    size_t rn = (size_t)m->occ[lin].cap * m->B * m->T;
-    Occ o = { m->occ[lin], m->s.occ_bounds, m->acts.occ_col[lin] + l * rn, m->acts.occ_val[lin] + l * rn, dense };
+    Occ o = { m->occ[lin], m->acts.occ_bounds[lin] + (size_t)l * m->B * m->T, dense };
     return o;
 }
 
@@ -283,7 +280,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     // a quantized linear makes its input rows on the fly and keeps their codes: no BF16 copy
     size_t Lqkv = quantized(m, LIN_QKV) ? 0 : L, Lfc = quantized(m, LIN_FC) ? 0 : L, Lproj = quantized(m, LIN_FCPROJ) ? 0 : L;
     int anyq = 0;
-    size_t maxcap = 0, maxmk = 0;
+    size_t anyocc = 0, maxmk = 0;
     // buffers at offsets of one allocation; SHARE() starts another layout of the shared span
     // [lo, hi), laid out again from lo
     struct { void **ptr; size_t off; } a[96];
@@ -305,10 +302,10 @@ static void model_alloc_acts(Model *m, int B, int T) {
         int M, K; linear_dims(c, l, &M, &K);
         BUF(x->xq[l], L * K * N); BUF(x->xs[l], L * N);
         anyq = 1;
-        size_t cap = occ_on(m, l) ? m->occ[l].cap : 0;
-        if (cap > maxcap) maxcap = cap;
-        if (cap && (size_t)M * K > maxmk) maxmk = (size_t)M * K;
-        BUF(x->occ_col[l], L * cap * N); BUF(x->occ_val[l], L * cap * N);
+        size_t occ = occ_on(m, l);
+        anyocc |= occ;
+        if (occ && (size_t)M * K > maxmk) maxmk = (size_t)M * K;
+        BUF(x->occ_bounds[l], occ * L * N);
     }
     Scratch *s = &m->s;
     BUF(s->dln, N * C); BUF(s->partial, partial);
@@ -318,7 +315,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     BUF(x->logits, N * Vp);
     SHARE();
     BUF(s->xcodes, anyq ? N * maxK : 0); BUF(s->wcodes, anyq ? maxM * maxK : 0);
-    BUF(s->occ_bounds, maxcap ? N : 0); BUF(s->occ_dense, maxcap ? N * maxK : 0);
+    BUF(s->occ_dense, anyocc * N * maxK);
     BUF(s->att8_mem, m->recipe.attn_fp8 ? att8_bytes(B, T, c->H, c->KV, config_hd(c)) : 0);
     SHARE();
     int fc_grad = !quantized(m, LIN_FC) || (occ_on(m, LIN_FC) && m->recipe.occ_comp);
@@ -328,7 +325,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
         BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
         BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
     }
-    BUF(s->occ_dense_b, maxcap ? N * maxK : 0); BUF(s->occ_dwr, maxmk);
+    BUF(s->occ_dense_b, anyocc * N * maxK); BUF(s->occ_dwr, maxmk);
     SHARE();
 #undef SHARE
 #undef BUF
@@ -375,6 +372,26 @@ static const bf16 *rows_materialize(Model *m, const RowSource *src, int N, int K
     }
 }
 
+// the rows each block linear of layer l reads, as the forward makes them; the backward's OCC
+// makes its R again from them, and a bf16 linear's wgrad reads their BF16 copy. A quantized
+// linear's BF16 copy is never written (stride 0 into an empty buffer).
+static void block_inputs(Model *m, int l, RowSource in[NUM_LINEARS]) {
+    const Config *c = &m->cfg;
+    Acts *a = &m->acts;
+    size_t N = (size_t)m->B * m->T, C = c->C, lc = (size_t)l * N * C, lf = (size_t)l * N * c->F;
+    int gpt2 = c->arch == ARCH_GPT2;
+    const bf16 *res = l == 0 ? a->encoded : a->res3 + lc - N * C;
+    in[LIN_QKV] = rows_norm(res, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN1B) + (size_t)l * C : NULL,
+                            gpt2 ? a->ln1_mean + (size_t)l * N : NULL, a->ln1_rstd + (size_t)l * N, c->norm_eps,
+                            a->ln1 + !quantized(m, LIN_QKV) * lc);
+    in[LIN_ATTPROJ] = rows_plain(a->atty + lc);
+    in[LIN_FC] = rows_norm(a->res2 + lc, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN2B) + (size_t)l * C : NULL,
+                           gpt2 ? a->ln2_mean + (size_t)l * N : NULL, a->ln2_rstd + (size_t)l * N, c->norm_eps,
+                           a->ln2 + !quantized(m, LIN_FC) * lc);
+    in[LIN_FCPROJ] = rows_act(gpt2 ? ROWS_GELU : ROWS_SWIGLU, a->fch + (size_t)l * N * config_ff(c),
+                              a->fch_act + !quantized(m, LIN_FCPROJ) * lf);
+}
+
 // y (N, M) = x (N, K) W^T + b (+ residual) for linear lin of layer l, x the rows of src. With pre:
 // pre = x W^T + b and y = gelu(pre), in the GEMM's epilogue; a quantized linear writes only pre
 // (the next linear's quantizer applies GELU). A quantized linear keeps its input's codes,
@@ -410,13 +427,14 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
 }
 
 // dx (N, K) = dy (N, M) W, times gelu'(pre) when pre is given; dW += dy^T x, db += sum of dy.
-// x is the forward's BF16 input (read only by a bf16 linear), dy the rows of src: a bf16 linear
+// x the rows of in, the forward's input (a bf16 linear reads their BF16 copy, OCC makes R again
+// from them), dy the rows of src: a bf16 linear
 // takes them as they are; a quantized one may make them from the next nonlinearity's gradient
 // (dGELU, dSWIGLU). Quantized (SPEC.md 4): dgrad contracts dy * s_w quantized per token with the
 // weight codes, wgrad dy * s_x quantized per output channel with the input codes; the bias
 // gradient comes from the quantizer's first pass. DGE comes in model_update; OCC's residual
 // adds its own exact gradient dy^T R.
-static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource *src, const bf16 *x, const bf16 *pre, int N) {
+static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource *src, const RowSource *in, const bf16 *pre, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
     const bf16 *W = PARAM(m, linear_wkind[lin]) + (size_t)l * M * K;
@@ -427,7 +445,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     if (!quantized(m, lin)) {
         if (src->op != ROWS_PLAIN) die("linear_backward: a bf16 linear takes its gradient materialized");
         matmul_dgrad(dx, src->x, W, pre, N, M, K, st);
-        matmul_wgrad(dW, src->x, x, N, M, K, 1.0f, st);
+        matmul_wgrad(dW, src->x, in->op == ROWS_PLAIN ? in->x : in->out, N, M, K, 1.0f, st);
         if (db) column_sum(db, src->x, s->partial, N, M, st);
         return;
     }
@@ -453,7 +471,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
         dge_norm_sums(qs + QS_DW, dW, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, st);
     if (!comp) return;
     Occ o = occ_state(m, lin, l, s->occ_dense_b);
-    occ_compensate_grad(dW, &o, g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, W, sw, f->w,
+    occ_compensate_grad(dW, &o, in, g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, W, sw, f->w,
                         m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, s->occ_dwr, st);
 }
 
@@ -466,7 +484,7 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     const Config *c = &m->cfg;
     if (T > c->T) die("sequence length %d exceeds the model's maximum %d", T, c->T);
     model_alloc_acts(m, B, T);
-    int N = B * T, C = c->C, QKV = config_qkv(c), FF = config_ff(c), F = c->F, hd = config_hd(c);
+    int N = B * T, C = c->C, QKV = config_qkv(c), FF = config_ff(c), hd = config_hd(c);
     int gpt2 = c->arch == ARCH_GPT2;
     for (int i = 0; i < N; i++) {
         if (inputs[i] < 0 || inputs[i] >= c->V || (targets && (targets[i] < 0 || targets[i] >= c->V)))
@@ -479,27 +497,21 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     m->host_inputs = inputs;
     Acts *a = &m->acts;
     const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
-    // a quantized linear's BF16 input is never written (stride 0 into an empty buffer)
-    size_t kqkv = !quantized(m, LIN_QKV), kfc = !quantized(m, LIN_FC), kproj = !quantized(m, LIN_FCPROJ);
     encoder_forward(a->encoded, m->inputs, PARAM(m, P_WTE), gpt2 ? PARAM(m, P_WPE) : NULL, B, T, C, st);
     for (int l = 0; l < c->L; l++) {
         const bf16 *res = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
         size_t lc = (size_t)l * N * C;
-        bf16 *ln1 = a->ln1 + kqkv * lc, *atty = a->atty + lc, *res2 = a->res2 + lc, *ln2 = a->ln2 + kfc * lc, *res3 = a->res3 + lc;
-        bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + kproj * l * N * F;
+        bf16 *atty = a->atty + lc, *res2 = a->res2 + lc, *res3 = a->res3 + lc, *fch = a->fch + (size_t)l * N * FF;
         bf16 *qkv = a->qkv + (size_t)l * N * QKV;
         float *stats = targets ? a->att_stats + (size_t)l * N * c->H : NULL;
-        RowSource n1 = rows_norm(res, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN1B) + (size_t)l * C : NULL,
-                                 gpt2 ? a->ln1_mean + (size_t)l * N : NULL, a->ln1_rstd + (size_t)l * N, c->norm_eps, ln1);
-        linear_forward(m, LIN_QKV, l, qkv, NULL, &n1, NULL, N);
+        RowSource in[NUM_LINEARS];
+        block_inputs(m, l, in);
+        linear_forward(m, LIN_QKV, l, qkv, NULL, &in[LIN_QKV], NULL, N);
         attention_forward(atty, stats, qkv, cs, sn, m->recipe.attn_fp8 ? &m->s.att8 : NULL, B, T, c->H, c->KV, hd, st);
-        RowSource at = rows_plain(atty);
-        linear_forward(m, LIN_ATTPROJ, l, res2, NULL, &at, res, N);
-        RowSource n2 = rows_norm(res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? PARAM(m, P_LN2B) + (size_t)l * C : NULL,
-                                 gpt2 ? a->ln2_mean + (size_t)l * N : NULL, a->ln2_rstd + (size_t)l * N, c->norm_eps, ln2);
-        linear_forward(m, LIN_FC, l, gpt2 ? fch_act : fch, gpt2 ? fch : NULL, &n2, NULL, N);
-        RowSource act = rows_act(gpt2 ? ROWS_GELU : ROWS_SWIGLU, fch, fch_act);
-        linear_forward(m, LIN_FCPROJ, l, res3, NULL, &act, res2, N);
+        linear_forward(m, LIN_ATTPROJ, l, res2, NULL, &in[LIN_ATTPROJ], res, N);
+        // GPT-2's fc writes GELU's output (fcproj's BF16 input) and keeps its input in fch
+        linear_forward(m, LIN_FC, l, gpt2 ? in[LIN_FCPROJ].out : fch, gpt2 ? fch : NULL, &in[LIN_FC], NULL, N);
+        linear_forward(m, LIN_FCPROJ, l, res3, NULL, &in[LIN_FCPROJ], res2, N);
     }
     const bf16 *res = a->res3 + (size_t)(c->L - 1) * N * C;
     norm_forward(a->lnf, gpt2 ? a->lnf_mean : NULL, a->lnf_rstd, res, PARAM(m, P_LNFW), gpt2 ? PARAM(m, P_LNFB) : NULL,
@@ -541,8 +553,6 @@ static void model_backward(Model *m, int reduce) {
     Scratch *s = &m->s;
     cudaStream_t st = m->stream;
     const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
-    // a quantized linear's BF16 input is never written (stride 0 into an empty buffer)
-    size_t kqkv = !quantized(m, LIN_QKV), kfc = !quantized(m, LIN_FC), kproj = !quantized(m, LIN_FCPROJ);
     ParamKind head = gpt2 ? P_WTE : P_LMHEAD;
     matmul_wgrad(GRAD(m, head), a->logits, a->lnf, N, c->Vp, C, 1.0f, st);
     matmul_dgrad(s->dln, a->logits, PARAM(m, head), NULL, N, c->Vp, C, st);
@@ -554,29 +564,30 @@ static void model_backward(Model *m, int reduce) {
     for (int l = c->L - 1; l >= 0; l--) {
         const bf16 *resin = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
         size_t lc = (size_t)l * N * C;
-        const bf16 *ln1 = a->ln1 + kqkv * lc, *atty = a->atty + lc, *res2 = a->res2 + lc, *ln2 = a->ln2 + kfc * lc;
-        const bf16 *fch = a->fch + (size_t)l * N * FF, *fch_act = a->fch_act + kproj * l * N * F;
+        const bf16 *atty = a->atty + lc, *res2 = a->res2 + lc, *fch = a->fch + (size_t)l * N * FF;
         const bf16 *qkv = a->qkv + (size_t)l * N * QKV;
+        RowSource in[NUM_LINEARS];
+        block_inputs(m, l, in);
         const float *stats = a->att_stats + (size_t)l * N * c->H;
         // MLP: fcproj, GELU / SwiGLU, fc, norm 2; the residual gradient passes through. The
         // nonlinearity's derivative: in fc's quantizer, else in fcproj's dgrad epilogue (GELU) or a kernel
         RowSource dres = rows_plain(s->dres);
         int qfc = quantized(m, LIN_FC);
-        if (gpt2) linear_backward(m, LIN_FCPROJ, l, qfc ? s->dfch_act : s->dfch, &dres, fch_act, qfc ? NULL : fch, N);
+        if (gpt2) linear_backward(m, LIN_FCPROJ, l, qfc ? s->dfch_act : s->dfch, &dres, &in[LIN_FCPROJ], qfc ? NULL : fch, N);
         else {
-            linear_backward(m, LIN_FCPROJ, l, s->dfch_act, &dres, fch_act, NULL, N);
+            linear_backward(m, LIN_FCPROJ, l, s->dfch_act, &dres, &in[LIN_FCPROJ], NULL, N);
             if (!qfc) swiglu_backward(s->dfch, fch, s->dfch_act, N, F, st);
         }
         RowSource dfc = qfc ? rows_grad(gpt2 ? ROWS_DGELU : ROWS_DSWIGLU, s->dfch_act, fch) : rows_plain(s->dfch);
-        linear_backward(m, LIN_FC, l, s->dln, &dfc, ln2, NULL, N);
+        linear_backward(m, LIN_FC, l, s->dln, &dfc, &in[LIN_FC], NULL, N);
         norm_backward(s->dres, GRAD(m, P_LN2W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN2B) + (size_t)l * C : NULL, s->partial,
                       s->dln, res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? a->ln2_mean + (size_t)l * N : NULL,
                       a->ln2_rstd + (size_t)l * N, N, C, st);
         // attention: attproj, the attention core with RoPE, qkv, norm 1
-        linear_backward(m, LIN_ATTPROJ, l, s->datty, &dres, atty, NULL, N);
+        linear_backward(m, LIN_ATTPROJ, l, s->datty, &dres, &in[LIN_ATTPROJ], NULL, N);
         attention_backward(s->dqkv, s->datty, qkv, atty, stats, cs, sn, B, T, c->H, c->KV, hd, st);
         RowSource dqkv = rows_plain(s->dqkv);
-        linear_backward(m, LIN_QKV, l, s->dln, &dqkv, ln1, NULL, N);
+        linear_backward(m, LIN_QKV, l, s->dln, &dqkv, &in[LIN_QKV], NULL, N);
         norm_backward(s->dres, GRAD(m, P_LN1W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN1B) + (size_t)l * C : NULL, s->partial,
                       s->dln, resin, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? a->ln1_mean + (size_t)l * N : NULL,
                       a->ln1_rstd + (size_t)l * N, N, C, st);

@@ -1,7 +1,7 @@
 // defines: OccPlan, occ_plan, Occ, occ_quantize_rows, occ_compensate, occ_compensate_grad
 // OCC on the GPU (SPEC.md 4, RECIPE.md 5): each row of a 4-bit linear's input is clamped to its
 // own quantiles [q(1 - alpha), q(alpha)], its scale taken from the clamped row, and the residual
-// R = X - clamp(X) rounded to BF16 (at most cap entries a row) is added back with FP32
+// R = X - clamp(X) rounded to BF16 (about 2% of the entries at alpha 0.99) is added back with FP32
 // accumulation: y += R W^T in the forward, dW += G^T R in the backward. Bounds, codes and
 // residuals are the CPU occ_clamp_rows' bit for bit (test/test_quant_gpu).
 //
@@ -11,12 +11,13 @@
 // values above it go to shared memory, where a bisection on the bits of their order-preserving
 // keys finds the exact k-th, and one counting pass its neighbour (the quantile interpolates the
 // two). (More than OCC_CAND above it: both count over the whole row instead; slower, same answer.)
-// Compensation: R's entries are listed per row (a row's slots) and kept per layer; both GEMMs take
-// R made dense in BF16 (exact) on the tensor cores, y += R W^T and dW += G^T R, which at 2% of
-// the entries beat our sparse kernels (W's rows read at random per outlier in the forward, G's
-// rows gathered per outlier after a counting sort by column in the backward: 4.3 and 5.4 ms a
-// step at GPT-2 124M, 8k tokens, against about 1.4 and 2 ms dense). G is BF16: a nonlinearity's
-// gradient (dGELU, dSwiGLU) comes materialized by quantize_grad's codes pass.
+// Compensation: R made dense in BF16 (exact) for cuBLASLt BF16 GEMMs, y += R W^T and dW += G^T R,
+// which at 2% of the entries beat our sparse kernels (W's rows read at random per outlier in the
+// forward, G's rows gathered per outlier after a counting sort by column in the backward: 4.3 and
+// 5.4 ms a step at GPT-2 124M, 8k tokens, against about 1.4 and 2 ms dense). The selection writes
+// R; the backward makes it again from the source and the row bounds kept per layer (bit for bit
+// the same R, and no outlier lists to keep). G is BF16: a nonlinearity's gradient (dGELU,
+// dSwiGLU) comes materialized by quantize_grad's codes pass.
 // No float atomics: every sum runs in a fixed order, so runs repeat bit for bit.
 #ifndef LLMC_OCC_CUH
 #define LLMC_OCC_CUH
@@ -32,7 +33,6 @@ typedef struct {
     int cols;
     int ilo, ihi;        // v[i] and v[i + 1] of the ascending row, interpolated by flo / fhi
     float flo, fhi;
-    int cap;             // most outliers a row can have: ilo + 1 below lo, cols - 1 - ihi above hi
     int jlo, jhi;        // groups per lane behind each threshold (1, 2, 4, 8; 0: every value is a candidate)
 } OccPlan;
 
@@ -43,20 +43,16 @@ static OccPlan occ_plan(int cols, float alpha) {
     p.cols = cols;
     quantile_index(cols, 1.0 - (double)alpha, &p.ilo, &p.flo);
     quantile_index(cols, (double)alpha, &p.ihi, &p.fhi);
-    p.cap = p.ilo + 1 + cols - 1 - p.ihi;
     p.jlo = occ_groups(p.ilo + 2);     // ranks from the bottom: ilo + 1 and ilo + 2
     p.jhi = occ_groups(cols - p.ihi);  // from the top: cols - ihi and cols - ihi - 1
     return p;
 }
 
-// a linear input's OCC state: the bounds are the forward's scratch, the slots are kept per layer
-// for the backward, dense is scratch of either pass
+// a linear input's OCC state
 typedef struct {
     OccPlan plan;
-    float2 *bounds;      // (rows) each row's [lo, hi]
-    int *slot_col;       // (cap, rows) each row's outliers: input column and residual, the row's
-    float *slot_val;     // entries first, then zeros (entry-major: a thread per row reads coalesced)
-    bf16 *dense;         // (rows, cols) R as a dense matrix, for the GEMMs
+    float2 *bounds;      // (rows) each row's [lo, hi], kept for the backward
+    bf16 *dense;         // (rows, cols) R, scratch for the GEMMs
 } Occ;
 
 // float -> unsigned with the same order (-0 taken as +0); and back
@@ -140,8 +136,14 @@ __device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsig
     return found ? best : tau;
 }
 
-// OCC's first pass, a warp per row: the quantiles lo, hi, the scale of the clamped row, and the
-// outliers (column, x - clamp(x)) in a fixed order (by chunk of 256 columns, value slot, lane)
+// R's 8 entries at p: bf16(x - clamp(x, lo, hi))
+__device__ inline void occ_residual8(bf16 *p, const float *v, float lo, float hi) {
+    float d[8];
+    for (int k = 0; k < 8; k++) d[k] = v[k] - fminf(fmaxf(v[k], lo), hi);
+    store_bf16<8>(p, d);
+}
+
+// OCC's selection, a warp per row: the quantiles lo, hi, the scale of the clamped row, and R's row
 template <int OP>
 __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales, Occ o, RowSource in, int rows, Format f) {
     __shared__ unsigned cand[OCC_WARPS][2][OCC_CAND];
@@ -190,29 +192,26 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     // the clamped row spans [clamp(min), clamp(max)]: its absmax, as the CPU's over every value
     float cmax = fminf(fmaxf(xmax, lo), hi), cmin = fminf(fmaxf(xmin, lo), hi);
     if (lane == 0) { scales[r] = fmaxf(fabsf(cmax), fabsf(cmin)) / format_max(f); o.bounds[r] = make_float2(lo, hi); }
-    int nout = 0;
-    for (int c0 = 0; c0 < cols; c0 += 256) {
-        int c = c0 + lane * 8, live = c < cols;
-        if (live) src_values8<OP>(v, in, r, c, cols, mu, rs);
-        for (int j = 0; j < 8; j++) {
-            float res = live ? bf16_round(v[j] - fminf(fmaxf(v[j], lo), hi)) : 0.0f;
-            unsigned b = __ballot_sync(0xffffffffu, res != 0.0f);
-            int i = nout + __popc(b & below);
-            if (res != 0.0f && i < p.cap) { o.slot_col[(size_t)i * rows + r] = c + j; o.slot_val[(size_t)i * rows + r] = res; }
-            nout += __popc(b);
-        }
+    for (int c = lane * 8; c < cols; c += 256) {
+        src_values8<OP>(v, in, r, c, cols, mu, rs);
+        occ_residual8(o.dense + (size_t)r * cols + c, v, lo, hi);
     }
-    for (int i = nout + lane; i < p.cap; i += 32) { o.slot_col[(size_t)i * rows + r] = 0; o.slot_val[(size_t)i * rows + r] = 0.0f; }
 }
 
-// R (rows, K) as a dense BF16 matrix, over zeros: slot i / rows of row i % rows
-__global__ void occ_dense_kernel(bf16 *r, const int *slot_col, const float *slot_val, int cap, int rows, int K) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (size_t)cap * rows && slot_val[i] != 0.0f) r[i % rows * K + slot_col[i]] = __float2bfloat16(slot_val[i]);
+// R (rows, cols) made again from the source and the rows' bounds, 8 entries a thread
+template <int OP>
+__global__ void occ_residual_kernel(bf16 *dense, RowSource in, const float2 *bounds, int rows, int cols) {
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (i >= (size_t)rows * cols) return;
+    int r = (int)(i / cols), c = (int)(i % cols);
+    float mu = OP == ROWS_NORM && in.mean ? in.mean[r] : 0.0f, rs = OP == ROWS_NORM ? in.rstd[r] : 1.0f, v[8];
+    src_values8<OP>(v, in, r, c, cols, mu, rs);
+    float2 b = bounds[r];
+    occ_residual8(dense + i, v, b.x, b.y);
 }
 
 // quantize_rows with OCC: the source's rows clamped to their quantiles, quantized per row from
-// the clamped absmax; the outliers into o's slots
+// the clamped absmax; their bounds and R into o
 static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, Format f, const Occ *o,
                               cudaStream_t st) {
     int cols = o->plan.cols;
@@ -225,42 +224,45 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
     rows_codes(codes, codes_t, scales, src, o->bounds, rows, cols, f, st);
 }
 
-// R (rows, K) dense in o->dense, exact: its entries are BF16 numbers
-static void occ_dense(const Occ *o, int rows, cudaStream_t st) {
-    size_t slots = (size_t)o->plan.cap * rows;
-    CUDA_CHECK(cudaMemsetAsync(o->dense, 0, (size_t)rows * o->plan.cols * sizeof(bf16), st));
-    occ_dense_kernel<<<ceil_div(slots, 256), 256, 0, st>>>(o->dense, o->slot_col, o->slot_val, o->plan.cap, rows, o->plan.cols);
-    CUDA_CHECK(cudaGetLastError());
-}
-
-// y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights
+// y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights, R as
+// occ_quantize_rows left it
 static void occ_compensate(bf16 *y, const Occ *o, const bf16 *W, int rows, int M, int K, cudaStream_t st) {
     if (K != o->plan.cols) die("occ_compensate: %d inputs, the plan's %d", K, o->plan.cols);
-    occ_dense(o, rows, st);
     matmul_forward(y, o->dense, W, NULL, y, NULL, rows, K, M, st);
 }
 
-// dW += dwr / f'(W / s_w) (dge_k > 0; else dW += dwr): model_apply_dge later scales the whole
-// gradient by f', and the compensation's own gradient is exact
+// dW += dwr / f'(W / s_w) (dge_k > 0; else dW += dwr), 8 entries of a row a thread:
+// model_apply_dge later scales the whole gradient by f', and the compensation's own is exact
 __global__ void occ_grad_add_kernel(float *dW, const float *dwr, const bf16 *W, const float *sw, Format fw, float dge_k, int K,
                                     size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= n) return;
-    float v = dwr[i];
-    dW[i] += dge_k > 0.0f && v != 0.0f ? v / dge_factor(__bfloat162float(W[i]), sw[i / K], fw, dge_k) : v;
+    float w[8], s = sw[i / K];
+    load8(w, W + i);
+    const float4 *a = (const float4 *)(dwr + i);
+    float4 *d = (float4 *)(dW + i);
+    float4 a0 = a[0], a1 = a[1], d0 = d[0], d1 = d[1];
+    float v[8] = { a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w }, o[8] = { d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w };
+    for (int k = 0; k < 8; k++) o[k] += dge_k > 0.0f && v[k] != 0.0f ? v[k] / dge_factor(w[k], s, fw, dge_k) : v[k];
+    d[0] = make_float4(o[0], o[1], o[2], o[3]);
+    d[1] = make_float4(o[4], o[5], o[6], o[7]);
 }
 
 // dW (M, K) += G^T R: the compensation's weight gradient, G (rows, M) BF16 (a nonlinearity's
-// gradient as quantize_grad's codes pass wrote it: RowSource.out), R from o's slots. dge_k > 0:
-// divided by the DGE factor of W, its scales sw and format fw (see occ_grad_add_kernel).
-// dwr: (M, K) FP32 scratch.
-static void occ_compensate_grad(float *dW, const Occ *o, const bf16 *g, int rows, int M, int K, const bf16 *W, const float *sw,
-                                Format fw, float dge_k, float *dwr, cudaStream_t st) {
+// gradient as quantize_grad's codes pass wrote it: RowSource.out), R made again from the forward's
+// source src and o's bounds. dge_k > 0: divided by the DGE factor of W, its scales sw and format
+// fw (see occ_grad_add_kernel). dwr: (M, K) FP32 scratch.
+static void occ_compensate_grad(float *dW, const Occ *o, const RowSource *src, const bf16 *g, int rows, int M, int K,
+                                const bf16 *W, const float *sw, Format fw, float dge_k, float *dwr, cudaStream_t st) {
     if (K != o->plan.cols) die("occ_compensate_grad: %d inputs, the plan's %d", K, o->plan.cols);
-    occ_dense(o, rows, st);
+    if (src->op > ROWS_SWIGLU) die("occ_compensate_grad: source %d is a gradient's", src->op);
+    void (*const kernel[])(bf16 *, RowSource, const float2 *, int, int) = {
+        occ_residual_kernel<ROWS_PLAIN>, occ_residual_kernel<ROWS_NORM>, occ_residual_kernel<ROWS_GELU>,
+        occ_residual_kernel<ROWS_SWIGLU> };
+    kernel[src->op]<<<ceil_div((size_t)rows * K / 8, 256), 256, 0, st>>>(o->dense, *src, o->bounds, rows, K);
     matmul_wgrad(dwr, g, o->dense, rows, M, K, 0.0f, st);
     size_t n = (size_t)M * K;
-    occ_grad_add_kernel<<<ceil_div(n, 256), 256, 0, st>>>(dW, dwr, W, sw, fw, dge_k, K, n);
+    occ_grad_add_kernel<<<ceil_div(n / 8, 256), 256, 0, st>>>(dW, dwr, W, sw, fw, dge_k, K, n);
     CUDA_CHECK(cudaGetLastError());
 }
 
