@@ -5,12 +5,16 @@
 // accumulation: y += R W^T in the forward, dW += G^T R in the backward. Bounds, codes and
 // residuals are the CPU occ_clamp_rows' bit for bit (test/test_quant_gpu).
 //
-// Selection without a sort, a warp per row. The k-th largest value of a row is at least the
-// smallest of the maxima of any 32 J disjoint groups (32 J >= k): every group holds a value that
-// large. So those maxima give a threshold with at least k values above it, typically a few k; the
-// values above it go to shared memory, where a bisection on the bits of their order-preserving
-// keys finds the exact k-th, and one counting pass its neighbour (the quantile interpolates the
-// two). (More than OCC_CAND above it: both count over the whole row instead; slower, same answer.)
+// Selection without a sort, a warp per row. The k-th largest value of a row is at least the k-th
+// largest of the maxima of any disjoint groups of its values (k groups hold a value that large).
+// So group maxima give a threshold with at least k values above it: k <= 32, the smallest of the
+// lanes' 32 maxima (about 120 values above it in 3072); 32 < k <= 256, the k-th largest of the
+// 256 maxima of the lanes' value slots, found by a bisection (about 65 above it in 5632: the
+// smallest of 64 maxima let about 290 through and 1.6% of rows past OCC_CAND, each of which then
+// held its wave for a 32-pass bisection over the row). The values above the threshold go to
+// shared memory, where a bisection on the bits of their order-preserving keys finds the exact
+// k-th, and one counting pass its neighbour (the quantile interpolates the two). (More than
+// OCC_CAND above it: both count over the whole row instead; slower, same answer.)
 // Compensation: R made dense in BF16 (exact) for cuBLASLt BF16 GEMMs, y += R W^T and dW += G^T R,
 // which at 2% of the entries beat our sparse kernels (W's rows read at random per outlier in the
 // forward, G's rows gathered per outlier after a counting sort by column in the backward: 4.3 and
@@ -33,10 +37,10 @@ typedef struct {
     int cols;
     int ilo, ihi;        // v[i] and v[i + 1] of the ascending row, interpolated by flo / fhi
     float flo, fhi;
-    int jlo, jhi;        // groups per lane behind each threshold (1, 2, 4, 8; 0: every value is a candidate)
+    int jlo, jhi;        // groups per lane behind each threshold (1 or 8; 0: every value is a candidate)
 } OccPlan;
 
-static int occ_groups(int rank) { int j = ceil_div(rank, 32); return j <= 1 ? 1 : j <= 2 ? 2 : j <= 4 ? 4 : j <= 8 ? 8 : 0; }
+static int occ_groups(int rank) { return rank <= 32 ? 1 : rank <= 256 ? 8 : 0; }
 
 static OccPlan occ_plan(int cols, float alpha) {
     OccPlan p;
@@ -62,17 +66,24 @@ __device__ inline unsigned ord_key(float x) {
 }
 __device__ inline float key_float(unsigned k) { return __uint_as_float(k & 0x80000000u ? k & 0x7fffffffu : ~k); }
 
-// the smallest over the warp of the J group maxima of each lane (value slot k is in group k % J)
-__device__ inline unsigned group_threshold(const unsigned *gmax, int J) {
+// a key with at least rank of the row's keys at or above it, from gmax, each lane's maxima of its
+// 8 value slots: J = 1, the smallest over the warp of the lanes' maxima; J = 8, the rank-th
+// largest of all 256; J = 0, the smallest key
+__device__ inline unsigned group_threshold(const unsigned *gmax, int J, int rank) {
     if (J == 0) return 0u;
-    unsigned m[8];
-    for (int k = 0; k < 8; k++) m[k] = gmax[k];
-    #pragma unroll
-    for (int w = 4; w >= 1; w /= 2)
-        if (J <= w) for (int k = 0; k < w; k++) m[k] = max(m[k], m[k + w]);
-    unsigned t = m[0];
-    for (int k = 1; k < 8; k++) if (k < J) t = min(t, m[k]);
-    return __reduce_min_sync(0xffffffffu, t);
+    if (J == 1) {
+        unsigned m = gmax[0];
+        for (int k = 1; k < 8; k++) m = max(m, gmax[k]);
+        return __reduce_min_sync(0xffffffffu, m);
+    }
+    unsigned res = 0u;
+    for (int bit = 31; bit >= 0; bit--) {
+        unsigned t = res | 1u << bit;
+        int cnt = 0;
+        for (int k = 0; k < 8; k++) cnt += gmax[k] >= t;
+        if ((int)__reduce_add_sync(0xffffffffu, (unsigned)cnt) >= rank) res = t;
+    }
+    return res;
 }
 
 // the k-th largest key of row r (keys xor flip), from the n candidates above tau: tau itself when
@@ -159,7 +170,8 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
         src_values8<OP>(v, in, r, c, cols, mu, rs);
         for (int j = 0; j < 8; j++) { unsigned key = ord_key(v[j]); gtop[j] = max(gtop[j], key); gbot[j] = max(gbot[j], ~key); }
     }
-    unsigned ttop = group_threshold(gtop, p.jhi), tbot = group_threshold(gbot, p.jlo), kmax = 0u, kmin = 0u;
+    int ktop = cols - p.ihi, kbot = p.ilo + 1, top = p.ihi == cols - 1;
+    unsigned ttop = group_threshold(gtop, p.jhi, ktop), tbot = group_threshold(gbot, p.jlo, kbot + 1), kmax = 0u, kmin = 0u;
     for (int j = 0; j < 8; j++) { kmax = max(kmax, gtop[j]); kmin = max(kmin, gbot[j]); }
     float xmax = key_float(__reduce_max_sync(0xffffffffu, kmax)), xmin = key_float(~__reduce_max_sync(0xffffffffu, kmin));
     // the candidates above each threshold (every lane runs every iteration: the ballots need them all)
@@ -182,7 +194,6 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     __syncwarp();
     // v[ihi], v[ihi + 1] are the (cols - ihi)-th and the next largest; v[ilo], v[ilo + 1] the
     // (ilo + 1)-th and the next smallest (the largest flipped keys)
-    int ktop = cols - p.ihi, kbot = p.ilo + 1, top = p.ihi == cols - 1;
     unsigned h0 = kth_largest<OP>(ktop, ctop, ntop, ttop, 0u, in, r, cols, mu, rs);
     unsigned h1 = top ? h0 : kth_next<OP>(ktop, h0, 1, ctop, ntop, ttop, 0u, in, r, cols, mu, rs);
     unsigned l0 = kth_largest<OP>(kbot, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs);
