@@ -396,7 +396,7 @@ static void block_inputs(Model *m, int l, RowSource in[NUM_LINEARS]) {
 // pre = x W^T + b and y = gelu(pre), in the GEMM's epilogue; a quantized linear writes only pre
 // (the next linear's quantizer applies GELU). A quantized linear keeps its input's codes,
 // transposed, and scales for the backward; with OCC the input is clamped, R W^T added to the
-// output, and R's entries kept per row for the backward.
+// output, and the rows' clamp bounds kept (the backward makes R again from them).
 static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const RowSource *src, const bf16 *residual, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
