@@ -173,9 +173,11 @@ static Recipe gpu_recipe(const RecipeOptions *o) {
 
 static int occ_on(const Model *m, int lin) { return m->recipe.lin[lin].occ; }
 
-// OCC's state for linear lin of layer l: that layer's bounds, dense the pass's scratch
+// OCC's state for linear lin of layer l: that layer's bounds (none without OCC: no memory for
+// them), dense the pass's scratch
 static Occ occ_state(const Model *m, int lin, int l, bf16 *dense) {
-    Occ o = { m->occ[lin], m->acts.occ_bounds[lin] + (size_t)l * m->B * m->T, dense };
+    Occ o = { m->occ[lin], NULL, dense };
+    if (occ_on(m, lin)) o.bounds = m->acts.occ_bounds[lin] + (size_t)l * m->B * m->T;
     return o;
 }
 
