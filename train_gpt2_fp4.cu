@@ -85,7 +85,7 @@ typedef struct {
     fp8 *wcodes_t;               // (B) (maxK, maxM) a layer's weight codes, transposed for dgrad
     unsigned *amax;              // (B) (maxM) column absmax scratch
     bf16 *occ_dense_b;           // (B) (N, maxK) R dense again, for the compensation's weight gradient
-    float *occ_dwr;              // (B) (max M * K) that gradient, before the DGE factor
+    float *wgrad;                // (B) (max M * K) a micro-batch's quantized weight gradient, before DGE (dge_per_microbatch)
     unsigned char *att8_mem;     // (F) --attn-core fp8: the FP8 core's codes and scales (att8_bytes)
     Att8 att8;                   // laid out over att8_mem
 } Scratch;
@@ -172,6 +172,13 @@ static Recipe gpu_recipe(const RecipeOptions *o) {
 }
 
 static int occ_on(const Model *m, int lin) { return m->recipe.lin[lin].occ; }
+static int occ_comp(const Model *m, int lin) { return occ_on(m, lin) && m->recipe.occ_comp; }
+
+// DGE's factor multiplies the quantized GEMM's weight gradient only. Where OCC's compensation adds
+// its own (exact) gradient beside it, DGE applies to each micro-batch's quantized gradient as it
+// joins the step's sum, and the compensation's GEMM adds straight into the sum; elsewhere once, to
+// the step's sum (model_apply_dge): the same factor for every micro-batch.
+static int dge_per_microbatch(const Model *m, int lin) { return m->recipe.lin[lin].dge && occ_comp(m, lin); }
 
 // OCC's state for linear lin of layer l: that layer's bounds (none without OCC: no memory for
 // them), dense the pass's scratch
@@ -306,7 +313,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
         anyq = 1;
         size_t occ = occ_on(m, l);
         anyocc |= occ;
-        if (occ && (size_t)M * K > maxmk) maxmk = (size_t)M * K;
+        if (dge_per_microbatch(m, l) && (size_t)M * K > maxmk) maxmk = (size_t)M * K;
         BUF(x->occ_bounds[l], occ * L * N);
     }
     Scratch *s = &m->s;
@@ -320,14 +327,14 @@ static void model_alloc_acts(Model *m, int B, int T) {
     BUF(s->occ_dense, anyocc * N * maxK);
     BUF(s->att8_mem, m->recipe.attn_fp8 ? att8_bytes(B, T, c->H, c->KV, config_hd(c)) : 0);
     SHARE();
-    int fc_grad = !quantized(m, LIN_FC) || (occ_on(m, LIN_FC) && m->recipe.occ_comp);
+    int fc_grad = !quantized(m, LIN_FC) || occ_comp(m, LIN_FC);
     BUF(s->dqkv, N * QKV); BUF(s->dres, N * C); BUF(s->datty, N * C); BUF(s->dfch, (fc_grad ? N : 0) * FF);
     BUF(s->dfch_act, N * F);
     if (anyq) {
         BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
         BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
     }
-    BUF(s->occ_dense_b, anyocc * N * maxK); BUF(s->occ_dwr, maxmk);
+    BUF(s->occ_dense_b, anyocc * N * maxK); BUF(s->wgrad, maxmk);
     SHARE();
 #undef SHARE
 #undef BUF
@@ -415,7 +422,7 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     else quantize_rows(s->xcodes, xq, xs, src, N, K, f->x, m->recipe.tensorwise, st);
     const float *sw = m->wscales[lin] + (size_t)l * M;
     RowSource w = rows_plain(W);
-    rows_codes(s->wcodes, NULL, sw, &w, NULL, M, K, f->w, st);
+    rows_codes(s->wcodes, NULL, sw, &w, NULL, NULL, M, K, f->w, st);
     if (m->qstats) {  // the codes against the rows they stand for (OCC: the residual added back)
         double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
         quant_error_sums(qs + QS_X, src, s->xcodes, xs, NULL, occ_on(m, lin) ? o.bounds : NULL, m->recipe.occ_comp, N, K, f->x, st);
@@ -424,18 +431,18 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     matmul_fp8(pre ? pre : y, CUDA_R_16BF, s->wcodes, fp8_type(f->w), sw,
                s->xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
                b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
-    if (!occ_on(m, lin) || !m->recipe.occ_comp) return;
+    if (!occ_comp(m, lin)) return;
     occ_compensate(pre ? pre : y, &o, W, N, M, K, st);
 }
 
 // dx (N, K) = dy (N, M) W, times gelu'(pre) when pre is given; dW += dy^T x, db += sum of dy.
 // x the rows of in, the forward's input (a bf16 linear reads their BF16 copy, OCC makes R again
-// from them), dy the rows of src: a bf16 linear
-// takes them as they are; a quantized one may make them from the next nonlinearity's gradient
-// (dGELU, dSWIGLU). Quantized (SPEC.md 4): dgrad contracts dy * s_w quantized per token with the
-// weight codes, wgrad dy * s_x quantized per output channel with the input codes; the bias
-// gradient comes from the quantizer's first pass. DGE comes in model_update; OCC's residual
-// adds its own exact gradient dy^T R.
+// from them), dy the rows of src: a bf16 linear takes them as they are; a quantized one may make
+// them from the next nonlinearity's gradient (dGELU, dSWIGLU). Quantized (SPEC.md 4): dgrad
+// contracts dy * s_w quantized per token with the weight codes, wgrad dy * s_x quantized per
+// output channel with the input codes; the bias gradient comes from the quantizer's first pass.
+// OCC's residual adds its own exact gradient dy^T R, and DGE then scales the quantized part here
+// (dge_per_microbatch); otherwise DGE comes in model_update.
 static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource *src, const RowSource *in, const bf16 *pre, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
@@ -453,7 +460,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     }
     const OperandFormats *f = &m->recipe.lin[lin].f;
     const float *sw = m->wscales[lin] + (size_t)l * M, *xs = m->acts.xs[lin] + (size_t)l * N;
-    int comp = occ_on(m, lin) && m->recipe.occ_comp;
+    int comp = occ_comp(m, lin), dge_now = dge_per_microbatch(m, lin);
     RowSource g = *src;  // OCC's compensation gradient takes a nonlinearity's gradient materialized
     if (comp && g.op != ROWS_PLAIN) g.out = s->dfch;
     quantize_grad(s->gcodes, s->gscales, s->gcodes_t, s->gscales_t, &g, sw, xs, N, M, f->g, m->recipe.tensorwise, s->amax,
@@ -464,17 +471,18 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     RowSource w = rows_plain(W);
     // the forward's weight codes, transposed: the codes pass alone, from the step's scales
     check_quantize("the transposed weight codes", f->w, M, K, 1);
-    rows_codes(NULL, s->wcodes_t, sw, &w, NULL, M, K, f->w, st);
+    rows_codes(NULL, s->wcodes_t, sw, &w, NULL, NULL, M, K, f->w, st);
     matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL, 0.0f,
                NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
-    matmul_fp8(dW, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),
-               s->gscales_t, K, M, N, NULL, 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
-    if (m->qstats)  // dW is this micro-batch's quantized GEMM alone (the first of the step)
-        dge_norm_sums(qs + QS_DW, dW, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, st);
+    float *wg = dge_now ? s->wgrad : dW;
+    matmul_fp8(wg, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),
+               s->gscales_t, K, M, N, NULL, dge_now ? 0.0f : 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
+    if (m->qstats)  // wg is this micro-batch's quantized GEMM alone (dW: the first of the step)
+        dge_norm_sums(qs + QS_DW, wg, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, st);
     if (!comp) return;
     Occ o = occ_state(m, lin, l, s->occ_dense_b);
-    occ_compensate_grad(dW, &o, in, g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, W, sw, f->w,
-                        m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, s->occ_dwr, st);
+    occ_compensate_grad(dW, &o, in, g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, st);
+    if (dge_now) dge_apply(dW, wg, W, sw, M, K, f->w, m->recipe.dge_k, 1, st);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -601,13 +609,15 @@ static void model_backward(Model *m, int reduce) {
 }
 
 // DGE (SPEC.md 4): the 4-bit weights' gradients times f'(W / s_w). The factor is fixed for the
-// whole step, so it applies once to the sum over micro-batches, before the norm is taken.
+// whole step, so it applies once to the sum over micro-batches, before the norm is taken (but
+// where it applied per micro-batch: dge_per_microbatch).
 static void model_apply_dge(Model *m) {
     for (int l = 0; l < NUM_LINEARS; l++) {
-        if (!m->recipe.lin[l].dge) continue;
+        if (!m->recipe.lin[l].dge || dge_per_microbatch(m, l)) continue;
         int M, K; linear_dims(&m->cfg, l, &M, &K);
-        dge_scale(GRAD(m, linear_wkind[l]), PARAM(m, linear_wkind[l]), m->wscales[l], m->cfg.L * M, K, m->recipe.lin[l].f.w,
-                  m->recipe.dge_k, m->stream);
+        float *g = GRAD(m, linear_wkind[l]);
+        dge_apply(g, g, PARAM(m, linear_wkind[l]), m->wscales[l], m->cfg.L * M, K, m->recipe.lin[l].f.w, m->recipe.dge_k, 0,
+                  m->stream);
     }
 }
 

@@ -18,9 +18,9 @@
 // Compensation: R made dense in BF16 (exact) for cuBLASLt BF16 GEMMs, y += R W^T and dW += G^T R,
 // which at 2% of the entries beat our sparse kernels (W's rows read at random per outlier in the
 // forward, G's rows gathered per outlier after a counting sort by column in the backward: 4.3 and
-// 5.4 ms a step at GPT-2 124M, 8k tokens, against about 1.4 and 2 ms dense). The selection writes
-// R; the backward makes it again from the source and the row bounds kept per layer (bit for bit
-// the same R, and no outlier lists to keep). G is BF16: a nonlinearity's gradient (dGELU,
+// 5.4 ms a step at GPT-2 124M, 8k tokens, against about 1.4 and 2 ms dense). The codes pass
+// writes R as it clamps; the backward makes it again from the source and the row bounds kept per
+// layer (bit for bit the same R, and no outlier lists to keep). G is BF16: a nonlinearity's gradient (dGELU,
 // dSwiGLU) comes materialized by quantize_grad's codes pass.
 // No float atomics: every sum runs in a fixed order, so runs repeat bit for bit.
 #ifndef LLMC_OCC_CUH
@@ -147,21 +147,13 @@ __device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsig
     return found ? best : tau;
 }
 
-// R's 8 entries at p: bf16(x - clamp(x, lo, hi))
-__device__ inline void occ_residual8(bf16 *p, const float *v, float lo, float hi) {
-    float d[8];
-    for (int k = 0; k < 8; k++) d[k] = v[k] - fminf(fmaxf(v[k], lo), hi);
-    store_bf16<8>(p, d);
-}
-
-// OCC's selection, a warp per row: the quantiles lo, hi, the scale of the clamped row, and R's row
+// OCC's selection, a warp per row: the quantiles lo, hi and the scale of the clamped row
 template <int OP>
 __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales, Occ o, RowSource in, int rows, Format f) {
     __shared__ unsigned cand[OCC_WARPS][2][OCC_CAND];
     const OccPlan &p = o.plan;
     int cols = p.cols, w = threadIdx.x / 32, lane = threadIdx.x % 32, r = blockIdx.x * OCC_WARPS + w;
     if (r >= rows) return;
-    unsigned below = (1u << lane) - 1u;
     float mu = 0.0f, rs = 1.0f, v[8] = { 0.0f };
     if (OP == ROWS_NORM) norm_stats(in, r, cols, &mu, &rs);
     unsigned gtop[8], gbot[8];  // per value slot: the largest key, the largest flipped key (the smallest value)
@@ -174,22 +166,33 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     unsigned ttop = group_threshold(gtop, p.jhi, ktop), tbot = group_threshold(gbot, p.jlo, kbot + 1), kmax = 0u, kmin = 0u;
     for (int j = 0; j < 8; j++) { kmax = max(kmax, gtop[j]); kmin = max(kmin, gbot[j]); }
     float xmax = key_float(__reduce_max_sync(0xffffffffu, kmax)), xmin = key_float(~__reduce_max_sync(0xffffffffu, kmin));
-    // the candidates above each threshold (every lane runs every iteration: the ballots need them all)
+    // the candidates above each threshold, a lane's after the lanes' below it (every lane runs
+    // every iteration: the scan needs them all). A lane's counts of a chunk (at most 8 each) are
+    // scanned over the warp together, top's in the low half of one word, bottom's in the high.
     unsigned *ctop = cand[w][0], *cbot = cand[w][1];
     int ntop = 0, nbot = 0;
     for (int c0 = 0; c0 < cols; c0 += 256) {
-        int c = c0 + lane * 8, live = c < cols;
+        int c = c0 + lane * 8, live = c < cols, mine = 0;
+        unsigned key[8];
         if (live) src_values8<OP>(v, in, r, c, cols, mu, rs);
         for (int j = 0; j < 8; j++) {
-            unsigned key = ord_key(v[j]);
-            int pt = live && key > ttop, pb = live && ~key > tbot;
-            unsigned bt = __ballot_sync(0xffffffffu, pt), bb = __ballot_sync(0xffffffffu, pb);
-            int it = ntop + __popc(bt & below), ib = nbot + __popc(bb & below);
-            if (pt && it < OCC_CAND) ctop[it] = key;
-            if (pb && ib < OCC_CAND) cbot[ib] = ~key;
-            ntop += __popc(bt);
-            nbot += __popc(bb);
+            key[j] = ord_key(v[j]);
+            mine += live ? (key[j] > ttop) + ((~key[j] > tbot) << 16) : 0;
         }
+        int upto = mine;  // inclusive scan
+        for (int o = 1; o < 32; o <<= 1) {
+            int got = __shfl_up_sync(0xffffffffu, upto, o);
+            if (lane >= o) upto += got;
+        }
+        int total = __shfl_sync(0xffffffffu, upto, 31), before = upto - mine;
+        int it = ntop + (before & 0xffff), ib = nbot + (before >> 16);
+        for (int j = 0; j < 8; j++) {
+            if (!live) break;
+            if (key[j] > ttop) { if (it < OCC_CAND) ctop[it] = key[j]; it++; }
+            if (~key[j] > tbot) { if (ib < OCC_CAND) cbot[ib] = ~key[j]; ib++; }
+        }
+        ntop += total & 0xffff;
+        nbot += total >> 16;
     }
     __syncwarp();
     // v[ihi], v[ihi + 1] are the (cols - ihi)-th and the next largest; v[ilo], v[ilo + 1] the
@@ -203,10 +206,6 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     // the clamped row spans [clamp(min), clamp(max)]: its absmax, as the CPU's over every value
     float cmax = fminf(fmaxf(xmax, lo), hi), cmin = fminf(fmaxf(xmin, lo), hi);
     if (lane == 0) { scales[r] = fmaxf(fabsf(cmax), fabsf(cmin)) / format_max(f); o.bounds[r] = make_float2(lo, hi); }
-    for (int c = lane * 8; c < cols; c += 256) {
-        src_values8<OP>(v, in, r, c, cols, mu, rs);
-        occ_residual8(o.dense + (size_t)r * cols + c, v, lo, hi);
-    }
 }
 
 // R (rows, cols) made again from the source and the rows' bounds, 8 entries a thread
@@ -218,7 +217,7 @@ __global__ void occ_residual_kernel(bf16 *dense, RowSource in, const float2 *bou
     float mu = OP == ROWS_NORM && in.mean ? in.mean[r] : 0.0f, rs = OP == ROWS_NORM ? in.rstd[r] : 1.0f, v[8];
     src_values8<OP>(v, in, r, c, cols, mu, rs);
     float2 b = bounds[r];
-    occ_residual8(dense + i, v, b.x, b.y);
+    occ_clamp<8>(v, b.x, b.y, dense + i);
 }
 
 // quantize_rows with OCC: the source's rows clamped to their quantiles, quantized per row from
@@ -232,7 +231,7 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
         occ_rows_kernel<ROWS_PLAIN>, occ_rows_kernel<ROWS_NORM>, occ_rows_kernel<ROWS_GELU>, occ_rows_kernel<ROWS_SWIGLU> };
     kernel[src->op]<<<ceil_div(rows, OCC_WARPS), OCC_WARPS * 32, 0, st>>>(scales, *o, *src, rows, f);
     CUDA_CHECK(cudaGetLastError());
-    rows_codes(codes, codes_t, scales, src, o->bounds, rows, cols, f, st);
+    rows_codes(codes, codes_t, scales, src, o->bounds, o->dense, rows, cols, f, st);
 }
 
 // y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights, R as
@@ -242,39 +241,18 @@ static void occ_compensate(bf16 *y, const Occ *o, const bf16 *W, int rows, int M
     matmul_forward(y, o->dense, W, NULL, y, NULL, rows, K, M, st);
 }
 
-// dW += dwr / f'(W / s_w) (dge_k > 0; else dW += dwr), 8 entries of a row a thread:
-// model_apply_dge later scales the whole gradient by f', and the compensation's own is exact
-__global__ void occ_grad_add_kernel(float *dW, const float *dwr, const bf16 *W, const float *sw, Format fw, float dge_k, int K,
-                                    size_t n) {
-    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
-    if (i >= n) return;
-    float w[8], s = sw[i / K];
-    load8(w, W + i);
-    const float4 *a = (const float4 *)(dwr + i);
-    float4 *d = (float4 *)(dW + i);
-    float4 a0 = a[0], a1 = a[1], d0 = d[0], d1 = d[1];
-    float v[8] = { a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w }, o[8] = { d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w };
-    for (int k = 0; k < 8; k++) o[k] += dge_k > 0.0f && v[k] != 0.0f ? v[k] / dge_factor(w[k], s, fw, dge_k) : v[k];
-    d[0] = make_float4(o[0], o[1], o[2], o[3]);
-    d[1] = make_float4(o[4], o[5], o[6], o[7]);
-}
-
-// dW (M, K) += G^T R: the compensation's weight gradient, G (rows, M) BF16 (a nonlinearity's
-// gradient as quantize_grad's codes pass wrote it: RowSource.out), R made again from the forward's
-// source src and o's bounds. dge_k > 0: divided by the DGE factor of W, its scales sw and format
-// fw (see occ_grad_add_kernel). dwr: (M, K) FP32 scratch.
-static void occ_compensate_grad(float *dW, const Occ *o, const RowSource *src, const bf16 *g, int rows, int M, int K,
-                                const bf16 *W, const float *sw, Format fw, float dge_k, float *dwr, cudaStream_t st) {
+// dW (M, K) += G^T R: the compensation's weight gradient, exact (no DGE: R multiplies W itself),
+// G (rows, M) BF16 (a nonlinearity's gradient as quantize_grad's codes pass wrote it:
+// RowSource.out), R made again from the forward's source src and o's bounds
+static void occ_compensate_grad(float *dW, const Occ *o, const RowSource *src, const bf16 *g, int rows, int M, int K, cudaStream_t st) {
     if (K != o->plan.cols) die("occ_compensate_grad: %d inputs, the plan's %d", K, o->plan.cols);
     if (src->op > ROWS_SWIGLU) die("occ_compensate_grad: source %d is a gradient's", src->op);
     void (*const kernel[])(bf16 *, RowSource, const float2 *, int, int) = {
         occ_residual_kernel<ROWS_PLAIN>, occ_residual_kernel<ROWS_NORM>, occ_residual_kernel<ROWS_GELU>,
         occ_residual_kernel<ROWS_SWIGLU> };
     kernel[src->op]<<<ceil_div((size_t)rows * K / 8, 256), 256, 0, st>>>(o->dense, *src, o->bounds, rows, K);
-    matmul_wgrad(dwr, g, o->dense, rows, M, K, 0.0f, st);
-    size_t n = (size_t)M * K;
-    occ_grad_add_kernel<<<ceil_div(n / 8, 256), 256, 0, st>>>(dW, dwr, W, sw, fw, dge_k, K, n);
     CUDA_CHECK(cudaGetLastError());
+    matmul_wgrad(dW, g, o->dense, rows, M, K, 1.0f, st);
 }
 
 #endif

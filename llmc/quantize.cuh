@@ -1,5 +1,5 @@
 // defines: fp8, fp8_type, RowSource, rows_plain, rows_norm, rows_act, rows_grad, quantize_rows, rows_codes,
-//          quantize_grad, dge_scale
+//          quantize_grad, dge_apply
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
 // stored as FP8 bytes (4-bit codes are exact in E4M3, which is how Hopper's FP8 tensor cores run
@@ -251,6 +251,14 @@ __global__ void row_scales_kernel(float *scales, RowSource in, int rows, int col
     if (lane == 0) scales[r] = amax / format_max(f);
 }
 
+// OCC (llmc/occ.cuh): W values clamped to [lo, hi] in place; with r, their residual
+// bf16(x - clamp(x)) to r
+template <int W> __device__ inline void occ_clamp(float *v, float lo, float hi, bf16 *r) {
+    float d[W];
+    for (int k = 0; k < W; k++) { float c = fminf(fmaxf(v[k], lo), hi); d[k] = v[k] - c; v[k] = c; }
+    if (r) store_bf16<W>(r, d);
+}
+
 // The codes of a block of 32 rows: codes (rows, cols) of the source * col_scale per row, with the
 // row scales given, and codes_t (cols, rows): with COLS, the source * row_scale quantized per
 // column (a gradient's wgrad operand; scales_t from col_amax), else the row codes transposed.
@@ -258,11 +266,12 @@ __global__ void row_scales_kernel(float *scales, RowSource in, int rows, int col
 // the same loads) of the 32 rows, 4 rows at a time with the next 4 rows' loads in flight. The
 // rows loop stays rolled: unrolled, the kernel's code outgrew the instruction cache (ncu: half
 // the stalls were instruction fetches). Each column's 32 transposed codes wait in shared memory
-// (s_t, the thread's own words) and leave as one whole 32-byte sector.
+// (s_t, the thread's own words) and leave as one whole 32-byte sector. With bounds (OCC's), the
+// values are clamped to them first, and their residual goes to resid.
 template <int OP, int COLS, int FP4>
 __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_t, float *scales_t, const float *scales,
                                                          const unsigned *col_amax, RowSource in, const float *col_scale,
-                                                         const float *row_scale, const float2 *bounds, int rows, int cols,
+                                                         const float *row_scale, const float2 *bounds, bf16 *resid, int rows, int cols,
                                                          Format f, QRound qr) {
     const int NL = src_loads<OP>(), NH = src_halves<OP>(), G = QROWS / 4;
     extern __shared__ uint32_t s_t[];  // (G, NH, 4, blockDim.x): word (g, h, k) of a thread = rows 4g..4g+3 of its column k
@@ -308,7 +317,7 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
             for (int h = 0; h < NH; h++) {
                 float v[4], u[4];
                 src_values<OP, 4>(v, cur[i], h * half + c, cols, w, b, s_mu[j], s_rstd[j]);
-                if (bounds) for (int k = 0; k < 4; k++) v[k] = fminf(fmaxf(v[k], s_b[j].x), s_b[j].y);
+                if (bounds) occ_clamp<4>(v, s_b[j].x, s_b[j].y, resid && r0 + j < rows ? resid + (size_t)(r0 + j) * cols + h * half + c : NULL);
                 for (int k = 0; k < 4; k++) u[k] = v[k] * cs[h][k];
                 q[h][0][i] = quant4<FP4>(u, &s_q[j], 0, qr);
                 if (codes && r0 + j < rows) *(uint32_t *)(codes + (size_t)(r0 + j) * cols + h * half + c) = q[h][0][i];
@@ -427,18 +436,22 @@ static void broadcast_max(unsigned *v, int n, cudaStream_t st) {
     CUDA_CHECK(cudaGetLastError());
 }
 
-// grad (rows, cols) *= f'(W / s_w): the DGE correction of the weight gradient (SPEC.md 4). 8
-// entries a thread (cols is a multiple of 8): 16-byte accesses, one row scale.
-__global__ void dge_scale_kernel(float *grad, const bf16 *W, const float *scales, int rows, int cols, Format f, float k) {
+// out (rows, cols) = g * f'(W / s_w), plus out's own values with acc: the DGE correction of a
+// weight gradient (SPEC.md 4), in place (g = out) or as a micro-batch's gradient joins the
+// step's sum. 8 entries a thread (cols is a multiple of 8): 16-byte accesses, one row scale.
+__global__ void dge_apply_kernel(float *out, const float *g, const bf16 *W, const float *scales, int rows, int cols, Format f,
+                                 float k, int acc) {
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= (size_t)rows * cols) return;
-    float s = scales[i / cols], w[8];
-    float4 *g = (float4 *)(grad + i);
-    float4 g0 = g[0], g1 = g[1];
+    float s = scales[i / cols], w[8], o[8];
+    const float4 *gp = (const float4 *)(g + i);
+    float4 g0 = gp[0], g1 = gp[1], o0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), o1 = o0, *op = (float4 *)(out + i);
+    if (acc) { o0 = op[0]; o1 = op[1]; }
+    float v[8] = { g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w }, a[8] = { o0.x, o0.y, o0.z, o0.w, o1.x, o1.y, o1.z, o1.w };
     load8(w, W + i);
-    for (int j = 0; j < 8; j++) w[j] = dge_factor(w[j], s, f, k);
-    g[0] = make_float4(g0.x * w[0], g0.y * w[1], g0.z * w[2], g0.w * w[3]);
-    g[1] = make_float4(g1.x * w[4], g1.y * w[5], g1.z * w[6], g1.w * w[7]);
+    for (int j = 0; j < 8; j++) { o[j] = v[j] * dge_factor(w[j], s, f, k); if (acc) o[j] += a[j]; }
+    op[0] = make_float4(o[0], o[1], o[2], o[3]);
+    op[1] = make_float4(o[4], o[5], o[6], o[7]);
 }
 
 static void check_quantize(const char *who, Format f, int rows, int cols, int transposed) {
@@ -463,18 +476,18 @@ static void codes_launch(dim3 *grid, int *threads, size_t *smem, int rows, int c
     *smem = (size_t)QROWS * halves * *threads * sizeof(uint32_t);
 }
 
-// the second pass of quantize_rows: the codes of the source's rows from their scales (clamped to
-// bounds first, with OCC's)
-static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowSource *src, const float2 *bounds, int rows,
-                       int cols, Format f, cudaStream_t st) {
+// the second pass of quantize_rows: the codes of the source's rows from their scales (with OCC's
+// bounds: clamped to them first, and their residual into resid, (rows, cols), unless NULL)
+static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowSource *src, const float2 *bounds, bf16 *resid,
+                       int rows, int cols, Format f, cudaStream_t st) {
     void (*const code_kernel[2][4])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
-                                    const float2 *, int, int, Format, QRound) = {
+                                    const float2 *, bf16 *, int, int, Format, QRound) = {
         { codes_kernel<ROWS_PLAIN, 0, 0>, codes_kernel<ROWS_NORM, 0, 0>, codes_kernel<ROWS_GELU, 0, 0>, codes_kernel<ROWS_SWIGLU, 0, 0> },
         { codes_kernel<ROWS_PLAIN, 0, 1>, codes_kernel<ROWS_NORM, 0, 1>, codes_kernel<ROWS_GELU, 0, 1>, codes_kernel<ROWS_SWIGLU, 0, 1> } };
     dim3 grid; int threads; size_t smem;
     codes_launch(&grid, &threads, &smem, rows, cols, 1);
     code_kernel[format_is_fp4(f)][src->op]<<<grid, threads, smem, st>>>(
-        codes, codes_t, NULL, scales, NULL, *src, NULL, NULL, bounds, rows, cols, f, qround(f));
+        codes, codes_t, NULL, scales, NULL, *src, NULL, NULL, bounds, resid, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -489,7 +502,7 @@ static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSour
         row_scales_kernel<ROWS_PLAIN>, row_scales_kernel<ROWS_NORM>, row_scales_kernel<ROWS_GELU>, row_scales_kernel<ROWS_SWIGLU> };
     scale_kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(scales, *src, rows, cols, f);
     if (tensor) broadcast_max((unsigned *)scales, rows, st);
-    if (codes || codes_t) rows_codes(codes, codes_t, scales, src, NULL, rows, cols, f, st);
+    if (codes || codes_t) rows_codes(codes, codes_t, scales, src, NULL, NULL, rows, cols, f, st);
 }
 
 // A gradient g from src (PLAIN, DGELU or DSWIGLU), (rows, cols), in two passes: codes (rows, cols)
@@ -508,7 +521,7 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
         grad_reduce_kernel<ROWS_PLAIN>, grad_reduce_kernel<ROWS_DGELU>, grad_reduce_kernel<ROWS_DSWIGLU> };
     int fp4 = format_is_fp4(f);
     void (*const code_kernel[2][3])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
-                                    const float2 *, int, int, Format, QRound) = {
+                                    const float2 *, bf16 *, int, int, Format, QRound) = {
         { codes_kernel<ROWS_PLAIN, 1, 0>, codes_kernel<ROWS_DGELU, 1, 0>, codes_kernel<ROWS_DSWIGLU, 1, 0> },
         { codes_kernel<ROWS_PLAIN, 1, 1>, codes_kernel<ROWS_DGELU, 1, 1>, codes_kernel<ROWS_DSWIGLU, 1, 1> } };
     int halves = src->op == ROWS_DSWIGLU ? 2 : 1, threads;  // src_halves: a thread's 4 columns in each half
@@ -519,7 +532,7 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
                                                                                              col_scale, row_scale, rows, cols, f);
     if (tensor) { broadcast_max((unsigned *)scales, rows, st); broadcast_max(amax, cols, st); }
     code_kernel[fp4][g]<<<grid, threads, smem, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
-                                                               NULL, rows, cols, f, qround(f));
+                                                               NULL, NULL, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -545,9 +558,10 @@ static RowSource rows_grad(int op, const bf16 *g, const bf16 *pre) {
     return s;
 }
 
-static void dge_scale(float *grad, const bf16 *W, const float *scales, int rows, int cols, Format f, float k, cudaStream_t st) {
-    if (cols % 8 != 0) die("dge_scale: %d columns, not a multiple of 8", cols);
-    dge_scale_kernel<<<ceil_div((long long)rows * cols / 8, 256), 256, 0, st>>>(grad, W, scales, rows, cols, f, k);
+static void dge_apply(float *out, const float *g, const bf16 *W, const float *scales, int rows, int cols, Format f, float k, int acc,
+                      cudaStream_t st) {
+    if (cols % 8 != 0) die("dge_apply: %d columns, not a multiple of 8", cols);
+    dge_apply_kernel<<<ceil_div((long long)rows * cols / 8, 256), 256, 0, st>>>(out, g, W, scales, rows, cols, f, k, acc);
     CUDA_CHECK(cudaGetLastError());
 }
 
