@@ -177,7 +177,7 @@ static int occ_comp(const Model *m, int lin) { return occ_on(m, lin) && m->recip
 // DGE's factor multiplies the quantized GEMM's weight gradient only. Where OCC's compensation adds
 // its own (exact) gradient beside it, DGE applies to each micro-batch's quantized gradient as it
 // joins the step's sum, and the compensation's GEMM adds straight into the sum; elsewhere once, to
-// the step's sum (model_apply_dge): the same factor for every micro-batch.
+// the step's sum (model_grad_sumsq): the same factor for every micro-batch.
 static int dge_per_microbatch(const Model *m, int lin) { return m->recipe.lin[lin].dge && occ_comp(m, lin); }
 
 // OCC's state for linear lin of layer l: that layer's bounds (none without OCC: no memory for
@@ -482,7 +482,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     if (!comp) return;
     Occ o = occ_state(m, lin, l, s->occ_dense_b);
     occ_compensate_grad(dW, &o, in, g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, st);
-    if (dge_now) dge_apply(dW, wg, W, sw, M, K, f->w, m->recipe.dge_k, 1, st);
+    if (dge_now) dge_apply(dW, wg, W, sw, M, K, f->w, m->recipe.dge_k, st);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -609,16 +609,25 @@ static void model_backward(Model *m, int reduce) {
 }
 
 // DGE (SPEC.md 4): the 4-bit weights' gradients times f'(W / s_w). The factor is fixed for the
-// whole step, so it applies once to the sum over micro-batches, before the norm is taken (but
-// where it applied per micro-batch: dge_per_microbatch).
-static void model_apply_dge(Model *m) {
+// whole step, so it applies once to the sum over micro-batches (but where it applied per
+// micro-batch: dge_per_microbatch), in place, in the pass that takes the gradient norm (the norm
+// is of the corrected gradients). Returns the device address of the norm's square.
+static float *model_grad_sumsq(Model *m) {
+    static_assert(MAX_DGE_RANGES >= NUM_LINEARS, "a DGE range per linear");
+    DgeRanges dge; memset(&dge, 0, sizeof(dge));
+    dge.k = m->recipe.dge_k; dge.W = m->params;
     for (int l = 0; l < NUM_LINEARS; l++) {
         if (!m->recipe.lin[l].dge || dge_per_microbatch(m, l)) continue;
         int M, K; linear_dims(&m->cfg, l, &M, &K);
-        float *g = GRAD(m, linear_wkind[l]);
-        dge_apply(g, g, PARAM(m, linear_wkind[l]), m->wscales[l], m->cfg.L * M, K, m->recipe.lin[l].f.w, m->recipe.dge_k, 0,
-                  m->stream);
+        size_t len = (size_t)m->cfg.L * M * K;
+        if (len > 0xffffffffu) die("DGE: %s's weights (%zu) exceed 2^32 entries", linear_names[l], len);
+        dge.r[dge.n].lo = m->off[linear_wkind[l]]; dge.r[dge.n].len = (unsigned)len; dge.r[dge.n].K = K;
+        dge.r[dge.n].scales = m->wscales[l]; dge.r[dge.n].f = m->recipe.lin[l].f.w;
+        dge.n++;
     }
+    float *out = m->s.partial + SUMSQ_BLOCKS;
+    grad_sumsq(out, m->grads, m->nparams, &dge, m->s.partial, m->stream);
+    return out;
 }
 
 // AdamW (decay on the matrices) on this rank's shard of the parameters, whose updated weights
@@ -626,9 +635,7 @@ static void model_apply_dge(Model *m) {
 // averaged gradients, so DGE and the norm need no communication.
 static float model_update(Model *m, float lr, float b1, float b2, float eps, float wd, float clip, int t, uint64_t seed) {
     if (m->dist && m->dist->world > 1) dist_grads_join(m->dist, m->stream);
-    model_apply_dge(m);
-    float *norm_dev = m->s.partial + SUMSQ_BLOCKS;
-    grad_sumsq(norm_dev, m->grads, m->nparams, m->s.partial, m->stream);
+    float *norm_dev = model_grad_sumsq(m);
     CUDA_CHECK(cudaMemcpyAsync(m->host_norm, norm_dev, sizeof(float), cudaMemcpyDeviceToHost, m->stream));
     model_wait(m);
     float norm = sqrtf(*m->host_norm);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build, every GPU test, then the benchmark, with logs under $OUT (default
 # out/device). Usage: bash dev/check_and_bench.sh [bench configs, default gpt2:d12:32]
-# BENCH=0 skips the benchmark, BENCH_FLAGS adds flags to dev/bench/bench.py (e.g. --no-pytorch),
+# TESTS=0 skips the tests, BENCH=0 the benchmark, BENCH_FLAGS adds flags to dev/bench/bench.py (e.g. --no-pytorch),
 # RECIPES its recipes, separated by ';' (default "bf16;fp8;fp4 --occ 0;fp4"),
 # PROFILE="gpt2:d12@32@fp4 gpt2:d12@32@fp4@--occ,0 ..." adds per-kernel profiles
 # (MODEL@BATCH@RECIPE[@TRAINER_FLAGS, commas for spaces]) at the end, and
@@ -15,12 +15,14 @@ mkdir -p "$out"
 make -j16 all > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 python3 dev/data/tinyshakespeare.py > /dev/null
 stamp built
+if [ "${TESTS:-1}" = 1 ]; then
 ./test/test_quant_gpu > "$out/quant_gpu.log" 2>&1; tail -8 "$out/quant_gpu.log"
 ./test/test_kernels_gpu > "$out/kernels_gpu.log" 2>&1; cat "$out/kernels_gpu.log"
 VERBOSE=1 ./test/test_gpu_train test/ref/*.bin > "$out/gpu_train.log" 2>&1; grep -v "^  " "$out/gpu_train.log"
 BIN=./train_gpt2_fp4 RECIPES="bf16 fp8 fp4" bash test/test_train_run.sh > "$out/trainrun.log" 2>&1
 tail -9 "$out/trainrun.log"
 stamp tested
+fi
 if [ "${BENCH:-1}" = 1 ]; then
     IFS=';' read -r -a recipes <<< "${RECIPES:-bf16;fp8;fp4 --occ 0;fp4}"
     python3 dev/bench/bench.py ${BENCH_FLAGS:-} --recipes "${recipes[@]}" --configs "${@:-gpt2:d12:32}" > "$out/bench.md" 2> "$out/bench.err"

@@ -1,17 +1,39 @@
-// defines: grad_sumsq, adamw_update
+// defines: DgeRanges, grad_sumsq, adamw_update
 // AdamW on BF16 weights with stochastic rounding (FP32 m and v), or on an FP32 master copy when
-// one is kept; and the deterministic sum of squares for the global gradient norm.
+// one is kept; and the deterministic sum of squares for the global gradient norm, whose pass also
+// applies DGE to the step's 4-bit weight gradients (no pass of its own over them).
 #ifndef LLMC_ADAMW_CUH
 #define LLMC_ADAMW_CUH
 
 #include "cuda_common.cuh"
 #include "rand.h"
+#include "quant.h"
 
 #define SUMSQ_BLOCKS 1024
 
-__global__ void sumsq_partial_kernel(float *partial, const float *g, size_t n) {
+// DGE (SPEC.md 4) in place on parts of the gradient buffer: g[i] *= f'(W[i] / s_w[row]) for i in
+// [lo, hi) of a range, row (i - lo) / K; W the weight buffer laid out like the gradients
+#define MAX_DGE_RANGES 4
+typedef struct {
+    int n;
+    float k;
+    const bf16 *W;
+    struct { size_t lo; unsigned len, K; const float *scales; Format f; } r[MAX_DGE_RANGES];
+} DgeRanges;
+
+__global__ void sumsq_partial_kernel(float *partial, float *g, size_t n, DgeRanges dge) {
     float s = 0.0f;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) s += g[i] * g[i];
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = g[i];
+        for (int j = 0; j < dge.n; j++) {
+            unsigned o = (unsigned)(i - dge.r[j].lo);
+            if (i >= dge.r[j].lo && o < dge.r[j].len) {
+                v *= dge_factor(__bfloat162float(dge.W[i]), dge.r[j].scales[o / dge.r[j].K], dge.r[j].f, dge.k);
+                g[i] = v;
+            }
+        }
+        s += v * v;
+    }
     s = block_sum(s);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
@@ -23,9 +45,11 @@ __global__ void sumsq_final_kernel(float *out, const float *partial, int n) {
     if (threadIdx.x == 0) *out = s;
 }
 
-// *out (device) = sum of g^2, in a fixed order; scratch: SUMSQ_BLOCKS floats
-static void grad_sumsq(float *out, const float *g, size_t n, float *scratch, cudaStream_t s) {
-    sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, n);
+// *out (device) = sum of g^2, in a fixed order, after DGE on dge's ranges (in place; dge NULL:
+// none); scratch: SUMSQ_BLOCKS floats
+static void grad_sumsq(float *out, float *g, size_t n, const DgeRanges *dge, float *scratch, cudaStream_t s) {
+    DgeRanges none; memset(&none, 0, sizeof(none));
+    sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, n, dge ? *dge : none);
     sumsq_final_kernel<<<1, 1024, 0, s>>>(out, scratch, SUMSQ_BLOCKS);
     CUDA_CHECK(cudaGetLastError());
 }

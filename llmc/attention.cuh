@@ -10,25 +10,31 @@
 #include "cudnn_attention.h"
 #include "attention_fp8.cuh"
 
-// rotates the q and k heads of qkv in place by +angle (or -angle: the backward)
+// rotates the q and k heads of qkv in place by +angle (or -angle: the backward); a thread takes 4
+// pairs (16-byte accesses; hd a multiple of 8)
 __global__ void rope_kernel(bf16 *qkv, const float *cos, const float *sin, int B, int T, int H, int KV, int hd, float sign) {
-    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // one thread per pair
-    int rot = H + KV, all = H + 2 * KV;
-    if (idx >= (long long)B * T * rot * hd / 2) return;
-    int i = idx % (hd / 2);
-    int h = (idx / (hd / 2)) % rot;
-    long long bt = idx / ((long long)hd / 2 * rot);
-    int t = bt % T;
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    int rot = H + KV, all = H + 2 * KV, quads = hd / 8;
+    if (idx >= (long long)B * T * rot * quads) return;
+    int i = (int)(idx % quads) * 4, h = (int)(idx / quads % rot);
+    long long bt = idx / ((long long)quads * rot);
+    int t = (int)(bt % T);
     bf16 *x = qkv + (bt * all + h) * hd + 2 * i;
-    float c = cos[t * hd / 2 + i], s = sign * sin[t * hd / 2 + i];
-    float x0 = __bfloat162float(x[0]), x1 = __bfloat162float(x[1]);
-    x[0] = __float2bfloat16(x0 * c - x1 * s);
-    x[1] = __float2bfloat16(x0 * s + x1 * c);
+    float4 c = *(const float4 *)(cos + (size_t)t * hd / 2 + i), s = *(const float4 *)(sin + (size_t)t * hd / 2 + i);
+    float cv[4] = { c.x, c.y, c.z, c.w }, sv[4] = { s.x, s.y, s.z, s.w }, v[8];
+    load8(v, x);
+    for (int k = 0; k < 4; k++) {
+        float x0 = v[2 * k], x1 = v[2 * k + 1], sk = sign * sv[k];
+        v[2 * k] = x0 * cv[k] - x1 * sk;
+        v[2 * k + 1] = x0 * sk + x1 * cv[k];
+    }
+    store_bf16<8>(x, v);
 }
 
 static void rope(bf16 *qkv, const float *cos, const float *sin, int B, int T, int H, int KV, int hd, float sign, cudaStream_t st) {
-    long long pairs = (long long)B * T * (H + KV) * hd / 2;
-    rope_kernel<<<ceil_div(pairs, 256), 256, 0, st>>>(qkv, cos, sin, B, T, H, KV, hd, sign);
+    if (hd % 8 != 0) die("rope: head dimension %d is not a multiple of 8", hd);
+    long long quads = (long long)B * T * (H + KV) * hd / 8;
+    rope_kernel<<<ceil_div(quads, 256), 256, 0, st>>>(qkv, cos, sin, B, T, H, KV, hd, sign);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -436,20 +436,19 @@ static void broadcast_max(unsigned *v, int n, cudaStream_t st) {
     CUDA_CHECK(cudaGetLastError());
 }
 
-// out (rows, cols) = g * f'(W / s_w), plus out's own values with acc: the DGE correction of a
-// weight gradient (SPEC.md 4), in place (g = out) or as a micro-batch's gradient joins the
-// step's sum. 8 entries a thread (cols is a multiple of 8): 16-byte accesses, one row scale.
+// out (rows, cols) += g * f'(W / s_w): the DGE correction of a micro-batch's weight gradient as it
+// joins the step's sum (SPEC.md 4). 8 entries a thread (cols is a multiple of 8): 16-byte
+// accesses, one row scale.
 __global__ void dge_apply_kernel(float *out, const float *g, const bf16 *W, const float *scales, int rows, int cols, Format f,
-                                 float k, int acc) {
+                                 float k) {
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (i >= (size_t)rows * cols) return;
-    float s = scales[i / cols], w[8], o[8];
+    float s = scales[i / cols], w[8];
     const float4 *gp = (const float4 *)(g + i);
-    float4 g0 = gp[0], g1 = gp[1], o0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), o1 = o0, *op = (float4 *)(out + i);
-    if (acc) { o0 = op[0]; o1 = op[1]; }
-    float v[8] = { g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w }, a[8] = { o0.x, o0.y, o0.z, o0.w, o1.x, o1.y, o1.z, o1.w };
+    float4 g0 = gp[0], g1 = gp[1], *op = (float4 *)(out + i), o0 = op[0], o1 = op[1];
+    float v[8] = { g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w }, o[8] = { o0.x, o0.y, o0.z, o0.w, o1.x, o1.y, o1.z, o1.w };
     load8(w, W + i);
-    for (int j = 0; j < 8; j++) { o[j] = v[j] * dge_factor(w[j], s, f, k); if (acc) o[j] += a[j]; }
+    for (int j = 0; j < 8; j++) o[j] += v[j] * dge_factor(w[j], s, f, k);
     op[0] = make_float4(o[0], o[1], o[2], o[3]);
     op[1] = make_float4(o[4], o[5], o[6], o[7]);
 }
@@ -558,10 +557,10 @@ static RowSource rows_grad(int op, const bf16 *g, const bf16 *pre) {
     return s;
 }
 
-static void dge_apply(float *out, const float *g, const bf16 *W, const float *scales, int rows, int cols, Format f, float k, int acc,
+static void dge_apply(float *out, const float *g, const bf16 *W, const float *scales, int rows, int cols, Format f, float k,
                       cudaStream_t st) {
     if (cols % 8 != 0) die("dge_apply: %d columns, not a multiple of 8", cols);
-    dge_apply_kernel<<<ceil_div((long long)rows * cols / 8, 256), 256, 0, st>>>(out, g, W, scales, rows, cols, f, k, acc);
+    dge_apply_kernel<<<ceil_div((long long)rows * cols / 8, 256), 256, 0, st>>>(out, g, W, scales, rows, cols, f, k);
     CUDA_CHECK(cudaGetLastError());
 }
 

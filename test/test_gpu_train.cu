@@ -48,8 +48,8 @@ static void check_dge(Model *m, const RefFile *rf, const float *params, const ch
     model_zero_grad(&off);
     model_forward(&off, rf->inputs, rf->targets, rf->B, rf->T, 1.0f);
     model_backward(&off, 1);
-    model_apply_dge(&off);
-    model_apply_dge(m);
+    model_grad_sumsq(&off);
+    model_grad_sumsq(m);
     float *without = (float *)malloc_check(2 * n * sizeof(float)), *with = without + n;
     bf16 *w = (bf16 *)malloc_check(n * sizeof(bf16));
     cuda_download(without, off.grads, n * sizeof(float));
@@ -117,7 +117,7 @@ static void test_file(const char *path) {
     float loss = model_forward(&m, rf.inputs, rf.targets, rf.B, rf.T, 1.0f);
     model_backward(&m, 1);
     if (recipe.lin[LIN_FC].dge) check_dge(&m, &rf, host, name);  // the reference's gradients include DGE
-    else model_apply_dge(&m);
+    else model_grad_sumsq(&m);
     float el = fabsf(loss - rf.losses[0]) / rf.losses[0];
     CHECK(el <= tol->loss, "%s: loss %.6f vs %.6f", name, loss, rf.losses[0]);
     printf(" | loss %.6f vs %.6f", loss, rf.losses[0]);

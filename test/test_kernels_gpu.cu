@@ -450,7 +450,7 @@ int main(void) {
     seed = (uint64_t)time(NULL);
     printf("seed %llu\n", (unsigned long long)seed);
     test_classifier();
-    for (int ln = 0; ln < 2; ln++) { test_norm(64, ln); test_norm(768, ln); }
+    for (int ln = 0; ln < 2; ln++) { test_norm(64, ln); test_norm(328, ln); test_norm(768, ln); test_norm(2048, ln); }
     test_gelu_epilogues();
     test_fp8_gemms(FMT_E2M1, FMT_E4M3);
     test_fp8_gemms(FMT_E4M3, FMT_E4M3);

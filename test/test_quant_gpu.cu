@@ -388,7 +388,7 @@ static void test_occ(uint64_t seed) {
         cuda_upload(dsw, sw, M * sizeof(float));
         cuda_upload(dwr, dw1, (size_t)M * K * sizeof(float));
         cuda_upload(ddw, dw0, (size_t)M * K * sizeof(float));
-        dge_apply(ddw, dwr, dw, dsw, M, K, FMT_E2M1, 5.0f, 1, 0);
+        dge_apply(ddw, dwr, dw, dsw, M, K, FMT_E2M1, 5.0f, 0);
         cuda_download(dw2, ddw, (size_t)M * K * sizeof(float));
         double ed = 0.0;
         for (size_t i = 0; i < (size_t)M * K; i++) {
