@@ -1,7 +1,7 @@
 // defines: norm_forward, norm_backward
 // LayerNorm (with bias) and RMSNorm (bias NULL) over rows of width C (a multiple of 8): BF16 in
-// and out, FP32 statistics, a warp per row with 16-byte accesses. The backward's weight
-// gradients sum over rows in a fixed order (deterministic).
+// and out, FP32 statistics, 16-byte accesses: the forward a warp per row, the backward a few rows a
+// warp. The backward's weight gradients sum over rows in a fixed order (deterministic).
 #ifndef LLMC_NORM_CUH
 #define LLMC_NORM_CUH
 
