@@ -12,7 +12,7 @@
 #define SUMSQ_BLOCKS 1024
 
 // DGE (SPEC.md 4) in place on parts of the gradient buffer: g[i] *= f'(W[i] / s_w[row]) for i in
-// [lo, hi) of a range, row (i - lo) / K; W the weight buffer laid out like the gradients
+// [lo, lo + len) of a range, row (i - lo) / K; W the weight buffer laid out like the gradients
 #define MAX_DGE_RANGES 4
 typedef struct {
     int n;
@@ -45,11 +45,10 @@ __global__ void sumsq_final_kernel(float *out, const float *partial, int n) {
     if (threadIdx.x == 0) *out = s;
 }
 
-// *out (device) = sum of g^2, in a fixed order, after DGE on dge's ranges (in place; dge NULL:
-// none); scratch: SUMSQ_BLOCKS floats
+// *out (device) = sum of g^2, in a fixed order, after DGE in place on dge's ranges (dge->n may be
+// 0); scratch: SUMSQ_BLOCKS floats
 static void grad_sumsq(float *out, float *g, size_t n, const DgeRanges *dge, float *scratch, cudaStream_t s) {
-    DgeRanges none; memset(&none, 0, sizeof(none));
-    sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, n, dge ? *dge : none);
+    sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, n, *dge);
     sumsq_final_kernel<<<1, 1024, 0, s>>>(out, scratch, SUMSQ_BLOCKS);
     CUDA_CHECK(cudaGetLastError());
 }
