@@ -5,16 +5,17 @@
 // accumulation: y += R W^T in the forward, dW += G^T R in the backward. Bounds, codes and
 // residuals are the CPU occ_clamp_rows' bit for bit (test/test_quant_gpu).
 //
-// Selection without a sort, a warp per row. The k-th largest value of a row is at least the k-th
-// largest of the maxima of any disjoint groups of its values (k groups hold a value that large).
-// So group maxima give a threshold with at least k values above it: k <= 32, the smallest of the
-// lanes' 32 maxima (about 120 values above it in 3072); 32 < k <= 256, the k-th largest of the
-// 256 maxima of the lanes' value slots, found by a bisection (about 65 above it in 5632: the
-// smallest of 64 maxima let about 290 through and 1.6% of rows past OCC_CAND, each of which then
-// held its wave for a 32-pass bisection over the row). The values above the threshold go to
-// shared memory, where a bisection on the bits of their order-preserving keys finds the exact
-// k-th, and one counting pass its neighbour (the quantile interpolates the two). (More than
-// OCC_CAND above it: both count over the whole row instead; slower, same answer.)
+// Selection without a sort, a warp per row, the row's values made once (a fused norm or
+// nonlinearity is most of the work) and kept as order-preserving keys in shared memory. The k-th
+// largest value of a row is at least the k-th largest of the maxima of any disjoint groups of its
+// values (k groups hold a value that large). So group maxima give a threshold with at least k
+// values above it: k <= 32, the smallest of the lanes' 32 maxima (about 120 values above it in
+// 3072); 32 < k <= 256, the k-th largest of the 256 maxima of the lanes' value slots (about 65
+// above it in 5632, where the smallest of 64 maxima let about 290 through). The values above the
+// threshold are gathered, and a bisection on the bits of their keys finds the exact k-th (over
+// the bits where the keys differ only: BF16 sources leave 16 low bits zero), and one counting
+// pass its neighbour (the quantile interpolates the two). (More than OCC_CAND above it: both
+// count over the whole row instead; slower, same answer.)
 // Compensation: R made dense in BF16 (exact) for cuBLASLt BF16 GEMMs, y += R W^T and dW += G^T R,
 // which at 2% of the entries beat our sparse kernels (W's rows read at random per outlier in the
 // forward, G's rows gathered per outlier after a counting sort by column in the backward: 4.3 and
@@ -29,8 +30,9 @@
 #include "quantize.cuh"
 #include "matmul.cuh"
 
-#define OCC_WARPS 4      // rows per block of the selection
-#define OCC_CAND 512     // candidates per tail a warp keeps in shared memory
+#define OCC_WARPS 4      // rows per block of the selection, at most
+#define OCC_CAND 256     // candidates per tail a warp keeps (iid rows: past 256 in 0.2-0.7% of them;
+                         // at least 256, the list of group_threshold's J = 8)
 
 // where a row's quantiles sit, fixed by its width and alpha (quant.h's positions, as the CPU's)
 typedef struct {
@@ -66,75 +68,105 @@ __device__ inline unsigned ord_key(float x) {
 }
 __device__ inline float key_float(unsigned k) { return __uint_as_float(k & 0x80000000u ? k & 0x7fffffffu : ~k); }
 
+// A warp's list of keys: its candidates cand[0..n) or, when they overflowed (n > OCC_CAND), the
+// whole row, each lane its own chunks' keys (xor flip). The row's keys of 256-column chunk c0 sit
+// in keys[c0..c0 + 256): a lane's first 4 at lane * 4, its next 4 at 128 + lane * 4 (whole
+// 128-byte lines per quarter warp, no bank conflicts).
+__device__ inline void row_keys(unsigned *k, const unsigned *keys, int c0, int lane) {
+    uint4 a = *(const uint4 *)(keys + c0 + lane * 4), b = *(const uint4 *)(keys + c0 + 128 + lane * 4);
+    k[0] = a.x; k[1] = a.y; k[2] = a.z; k[3] = a.w; k[4] = b.x; k[5] = b.y; k[6] = b.z; k[7] = b.w;
+}
+
+// how many of the lane's share of the list are at or above t: its candidates, held in c (t > 0:
+// the 0s padding c count none), or its chunks of the whole row
+__device__ inline int count_ge(unsigned t, const unsigned *c, int n, const unsigned *keys, int cols, unsigned flip) {
+    int lane = threadIdx.x % 32, cnt = 0;
+    if (n <= OCC_CAND) {
+        for (int j = 0; j < OCC_CAND / 32; j++) cnt += c[j] >= t;
+    } else {
+        unsigned k[8];
+        for (int c0 = 0; c0 + lane * 8 < cols; c0 += 256) {
+            row_keys(k, keys, c0, lane);
+            for (int j = 0; j < 8; j++) cnt += (k[j] ^ flip) >= t;
+        }
+    }
+    return cnt;
+}
+
+// the k-th largest of the list (k <= its length), by bisection on the key bits below the common
+// prefix of its smallest and largest key and above the bits zero in every key, the candidates
+// held in registers. Not inlined: its copies in the four kernels would outgrow the instruction
+// cache.
+__device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n, const unsigned *keys, int cols, unsigned flip) {
+    int lane = threadIdx.x % 32;
+    unsigned c[OCC_CAND / 32], lo = ~0u, hi = 0u, any = 0u;
+    for (int j = 0; j < OCC_CAND / 32; j++) {
+        int in = n <= OCC_CAND && lane + 32 * j < n;
+        c[j] = in ? cand[lane + 32 * j] : 0u;
+        if (in) { lo = min(lo, c[j]); hi = max(hi, c[j]); any |= c[j]; }
+    }
+    if (n > OCC_CAND) {
+        unsigned kk[8];
+        for (int c0 = 0; c0 + lane * 8 < cols; c0 += 256) {
+            row_keys(kk, keys, c0, lane);
+            for (int j = 0; j < 8; j++) { unsigned x = kk[j] ^ flip; lo = min(lo, x); hi = max(hi, x); any |= x; }
+        }
+    }
+    lo = __reduce_min_sync(0xffffffffu, lo);
+    hi = __reduce_max_sync(0xffffffffu, hi);
+    any = __reduce_or_sync(0xffffffffu, any);
+    int nb = 32 - __clz(lo ^ hi), low = max(__ffs(any) - 1, 0);  // the answer has hi's bits above nb, none below low
+    unsigned res = nb == 32 ? 0u : hi >> nb << nb;
+    for (int bit = nb - 1; bit >= low; bit--) {
+        unsigned t = res | 1u << bit;
+        if ((int)__reduce_add_sync(0xffffffffu, (unsigned)count_ge(t, c, n, keys, cols, flip)) >= k) res = t;
+    }
+    return res;
+}
+
 // a key with at least rank of the row's keys at or above it, from gmax, each lane's maxima of its
 // 8 value slots: J = 1, the smallest over the warp of the lanes' maxima; J = 8, the rank-th
-// largest of all 256; J = 0, the smallest key
-__device__ inline unsigned group_threshold(const unsigned *gmax, int J, int rank) {
+// largest of all 256 (through list, scratch for 256 keys); J = 0, the smallest key
+__device__ inline unsigned group_threshold(const unsigned *gmax, int J, int rank, unsigned *list) {
     if (J == 0) return 0u;
-    if (J == 1) {
-        unsigned m = gmax[0];
-        for (int k = 1; k < 8; k++) m = max(m, gmax[k]);
-        return __reduce_min_sync(0xffffffffu, m);
-    }
-    unsigned res = 0u;
-    for (int bit = 31; bit >= 0; bit--) {
-        unsigned t = res | 1u << bit;
-        int cnt = 0;
-        for (int k = 0; k < 8; k++) cnt += gmax[k] >= t;
-        if ((int)__reduce_add_sync(0xffffffffu, (unsigned)cnt) >= rank) res = t;
-    }
-    return res;
+    unsigned m = gmax[0];
+    for (int k = 1; k < 8; k++) m = max(m, gmax[k]);
+    if (J == 1) return __reduce_min_sync(0xffffffffu, m);
+    int lane = threadIdx.x % 32;
+    for (int k = 0; k < 8; k++) list[lane * 8 + k] = gmax[k];
+    __syncwarp();
+    unsigned t = kth_largest(rank, list, 256, NULL, 0, 0u);
+    __syncwarp();  // the list's space takes the candidates next
+    return t;
 }
 
-// the k-th largest key of row r (keys xor flip), from the n candidates above tau: tau itself when
-// fewer than k are above it; over the whole row when too many were to be kept. Not inlined: its
-// copies in occ_rows_kernel made it 47-69 KB of code, past the instruction cache.
-template <int OP>
-__device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n, unsigned tau, unsigned flip, const RowSource &in, int r, int cols,
-                                float mu, float rs) {
-    int lane = threadIdx.x % 32, whole = n > OCC_CAND;
-    if (!whole && k > n) return tau;
-    unsigned res = 0u;
-    for (int bit = 31; bit >= 0; bit--) {
-        unsigned t = res | 1u << bit;
-        int cnt = 0;
-        if (whole) {
-            float v[8];
-            for (int c = lane * 8; c < cols; c += 256) {
-                src_values8<OP>(v, in, r, c, cols, mu, rs);
-                for (int j = 0; j < 8; j++) cnt += (ord_key(v[j]) ^ flip) >= t;
-            }
-        } else {
-            for (int i = lane; i < n; i += 32) cnt += cand[i] >= t;
-        }
-        if ((int)__reduce_add_sync(0xffffffffu, (unsigned)cnt) >= k) res = t;
-    }
-    return res;
+// the k-th largest key of the row's (keys xor flip) from its n candidates above tau: tau itself
+// when fewer than k are above it
+__device__ inline unsigned kth_key(int k, const unsigned *cand, int n, unsigned tau, const unsigned *keys, int cols, unsigned flip) {
+    return n <= OCC_CAND && k > n ? tau : kth_largest(k, cand, n, keys, cols, flip);
 }
 
-// the (k - 1)-th largest key (up) or the (k + 1)-th (!up) of row r, a the k-th, from the same
-// candidates (keys xor flip above tau; the whole row when they overflowed): one counting pass in
-// place of a second bisection. Above a sit at most k - 1 keys: with exactly k - 1 the next larger
-// is their smallest, else a repeats. At or above a sit at least k: with more, a repeats, else the
-// next smaller is the largest key below a, or tau when no candidate is (tau's groups were sized
-// for rank k + 1, so that rank is at least tau).
+// the (k - 1)-th largest key (up) or the (k + 1)-th (!up) of the row, a the k-th, from the same
+// list: one counting pass in place of a second bisection. Above a sit at most k - 1 keys: with
+// exactly k - 1 the next larger is their smallest, else a repeats. At or above a sit at least k:
+// with more, a repeats, else the next smaller is the largest key below a, or tau when no
+// candidate is (tau's groups were sized for rank k + 1, so that rank is at least tau).
 __device__ inline void next_see(unsigned x, unsigned a, int up, int *cnt, int *found, unsigned *best) {
     if (up) { if (x > a) { (*cnt)++; *best = min(*best, x); } }
     else if (x >= a) (*cnt)++;
     else { *found = 1; *best = max(*best, x); }
 }
-template <int OP>
-__device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsigned *cand, int n, unsigned tau, unsigned flip,
-                                          const RowSource &in, int r, int cols, float mu, float rs) {
+__device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsigned *cand, int n, unsigned tau, const unsigned *keys,
+                                          int cols, unsigned flip) {
     int lane = threadIdx.x % 32, whole = n > OCC_CAND;
     if (!up && !whole && a == tau) return a;  // keys equal to tau are no candidates: the rank k + 1 is tau
     int cnt = 0, found = 0;
     unsigned best = up ? ~0u : 0u;
     if (whole) {
-        float v[8];
-        for (int c = lane * 8; c < cols; c += 256) {
-            src_values8<OP>(v, in, r, c, cols, mu, rs);
-            for (int j = 0; j < 8; j++) next_see(ord_key(v[j]) ^ flip, a, up, &cnt, &found, &best);
+        unsigned kk[8];
+        for (int c0 = 0; c0 + lane * 8 < cols; c0 += 256) {
+            row_keys(kk, keys, c0, lane);
+            for (int j = 0; j < 8; j++) next_see(kk[j] ^ flip, a, up, &cnt, &found, &best);
         }
     } else {
         for (int i = lane; i < n; i += 32) next_see(cand[i], a, up, &cnt, &found, &best);
@@ -147,38 +179,42 @@ __device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsig
     return found ? best : tau;
 }
 
+// a warp's shared memory in the selection: the row's keys (cols rounded up to 256), then
+// OCC_CAND candidates for each tail
+__host__ __device__ inline int occ_keys_len(int cols) { return (cols + 255) / 256 * 256; }
+__host__ __device__ inline int occ_span(int cols) { return occ_keys_len(cols) + 2 * OCC_CAND; }
+
 // OCC's selection, a warp per row: the quantiles lo, hi and the scale of the clamped row
 template <int OP>
 __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales, Occ o, RowSource in, int rows, Format f) {
-    __shared__ unsigned cand[OCC_WARPS][2][OCC_CAND];
+    extern __shared__ unsigned occ_smem[];
     const OccPlan &p = o.plan;
-    int cols = p.cols, w = threadIdx.x / 32, lane = threadIdx.x % 32, r = blockIdx.x * OCC_WARPS + w;
+    int cols = p.cols, w = threadIdx.x / 32, lane = threadIdx.x % 32, r = blockIdx.x * (blockDim.x / 32) + w;
     if (r >= rows) return;
-    float mu = 0.0f, rs = 1.0f, v[8] = { 0.0f };
+    unsigned *keys = occ_smem + (size_t)w * occ_span(cols), *ctop = keys + occ_keys_len(cols), *cbot = ctop + OCC_CAND;
+    float mu = 0.0f, rs = 1.0f, v[8];
     if (OP == ROWS_NORM) norm_stats(in, r, cols, &mu, &rs);
-    unsigned gtop[8], gbot[8];  // per value slot: the largest key, the largest flipped key (the smallest value)
+    unsigned gtop[8], gbot[8], key[8];  // per value slot: the largest key, the largest flipped key (the smallest value)
     for (int j = 0; j < 8; j++) gtop[j] = gbot[j] = 0u;
-    for (int c = lane * 8; c < cols; c += 256) {
-        src_values8<OP>(v, in, r, c, cols, mu, rs);
-        for (int j = 0; j < 8; j++) { unsigned key = ord_key(v[j]); gtop[j] = max(gtop[j], key); gbot[j] = max(gbot[j], ~key); }
+    #pragma unroll 2
+    for (int c0 = 0; c0 + lane * 8 < cols; c0 += 256) {
+        src_values8<OP>(v, in, r, c0 + lane * 8, cols, mu, rs);
+        for (int j = 0; j < 8; j++) { key[j] = ord_key(v[j]); gtop[j] = max(gtop[j], key[j]); gbot[j] = max(gbot[j], ~key[j]); }
+        *(uint4 *)(keys + c0 + lane * 4) = make_uint4(key[0], key[1], key[2], key[3]);
+        *(uint4 *)(keys + c0 + 128 + lane * 4) = make_uint4(key[4], key[5], key[6], key[7]);
     }
     int ktop = cols - p.ihi, kbot = p.ilo + 1, top = p.ihi == cols - 1;
-    unsigned ttop = group_threshold(gtop, p.jhi, ktop), tbot = group_threshold(gbot, p.jlo, kbot + 1), kmax = 0u, kmin = 0u;
+    unsigned ttop = group_threshold(gtop, p.jhi, ktop, ctop), tbot = group_threshold(gbot, p.jlo, kbot + 1, cbot), kmax = 0u, kmin = 0u;
     for (int j = 0; j < 8; j++) { kmax = max(kmax, gtop[j]); kmin = max(kmin, gbot[j]); }
     float xmax = key_float(__reduce_max_sync(0xffffffffu, kmax)), xmin = key_float(~__reduce_max_sync(0xffffffffu, kmin));
     // the candidates above each threshold, a lane's after the lanes' below it (every lane runs
     // every iteration: the scan needs them all). A lane's counts of a chunk (at most 8 each) are
     // scanned over the warp together, top's in the low half of one word, bottom's in the high.
-    unsigned *ctop = cand[w][0], *cbot = cand[w][1];
     int ntop = 0, nbot = 0;
     for (int c0 = 0; c0 < cols; c0 += 256) {
-        int c = c0 + lane * 8, live = c < cols, mine = 0;
-        unsigned key[8];
-        if (live) src_values8<OP>(v, in, r, c, cols, mu, rs);
-        for (int j = 0; j < 8; j++) {
-            key[j] = ord_key(v[j]);
-            mine += live ? (key[j] > ttop) + ((~key[j] > tbot) << 16) : 0;
-        }
+        int live = c0 + lane * 8 < cols, mine = 0;
+        if (live) row_keys(key, keys, c0, lane);
+        for (int j = 0; j < 8; j++) mine += live ? (key[j] > ttop) + ((~key[j] > tbot) << 16) : 0;
         int upto = mine;  // inclusive scan
         for (int o = 1; o < 32; o <<= 1) {
             int got = __shfl_up_sync(0xffffffffu, upto, o);
@@ -197,10 +233,10 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     __syncwarp();
     // v[ihi], v[ihi + 1] are the (cols - ihi)-th and the next largest; v[ilo], v[ilo + 1] the
     // (ilo + 1)-th and the next smallest (the largest flipped keys)
-    unsigned h0 = kth_largest<OP>(ktop, ctop, ntop, ttop, 0u, in, r, cols, mu, rs);
-    unsigned h1 = top ? h0 : kth_next<OP>(ktop, h0, 1, ctop, ntop, ttop, 0u, in, r, cols, mu, rs);
-    unsigned l0 = kth_largest<OP>(kbot, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs);
-    unsigned l1 = kth_next<OP>(kbot, l0, 0, cbot, nbot, tbot, ~0u, in, r, cols, mu, rs);
+    unsigned h0 = kth_key(ktop, ctop, ntop, ttop, keys, cols, 0u);
+    unsigned h1 = top ? h0 : kth_next(ktop, h0, 1, ctop, ntop, ttop, keys, cols, 0u);
+    unsigned l0 = kth_key(kbot, cbot, nbot, tbot, keys, cols, ~0u);
+    unsigned l1 = kth_next(kbot, l0, 0, cbot, nbot, tbot, keys, cols, ~0u);
     float lo = quantile_lerp(key_float(~l0), key_float(~l1), p.flo);
     float hi = top ? key_float(h0) : quantile_lerp(key_float(h0), key_float(h1), p.fhi);
     // the clamped row spans [clamp(min), clamp(max)]: its absmax, as the CPU's over every value
@@ -229,7 +265,12 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
     if (src->op > ROWS_SWIGLU) die("occ_quantize_rows: source %d is a gradient's", src->op);
     void (*const kernel[])(float *, Occ, RowSource, int, Format) = {
         occ_rows_kernel<ROWS_PLAIN>, occ_rows_kernel<ROWS_NORM>, occ_rows_kernel<ROWS_GELU>, occ_rows_kernel<ROWS_SWIGLU> };
-    kernel[src->op]<<<ceil_div(rows, OCC_WARPS), OCC_WARPS * 32, 0, st>>>(scales, *o, *src, rows, f);
+    // the rows a block holds in shared memory (227 KB an SM on Hopper)
+    size_t span = occ_span(cols) * sizeof(unsigned), most = 227 * 1024;
+    int warps = (int)min((size_t)OCC_WARPS, most / span);
+    if (warps == 0) die("occ_quantize_rows: %d columns do not fit the selection's shared memory", cols);
+    CUDA_CHECK(cudaFuncSetAttribute(kernel[src->op], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(warps * span)));
+    kernel[src->op]<<<ceil_div(rows, warps), warps * 32, warps * span, st>>>(scales, *o, *src, rows, f);
     CUDA_CHECK(cudaGetLastError());
     rows_codes(codes, codes_t, scales, src, o->bounds, o->dense, rows, cols, f, st);
 }
