@@ -77,6 +77,9 @@ __device__ inline void row_keys(unsigned *k, const unsigned *keys, int c0, int l
     k[0] = a.x; k[1] = a.y; k[2] = a.z; k[3] = a.w; k[4] = b.x; k[5] = b.y; k[6] = b.z; k[7] = b.w;
 }
 
+// where row_keys finds value j (0..7) of the lane's 8 at column c0 + lane * 8
+__device__ inline int row_slot(int c0, int lane, int j) { return c0 + lane * 4 + j + (j >= 4) * 124; }
+
 // how many of the lane's share of the list are at or above t: its candidates, held in c (t > 0:
 // the 0s padding c count none), or its chunks of the whole row
 __device__ inline int count_ge(unsigned t, const unsigned *c, int n, const unsigned *keys, int cols, unsigned flip) {
@@ -196,12 +199,23 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     if (OP == ROWS_NORM) norm_stats(in, r, cols, &mu, &rs);
     unsigned gtop[8], gbot[8], key[8];  // per value slot: the largest key, the largest flipped key (the smallest value)
     for (int j = 0; j < 8; j++) gtop[j] = gbot[j] = 0u;
-    #pragma unroll 2
-    for (int c0 = 0; c0 + lane * 8 < cols; c0 += 256) {
-        src_values8<OP>(v, in, r, c0 + lane * 8, cols, mu, rs);
-        for (int j = 0; j < 8; j++) { key[j] = ord_key(v[j]); gtop[j] = max(gtop[j], key[j]); gbot[j] = max(gbot[j], ~key[j]); }
-        *(uint4 *)(keys + c0 + lane * 4) = make_uint4(key[0], key[1], key[2], key[3]);
-        *(uint4 *)(keys + c0 + 128 + lane * 4) = make_uint4(key[4], key[5], key[6], key[7]);
+    // U chunks' loads issued before any is computed: a lane's loads wait on nothing else, and
+    // the nonlinearities' wide rows leave shared memory few warps an SM to hide them
+    const int U = OP >= ROWS_GELU ? 4 : 2;
+    for (int c1 = 0; c1 < cols; c1 += U * 256) {
+        Pack<8> raw[U][src_loads<OP>()];
+        for (int u = 0; u < U; u++)
+            if (c1 + u * 256 + lane * 8 < cols) src_fetch<OP, 8>(raw[u], in, r, c1 + u * 256 + lane * 8, cols);
+        for (int u = 0; u < U; u++) {
+            int c0 = c1 + u * 256, c = c0 + lane * 8;
+            if (c >= cols) break;
+            float w[8], b[8];
+            if (OP == ROWS_NORM) norm_params<8>(w, b, in, c);
+            src_values<OP, 8>(v, raw[u], c, cols, w, b, mu, rs);
+            for (int j = 0; j < 8; j++) { key[j] = ord_key(v[j]); gtop[j] = max(gtop[j], key[j]); gbot[j] = max(gbot[j], ~key[j]); }
+            *(uint4 *)(keys + c0 + lane * 4) = make_uint4(key[0], key[1], key[2], key[3]);
+            *(uint4 *)(keys + c0 + 128 + lane * 4) = make_uint4(key[4], key[5], key[6], key[7]);
+        }
     }
     int ktop = cols - p.ihi, kbot = p.ilo + 1, top = p.ihi == cols - 1;
     unsigned ttop = group_threshold(gtop, p.jhi, ktop, ctop), tbot = group_threshold(gbot, p.jlo, kbot + 1, cbot), kmax = 0u, kmin = 0u;
@@ -209,12 +223,17 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     float xmax = key_float(__reduce_max_sync(0xffffffffu, kmax)), xmin = key_float(~__reduce_max_sync(0xffffffffu, kmin));
     // the candidates above each threshold, a lane's after the lanes' below it (every lane runs
     // every iteration: the scan needs them all). A lane's counts of a chunk (at most 8 each) are
-    // scanned over the warp together, top's in the low half of one word, bottom's in the high.
+    // scanned over the warp together, top's in the low half of one word, bottom's in the high;
+    // then each lane copies its few candidates from the keys, by the bits of its masks.
     int ntop = 0, nbot = 0;
     for (int c0 = 0; c0 < cols; c0 += 256) {
-        int live = c0 + lane * 8 < cols, mine = 0;
-        if (live) row_keys(key, keys, c0, lane);
-        for (int j = 0; j < 8; j++) mine += live ? (key[j] > ttop) + ((~key[j] > tbot) << 16) : 0;
+        unsigned mtop = 0u, mbot = 0u;
+        if (c0 + lane * 8 < cols) {
+            row_keys(key, keys, c0, lane);
+            for (int j = 0; j < 8; j++) { mtop |= (unsigned)(key[j] > ttop) << j; mbot |= (unsigned)(~key[j] > tbot) << j; }
+        }
+        int mine = __popc(mtop) | __popc(mbot) << 16;
+        if (!__any_sync(0xffffffffu, mine)) continue;
         int upto = mine;  // inclusive scan
         for (int o = 1; o < 32; o <<= 1) {
             int got = __shfl_up_sync(0xffffffffu, upto, o);
@@ -222,11 +241,10 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
         }
         int total = __shfl_sync(0xffffffffu, upto, 31), before = upto - mine;
         int it = ntop + (before & 0xffff), ib = nbot + (before >> 16);
-        for (int j = 0; j < 8; j++) {
-            if (!live) break;
-            if (key[j] > ttop) { if (it < OCC_CAND) ctop[it] = key[j]; it++; }
-            if (~key[j] > tbot) { if (ib < OCC_CAND) cbot[ib] = ~key[j]; ib++; }
-        }
+        for (; mtop; mtop &= mtop - 1, it++)
+            if (it < OCC_CAND) ctop[it] = keys[row_slot(c0, lane, __ffs(mtop) - 1)];
+        for (; mbot; mbot &= mbot - 1, ib++)
+            if (ib < OCC_CAND) cbot[ib] = ~keys[row_slot(c0, lane, __ffs(mbot) - 1)];
         ntop += total & 0xffff;
         nbot += total >> 16;
     }
