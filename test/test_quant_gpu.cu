@@ -139,6 +139,38 @@ static void test_quantize(uint64_t seed) {
     }
 }
 
+// OCC's quantiles of a fused source's rows by brute force, a block per row: the row's FP32
+// values made by the selection's own code (src_values8, norm_stats), each one's place in the
+// ascending row counted against all the others, then interpolated as the selection does
+template <int OP>
+__global__ void rank_bounds_kernel(float2 *bounds, RowSource in, int cols, OccPlan p) {
+    extern __shared__ float s_v[];  // (cols) the row's values, -0 taken as +0 (as ord_key)
+    __shared__ float s_mu, s_rs, s_q[4];  // v[ilo], v[ilo + 1], v[ihi], v[ihi + 1]
+    int r = blockIdx.x;
+    if (threadIdx.x < 32) {
+        float mu = 0.0f, rs = 1.0f;
+        if (OP == ROWS_NORM) norm_stats(in, r, cols, &mu, &rs);
+        if (threadIdx.x == 0) { s_mu = mu; s_rs = rs; }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
+        float v[8];
+        src_values8<OP>(v, in, r, c, cols, s_mu, s_rs);
+        for (int j = 0; j < 8; j++) s_v[c + j] = v[j] + 0.0f;
+    }
+    __syncthreads();
+    const int want[4] = { p.ilo, p.ilo + 1, p.ihi, p.ihi + 1 };
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        int less = 0, same = 0;
+        for (int d = 0; d < cols; d++) { less += s_v[d] < s_v[c]; same += s_v[d] == s_v[c]; }
+        for (int q = 0; q < 4; q++)  // the value at places [less, less + same); ties write the same value
+            if (want[q] >= less && want[q] < less + same) s_q[q] = s_v[c];
+    }
+    __syncthreads();
+    if (threadIdx.x == 0)
+        bounds[r] = make_float2(quantile_lerp(s_q[0], s_q[1], p.flo), p.ihi == cols - 1 ? s_q[2] : quantile_lerp(s_q[2], s_q[3], p.fhi));
+}
+
 // the producers fused into the quantizers (LayerNorm, RMSNorm, GELU, SwiGLU; the gradients
 // through GELU and SwiGLU) against the same producer in FP64 then the CPU quantizer: the scales within FP32 rounding, the codes the same
 // except where the FP32 and FP64 values straddle a rounding boundary (then neighbours on the
@@ -234,6 +266,26 @@ static void test_fused_sources(uint64_t seed) {
             CHECK(differ == 0 && nz > (long)n / 100, "OCC on fused %s: %ld of R's entries (%ld nonzero) differ between the forward "
                   "and the backward", names[op], differ, nz);
             printf("OCC on fused %s: R (%ld nonzero) made again by the backward bit for bit\n", names[op], nz);
+            // the selection's bounds on FP32 values (the CPU tests above see BF16 ones) against
+            // the quantiles by ranks, at three alphas: thresholds from the lanes' 32 maxima
+            // (0.99), from the 256 slot maxima (0.9: rank 77) and none (0.6: the whole row)
+            void (*const rank_kernel[])(float2 *, RowSource, int, OccPlan) = {
+                rank_bounds_kernel<ROWS_PLAIN>, rank_bounds_kernel<ROWS_NORM>, rank_bounds_kernel<ROWS_GELU>, rank_bounds_kernel<ROWS_SWIGLU> };
+            const float alphas[3] = { 0.99f, 0.9f, 0.6f };
+            for (int ai = 0; ai < 3; ai++) {
+                Occ oa = { occ_plan(cols, alphas[ai]), dbounds, ddense };
+                float2 got[rows], want[rows];
+                occ_quantize_rows(dc, NULL, ds, &src, rows, FMT_E2M1, &oa, 0);
+                cuda_download(got, dbounds, rows * sizeof(float2));
+                rank_kernel[src.op]<<<rows, 256, cols * sizeof(float)>>>(dbounds, src, cols, oa.plan);
+                CUDA_CHECK(cudaGetLastError());
+                cuda_download(want, dbounds, rows * sizeof(float2));
+                int bad = 0;
+                for (int r = 0; r < rows; r++) bad += f32_bits(got[r].x) != f32_bits(want[r].x) || f32_bits(got[r].y) != f32_bits(want[r].y);
+                CHECK(bad == 0, "OCC on fused %s, alpha %g: %d of %d rows' bounds differ from the quantiles by ranks", names[op],
+                      alphas[ai], bad, rows);
+            }
+            printf("OCC on fused %s: bounds at alpha 0.99 / 0.9 / 0.6 the quantiles by ranks bit for bit\n", names[op]);
         }
         if (op < 2) {
             float st[2 * rows];
