@@ -283,11 +283,16 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
     if (src->op > ROWS_SWIGLU) die("occ_quantize_rows: source %d is a gradient's", src->op);
     void (*const kernel[])(float *, Occ, RowSource, int, Format) = {
         occ_rows_kernel<ROWS_PLAIN>, occ_rows_kernel<ROWS_NORM>, occ_rows_kernel<ROWS_GELU>, occ_rows_kernel<ROWS_SWIGLU> };
-    // the rows a block holds in shared memory (227 KB an SM on Hopper)
-    size_t span = occ_span(cols) * sizeof(unsigned), most = 227 * 1024;
+    // the rows a block holds in shared memory (227 KB an SM on Hopper); each kernel allowed it all once
+    const int most = 227 * 1024;
+    static int allowed[4];
+    size_t span = occ_span(cols) * sizeof(unsigned);
     int warps = (int)min((size_t)OCC_WARPS, most / span);
     if (warps == 0) die("occ_quantize_rows: %d columns do not fit the selection's shared memory", cols);
-    CUDA_CHECK(cudaFuncSetAttribute(kernel[src->op], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(warps * span)));
+    if (!allowed[src->op]) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel[src->op], cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+        allowed[src->op] = 1;
+    }
     kernel[src->op]<<<ceil_div(rows, warps), warps * 32, warps * span, st>>>(scales, *o, *src, rows, f);
     CUDA_CHECK(cudaGetLastError());
     rows_codes(codes, codes_t, scales, src, o->bounds, o->dense, rows, cols, f, st);
