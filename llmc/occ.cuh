@@ -6,16 +6,18 @@
 // residuals are the CPU occ_clamp_rows' bit for bit (test/test_quant_gpu).
 //
 // Selection without a sort, a warp per row, the row's values made once (a fused norm or
-// nonlinearity is most of the work) and kept as order-preserving keys in shared memory. The k-th
-// largest value of a row is at least the k-th largest of the maxima of any disjoint groups of its
-// values (k groups hold a value that large). So group maxima give a threshold with at least k
-// values above it: k <= 32, the smallest of the lanes' 32 maxima (about 120 values above it in
-// 3072); 32 < k <= 256, the k-th largest of the 256 maxima of the lanes' value slots (about 65
-// above it in 5632, where the smallest of 64 maxima let about 290 through). The values above the
-// threshold are gathered, and a bisection on the bits of their keys finds the exact k-th (over
-// the bits where the keys differ only: BF16 sources leave 16 low bits zero), and one counting
-// pass its neighbour (the quantile interpolates the two). (More than OCC_CAND above it: both
-// count over the whole row instead; slower, same answer.)
+// nonlinearity is most of the work) as order-preserving keys kept in shared memory (rows past 4096
+// columns keep only the keys' upper halves: twice the warps an SM). The k-th largest value of a
+// row is at least the k-th largest of the maxima of any disjoint groups of its values (k groups
+// hold a value that large). So group maxima give a threshold with at least k values above it:
+// k <= 32, the smallest of the lanes' 32 maxima (about 120 values above it in 3072); 32 < k <=
+// 256, the k-th largest of the 256 maxima of the lanes' value slots (about 65 above it in 5632,
+// where the smallest of 64 maxima let about 290 through). The values above the threshold are
+// gathered (halves: those whose upper half clears the threshold's, made exactly again from the
+// source), a bisection on the bits of their keys finds the exact k-th (over the bits where the
+// keys differ only: BF16 sources leave 16 low bits zero), and one counting pass its neighbour (the
+// quantile interpolates the two). (More than OCC_CAND above it: both count over the whole row,
+// made again from the source per pass; slower, same answer.)
 // Compensation: R made dense in BF16 (exact) for cuBLASLt BF16 GEMMs, y += R W^T and dW += G^T R,
 // which at 2% of the entries beat our sparse kernels (W's rows read at random per outlier in the
 // forward, G's rows gathered per outlier after a counting sort by column in the backward: 4.3 and
@@ -68,52 +70,25 @@ __device__ inline unsigned ord_key(float x) {
 }
 __device__ inline float key_float(unsigned k) { return __uint_as_float(k & 0x80000000u ? k & 0x7fffffffu : ~k); }
 
-// A warp's list of keys: its candidates cand[0..n) or, when they overflowed (n > OCC_CAND), the
-// whole row, each lane its own chunks' keys (xor flip). The row's keys of 256-column chunk c0 sit
-// in keys[c0..c0 + 256): a lane's first 4 at lane * 4, its next 4 at 128 + lane * 4 (whole
-// 128-byte lines per quarter warp, no bank conflicts).
-__device__ inline void row_keys(unsigned *k, const unsigned *keys, int c0, int lane) {
-    uint4 a = *(const uint4 *)(keys + c0 + lane * 4), b = *(const uint4 *)(keys + c0 + 128 + lane * 4);
-    k[0] = a.x; k[1] = a.y; k[2] = a.z; k[3] = a.w; k[4] = b.x; k[5] = b.y; k[6] = b.z; k[7] = b.w;
-}
-
-// where row_keys finds value j (0..7) of the lane's 8 at column c0 + lane * 8
-__device__ inline int row_slot(int c0, int lane, int j) { return c0 + lane * 4 + j + (j >= 4) * 124; }
-
-// how many of the lane's share of the list are at or above t: its candidates, held in c (t > 0:
-// the 0s padding c count none), or its chunks of the whole row
-__device__ inline int count_ge(unsigned t, const unsigned *c, int n, const unsigned *keys, int cols, unsigned flip) {
-    int lane = threadIdx.x % 32, cnt = 0;
-    if (n <= OCC_CAND) {
-        for (int j = 0; j < OCC_CAND / 32; j++) cnt += c[j] >= t;
-    } else {
-        unsigned k[8];
-        for (int c0 = 0; c0 + lane * 8 < cols; c0 += 256) {
-            row_keys(k, keys, c0, lane);
-            for (int j = 0; j < 8; j++) cnt += (k[j] ^ flip) >= t;
-        }
-    }
+// how many of the warp's candidates, c in registers (OCC_CAND / 32 a lane, 0s padding), are at or
+// above t (t > 0: the padding counts none)
+__device__ inline int count_ge(unsigned t, const unsigned *c) {
+    int cnt = 0;
+    for (int j = 0; j < OCC_CAND / 32; j++) cnt += c[j] >= t;
     return cnt;
 }
 
-// the k-th largest of the list (k <= its length), by bisection on the key bits below the common
-// prefix of its smallest and largest key and above the bits zero in every key, the candidates
-// held in registers. Not inlined: its copies in the four kernels would outgrow the instruction
-// cache.
-__device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n, const unsigned *keys, int cols, unsigned flip) {
+// the k-th largest of the list cand[0..n) (k <= n <= OCC_CAND), by bisection on the key bits below
+// the common prefix of its smallest and largest key and above the bits zero in every key, the
+// candidates held in registers. Not inlined: its copies in the four kernels would outgrow the
+// instruction cache.
+__device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n) {
     int lane = threadIdx.x % 32;
     unsigned c[OCC_CAND / 32], lo = ~0u, hi = 0u, any = 0u;
     for (int j = 0; j < OCC_CAND / 32; j++) {
-        int in = n <= OCC_CAND && lane + 32 * j < n;
+        int in = lane + 32 * j < n;
         c[j] = in ? cand[lane + 32 * j] : 0u;
         if (in) { lo = min(lo, c[j]); hi = max(hi, c[j]); any |= c[j]; }
-    }
-    if (n > OCC_CAND) {
-        unsigned kk[8];
-        for (int c0 = 0; c0 + lane * 8 < cols; c0 += 256) {
-            row_keys(kk, keys, c0, lane);
-            for (int j = 0; j < 8; j++) { unsigned x = kk[j] ^ flip; lo = min(lo, x); hi = max(hi, x); any |= x; }
-        }
     }
     lo = __reduce_min_sync(0xffffffffu, lo);
     hi = __reduce_max_sync(0xffffffffu, hi);
@@ -122,7 +97,7 @@ __device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n,
     unsigned res = nb == 32 ? 0u : hi >> nb << nb;
     for (int bit = nb - 1; bit >= low; bit--) {
         unsigned t = res | 1u << bit;
-        if ((int)__reduce_add_sync(0xffffffffu, (unsigned)count_ge(t, c, n, keys, cols, flip)) >= k) res = t;
+        if ((int)__reduce_add_sync(0xffffffffu, (unsigned)count_ge(t, c)) >= k) res = t;
     }
     return res;
 }
@@ -138,42 +113,29 @@ __device__ inline unsigned group_threshold(const unsigned *gmax, int J, int rank
     int lane = threadIdx.x % 32;
     for (int k = 0; k < 8; k++) list[lane * 8 + k] = gmax[k];
     __syncwarp();
-    unsigned t = kth_largest(rank, list, 256, NULL, 0, 0u);
+    unsigned t = kth_largest(rank, list, 256);
     __syncwarp();  // the list's space takes the candidates next
     return t;
 }
 
-// the k-th largest key of the row's (keys xor flip) from its n candidates above tau: tau itself
+// the k-th largest key of the row from its n <= OCC_CAND candidates, the keys above tau: tau itself
 // when fewer than k are above it
-__device__ inline unsigned kth_key(int k, const unsigned *cand, int n, unsigned tau, const unsigned *keys, int cols, unsigned flip) {
-    return n <= OCC_CAND && k > n ? tau : kth_largest(k, cand, n, keys, cols, flip);
+__device__ inline unsigned kth_key(int k, const unsigned *cand, int n, unsigned tau) {
+    return k > n ? tau : kth_largest(k, cand, n);
 }
 
-// the (k - 1)-th largest key (up) or the (k + 1)-th (!up) of the row, a the k-th, from the same
-// list: one counting pass in place of a second bisection. Above a sit at most k - 1 keys: with
-// exactly k - 1 the next larger is their smallest, else a repeats. At or above a sit at least k:
-// with more, a repeats, else the next smaller is the largest key below a, or tau when no
-// candidate is (tau's groups were sized for rank k + 1, so that rank is at least tau).
+// the (k - 1)-th largest key (up) or the (k + 1)-th (!up) of a row with the k-th a, from its
+// candidates above tau (n <= OCC_CAND): one counting pass in place of a second bisection. Above a
+// sit at most k - 1 keys: with exactly k - 1 the next larger is their smallest, else a repeats. At
+// or above a sit at least k: with more, a repeats, else the next smaller is the largest key below
+// a, or tau when no candidate is (tau's groups were sized for rank k + 1, so that rank is at least
+// tau). next_see takes one key, next_finish the warp's verdict (row_kth's whole row too).
 __device__ inline void next_see(unsigned x, unsigned a, int up, int *cnt, int *found, unsigned *best) {
     if (up) { if (x > a) { (*cnt)++; *best = min(*best, x); } }
     else if (x >= a) (*cnt)++;
     else { *found = 1; *best = max(*best, x); }
 }
-__device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsigned *cand, int n, unsigned tau, const unsigned *keys,
-                                          int cols, unsigned flip) {
-    int lane = threadIdx.x % 32, whole = n > OCC_CAND;
-    if (!up && !whole && a == tau) return a;  // keys equal to tau are no candidates: the rank k + 1 is tau
-    int cnt = 0, found = 0;
-    unsigned best = up ? ~0u : 0u;
-    if (whole) {
-        unsigned kk[8];
-        for (int c0 = 0; c0 + lane * 8 < cols; c0 += 256) {
-            row_keys(kk, keys, c0, lane);
-            for (int j = 0; j < 8; j++) next_see(kk[j] ^ flip, a, up, &cnt, &found, &best);
-        }
-    } else {
-        for (int i = lane; i < n; i += 32) next_see(cand[i], a, up, &cnt, &found, &best);
-    }
+__device__ inline unsigned next_finish(int k, unsigned a, int up, int cnt, int found, unsigned best, unsigned tau) {
     cnt = (int)__reduce_add_sync(0xffffffffu, (unsigned)cnt);
     if (up) return cnt == k - 1 ? __reduce_min_sync(0xffffffffu, best) : a;
     if (cnt > k) return a;
@@ -181,11 +143,97 @@ __device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsig
     best = __reduce_max_sync(0xffffffffu, best);
     return found ? best : tau;
 }
+__device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsigned *cand, int n, unsigned tau) {
+    if (!up && a == tau) return a;  // keys equal to tau are no candidates: the rank k + 1 is tau
+    int cnt = 0, found = 0;
+    unsigned best = up ? ~0u : 0u;
+    for (int i = threadIdx.x % 32; i < n; i += 32) next_see(cand[i], a, up, &cnt, &found, &best);
+    return next_finish(k, a, up, cnt, found, best, tau);
+}
 
-// a warp's shared memory in the selection: the row's keys (cols rounded up to 256), then
-// OCC_CAND candidates for each tail
-__host__ __device__ inline int occ_keys_len(int cols) { return (cols + 255) / 256 * 256; }
-__host__ __device__ inline int occ_span(int cols) { return occ_keys_len(cols) + 2 * OCC_CAND; }
+// the lane's 8 keys (xor flip) of row r at 256-column chunk c0, columns c0 + lane * 8 .. + 7:
+// from the whole keys in shared memory, or (keys NULL) made from the source (none past the row:
+// zeros, which count as no key at or above any t > 0)
+template <int OP>
+__device__ inline void chunk_keys(unsigned *key, const unsigned *keys, const RowSource &in, int r, int c0, int cols, float mu, float rs,
+                                  unsigned flip) {
+    int c = c0 + threadIdx.x % 32 * 8;
+    float v[8];
+    if (c < cols && keys) {
+        uint4 a = *(const uint4 *)(keys + c), b = *(const uint4 *)(keys + c + 4);
+        unsigned k[8] = { a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w };
+        for (int j = 0; j < 8; j++) key[j] = k[j] ^ flip;
+        return;
+    }
+    if (c < cols) src_values8<OP>(v, in, r, c, cols, mu, rs);
+    for (int j = 0; j < 8; j++) key[j] = c < cols ? ord_key(v[j]) ^ flip : 0u;
+}
+
+// A row with more than OCC_CAND keys above a threshold: its k-th largest key (xor flip) and the
+// next one (up or down) as kth_key and kth_next find them, by a bisection with a pass over the row
+// per step: over its whole keys in shared memory, or (keys NULL: halves) over the row made again
+// from the source (slower, same answer). Rare in iid rows (0.2-0.7% at 3072 columns), common in
+// rows with structure (a lane whose slots are all small lets many values past the threshold). The
+// source comes as its pointers: a RowSource by reference would be copied to the stack every row.
+template <int OP>
+__device__ __noinline__ uint2 row_kth(int k, int up, unsigned flip, const unsigned *keys, const bf16 *x, const bf16 *w, const bf16 *b, int r,
+                                      int cols, float mu, float rs) {
+    RowSource in = {};
+    in.op = OP; in.x = x; in.w = w; in.b = b;
+    unsigned key[8], lo = ~0u, hi = 0u, any = 0u;
+    for (int c0 = 0; c0 < cols; c0 += 256) {
+        chunk_keys<OP>(key, keys, in, r, c0, cols, mu, rs, flip);
+        for (int j = 0; j < 8; j++) if (c0 + threadIdx.x % 32 * 8 < cols) { lo = min(lo, key[j]); hi = max(hi, key[j]); any |= key[j]; }
+    }
+    lo = __reduce_min_sync(0xffffffffu, lo);
+    hi = __reduce_max_sync(0xffffffffu, hi);
+    any = __reduce_or_sync(0xffffffffu, any);
+    int nb = 32 - __clz(lo ^ hi), low = max(__ffs(any) - 1, 0);
+    unsigned res = nb == 32 ? 0u : hi >> nb << nb;
+    for (int bit = nb - 1; bit >= low; bit--) {
+        unsigned t = res | 1u << bit;
+        int cnt = 0;
+        for (int c0 = 0; c0 < cols; c0 += 256) {
+            chunk_keys<OP>(key, keys, in, r, c0, cols, mu, rs, flip);
+            for (int j = 0; j < 8; j++) cnt += key[j] >= t;
+        }
+        if ((int)__reduce_add_sync(0xffffffffu, (unsigned)cnt) >= k) res = t;
+    }
+    int cnt = 0, found = 0;
+    unsigned best = up ? ~0u : 0u;
+    for (int c0 = 0; c0 < cols; c0 += 256) {
+        chunk_keys<OP>(key, keys, in, r, c0, cols, mu, rs, flip);
+        for (int j = 0; j < 8; j++) if (c0 + threadIdx.x % 32 * 8 < cols) next_see(key[j], res, up, &cnt, &found, &best);
+    }
+    return make_uint2(res, next_finish(k, res, up, cnt, found, best, res));  // whole row: a key below res unless k is its length
+}
+
+// the exact key of row r's value at column c, made again from the source (two values from one
+// 4-byte load, as src_values makes them)
+template <int OP>
+__device__ inline unsigned value_key(const RowSource &in, int r, int c, int cols, float mu, float rs) {
+    int c2 = c & ~1;
+    float v[2], w[2], b[2];
+    Pack<2> raw[src_loads<OP>()];
+    if (OP == ROWS_NORM) norm_params<2>(w, b, in, c2);
+    src_fetch<OP, 2>(raw, in, r, c2, cols);
+    src_values<OP, 2>(v, raw, c2, cols, w, b, mu, rs);
+    return ord_key(c & 1 ? v[1] : v[0]);
+}
+
+// A warp's shared memory in the selection: the row's keys (cols rounded up to 256), then OCC_CAND
+// candidates for each tail; in 4-byte words. Rows wider than OCC_WHOLE_KEYS keep only their keys'
+// upper halves (twice the warps an SM), the candidates' exact keys made again from the source;
+// narrower rows keep whole keys, cheaper to read than to make again (H100: GPT-2's 3072-column
+// GELU rows 6.1 ms a step whole, 7.7 halved; LLaMA 928M's 5632-column SwiGLU rows 4.9 whole, 3.5
+// halved, 8 warps an SM whole)
+#define OCC_WHOLE_KEYS 4096
+__host__ __device__ inline int occ_halves(int cols) { return cols > OCC_WHOLE_KEYS; }
+__host__ __device__ inline int occ_keys_words(int cols) {
+    int n = (cols + 255) / 256 * 256;
+    return occ_halves(cols) ? n / 2 : n;
+}
+__host__ __device__ inline int occ_span(int cols) { return occ_keys_words(cols) + 2 * OCC_CAND; }
 
 // OCC's selection, a warp per row: the quantiles lo, hi and the scale of the clamped row
 template <int OP>
@@ -194,67 +242,98 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
     const OccPlan &p = o.plan;
     int cols = p.cols, w = threadIdx.x / 32, lane = threadIdx.x % 32, r = blockIdx.x * (blockDim.x / 32) + w;
     if (r >= rows) return;
-    unsigned *keys = occ_smem + (size_t)w * occ_span(cols), *ctop = keys + occ_keys_len(cols), *cbot = ctop + OCC_CAND;
+    unsigned *keys = occ_smem + (size_t)w * occ_span(cols), *ctop = keys + occ_keys_words(cols), *cbot = ctop + OCC_CAND;
+    unsigned short *keys16 = (unsigned short *)keys;  // the upper halves, when halves
+    const int halves = occ_halves(cols);
     float mu = 0.0f, rs = 1.0f, v[8];
     if (OP == ROWS_NORM) norm_stats(in, r, cols, &mu, &rs);
     unsigned gtop[8], gbot[8], key[8];  // per value slot: the largest key, the largest flipped key (the smallest value)
     for (int j = 0; j < 8; j++) gtop[j] = gbot[j] = 0u;
-    // U chunks' loads issued before any is computed: a lane's loads wait on nothing else, and
-    // the nonlinearities' wide rows leave shared memory few warps an SM to hide them
+    // U chunks' loads issued before any is computed: a lane's loads wait on nothing else
     const int U = OP >= ROWS_GELU ? 4 : 2;
     for (int c1 = 0; c1 < cols; c1 += U * 256) {
         Pack<8> raw[U][src_loads<OP>()];
         for (int u = 0; u < U; u++)
             if (c1 + u * 256 + lane * 8 < cols) src_fetch<OP, 8>(raw[u], in, r, c1 + u * 256 + lane * 8, cols);
         for (int u = 0; u < U; u++) {
-            int c0 = c1 + u * 256, c = c0 + lane * 8;
+            int c = c1 + u * 256 + lane * 8;
             if (c >= cols) break;
             float w[8], b[8];
             if (OP == ROWS_NORM) norm_params<8>(w, b, in, c);
             src_values<OP, 8>(v, raw[u], c, cols, w, b, mu, rs);
             for (int j = 0; j < 8; j++) { key[j] = ord_key(v[j]); gtop[j] = max(gtop[j], key[j]); gbot[j] = max(gbot[j], ~key[j]); }
-            *(uint4 *)(keys + c0 + lane * 4) = make_uint4(key[0], key[1], key[2], key[3]);
-            *(uint4 *)(keys + c0 + 128 + lane * 4) = make_uint4(key[4], key[5], key[6], key[7]);
+            if (halves) {
+                *(uint4 *)(keys16 + c) = make_uint4(key[0] >> 16 | (key[1] & 0xffff0000u), key[2] >> 16 | (key[3] & 0xffff0000u),
+                                                    key[4] >> 16 | (key[5] & 0xffff0000u), key[6] >> 16 | (key[7] & 0xffff0000u));
+            } else {
+                *(uint4 *)(keys + c) = make_uint4(key[0], key[1], key[2], key[3]);
+                *(uint4 *)(keys + c + 4) = make_uint4(key[4], key[5], key[6], key[7]);
+            }
         }
     }
     int ktop = cols - p.ihi, kbot = p.ilo + 1, top = p.ihi == cols - 1;
     unsigned ttop = group_threshold(gtop, p.jhi, ktop, ctop), tbot = group_threshold(gbot, p.jlo, kbot + 1, cbot), kmax = 0u, kmin = 0u;
     for (int j = 0; j < 8; j++) { kmax = max(kmax, gtop[j]); kmin = max(kmin, gbot[j]); }
     float xmax = key_float(__reduce_max_sync(0xffffffffu, kmax)), xmin = key_float(~__reduce_max_sync(0xffffffffu, kmin));
-    // the candidates above each threshold, a lane's after the lanes' below it (every lane runs
-    // every iteration: the scan needs them all). A lane's counts of a chunk (at most 8 each) are
-    // scanned over the warp together, top's in the low half of one word, bottom's in the high;
-    // then each lane copies its few candidates from the keys, by the bits of its masks.
+    // the candidates above each threshold, one of each tail a lane per round, placed by a ballot in
+    // lane order (the same list run after run). Halves: those whose upper half is at or above the
+    // threshold's (a few more than needed), made exactly again from the source and kept if above it.
     int ntop = 0, nbot = 0;
+    unsigned below = (1u << lane) - 1u, htop = ttop >> 16, hbot = tbot >> 16;
     for (int c0 = 0; c0 < cols; c0 += 256) {
+        int c = c0 + lane * 8;
         unsigned mtop = 0u, mbot = 0u;
-        if (c0 + lane * 8 < cols) {
-            row_keys(key, keys, c0, lane);
-            for (int j = 0; j < 8; j++) { mtop |= (unsigned)(key[j] > ttop) << j; mbot |= (unsigned)(~key[j] > tbot) << j; }
+        if (c < cols && halves) {
+            uint4 q = *(const uint4 *)(keys16 + c);
+            unsigned h[4] = { q.x, q.y, q.z, q.w };
+            for (int j = 0; j < 8; j++) {
+                unsigned u = h[j / 2] >> 16 * (j % 2) & 0xffffu;
+                mtop |= (unsigned)(u >= htop) << j;
+                mbot |= (unsigned)((u ^ 0xffffu) >= hbot) << j;
+            }
+        } else if (c < cols) {
+            uint4 a = *(const uint4 *)(keys + c), b = *(const uint4 *)(keys + c + 4);
+            unsigned k[8] = { a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w };
+            for (int j = 0; j < 8; j++) { mtop |= (unsigned)(k[j] > ttop) << j; mbot |= (unsigned)(~k[j] > tbot) << j; }
         }
-        int mine = __popc(mtop) | __popc(mbot) << 16;
-        if (!__any_sync(0xffffffffu, mine)) continue;
-        int upto = mine;  // inclusive scan
-        for (int o = 1; o < 32; o <<= 1) {
-            int got = __shfl_up_sync(0xffffffffu, upto, o);
-            if (lane >= o) upto += got;
+        while (__any_sync(0xffffffffu, mtop | mbot)) {
+            unsigned kt = 0u, kb = 0u;
+            if (mtop) {
+                int cj = c + __ffs(mtop) - 1;
+                kt = halves ? value_key<OP>(in, r, cj, cols, mu, rs) : keys[cj];
+                mtop &= mtop - 1;
+            }
+            if (mbot) {
+                int cj = c + __ffs(mbot) - 1;
+                kb = ~(halves ? value_key<OP>(in, r, cj, cols, mu, rs) : keys[cj]);
+                mbot &= mbot - 1;
+            }
+            unsigned bt = __ballot_sync(0xffffffffu, kt > ttop), bb = __ballot_sync(0xffffffffu, kb > tbot);
+            int it = ntop + __popc(bt & below), ib = nbot + __popc(bb & below);
+            if (kt > ttop && it < OCC_CAND) ctop[it] = kt;
+            if (kb > tbot && ib < OCC_CAND) cbot[ib] = kb;
+            ntop += __popc(bt);
+            nbot += __popc(bb);
         }
-        int total = __shfl_sync(0xffffffffu, upto, 31), before = upto - mine;
-        int it = ntop + (before & 0xffff), ib = nbot + (before >> 16);
-        for (; mtop; mtop &= mtop - 1, it++)
-            if (it < OCC_CAND) ctop[it] = keys[row_slot(c0, lane, __ffs(mtop) - 1)];
-        for (; mbot; mbot &= mbot - 1, ib++)
-            if (ib < OCC_CAND) cbot[ib] = ~keys[row_slot(c0, lane, __ffs(mbot) - 1)];
-        ntop += total & 0xffff;
-        nbot += total >> 16;
     }
     __syncwarp();
     // v[ihi], v[ihi + 1] are the (cols - ihi)-th and the next largest; v[ilo], v[ilo + 1] the
     // (ilo + 1)-th and the next smallest (the largest flipped keys)
-    unsigned h0 = kth_key(ktop, ctop, ntop, ttop, keys, cols, 0u);
-    unsigned h1 = top ? h0 : kth_next(ktop, h0, 1, ctop, ntop, ttop, keys, cols, 0u);
-    unsigned l0 = kth_key(kbot, cbot, nbot, tbot, keys, cols, ~0u);
-    unsigned l1 = kth_next(kbot, l0, 0, cbot, nbot, tbot, keys, cols, ~0u);
+    unsigned h0, h1, l0, l1;
+    if (ntop > OCC_CAND) {
+        uint2 t = row_kth<OP>(ktop, 1, 0u, halves ? NULL : keys, in.x, in.w, in.b, r, cols, mu, rs);
+        h0 = t.x; h1 = t.y;  // (unused when top)
+    } else {
+        h0 = kth_key(ktop, ctop, ntop, ttop);
+        h1 = top ? h0 : kth_next(ktop, h0, 1, ctop, ntop, ttop);
+    }
+    if (nbot > OCC_CAND) {
+        uint2 t = row_kth<OP>(kbot, 0, ~0u, halves ? NULL : keys, in.x, in.w, in.b, r, cols, mu, rs);
+        l0 = t.x; l1 = t.y;
+    } else {
+        l0 = kth_key(kbot, cbot, nbot, tbot);
+        l1 = kth_next(kbot, l0, 0, cbot, nbot, tbot);
+    }
     float lo = quantile_lerp(key_float(~l0), key_float(~l1), p.flo);
     float hi = top ? key_float(h0) : quantile_lerp(key_float(h0), key_float(h1), p.fhi);
     // the clamped row spans [clamp(min), clamp(max)]: its absmax, as the CPU's over every value

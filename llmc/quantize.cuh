@@ -48,6 +48,7 @@ typedef struct {
 template <int W> struct Pack;
 template <> struct Pack<8> { uint4 u; };
 template <> struct Pack<4> { uint2 u; };
+template <> struct Pack<2> { unsigned u; };
 template <int W> __device__ inline Pack<W> pack_load(const bf16 *p) {
     Pack<W> r;
     r.u = *(const decltype(r.u) *)p;

@@ -324,6 +324,53 @@ static void test_fused_sources(uint64_t seed) {
 // place not pinned down), dW += G^T R (plain and divided by the DGE factor) within FP32
 // accumulation, and bit-identical on a second run. (FP32 bound: an ulp of the terms' magnitude
 // per row summed, truncating adds included, plus two ulps of the result: the division, the add.)
+// OCC's bounds on rows wider than OCC_WHOLE_KEYS (the selection keeps only its keys' upper halves
+// and makes its candidates again from the source) against the quantiles by ranks, bit for bit, on
+// BF16 rows and on fused sources' FP32 values, at alpha 0.999 / 0.99 / 0.9: thresholds from the
+// lanes' maxima, from the slot maxima, and none (the whole row, made again for every pass)
+static void test_occ_wide(uint64_t seed) {
+    const int rows = 24, cols = 4616;  // past OCC_WHOLE_KEYS, and not a multiple of 256
+    const char *names[4] = { "plain", "layernorm", "gelu", "swiglu" };
+    size_t n = (size_t)rows * cols;
+    CHECK(occ_halves(cols), "the wide OCC test's %d columns keep whole keys", cols);
+    bf16 *hx = (bf16 *)malloc_check(2 * n * sizeof(bf16)), *hw = (bf16 *)malloc_check(2 * cols * sizeof(bf16));
+    for (size_t i = 0; i < 2 * n; i++) hx[i] = __float2bfloat16((float)rng_normal(seed + 60, i) * (i % 97 == 0 ? 8.0f : 1.0f) + 0.1f);
+    for (int i = 0; i < 2 * cols; i++) hw[i] = __float2bfloat16(1.0f + 0.3f * (float)rng_normal(seed + 61, i));
+    bf16 *dx = (bf16 *)cuda_malloc(2 * n * sizeof(bf16)), *dw = (bf16 *)cuda_malloc(2 * cols * sizeof(bf16));
+    bf16 *ddense = (bf16 *)cuda_malloc(n * sizeof(bf16));
+    float *ds = (float *)cuda_malloc(rows * sizeof(float)), *dstat = (float *)cuda_malloc(2 * rows * sizeof(float));
+    float2 *dbounds = (float2 *)cuda_malloc(rows * sizeof(float2));
+    fp8 *dc = (fp8 *)cuda_malloc(n);
+    cuda_upload(dx, hx, 2 * n * sizeof(bf16));
+    cuda_upload(dw, hw, 2 * cols * sizeof(bf16));
+    void (*const rank_kernel[])(float2 *, RowSource, int, OccPlan) = {
+        rank_bounds_kernel<ROWS_PLAIN>, rank_bounds_kernel<ROWS_NORM>, rank_bounds_kernel<ROWS_GELU>, rank_bounds_kernel<ROWS_SWIGLU> };
+    const float alphas[3] = { 0.999f, 0.99f, 0.9f };
+    for (int op = 0; op < 4; op++) {
+        RowSource src = op == 0 ? rows_plain(dx) : op == 1 ? rows_norm(dx, dw, dw + cols, dstat, dstat + rows, 1e-5f, NULL)
+                                                           : rows_act(op == 2 ? ROWS_GELU : ROWS_SWIGLU, dx, NULL);
+        for (int ai = 0; ai < 3; ai++) {
+            Occ o = { occ_plan(cols, alphas[ai]), dbounds, ddense };
+            float2 got[rows], want[rows];
+            occ_quantize_rows(dc, NULL, ds, &src, rows, FMT_E2M1, &o, 0);
+            cuda_download(got, dbounds, rows * sizeof(float2));
+            rank_kernel[op]<<<rows, 256, cols * sizeof(float)>>>(dbounds, src, cols, o.plan);
+            CUDA_CHECK(cudaGetLastError());
+            cuda_download(want, dbounds, rows * sizeof(float2));
+            int bad = 0;
+            for (int r = 0; r < rows; r++) bad += f32_bits(got[r].x) != f32_bits(want[r].x) || f32_bits(got[r].y) != f32_bits(want[r].y);
+            CHECK(bad == 0, "OCC on %d-column %s rows, alpha %g: %d of %d rows' bounds differ from the quantiles by ranks", cols, names[op],
+                  alphas[ai], bad, rows);
+        }
+        printf("OCC on %d-column %s rows (keys' upper halves): bounds at alpha 0.999 / 0.99 / 0.9 the quantiles by ranks bit for bit\n",
+               cols, names[op]);
+    }
+    cuda_free(dx, 2 * n * sizeof(bf16)); cuda_free(dw, 2 * cols * sizeof(bf16)); cuda_free(ddense, n * sizeof(bf16));
+    cuda_free(ds, rows * sizeof(float)); cuda_free(dstat, 2 * rows * sizeof(float)); cuda_free(dbounds, rows * sizeof(float2));
+    cuda_free(dc, n);
+    free(hx); free(hw);
+}
+
 static void test_occ(uint64_t seed) {
     const struct { int rows, cols, M; float alpha; } cases[] = {
         { 48, 768, 64, 0.99f }, { 32, 3072, 48, 0.99f }, { 16, 5632, 32, 0.99f }, { 32, 3072, 48, 0.999f }, { 32, 3072, 48, 0.97f },
@@ -611,6 +658,7 @@ int main(void) {
     test_quantize(seed);
     test_fused_sources(seed);
     test_occ(seed);
+    test_occ_wide(seed);
     test_telemetry(seed);
     return check_summary("quant-gpu");
 }
