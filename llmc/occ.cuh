@@ -172,9 +172,10 @@ __device__ inline void chunk_keys(unsigned *key, const unsigned *keys, const Row
 // A row with more than OCC_CAND keys above a threshold: its k-th largest key (xor flip) and the
 // next one (up or down) as kth_key and kth_next find them, by a bisection with a pass over the row
 // per step: over its whole keys in shared memory, or (keys NULL: halves) over the row made again
-// from the source (slower, same answer). Rare in iid rows (0.2-0.7% at 3072 columns), common in
-// rows with structure (a lane whose slots are all small lets many values past the threshold). The
-// source comes as its pointers: a RowSource by reference would be copied to the stack every row.
+// from the source (slower, same answer). Rare in iid rows (0.2-0.7% at 3072 columns), not in the
+// trainer's, by the timings: remaking the row for every pass cost GPT-2 124M's GELU selection 2.2 ms
+// a step (likely cause: a lane whose values are all small sets a low threshold). The source comes
+// as its pointers: a RowSource by reference would be copied to the stack every row.
 template <int OP>
 __device__ __noinline__ uint2 row_kth(int k, int up, unsigned flip, const unsigned *keys, const bf16 *x, const bf16 *w, const bf16 *b, int r,
                                       int cols, float mu, float rs) {
@@ -224,9 +225,9 @@ __device__ inline unsigned value_key(const RowSource &in, int r, int c, int cols
 // A warp's shared memory in the selection: the row's keys (cols rounded up to 256), then OCC_CAND
 // candidates for each tail; in 4-byte words. Rows wider than OCC_WHOLE_KEYS keep only their keys'
 // upper halves (twice the warps an SM), the candidates' exact keys made again from the source;
-// narrower rows keep whole keys, cheaper to read than to make again (H100: GPT-2's 3072-column
-// GELU rows 6.1 ms a step whole, 7.7 halved; LLaMA 928M's 5632-column SwiGLU rows 4.9 whole, 3.5
-// halved, 8 warps an SM whole)
+// narrower rows keep whole keys, which overflowing rows bisect over without making the row again.
+// H100: LLaMA 928M's 5632-column SwiGLU rows 4.9 ms a step whole (8 warps an SM), 3.5 halved;
+// GPT-2 124M's 3072-column GELU rows 5.6 whole (halved not measured with this overflow path).
 #define OCC_WHOLE_KEYS 4096
 __host__ __device__ inline int occ_halves(int cols) { return cols > OCC_WHOLE_KEYS; }
 __host__ __device__ inline int occ_keys_words(int cols) {
