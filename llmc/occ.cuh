@@ -172,10 +172,10 @@ __device__ inline void chunk_keys(unsigned *key, const unsigned *keys, const Row
 // A row with more than OCC_CAND keys above a threshold: its k-th largest key (xor flip) and the
 // next one (up or down) as kth_key and kth_next find them, by a bisection with a pass over the row
 // per step: over its whole keys in shared memory, or (keys NULL: halves) over the row made again
-// from the source (slower, same answer). Rare in iid rows (0.2-0.7% at 3072 columns), not in the
-// trainer's, by the timings: remaking the row for every pass cost GPT-2 124M's GELU selection 2.2 ms
-// a step (likely cause: a lane whose values are all small sets a low threshold). The source comes
-// as its pointers: a RowSource by reference would be copied to the stack every row.
+// from the source (slower, same answer). Rare (0.5-0.7% a tail in iid rows of 3072), but ~32
+// passes each: remaking the row on every pass, not reading whole keys, cost GPT-2 124M's GELU
+// selection 2.2 ms a step (the row's block holds its shared memory meanwhile). The source comes as
+// its pointers: a RowSource by reference would be copied to the stack every row.
 template <int OP>
 __device__ __noinline__ uint2 row_kth(int k, int up, unsigned flip, const unsigned *keys, const bf16 *x, const bf16 *w, const bf16 *b, int r,
                                       int cols, float mu, float rs) {
