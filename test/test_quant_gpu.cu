@@ -171,6 +171,26 @@ __global__ void rank_bounds_kernel(float2 *bounds, RowSource in, int cols, OccPl
         bounds[r] = make_float2(quantile_lerp(s_q[0], s_q[1], p.flo), p.ihi == cols - 1 ? s_q[2] : quantile_lerp(s_q[2], s_q[3], p.fhi));
 }
 
+// OCC's bounds of src's rows at each of the alphas against rank_bounds_kernel's, bit for bit
+static void check_rank_bounds(const char *what, const RowSource *src, int rows, int cols, const float *alphas, int nalpha,
+                              float2 *dbounds, bf16 *ddense, float *ds, fp8 *dc) {
+    void (*const rank_kernel[])(float2 *, RowSource, int, OccPlan) = {
+        rank_bounds_kernel<ROWS_PLAIN>, rank_bounds_kernel<ROWS_NORM>, rank_bounds_kernel<ROWS_GELU>, rank_bounds_kernel<ROWS_SWIGLU> };
+    float2 *got = (float2 *)malloc_check(rows * sizeof(float2)), *want = (float2 *)malloc_check(rows * sizeof(float2));
+    for (int ai = 0; ai < nalpha; ai++) {
+        Occ o = { occ_plan(cols, alphas[ai]), dbounds, ddense };
+        occ_quantize_rows(dc, NULL, ds, src, rows, FMT_E2M1, &o, 0);
+        cuda_download(got, dbounds, rows * sizeof(float2));
+        rank_kernel[src->op]<<<rows, 256, cols * sizeof(float)>>>(dbounds, *src, cols, o.plan);
+        CUDA_CHECK(cudaGetLastError());
+        cuda_download(want, dbounds, rows * sizeof(float2));
+        int bad = 0;
+        for (int r = 0; r < rows; r++) bad += f32_bits(got[r].x) != f32_bits(want[r].x) || f32_bits(got[r].y) != f32_bits(want[r].y);
+        CHECK(bad == 0, "OCC on %s, alpha %g: %d of %d rows' bounds differ from the quantiles by ranks", what, alphas[ai], bad, rows);
+    }
+    free(got); free(want);
+}
+
 // the producers fused into the quantizers (LayerNorm, RMSNorm, GELU, SwiGLU; the gradients
 // through GELU and SwiGLU) against the same producer in FP64 then the CPU quantizer: the scales within FP32 rounding, the codes the same
 // except where the FP32 and FP64 values straddle a rounding boundary (then neighbours on the
@@ -269,22 +289,10 @@ static void test_fused_sources(uint64_t seed) {
             // the selection's bounds on FP32 values (the CPU tests above see BF16 ones) against
             // the quantiles by ranks, at three alphas: thresholds from the lanes' 32 maxima
             // (0.99), from the 256 slot maxima (0.9: rank 77) and none (0.6: the whole row)
-            void (*const rank_kernel[])(float2 *, RowSource, int, OccPlan) = {
-                rank_bounds_kernel<ROWS_PLAIN>, rank_bounds_kernel<ROWS_NORM>, rank_bounds_kernel<ROWS_GELU>, rank_bounds_kernel<ROWS_SWIGLU> };
             const float alphas[3] = { 0.99f, 0.9f, 0.6f };
-            for (int ai = 0; ai < 3; ai++) {
-                Occ oa = { occ_plan(cols, alphas[ai]), dbounds, ddense };
-                float2 got[rows], want[rows];
-                occ_quantize_rows(dc, NULL, ds, &src, rows, FMT_E2M1, &oa, 0);
-                cuda_download(got, dbounds, rows * sizeof(float2));
-                rank_kernel[src.op]<<<rows, 256, cols * sizeof(float)>>>(dbounds, src, cols, oa.plan);
-                CUDA_CHECK(cudaGetLastError());
-                cuda_download(want, dbounds, rows * sizeof(float2));
-                int bad = 0;
-                for (int r = 0; r < rows; r++) bad += f32_bits(got[r].x) != f32_bits(want[r].x) || f32_bits(got[r].y) != f32_bits(want[r].y);
-                CHECK(bad == 0, "OCC on fused %s, alpha %g: %d of %d rows' bounds differ from the quantiles by ranks", names[op],
-                      alphas[ai], bad, rows);
-            }
+            char what[64];
+            snprintf(what, sizeof(what), "fused %s", names[op]);
+            check_rank_bounds(what, &src, rows, cols, alphas, 3, dbounds, ddense, ds, dc);
             printf("OCC on fused %s: bounds at alpha 0.99 / 0.9 / 0.6 the quantiles by ranks bit for bit\n", names[op]);
         }
         if (op < 2) {
@@ -315,15 +323,6 @@ static void test_fused_sources(uint64_t seed) {
     free(hx); free(hw); free(x); free(w); free(y); free(codes); free(scales); free(gs); free(gc); free(hout); free(r1); free(r2);
 }
 
-// OCC (SPEC.md 4): bounds, codes, scales and residuals of random BF16 rows with planted outliers
-// and ties must be the CPU occ_clamp_rows' bit for bit, including a zero row, a constant row and
-// a row whose candidates overflow shared memory (lane 31's values far below the rest: the
-// threshold lets almost every value through), and a channel with an outlier in every row. The
-// compensations (cuBLASLt BF16 GEMMs over R made dense) against FP64: y += R W^T within two BF16
-// roundings (the GEMM adding y: measured up to 1.6 of one on the H100, the second rounding's
-// place not pinned down), dW += G^T R (plain and divided by the DGE factor) within FP32
-// accumulation, and bit-identical on a second run. (FP32 bound: an ulp of the terms' magnitude
-// per row summed, truncating adds included, plus two ulps of the result: the division, the add.)
 // OCC's bounds on rows wider than OCC_WHOLE_KEYS (the selection keeps only its keys' upper halves
 // and makes its candidates again from the source) against the quantiles by ranks, bit for bit, on
 // BF16 rows and on fused sources' FP32 values, at alpha 0.999 / 0.99 / 0.9: thresholds from the
@@ -343,25 +342,13 @@ static void test_occ_wide(uint64_t seed) {
     fp8 *dc = (fp8 *)cuda_malloc(n);
     cuda_upload(dx, hx, 2 * n * sizeof(bf16));
     cuda_upload(dw, hw, 2 * cols * sizeof(bf16));
-    void (*const rank_kernel[])(float2 *, RowSource, int, OccPlan) = {
-        rank_bounds_kernel<ROWS_PLAIN>, rank_bounds_kernel<ROWS_NORM>, rank_bounds_kernel<ROWS_GELU>, rank_bounds_kernel<ROWS_SWIGLU> };
     const float alphas[3] = { 0.999f, 0.99f, 0.9f };
     for (int op = 0; op < 4; op++) {
         RowSource src = op == 0 ? rows_plain(dx) : op == 1 ? rows_norm(dx, dw, dw + cols, dstat, dstat + rows, 1e-5f, NULL)
                                                            : rows_act(op == 2 ? ROWS_GELU : ROWS_SWIGLU, dx, NULL);
-        for (int ai = 0; ai < 3; ai++) {
-            Occ o = { occ_plan(cols, alphas[ai]), dbounds, ddense };
-            float2 got[rows], want[rows];
-            occ_quantize_rows(dc, NULL, ds, &src, rows, FMT_E2M1, &o, 0);
-            cuda_download(got, dbounds, rows * sizeof(float2));
-            rank_kernel[op]<<<rows, 256, cols * sizeof(float)>>>(dbounds, src, cols, o.plan);
-            CUDA_CHECK(cudaGetLastError());
-            cuda_download(want, dbounds, rows * sizeof(float2));
-            int bad = 0;
-            for (int r = 0; r < rows; r++) bad += f32_bits(got[r].x) != f32_bits(want[r].x) || f32_bits(got[r].y) != f32_bits(want[r].y);
-            CHECK(bad == 0, "OCC on %d-column %s rows, alpha %g: %d of %d rows' bounds differ from the quantiles by ranks", cols, names[op],
-                  alphas[ai], bad, rows);
-        }
+        char what[64];
+        snprintf(what, sizeof(what), "%d-column %s rows", cols, names[op]);
+        check_rank_bounds(what, &src, rows, cols, alphas, 3, dbounds, ddense, ds, dc);
         printf("OCC on %d-column %s rows (keys' upper halves): bounds at alpha 0.999 / 0.99 / 0.9 the quantiles by ranks bit for bit\n",
                cols, names[op]);
     }
@@ -371,6 +358,15 @@ static void test_occ_wide(uint64_t seed) {
     free(hx); free(hw);
 }
 
+// OCC (SPEC.md 4): bounds, codes, scales and residuals of random BF16 rows with planted outliers
+// and ties must be the CPU occ_clamp_rows' bit for bit, including a zero row, a constant row and
+// a row whose candidates overflow shared memory (lane 31's values far below the rest: the
+// threshold lets almost every value through), and a channel with an outlier in every row. The
+// compensations (cuBLASLt BF16 GEMMs over R made dense) against FP64: y += R W^T within two BF16
+// roundings (the GEMM adding y: measured up to 1.6 of one on the H100, the second rounding's
+// place not pinned down), dW += G^T R (plain and divided by the DGE factor) within FP32
+// accumulation, and bit-identical on a second run. (FP32 bound: an ulp of the terms' magnitude
+// per row summed, truncating adds included, plus two ulps of the result: the division, the add.)
 static void test_occ(uint64_t seed) {
     const struct { int rows, cols, M; float alpha; } cases[] = {
         { 48, 768, 64, 0.99f }, { 32, 3072, 48, 0.99f }, { 16, 5632, 32, 0.99f }, { 32, 3072, 48, 0.999f }, { 32, 3072, 48, 0.97f },
