@@ -301,8 +301,8 @@ static void model_quantize_weights(Model *m) {
     }
 }
 
-// out (N, M) = Q(X) Q(W)^T + R W^T + b (R W^T: OCC's compensation, unless --occ-comp 0); saves X's
-// codes, scales and OCC residual for backward
+// out (N, M) = Q(X) Q(W)^T + R W^T + b (R W^T: OCC's exact compensation, --occ-comp 1; with 2, R
+// rides in X's codes); saves X's codes, scales and OCC residual for backward
 static void linear_forward(Model *m, int lin, int layer, float *out, const float *inp, int N) {
     const LinearRecipe *r = &m->recipe.lin[lin];
     int M, K; linear_dims(&m->cfg, lin, &M, &K);
@@ -320,7 +320,8 @@ static void linear_forward(Model *m, int lin, int layer, float *out, const float
         x = xdeq;
     }
     quantize_matrix(codes, scales, x, N, K, r->f.x, 0, m->recipe.tensorwise);
-    const float *comp = m->recipe.occ_comp ? resid : NULL;  // the residual the GEMM's output gets back
+    if (r->occ && m->recipe.occ_comp == OCC_COMP_OPERAND) occ_fold_codes(codes, scales, inp, xdeq, N, K);
+    const float *comp = r->occ && m->recipe.occ_comp == OCC_COMP_BF16 ? resid : NULL;  // the residual the GEMM's output gets back
     if (m->qstats) {
         QStats *q = &m->qstats[layer * NUM_LINEARS + lin];
         q->x = quant_error(inp, codes, scales, comp, N, K, 0);
@@ -390,7 +391,7 @@ static void linear_backward(Model *m, int lin, int layer, float *dinp, const flo
         }
     }
     if (q) { q->dw_raw = sqrt(raw); q->dw_dge = sqrt(dge); }
-    if (r->occ && m->recipe.occ_comp) {  // the compensation's own gradient: G^T R, over R's nonzeros
+    if (r->occ && m->recipe.occ_comp == OCC_COMP_BF16) {  // the compensation's own gradient: G^T R, over R's nonzeros
         const float *resid = m->acts.xresid[lin] + (size_t)layer * N * K;
         #pragma omp parallel for
         for (int j = 0; j < M; j++) {

@@ -172,7 +172,8 @@ static Recipe gpu_recipe(const RecipeOptions *o) {
 }
 
 static int occ_on(const Model *m, int lin) { return m->recipe.lin[lin].occ; }
-static int occ_comp(const Model *m, int lin) { return occ_on(m, lin) && m->recipe.occ_comp; }
+// OCC's exact compensation: BF16 GEMMs beside the quantized ones (else none, or in the codes)
+static int occ_comp(const Model *m, int lin) { return occ_on(m, lin) && m->recipe.occ_comp == OCC_COMP_BF16; }
 
 // DGE's factor multiplies the quantized GEMM's weight gradient only. Where OCC's compensation adds
 // its own (exact) gradient beside it, DGE applies to each micro-batch's quantized gradient as it
@@ -181,9 +182,9 @@ static int occ_comp(const Model *m, int lin) { return occ_on(m, lin) && m->recip
 static int dge_per_microbatch(const Model *m, int lin) { return m->recipe.lin[lin].dge && occ_comp(m, lin); }
 
 // OCC's state for linear lin of layer l: that layer's bounds (none without OCC: no memory for
-// them), dense the pass's scratch
+// them), dense the pass's scratch for R (exact compensation only)
 static Occ occ_state(const Model *m, int lin, int l, bf16 *dense) {
-    Occ o = { m->occ[lin], NULL, dense };
+    Occ o = { m->occ[lin], NULL, occ_comp(m, lin) ? dense : NULL, occ_on(m, lin) && m->recipe.occ_comp == OCC_COMP_OPERAND };
     if (occ_on(m, lin)) o.bounds = m->acts.occ_bounds[lin] + (size_t)l * m->B * m->T;
     return o;
 }
@@ -289,7 +290,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     // a quantized linear makes its input rows on the fly and keeps their codes: no BF16 copy
     size_t Lqkv = quantized(m, LIN_QKV) ? 0 : L, Lfc = quantized(m, LIN_FC) ? 0 : L, Lproj = quantized(m, LIN_FCPROJ) ? 0 : L;
     int anyq = 0;
-    size_t anyocc = 0, maxmk = 0;
+    size_t anycomp = 0, maxmk = 0;
     // buffers at offsets of one allocation; SHARE() starts another layout of the shared span
     // [lo, hi), laid out again from lo
     struct { void **ptr; size_t off; } a[96];
@@ -312,7 +313,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
         BUF(x->xq[l], L * K * N); BUF(x->xs[l], L * N);
         anyq = 1;
         size_t occ = occ_on(m, l);
-        anyocc |= occ;
+        anycomp |= occ_comp(m, l);
         if (dge_per_microbatch(m, l) && (size_t)M * K > maxmk) maxmk = (size_t)M * K;
         BUF(x->occ_bounds[l], occ * L * N);
     }
@@ -324,7 +325,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     BUF(x->logits, N * Vp);
     SHARE();
     BUF(s->xcodes, anyq ? N * maxK : 0); BUF(s->wcodes, anyq ? maxM * maxK : 0);
-    BUF(s->occ_dense, anyocc * N * maxK);
+    BUF(s->occ_dense, anycomp * N * maxK);
     BUF(s->att8_mem, m->recipe.attn_fp8 ? att8_bytes(B, T, c->H, c->KV, config_hd(c)) : 0);
     SHARE();
     int fc_grad = !quantized(m, LIN_FC) || occ_comp(m, LIN_FC);
@@ -334,7 +335,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
         BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
         BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
     }
-    BUF(s->occ_dense_b, anyocc * N * maxK); BUF(s->wgrad, maxmk);
+    BUF(s->occ_dense_b, anycomp * N * maxK); BUF(s->wgrad, maxmk);
     SHARE();
 #undef SHARE
 #undef BUF
@@ -422,10 +423,10 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     else quantize_rows(s->xcodes, xq, xs, src, N, K, f->x, m->recipe.tensorwise, st);
     const float *sw = m->wscales[lin] + (size_t)l * M;
     RowSource w = rows_plain(W);
-    rows_codes(s->wcodes, NULL, sw, &w, NULL, NULL, M, K, f->w, st);
+    rows_codes(s->wcodes, NULL, sw, &w, NULL, NULL, 0, M, K, f->w, st);
     if (m->qstats) {  // the codes against the rows they stand for (OCC: the residual added back)
         double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
-        quant_error_sums(qs + QS_X, src, s->xcodes, xs, NULL, occ_on(m, lin) ? o.bounds : NULL, m->recipe.occ_comp, N, K, f->x, st);
+        quant_error_sums(qs + QS_X, src, s->xcodes, xs, NULL, occ_on(m, lin) ? o.bounds : NULL, occ_comp(m, lin), N, K, f->x, st);
         quant_error_sums(qs + QS_W, &w, s->wcodes, sw, NULL, NULL, 0, M, K, f->w, st);
     }
     matmul_fp8(pre ? pre : y, CUDA_R_16BF, s->wcodes, fp8_type(f->w), sw,
@@ -471,7 +472,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     RowSource w = rows_plain(W);
     // the forward's weight codes, transposed: the codes pass alone, from the step's scales
     check_quantize("the transposed weight codes", f->w, M, K, 1);
-    rows_codes(NULL, s->wcodes_t, sw, &w, NULL, NULL, M, K, f->w, st);
+    rows_codes(NULL, s->wcodes_t, sw, &w, NULL, NULL, 0, M, K, f->w, st);
     matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL, 0.0f,
                NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
     float *wg = dge_now ? s->wgrad : dW;

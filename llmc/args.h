@@ -71,7 +71,7 @@ static int args_flags(Args *a, Flag *flags) {
         { "--dge-k", FLAG_FLOAT, &a->dge_k, "DGE sharpness k" },
         { "--occ", FLAG_INT, &a->occ, "outlier clamping and compensation on fp4 activations (0/1)" },
         { "--occ-alpha", FLAG_FLOAT, &a->occ_alpha, "OCC quantile" },
-        { "--occ-comp", FLAG_INT, &a->occ_comp, "OCC's compensation of the clamped residual (0: clamp only)" },
+        { "--occ-comp", FLAG_INT, &a->occ_comp, "OCC's compensation: 1 exact (BF16 GEMMs), 2 in the operand (E4M3 codes), 0 none" },
         { "--grad-format", FLAG_STR, &a->grad_format, "8-bit output-gradient format: e4m3 | e5m2" },
         { "--scaling", FLAG_STR, &a->scaling, "scaling granularity: vector | tensor" },
         { "--attn-core", FLAG_STR, &a->attn_core, "attention core: bf16 (fp32 on the CPU) | fp8 (E4M3 Q, K, V, P)" },
@@ -125,7 +125,8 @@ static void check_args(const Args *a) {
         a->quant_stats < 0)
         die("step counts and intervals must be >= 0");
     if (a->val_steps < 1) die("-m (val batches per evaluation) must be >= 1");
-    if ((a->resume | a->fp4_attn | a->dge | a->occ | a->occ_comp) & ~1) die("-y, --fp4-attn, --dge, --occ and --occ-comp take 0 or 1");
+    if ((a->resume | a->fp4_attn | a->dge | a->occ) & ~1) die("-y, --fp4-attn, --dge and --occ take 0 or 1");
+    if (a->occ_comp < 0 || a->occ_comp >= NUM_OCC_COMP) die("--occ-comp takes 0 (none), 1 (bf16) or 2 (in the operand)");
     if (!(a->lr >= 0) || !(a->final_frac >= 0 && a->final_frac <= 1)) die("learning rate must be >= 0 and -q in [0, 1]");
     if (!(a->wd >= 0) || !(a->clip >= 0)) die("weight decay and clip must be >= 0");
     if (!(a->b1 >= 0 && a->b1 < 1) || !(a->b2 >= 0 && a->b2 < 1)) die("Adam betas must be in [0, 1)");

@@ -10,21 +10,25 @@
 // columns keep only the keys' upper halves: twice the warps an SM). The k-th largest value of a
 // row is at least the k-th largest of the maxima of any disjoint groups of its values (k groups
 // hold a value that large). So group maxima give a threshold with at least k values above it:
-// k <= 32, the smallest of the lanes' 32 maxima (about 120 values above it in 3072); 32 < k <=
-// 256, the k-th largest of the 256 maxima of the lanes' value slots (about 65 above it in 5632,
-// where the smallest of 64 maxima let about 290 through). The values above the threshold are
-// gathered (halves: those whose upper half clears the threshold's, made exactly again from the
-// source), a bisection on the bits of their keys finds the exact k-th (over the bits where the
-// keys differ only: BF16 sources leave 16 low bits zero), and one counting pass its neighbour (the
-// quantile interpolates the two). (More than OCC_CAND above it: both count over the whole row,
-// made again from the source per pass; slower, same answer.)
-// Compensation: R made dense in BF16 (exact) for cuBLASLt BF16 GEMMs, y += R W^T and dW += G^T R,
-// which at 2% of the entries beat our sparse kernels (W's rows read at random per outlier in the
-// forward, G's rows gathered per outlier after a counting sort by column in the backward: 4.3 and
-// 5.4 ms a step at GPT-2 124M, 8k tokens, against about 1.4 and 2 ms dense). The codes pass
-// writes R as it clamps; the backward makes it again from the source and the row bounds kept per
-// layer (bit for bit the same R, and no outlier lists to keep). G is BF16: a nonlinearity's gradient (dGELU,
-// dSwiGLU) comes materialized by quantize_grad's codes pass.
+// k <= 32 in rows of at most 1024, the smallest of the lanes' 32 maxima (about 117 values above
+// it in 768); else k <= 256, the k-th largest of the 256 maxima of the lanes' value slots (about
+// 32 above it in 3072, where the lanes' maxima let 125 through; 63 in 5632; iid rows, simulated).
+// The values above the threshold are gathered (halves: those whose upper half clears the
+// threshold's, made exactly again from the source), a bisection on the bits of their keys finds
+// the exact k-th (over the bits where the keys differ only: BF16 sources leave 16 low bits zero),
+// and one counting pass its neighbour (the quantile interpolates the two). (More than OCC_CAND
+// above it: both count over the whole row's keys, or halves the row made again per pass; slower,
+// same answer.)
+// Compensation (--occ-comp 1, the default): R made dense in BF16 (exact) for cuBLASLt BF16
+// GEMMs, y += R W^T and dW += G^T R, which at 2% of the entries beat our sparse kernels (W's rows
+// read at random per outlier in the forward, G's rows gathered per outlier after a counting sort
+// by column in the backward: 4.3 and 5.4 ms a step at GPT-2 124M, 8k tokens, against about 1.4
+// and 2 ms dense). The codes pass writes R as it clamps; the backward makes it again from the
+// source and the row bounds kept per layer (bit for bit the same R, and no outlier lists to
+// keep). G is BF16: a nonlinearity's gradient (dGELU, dSwiGLU) comes materialized by
+// quantize_grad's codes pass. In the operand (--occ-comp 2): the codes pass folds each clamped
+// entry's excess into its E4M3 code (quant.h's occ_fold), and the FP8 GEMMs carry it, forward and
+// wgrad: no R, no extra GEMM, DGE on the whole weight gradient.
 // No float atomics: every sum runs in a fixed order, so runs repeat bit for bit.
 #ifndef LLMC_OCC_CUH
 #define LLMC_OCC_CUH
@@ -44,15 +48,19 @@ typedef struct {
     int jlo, jhi;        // groups per lane behind each threshold (1 or 8; 0: every value is a candidate)
 } OccPlan;
 
-static int occ_groups(int rank) { return rank <= 32 ? 1 : rank <= 256 ? 8 : 0; }
+// J = 1 only where the candidates' pass is short (at most 4 chunks a row): elsewhere the 256-key
+// bisection behind J = 8 costs less than the ~4x more candidates J = 1 lets through (H100,
+// --occ-comp 2: GPT-2 124M's 3072-column GELU rows 5.56 -> 4.89 ms a step, LLaMA 928M's
+// 2048-column norm rows 1.42 -> 1.23; GPT-2's 768-column norm rows 1.97 with J = 1, 2.06 with 8)
+static int occ_groups(int rank, int cols) { return rank > 256 ? 0 : rank <= 32 && cols <= 1024 ? 1 : 8; }
 
 static OccPlan occ_plan(int cols, float alpha) {
     OccPlan p;
     p.cols = cols;
     quantile_index(cols, 1.0 - (double)alpha, &p.ilo, &p.flo);
     quantile_index(cols, (double)alpha, &p.ihi, &p.fhi);
-    p.jlo = occ_groups(p.ilo + 2);     // ranks from the bottom: ilo + 1 and ilo + 2
-    p.jhi = occ_groups(cols - p.ihi);  // from the top: cols - ihi and cols - ihi - 1
+    p.jlo = occ_groups(p.ilo + 2, cols);     // ranks from the bottom: ilo + 1 and ilo + 2
+    p.jhi = occ_groups(cols - p.ihi, cols);  // from the top: cols - ihi and cols - ihi - 1
     return p;
 }
 
@@ -60,7 +68,8 @@ static OccPlan occ_plan(int cols, float alpha) {
 typedef struct {
     OccPlan plan;
     float2 *bounds;      // (rows) each row's [lo, hi], kept for the backward
-    bf16 *dense;         // (rows, cols) R, scratch for the GEMMs
+    bf16 *dense;         // (rows, cols) R, scratch for the BF16 compensation's GEMMs (NULL: none)
+    int fold;            // R folded into the codes (the compensation in the operand)
 } Occ;
 
 // float -> unsigned with the same order (-0 taken as +0); and back
@@ -351,11 +360,13 @@ __global__ void occ_residual_kernel(bf16 *dense, RowSource in, const float2 *bou
     float mu = OP == ROWS_NORM && in.mean ? in.mean[r] : 0.0f, rs = OP == ROWS_NORM ? in.rstd[r] : 1.0f, v[8];
     src_values8<OP>(v, in, r, c, cols, mu, rs);
     float2 b = bounds[r];
-    occ_clamp<8>(v, b.x, b.y, dense + i);
+    float d[8];
+    occ_clamp<8>(v, d, b.x, b.y);
+    store_bf16<8>(dense + i, d);
 }
 
 // quantize_rows with OCC: the source's rows clamped to their quantiles, quantized per row from
-// the clamped absmax; their bounds and R into o
+// the clamped absmax; their bounds into o, and R into o's dense or (fold) the codes
 static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, Format f, const Occ *o,
                               cudaStream_t st) {
     int cols = o->plan.cols;
@@ -375,7 +386,7 @@ static void occ_quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const Row
     }
     kernel[src->op]<<<ceil_div(rows, warps), warps * 32, warps * span, st>>>(scales, *o, *src, rows, f);
     CUDA_CHECK(cudaGetLastError());
-    rows_codes(codes, codes_t, scales, src, o->bounds, o->dense, rows, cols, f, st);
+    rows_codes(codes, codes_t, scales, src, o->bounds, o->dense, o->fold, rows, cols, f, st);
 }
 
 // y (rows, M) += R W^T: the forward's compensation, W (M, K) the BF16 weights, R as

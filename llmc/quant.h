@@ -1,5 +1,6 @@
 // defines: Format, format_name, format_parse, format_max, format_is_fp4, fp4_layout, quant_round,
-//          dge_derivative, dge_factor, quantile_index, quantile_lerp, quantize_matrix, row_quantile, occ_clamp_rows
+//          dge_derivative, dge_factor, quantile_index, quantile_lerp, occ_fold, quantize_matrix, row_quantile,
+//          occ_clamp_rows, occ_fold_codes
 // The one definition of every rounding rule in the project (SPEC.md 4). The element rules are
 // __host__ __device__ so the GPU kernels and the CPU reference produce the same bits; the
 // matrix-level helpers below them are the CPU reference's.
@@ -127,6 +128,14 @@ static HD inline float quantile_lerp(float a, float b, float frac) {
 #endif
 }
 
+// OCC's compensation in the operand (--occ-comp 2): an entry the clamp cut keeps its excess over
+// the clamp, excess = (x - clamp(x)) / s in the row's scale, in its code: E4M3(code + excess).
+// E4M3 holds every 4-bit code exactly, so the others stay as they are; the FP8 GEMMs that run the
+// 4-bit codes carry the outliers at no extra cost (against R W^T with the BF16 W: the outliers
+// meet the quantized weights, and 3 mantissa bits). An excess past E4M3's 448 saturates there; a
+// row whose clamped values are all zero (scale 0) has no scale to carry its outliers: they are lost.
+static HD inline float occ_fold(float code, float excess) { return excess == 0.0f ? code : quant_round(code + excess, FMT_E4M3); }
+
 // ---------------------------------------------------------------------------------------------
 // CPU reference helpers (host functions)
 #include "utils.h"
@@ -195,6 +204,18 @@ static long occ_clamp_rows(float *xc, float *resid, const float *x, int rows, in
         free(sorted);
     }
     return clamped;
+}
+
+// OCC's residual into the codes (occ_fold): codes, scales of the clamped rows xc of x (rows x cols)
+static void occ_fold_codes(float *codes, const float *scales, const float *x, const float *xc, int rows, int cols) {
+    #pragma omp parallel for
+    for (int r = 0; r < rows; r++) {
+        if (scales[r] == 0.0f) continue;
+        for (int c = 0; c < cols; c++) {
+            size_t i = (size_t)r * cols + c;
+            codes[i] = occ_fold(codes[i], (x[i] - xc[i]) / scales[r]);
+        }
+    }
 }
 
 #endif

@@ -252,12 +252,22 @@ __global__ void row_scales_kernel(float *scales, RowSource in, int rows, int col
     if (lane == 0) scales[r] = amax / format_max(f);
 }
 
-// OCC (llmc/occ.cuh): W values clamped to [lo, hi] in place; with r, their residual
-// bf16(x - clamp(x)) to r
-template <int W> __device__ inline void occ_clamp(float *v, float lo, float hi, bf16 *r) {
-    float d[W];
+// OCC (llmc/occ.cuh): W values clamped to [lo, hi] in place, their residuals x - clamp(x) to d
+template <int W> __device__ inline void occ_clamp(float *v, float *d, float lo, float hi) {
     for (int k = 0; k < W; k++) { float c = fminf(fmaxf(v[k], lo), hi); d[k] = v[k] - c; v[k] = c; }
-    if (r) store_bf16<W>(r, d);
+}
+
+// OCC's residuals d folded into 4 codes (q's bytes, E4M3) of a row with scale s (quant.h's
+// occ_fold). Rare (a few percent of the words), so out of line: the codes loop stays small.
+__device__ __noinline__ uint32_t fold4(uint32_t q, float4 d, QScale s) {
+    float dk[4] = { d.x, d.y, d.z, d.w };
+    for (int k = 0; k < 4; k++) {
+        if (dk[k] == 0.0f) continue;
+        float code = __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)(q >> 8 * k & 0xffu), __NV_E4M3)));
+        uint32_t b = __nv_cvt_float_to_fp8(occ_fold(code, div_scale(dk[k], s)), __NV_SATFINITE, __NV_E4M3);
+        q = (q & ~(0xffu << 8 * k)) | b << 8 * k;
+    }
+    return q;
 }
 
 // The codes of a block of 32 rows: codes (rows, cols) of the source * col_scale per row, with the
@@ -268,12 +278,13 @@ template <int W> __device__ inline void occ_clamp(float *v, float lo, float hi, 
 // rows loop stays rolled: unrolled, the kernel's code outgrew the instruction cache (ncu: half
 // the stalls were instruction fetches). Each column's 32 transposed codes wait in shared memory
 // (s_t, the thread's own words) and leave as one whole 32-byte sector. With bounds (OCC's), the
-// values are clamped to them first, and their residual goes to resid.
+// values are clamped to them first, and their residual goes to resid (unless NULL) or, with fold,
+// into the codes (occ_fold).
 template <int OP, int COLS, int FP4>
 __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_t, float *scales_t, const float *scales,
                                                          const unsigned *col_amax, RowSource in, const float *col_scale,
-                                                         const float *row_scale, const float2 *bounds, bf16 *resid, int rows, int cols,
-                                                         Format f, QRound qr) {
+                                                         const float *row_scale, const float2 *bounds, bf16 *resid, int fold, int rows,
+                                                         int cols, Format f, QRound qr) {
     const int NL = src_loads<OP>(), NH = src_halves<OP>(), G = QROWS / 4;
     extern __shared__ uint32_t s_t[];  // (G, NH, 4, blockDim.x): word (g, h, k) of a thread = rows 4g..4g+3 of its column k
     __shared__ QScale s_q[QROWS];
@@ -316,11 +327,14 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
             int j = 4 * g + i;
             #pragma unroll
             for (int h = 0; h < NH; h++) {
-                float v[4], u[4];
+                float v[4], u[4], d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
                 src_values<OP, 4>(v, cur[i], h * half + c, cols, w, b, s_mu[j], s_rstd[j]);
-                if (bounds) occ_clamp<4>(v, s_b[j].x, s_b[j].y, resid && r0 + j < rows ? resid + (size_t)(r0 + j) * cols + h * half + c : NULL);
+                if (bounds) occ_clamp<4>(v, d, s_b[j].x, s_b[j].y);
+                if (resid && r0 + j < rows) store_bf16<4>(resid + (size_t)(r0 + j) * cols + h * half + c, d);
                 for (int k = 0; k < 4; k++) u[k] = v[k] * cs[h][k];
                 q[h][0][i] = quant4<FP4>(u, &s_q[j], 0, qr);
+                if (fold && (d[0] != 0.0f || d[1] != 0.0f || d[2] != 0.0f || d[3] != 0.0f))
+                    q[h][0][i] = fold4(q[h][0][i], make_float4(d[0], d[1], d[2], d[3]), s_q[j]);
                 if (codes && r0 + j < rows) *(uint32_t *)(codes + (size_t)(r0 + j) * cols + h * half + c) = q[h][0][i];
                 if (OP >= ROWS_DGELU && in.out && r0 + j < rows) store_bf16<4>(in.out + (size_t)(r0 + j) * cols + h * half + c, v);
                 if (COLS) {
@@ -477,17 +491,19 @@ static void codes_launch(dim3 *grid, int *threads, size_t *smem, int rows, int c
 }
 
 // the second pass of quantize_rows: the codes of the source's rows from their scales (with OCC's
-// bounds: clamped to them first, and their residual into resid, (rows, cols), unless NULL)
+// bounds: clamped to them first, and their residual into resid, (rows, cols), unless NULL, or with
+// fold into the codes)
 static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowSource *src, const float2 *bounds, bf16 *resid,
-                       int rows, int cols, Format f, cudaStream_t st) {
+                       int fold, int rows, int cols, Format f, cudaStream_t st) {
+    if (fold && (!bounds || f == FMT_E5M2)) die("rows_codes: OCC's residual folds into E4M3 codes clamped to bounds");
     void (*const code_kernel[2][4])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
-                                    const float2 *, bf16 *, int, int, Format, QRound) = {
+                                    const float2 *, bf16 *, int, int, int, Format, QRound) = {
         { codes_kernel<ROWS_PLAIN, 0, 0>, codes_kernel<ROWS_NORM, 0, 0>, codes_kernel<ROWS_GELU, 0, 0>, codes_kernel<ROWS_SWIGLU, 0, 0> },
         { codes_kernel<ROWS_PLAIN, 0, 1>, codes_kernel<ROWS_NORM, 0, 1>, codes_kernel<ROWS_GELU, 0, 1>, codes_kernel<ROWS_SWIGLU, 0, 1> } };
     dim3 grid; int threads; size_t smem;
     codes_launch(&grid, &threads, &smem, rows, cols, 1);
     code_kernel[format_is_fp4(f)][src->op]<<<grid, threads, smem, st>>>(
-        codes, codes_t, NULL, scales, NULL, *src, NULL, NULL, bounds, resid, rows, cols, f, qround(f));
+        codes, codes_t, NULL, scales, NULL, *src, NULL, NULL, bounds, resid, fold, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -502,7 +518,7 @@ static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSour
         row_scales_kernel<ROWS_PLAIN>, row_scales_kernel<ROWS_NORM>, row_scales_kernel<ROWS_GELU>, row_scales_kernel<ROWS_SWIGLU> };
     scale_kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(scales, *src, rows, cols, f);
     if (tensor) broadcast_max((unsigned *)scales, rows, st);
-    if (codes || codes_t) rows_codes(codes, codes_t, scales, src, NULL, NULL, rows, cols, f, st);
+    if (codes || codes_t) rows_codes(codes, codes_t, scales, src, NULL, NULL, 0, rows, cols, f, st);
 }
 
 // A gradient g from src (PLAIN, DGELU or DSWIGLU), (rows, cols), in two passes: codes (rows, cols)
@@ -521,7 +537,7 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
         grad_reduce_kernel<ROWS_PLAIN>, grad_reduce_kernel<ROWS_DGELU>, grad_reduce_kernel<ROWS_DSWIGLU> };
     int fp4 = format_is_fp4(f);
     void (*const code_kernel[2][3])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
-                                    const float2 *, bf16 *, int, int, Format, QRound) = {
+                                    const float2 *, bf16 *, int, int, int, Format, QRound) = {
         { codes_kernel<ROWS_PLAIN, 1, 0>, codes_kernel<ROWS_DGELU, 1, 0>, codes_kernel<ROWS_DSWIGLU, 1, 0> },
         { codes_kernel<ROWS_PLAIN, 1, 1>, codes_kernel<ROWS_DGELU, 1, 1>, codes_kernel<ROWS_DSWIGLU, 1, 1> } };
     int halves = src->op == ROWS_DSWIGLU ? 2 : 1, threads;  // src_halves: a thread's 4 columns in each half
@@ -532,7 +548,7 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
                                                                                              col_scale, row_scale, rows, cols, f);
     if (tensor) { broadcast_max((unsigned *)scales, rows, st); broadcast_max(amax, cols, st); }
     code_kernel[fp4][g]<<<grid, threads, smem, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
-                                                               NULL, NULL, rows, cols, f, qround(f));
+                                                               NULL, NULL, 0, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }
 

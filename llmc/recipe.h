@@ -23,11 +23,17 @@ static const struct { const char *name; OperandFormats attn, mlp; } recipe_table
 };
 #define NUM_RECIPES ((int)(sizeof(recipe_table) / sizeof(recipe_table[0])))
 
+// OCC's compensation of what the clamp cut off (RECIPE.md 5): none (clamp only); exact, R W^T and
+// G^T R in BF16 beside the quantized GEMMs; or in the operand, where each clamped entry's code
+// keeps its excess in E4M3 (quant.h's occ_fold) and the quantized GEMMs carry it at no cost
+enum { OCC_COMP_NONE, OCC_COMP_BF16, OCC_COMP_OPERAND, NUM_OCC_COMP };
+static const char *const occ_comp_names[NUM_OCC_COMP] = { "clamp", "occ", "occ-operand" };
+
 typedef struct {            // what the user asked for
     int recipe;             // row of recipe_table
     Format fp4_layout;      // e2m1 | e1m2 | e3m0
     Format grad_format;     // e4m3 | e5m2
-    int fp4_attn, dge, occ, occ_comp, tensorwise;  // occ_comp 0: OCC clamps without compensating
+    int fp4_attn, dge, occ, occ_comp, tensorwise;  // occ_comp: OCC_COMP_*
     int attn_fp8;           // --attn-core fp8
     float dge_k, occ_alpha;
 } RecipeOptions;
@@ -70,8 +76,8 @@ static void recipe_print(const char *name, const Recipe *r) {
     printf("recipe %s:", name);
     for (int l = 0; l < NUM_LINEARS; l++) {
         const LinearRecipe *lr = &r->lin[l];
-        printf(" %s(%s,%s,%s%s%s)", linear_names[l], format_name(lr->f.x), format_name(lr->f.w), format_name(lr->f.g),
-               lr->dge ? ",dge" : "", lr->occ ? (r->occ_comp ? ",occ" : ",clamp") : "");
+        printf(" %s(%s,%s,%s%s%s%s)", linear_names[l], format_name(lr->f.x), format_name(lr->f.w), format_name(lr->f.g),
+               lr->dge ? ",dge" : "", lr->occ ? "," : "", lr->occ ? occ_comp_names[r->occ_comp] : "");
     }
     printf("%s%s\n", r->tensorwise ? " tensor-wise" : "", r->attn_fp8 ? " attention-core fp8" : "");
 }

@@ -6,8 +6,8 @@
 # (gap to bf16):
 #     scripts/reproduce_curves.sh gpt2|llama OUT_DIR STEPS [RUN...]
 # RUN: names from the list above (bf16 fp8 fp4 fp4_nodge fp4_noocc fp4_naive; default all), or
-# fp4_clamp (OCC's clamp without its compensation), bf16_attn8 and fp4_attn8 (bf16 and fp4 with the
-# FP8 attention core).
+# fp4_clamp (OCC's clamp without its compensation), fp4_operand (OCC's compensation in the operand:
+# --occ-comp 2), bf16_attn8 and fp4_attn8 (bf16 and fp4 with the FP8 attention core).
 # Hyper-parameters as the paper's where they apply: AdamW 0.9 / 0.95, weight decay 0.1, warmup
 # 5% of the steps, cosine to 10% of the peak LR. Environment (defaults in brackets):
 #   DATA [data/english]: train/val shards of dev/data/text_files.py, e.g.
@@ -34,7 +34,7 @@ esac
 [[ $steps =~ ^[1-9][0-9]*$ ]] || { echo "error: STEPS '$steps' is not a positive number" >&2; exit 2; }
 declare -A flags=(
     [bf16]="-r bf16" [fp8]="-r fp8" [fp4]="-r fp4" [fp4_nodge]="-r fp4 --dge 0" [fp4_noocc]="-r fp4 --occ 0"
-    [fp4_naive]="-r fp4 --scaling tensor --dge 0 --occ 0" [fp4_clamp]="-r fp4 --occ-comp 0"
+    [fp4_naive]="-r fp4 --scaling tensor --dge 0 --occ 0" [fp4_clamp]="-r fp4 --occ-comp 0" [fp4_operand]="-r fp4 --occ-comp 2"
     [bf16_attn8]="-r bf16 --attn-core fp8" [fp4_attn8]="-r fp4 --attn-core fp8"
 )
 runs=("$@")
@@ -72,7 +72,7 @@ reap() {
     unset "pid_run[$p]" "pid_gpu[$p]" "pid_start[$p]"
 }
 start_s=$(date +%s)
-for r in fp4_attn8 fp4 fp4_nodge fp4_clamp fp4_noocc fp4_naive fp8 bf16_attn8 bf16; do
+for r in fp4_attn8 fp4 fp4_nodge fp4_clamp fp4_operand fp4_noocc fp4_naive fp8 bf16_attn8 bf16; do
     for s in "${runs[@]}"; do
         [ "$s" = "$r" ] || continue
         for sd in "${seeds[@]}"; do

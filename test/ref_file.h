@@ -34,10 +34,13 @@ static FILE *ref_open(RefFile *r, const char *path) {
     const char *err = config_check(c);
     if (err) die("%s: %s", path, err);
     r->B = h[11]; r->T = h[12]; r->S = h[20]; r->seed = (uint64_t)(uint32_t)h[21];
-    if (h[13] < 0 || h[13] >= NUM_RECIPES || h[16] < 0 || h[16] > 2 || r->B < 1 || r->T < 1 || r->T > c->T || r->S < 1)
+    if (h[13] < 0 || h[13] >= NUM_RECIPES || h[15] < 0 || h[15] > 2 || h[16] < 0 || h[16] > 2 || r->B < 1 || r->T < 1 ||
+        r->T > c->T || r->S < 1)
         die("%s: bad header", path);
     RecipeOptions *o = &r->ro;
-    o->recipe = h[13]; o->dge = h[14]; o->occ = h[15]; o->occ_comp = 1; o->fp4_layout = (Format)(FMT_E2M1 + h[16]);
+    // occ: 0 off, 1 with the BF16 compensation, 2 with the compensation in the operand
+    o->recipe = h[13]; o->dge = h[14]; o->occ = h[15] > 0; o->occ_comp = h[15] == 2 ? OCC_COMP_OPERAND : OCC_COMP_BF16;
+    o->fp4_layout = (Format)(FMT_E2M1 + h[16]);
     o->fp4_attn = h[17]; o->tensorwise = h[18]; o->attn_fp8 = 0; o->grad_format = h[19] ? FMT_E5M2 : FMT_E4M3;
     memcpy(&o->occ_alpha, h + 34, 4); memcpy(&o->dge_k, h + 35, 4);
     memcpy(r->hp, h + 36, sizeof(r->hp));

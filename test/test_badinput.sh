@@ -93,7 +93,7 @@ expect "unknown recipe" "unknown recipe" "${base[@]}" -r fp6
 expect "unknown 4-bit layout" "unknown 4-bit layout" "${base[@]}" -r fp4 --fp4-format e2m2
 expect "bad OCC alpha" "occ-alpha" "${base[@]}" --occ-alpha 1.5
 expect "switch that is not 0 or 1" "take 0 or 1" "${base[@]}" --dge 2
-expect "--occ-comp that is not 0 or 1" "take 0 or 1" "${base[@]}" --occ-comp 2
+expect "--occ-comp that is not 0, 1 or 2" "occ-comp takes" "${base[@]}" --occ-comp 3
 expect "no val batches" "must be >= 1" "${base[@]}" -m 0
 expect "negative interval" "must be >= 0" "${base[@]}" -v -5
 expect "unknown architecture" "unknown architecture" "${base[@]}" -e "gpt3:d12"

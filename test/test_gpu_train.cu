@@ -14,7 +14,10 @@
 
 typedef struct { float logits, grads, loss, norm; } Tolerance;
 static const Tolerance tol_bf16 = { 2e-2f, 3e-2f, 2e-3f, 2e-2f };
-static const Tolerance tol_quant = { 0.1f, 0.25f, 5e-3f, 0.2f };
+// quantized: a value the BF16 activations move across a 4-bit rounding boundary moves by a grid
+// step (up to 1/3), an outlier across an E4M3 one (--occ-comp 2) by 1/16 of its larger magnitude;
+// worst gradients measured (H100): fcprojw 0.240 (fp4), 0.2525 (fp4 with OCC in the operand)
+static const Tolerance tol_quant = { 0.1f, 0.3f, 5e-3f, 0.2f };
 
 // runs S steps from the file's init on its batch; losses and norms out
 static void run_steps(const RefFile *rf, const Recipe *recipe, int master, float *losses, float *norms) {

@@ -326,7 +326,8 @@ static void test_fused_sources(uint64_t seed) {
 // OCC's bounds on rows wider than OCC_WHOLE_KEYS (the selection keeps only its keys' upper halves
 // and makes its candidates again from the source) against the quantiles by ranks, bit for bit, on
 // BF16 rows and on fused sources' FP32 values, at alpha 0.999 / 0.99 / 0.9: thresholds from the
-// lanes' maxima, from the slot maxima, and none (the whole row, made again for every pass)
+// slot maxima at ranks 5 and 47 (rows this wide never take the lanes' maxima), and none (the
+// whole row, made again for every pass)
 static void test_occ_wide(uint64_t seed) {
     const int rows = 24, cols = 4616;  // past OCC_WHOLE_KEYS, and not a multiple of 256
     const char *names[4] = { "plain", "layernorm", "gelu", "swiglu" };
@@ -361,7 +362,8 @@ static void test_occ_wide(uint64_t seed) {
 // OCC (SPEC.md 4): bounds, codes, scales and residuals of random BF16 rows with planted outliers
 // and ties must be the CPU occ_clamp_rows' bit for bit, including a zero row, a constant row and
 // a row whose candidates overflow shared memory (lane 31's values far below the rest: the
-// threshold lets almost every value through), and a channel with an outlier in every row. The
+// threshold lets almost every value through), and a channel with an outlier in every row; so must
+// the codes with the residual folded in (--occ-comp 2, occ_fold_codes), some saturating. The
 // compensations (cuBLASLt BF16 GEMMs over R made dense) against FP64: y += R W^T within two BF16
 // roundings (the GEMM adding y: measured up to 1.6 of one on the H100, the second rounding's
 // place not pinned down), dW += G^T R (plain and divided by the DGE factor) within FP32
@@ -434,6 +436,30 @@ static void test_occ(uint64_t seed) {
         }
         for (size_t i = 0; i < n; i++) bad_r += __bfloat162float(hr[i]) != res[i];
         CHECK(bad_b == 0 && bad_r == 0, "occ %dx%d alpha %g: %d bounds, %d residuals differ from the CPU", rows, K, alpha, bad_b, bad_r);
+        // the compensation in the operand: the same scales, each clamped entry's excess folded
+        // into its code (the row codes and their transposed copy), and no R written
+        Occ of = { plan, o.bounds, NULL, 1 };
+        occ_quantize_rows(dc, dt, ds, &src, rows, FMT_E2M1, &of, 0);
+        fp8 *gt = (fp8 *)malloc_check(n);
+        cuda_download(gc, dc, n);
+        cuda_download(gt, dt, n);
+        float *folded = (float *)malloc_check(n * sizeof(float));
+        memcpy(folded, codes, n * sizeof(float));
+        occ_fold_codes(folded, scales, x, xc, rows, K);
+        int bad_f = 0, nfold = 0, nsat = 0;
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < K; c++) {
+                size_t i = (size_t)r * K + c;
+                bad_f += f32_bits(byte_value(gc[i], FMT_E4M3)) != f32_bits(folded[i]);
+                bad_f += f32_bits(byte_value(gt[(size_t)c * rows + r], FMT_E4M3)) != f32_bits(folded[i]);
+                nfold += folded[i] != codes[i];
+                nsat += fabsf(folded[i]) == 448.0f;
+            }
+        CHECK(bad_f == 0 && nfold > 0, "occ %dx%d alpha %g, in the operand: %d codes differ from the CPU, %d folded", rows, K, alpha,
+              bad_f, nfold);
+        printf("occ %dx%d alpha %g, in the operand: %d codes folded (%d at E4M3's 448), identical to the CPU, transposed too\n", rows,
+               K, alpha, nfold, nsat);
+        free(gt); free(folded);
         // y += R W^T
         occ_compensate(dy, &o, dw, rows, M, K, 0);
         bf16 *yo = (bf16 *)malloc_check((size_t)rows * M * sizeof(bf16));

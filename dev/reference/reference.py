@@ -290,6 +290,7 @@ class LinearRecipe:
     scaling: str = "vector"
     dge_k: Optional[float] = None  # DGE on (fp4 weights only) when set
     occ_alpha: Optional[float] = None  # OCC on (fp4 activations only) when set
+    occ_operand: bool = False  # OCC's residual folded into X's E4M3 codes, not R W^T in BF16
 
 
 class QuantLinearFn(torch.autograd.Function):
@@ -300,6 +301,12 @@ class QuantLinearFn(torch.autograd.Function):
         else:
             xc, r = x, None
         xq, cx, sx = quantize(xc, rc.fx, 1, rc.scaling)  # per token
+        if r is not None and rc.occ_operand:
+            # each clamped entry keeps its excess over the clamp in its code, in E4M3
+            # (llmc/quant.h occ_fold); a zero-scale row has none to keep
+            excess = torch.where(sx == 0, torch.zeros_like(x), (x - xc) / torch.where(sx == 0, 1.0, sx))
+            cx = torch.where(excess != 0, round_fmt(cx + excess, "e4m3"), cx)
+            xq, r = cx * sx, None
         wq, cw, sw = quantize(w, rc.fw, 1, rc.scaling)  # per output channel
         y = xq @ wq.t()
         if r is not None:
@@ -342,6 +349,7 @@ class Recipe:
     dge_k: float = 5.0
     occ: bool = False
     occ_alpha: float = 0.99
+    occ_operand: bool = False
     layout: str = "e2m1"
     fp4_attn: bool = False
     scaling: str = "vector"
@@ -359,7 +367,8 @@ class Recipe:
         return LinearRecipe(
             fx, fw, fg, self.scaling,
             dge_k=self.dge_k if self.dge and fw in GRID4 else None,
-            occ_alpha=self.occ_alpha if self.occ and fx in GRID4 else None)
+            occ_alpha=self.occ_alpha if self.occ and fx in GRID4 else None,
+            occ_operand=self.occ_operand)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -608,7 +617,7 @@ def read_ref(path):
         raise RefFormatError(f"{path}: Vp {hdr['Vp']} does not match V {hdr['V']}")
     if hdr["arch"] not in (1, 2) or hdr["Tb"] > hdr["T"]:
         raise RefFormatError(f"{path}: bad arch or Tb")
-    ranges = dict(recipe=4, dge=2, occ=2, layout=3, fp4_attn=2, scaling=2, grad_format=2)
+    ranges = dict(recipe=4, dge=2, occ=3, layout=3, fp4_attn=2, scaling=2, grad_format=2)
     for k, n in ranges.items():
         if not 0 <= hdr[k] < n:
             raise RefFormatError(f"{path}: header {k} = {hdr[k]} out of range")
@@ -723,6 +732,8 @@ def main(argv=None):
     ap.add_argument("--dge-k", type=float, default=5.0)
     ap.add_argument("--occ", type=int, choices=(0, 1), help="default: 1 for fp4, else 0")
     ap.add_argument("--occ-alpha", type=float, default=0.99)
+    ap.add_argument("--occ-comp", choices=("bf16", "operand"), default="bf16",
+                    help="OCC's compensation: R W^T in BF16, or in X's E4M3 codes (header occ 2)")
     ap.add_argument("--fp4", choices=list(LAYOUTS), default="e2m1", help="4-bit layout")
     ap.add_argument("--fp4-attn", type=int, choices=(0, 1), default=0)
     ap.add_argument("--scaling", choices=list(SCALINGS), default="vector")
@@ -762,7 +773,8 @@ def main(argv=None):
     dge = fp4 if a.dge is None else bool(a.dge)
     occ = fp4 if a.occ is None else bool(a.occ)
     f32 = lambda x: float(np.float32(x))  # the run uses exactly the values the header stores
-    recipe = Recipe(a.recipe, dge, f32(a.dge_k), occ, f32(a.occ_alpha), a.fp4, bool(a.fp4_attn),
+    operand = occ and a.occ_comp == "operand"
+    recipe = Recipe(a.recipe, dge, f32(a.dge_k), occ, f32(a.occ_alpha), operand, a.fp4, bool(a.fp4_attn),
                     a.scaling, a.grad_format)
     opt = Optim(f32(a.lr), f32(a.beta1), f32(a.beta2), f32(a.eps), f32(a.wd), f32(a.clip))
     dtype = {"float64": torch.float64, "float32": torch.float32}[
@@ -775,7 +787,7 @@ def main(argv=None):
     log(f"{a.model} {cfg} recipe={recipe} dtype={dtype} device={a.device}")
     res = train(cfg, recipe, opt, a.seed, a.B, a.Tb, a.steps, dtype, a.device, log)
     hdr = dict(arch=cfg.arch, V=cfg.V, Vp=cfg.Vp, T=cfg.T, L=cfg.L, H=cfg.H, KV=cfg.KV, C=cfg.C,
-               F=cfg.F, B=a.B, Tb=a.Tb, recipe=RECIPES[a.recipe], dge=int(dge), occ=int(occ),
+               F=cfg.F, B=a.B, Tb=a.Tb, recipe=RECIPES[a.recipe], dge=int(dge), occ=int(occ) + int(operand),
                layout=LAYOUTS[a.fp4], fp4_attn=a.fp4_attn, scaling=SCALINGS[a.scaling],
                grad_format=GRAD_FORMATS[a.grad_format], steps=a.steps, seed=a.seed,
                rope_theta=ROPE_THETA, norm_eps=NORM_EPS, occ_alpha=a.occ_alpha, dge_k=a.dge_k,
