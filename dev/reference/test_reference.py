@@ -225,6 +225,27 @@ def test_linear_dge_occ():
     assert (y - y0)[5].norm() < 0.7 * (y_nocc - y0)[5].norm()
 
 
+def test_linear_occ_operand():
+    """OCC's compensation in the operand: the clamped entries' codes carry their excess in E4M3,
+    the rest are the clamped row's codes; forward and wgrad both use them, DGE on all of dW."""
+    torch.manual_seed(5)
+    x, w, b = torch.randn(48, 256), torch.randn(32, 256) * 0.1, torch.zeros(32)
+    x[5, 7] = 40.0
+    rc = R.LinearRecipe("e2m1", "e2m1", "fp32", dge_k=5.0, occ_alpha=float(np.float32(0.99)), occ_operand=True)
+    y, g, dx, dw, db = _fn(x, w, b, rc)
+    xc, r = R.occ_clamp(x, rc.occ_alpha)
+    _, cx, sx = R.quantize(xc, "e2m1", 1, "vector")
+    cut = x != xc
+    fold = R.round_fmt(cx + (x - xc) / sx, "e4m3")
+    assert cut.sum() > 0 and torch.equal(fold[~cut], cx[~cut])  # E4M3 holds every E2M1 code
+    xf = torch.where(cut, fold, cx) * sx
+    assert (xf[5, 7] - 40.0).abs() <= 40.0 / 16  # the outlier within E4M3's half step
+    wq, cw, sw = R.quantize(w, "e2m1", 1, "vector")
+    assert torch.allclose(y, xf @ wq.t(), rtol=1e-5, atol=1e-5)
+    want = (g.t() @ xf) * R.dge_derivative(w / sw, "e2m1", 5.0)
+    assert torch.allclose(dw, want, rtol=1e-5, atol=1e-4)
+
+
 def test_linear_quantized_grad():
     """With an 8-bit G the gradients stay close to the unquantized ones and are finite."""
     torch.manual_seed(4)
