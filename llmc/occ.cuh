@@ -37,8 +37,8 @@
 #include "matmul.cuh"
 
 #define OCC_WARPS 4      // rows per block of the selection, at most
-#define OCC_CAND 256     // candidates per tail a warp keeps (iid rows: past 256 in 0.2-0.7% of them;
-                         // at least 256, the list of group_threshold's J = 8)
+#define OCC_CAND 256     // candidates per tail a warp keeps (iid rows, simulated: past 256 in 0.2% of
+                         // 768-column rows with J = 1, none with J = 8; at least 256, J = 8's list)
 
 // where a row's quantiles sit, fixed by its width and alpha (quant.h's positions, as the CPU's)
 typedef struct {
@@ -181,9 +181,10 @@ __device__ inline void chunk_keys(unsigned *key, const unsigned *keys, const Row
 // A row with more than OCC_CAND keys above a threshold: its k-th largest key (xor flip) and the
 // next one (up or down) as kth_key and kth_next find them, by a bisection with a pass over the row
 // per step: over its whole keys in shared memory, or (keys NULL: halves) over the row made again
-// from the source (slower, same answer). Rare (0.5-0.7% a tail in iid rows of 3072), but ~32
-// passes each: remaking the row on every pass, not reading whole keys, cost GPT-2 124M's GELU
-// selection 2.2 ms a step (the row's block holds its shared memory meanwhile). The source comes as
+// from the source (slower, same answer). Rare (0.2% a tail in iid rows of 768 with J = 1; with
+// J = 1 at 3072 it was 0.5-0.7%), but ~32 passes each: remaking the row on every pass, not reading
+// whole keys, cost GPT-2 124M's GELU selection 2.2 ms a step then (the row's block holds its
+// shared memory meanwhile). The source comes as
 // its pointers: a RowSource by reference would be copied to the stack every row.
 template <int OP>
 __device__ __noinline__ uint2 row_kth(int k, int up, unsigned flip, const unsigned *keys, const bf16 *x, const bf16 *w, const bf16 *b, int r,

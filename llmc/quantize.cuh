@@ -495,7 +495,7 @@ static void codes_launch(dim3 *grid, int *threads, size_t *smem, int rows, int c
 // fold into the codes)
 static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowSource *src, const float2 *bounds, bf16 *resid,
                        int fold, int rows, int cols, Format f, cudaStream_t st) {
-    if (fold && (!bounds || f == FMT_E5M2)) die("rows_codes: OCC's residual folds into E4M3 codes clamped to bounds");
+    if (fold && (!bounds || !format_is_fp4(f))) die("rows_codes: OCC's residual folds into 4-bit codes clamped to bounds");
     void (*const code_kernel[2][4])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
                                     const float2 *, bf16 *, int, int, int, Format, QRound) = {
         { codes_kernel<ROWS_PLAIN, 0, 0>, codes_kernel<ROWS_NORM, 0, 0>, codes_kernel<ROWS_GELU, 0, 0>, codes_kernel<ROWS_SWIGLU, 0, 0> },
