@@ -10,13 +10,13 @@
 // columns keep only the keys' upper halves: twice the warps an SM). The k-th largest value of a
 // row is at least the k-th largest of the maxima of any disjoint groups of its values (k groups
 // hold a value that large). So group maxima give a threshold with at least k values above it:
-// k <= 32 in rows of at most 1024, the smallest of the lanes' 32 maxima (about 117 values above
-// it in 768); else k <= 256, the k-th largest of the 256 maxima of the lanes' value slots (about
-// 32 above it in 3072, where the lanes' maxima let 125 through; 63 in 5632; iid rows, simulated).
-// The values above the threshold are gathered (halves: those whose upper half clears the
-// threshold's, made exactly again from the source), a bisection on the bits of their keys finds
-// the exact k-th (over the bits where the keys differ only: BF16 sources leave 16 low bits zero),
-// and one counting pass its neighbour (the quantile interpolates the two). (More than OCC_CAND
+// for k <= 256, the k-th largest of the 256 maxima of the lanes' value slots, cut to its upper
+// bits (about 7 values above it in 768, 32 in 3072, 63 in 5632; iid rows, simulated). The values
+// above the threshold are gathered (halves: those whose upper half clears the threshold's, then
+// made exactly again from the source, all at once); up to 64 of them are ranked
+// against each other, which gives the exact k-th and its neighbour (the quantile interpolates the
+// two) in one pass; longer lists take a bisection on the bits of their keys (over the bits where
+// they differ only: BF16 sources leave 16 low bits zero) and a counting pass. (More than OCC_CAND
 // above it: both count over the whole row's keys, or halves the row made again per pass; slower,
 // same answer.)
 // Compensation (--occ-comp 1, the default): R made dense in BF16 (exact) for cuBLASLt BF16
@@ -37,30 +37,24 @@
 #include "matmul.cuh"
 
 #define OCC_WARPS 4      // rows per block of the selection, at most
-#define OCC_CAND 256     // candidates per tail a warp keeps (iid rows, simulated: past 256 in 0.2% of
-                         // 768-column rows with J = 1, none with J = 8; at least 256, J = 8's list)
+#define OCC_CAND 256     // candidates per tail a warp keeps (at least 256: the slot maxima's list)
 
 // where a row's quantiles sit, fixed by its width and alpha (quant.h's positions, as the CPU's)
 typedef struct {
     int cols;
     int ilo, ihi;        // v[i] and v[i + 1] of the ascending row, interpolated by flo / fhi
     float flo, fhi;
-    int jlo, jhi;        // groups per lane behind each threshold (1 or 8; 0: every value is a candidate)
+    int glo, ghi;        // each tail's threshold from the slot maxima (ranks up to 256), else none:
+                         // every value is a candidate
 } OccPlan;
-
-// J = 1 only where the candidates' pass is short (at most 4 chunks a row): elsewhere the 256-key
-// bisection behind J = 8 costs less than the ~4x more candidates J = 1 lets through (H100,
-// --occ-comp 2: GPT-2 124M's 3072-column GELU rows 5.56 -> 4.89 ms a step, LLaMA 928M's
-// 2048-column norm rows 1.42 -> 1.23; GPT-2's 768-column norm rows 1.97 with J = 1, 2.06 with 8)
-static int occ_groups(int rank, int cols) { return rank > 256 ? 0 : rank <= 32 && cols <= 1024 ? 1 : 8; }
 
 static OccPlan occ_plan(int cols, float alpha) {
     OccPlan p;
     p.cols = cols;
     quantile_index(cols, 1.0 - (double)alpha, &p.ilo, &p.flo);
     quantile_index(cols, (double)alpha, &p.ihi, &p.fhi);
-    p.jlo = occ_groups(p.ilo + 2, cols);     // ranks from the bottom: ilo + 1 and ilo + 2
-    p.jhi = occ_groups(cols - p.ihi, cols);  // from the top: cols - ihi and cols - ihi - 1
+    p.glo = p.ilo + 2 <= 256;        // ranks from the bottom: ilo + 1 and ilo + 2
+    p.ghi = cols - p.ihi <= 256;     // from the top: cols - ihi and cols - ihi - 1
     return p;
 }
 
@@ -89,9 +83,10 @@ __device__ inline int count_ge(unsigned t, const unsigned *c) {
 
 // the k-th largest of the list cand[0..n) (k <= n <= OCC_CAND), by bisection on the key bits below
 // the common prefix of its smallest and largest key and above the bits zero in every key, the
-// candidates held in registers. Not inlined: its copies in the four kernels would outgrow the
-// instruction cache.
-__device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n) {
+// candidates held in registers. With enough > 0 the bisection stops once at most enough keys are
+// at or above its lower end: a key at most the k-th largest. Not inlined: its copies in the four
+// kernels would outgrow the instruction cache.
+__device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n, int enough) {
     int lane = threadIdx.x % 32;
     unsigned c[OCC_CAND / 32], lo = ~0u, hi = 0u, any = 0u;
     for (int j = 0; j < OCC_CAND / 32; j++) {
@@ -104,33 +99,34 @@ __device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n)
     any = __reduce_or_sync(0xffffffffu, any);
     int nb = 32 - __clz(lo ^ hi), low = max(__ffs(any) - 1, 0);  // the answer has hi's bits above nb, none below low
     unsigned res = nb == 32 ? 0u : hi >> nb << nb;
-    for (int bit = nb - 1; bit >= low; bit--) {
+    for (int bit = nb - 1, at = n; bit >= low && at > enough; bit--) {  // at: the keys at or above res
         unsigned t = res | 1u << bit;
-        if ((int)__reduce_add_sync(0xffffffffu, (unsigned)count_ge(t, c)) >= k) res = t;
+        int cnt = (int)__reduce_add_sync(0xffffffffu, (unsigned)count_ge(t, c));
+        if (cnt >= k) { res = t; at = cnt; }
     }
     return res;
 }
 
+// The threshold is a filter only: a key below the rank-th largest maximum lets a few more
+// candidates through. So its bisection stops once at most 5/4 rank maxima are at or above it,
+// ~10 steps in place of ~25. (H100, with the candidates ranked by counting: GPT-2 124M's
+// 3072-column GELU rows 4.92 ms a step with the whole bisection, 4.06 with it cut to the float's
+// top 5 mantissa bits. A cut relative to the value fails where values crowd: with 3 mantissa bits
+// hundreds of GELU's smallest values, at its minimum -0.17, got through, and the rows' own
+// bisection took 15.8 ms; one of 8 steps below the maxima's common prefix fails where they have
+// both signs: 8.16 ms.) The lanes' 32 maxima, whose smallest is a threshold in 5 shuffles, let
+// ~117 candidates through in 768 columns: 1.98 ms for GPT-2's norm rows, 1.29 with the slot maxima.
 // a key with at least rank of the row's keys at or above it, from gmax, each lane's maxima of its
-// 8 value slots: J = 1, the smallest over the warp of the lanes' maxima; J = 8, the rank-th
-// largest of all 256 (through list, scratch for 256 keys); J = 0, the smallest key
-__device__ inline unsigned group_threshold(const unsigned *gmax, int J, int rank, unsigned *list) {
-    if (J == 0) return 0u;
-    unsigned m = gmax[0];
-    for (int k = 1; k < 8; k++) m = max(m, gmax[k]);
-    if (J == 1) return __reduce_min_sync(0xffffffffu, m);
+// 8 value slots: the rank-th largest of all 256, or a little below (through list, scratch for
+// 256 keys); without grouped, the smallest key
+__device__ inline unsigned group_threshold(const unsigned *gmax, int grouped, int rank, unsigned *list) {
+    if (!grouped) return 0u;
     int lane = threadIdx.x % 32;
     for (int k = 0; k < 8; k++) list[lane * 8 + k] = gmax[k];
     __syncwarp();
-    unsigned t = kth_largest(rank, list, 256);
+    unsigned t = kth_largest(rank, list, 256, rank + rank / 4);
     __syncwarp();  // the list's space takes the candidates next
     return t;
-}
-
-// the k-th largest key of the row from its n <= OCC_CAND candidates, the keys above tau: tau itself
-// when fewer than k are above it
-__device__ inline unsigned kth_key(int k, const unsigned *cand, int n, unsigned tau) {
-    return k > n ? tau : kth_largest(k, cand, n);
 }
 
 // the (k - 1)-th largest key (up) or the (k + 1)-th (!up) of a row with the k-th a, from its
@@ -152,12 +148,40 @@ __device__ inline unsigned next_finish(int k, unsigned a, int up, int cnt, int f
     best = __reduce_max_sync(0xffffffffu, best);
     return found ? best : tau;
 }
-__device__ __noinline__ unsigned kth_next(int k, unsigned a, int up, const unsigned *cand, int n, unsigned tau) {
-    if (!up && a == tau) return a;  // keys equal to tau are no candidates: the rank k + 1 is tau
+
+// The keys of ranks k and k - 1 (up) or k + 1 (!up) of a row from its n <= OCC_CAND candidates,
+// the keys above tau (a rank past n: tau, which the groups were sized for). Up to 64 candidates
+// (the slot maxima's lists) each lane's candidates are ranked against all n: the key of rank j has fewer
+// than j above it and at least j at or above it; a pass over the list, where a bisection waits on
+// ~24 warp reductions in turn. Longer lists: the bisection, then one counting pass for the
+// neighbour. Not inlined, as kth_largest.
+template <int M>
+__device__ inline uint2 rank_pair(int k, int j, const unsigned *cand, int n, unsigned tau) {
+    int lane = threadIdx.x % 32, gt[M], ge[M];
+    unsigned c[M], r0 = 0u, r1 = 0u;  // keys are above tau >= 0: 0 is no key
+    for (int m = 0; m < M; m++) { c[m] = lane + 32 * m < n ? cand[lane + 32 * m] : 0u; gt[m] = ge[m] = 0; }
+    for (int i = 0; i < n; i++) {
+        unsigned x = cand[i];
+        for (int m = 0; m < M; m++) { gt[m] += x > c[m]; ge[m] += x >= c[m]; }
+    }
+    for (int m = 0; m < M; m++)
+        if (lane + 32 * m < n) {
+            if (gt[m] < k && k <= ge[m]) r0 = c[m];
+            if (gt[m] < j && j <= ge[m]) r1 = c[m];
+        }
+    r0 = __reduce_max_sync(0xffffffffu, r0);
+    r1 = __reduce_max_sync(0xffffffffu, r1);
+    return make_uint2(k <= n ? r0 : tau, j <= n ? r1 : tau);
+}
+__device__ __noinline__ uint2 kth_pair(int k, int up, const unsigned *cand, int n, unsigned tau) {
+    if (n <= 32) return rank_pair<1>(k, up ? k - 1 : k + 1, cand, n, tau);
+    if (n <= 64) return rank_pair<2>(k, up ? k - 1 : k + 1, cand, n, tau);
+    unsigned a = k > n ? tau : kth_largest(k, cand, n, 0);
+    if (!up && a == tau) return make_uint2(a, a);  // keys equal to tau are no candidates: the rank k + 1 is tau
     int cnt = 0, found = 0;
     unsigned best = up ? ~0u : 0u;
     for (int i = threadIdx.x % 32; i < n; i += 32) next_see(cand[i], a, up, &cnt, &found, &best);
-    return next_finish(k, a, up, cnt, found, best, tau);
+    return make_uint2(a, next_finish(k, a, up, cnt, found, best, tau));
 }
 
 // the lane's 8 keys (xor flip) of row r at 256-column chunk c0, columns c0 + lane * 8 .. + 7:
@@ -179,13 +203,13 @@ __device__ inline void chunk_keys(unsigned *key, const unsigned *keys, const Row
 }
 
 // A row with more than OCC_CAND keys above a threshold: its k-th largest key (xor flip) and the
-// next one (up or down) as kth_key and kth_next find them, by a bisection with a pass over the row
+// next one (up or down) as kth_pair finds them, by a bisection with a pass over the row
 // per step: over its whole keys in shared memory, or (keys NULL: halves) over the row made again
-// from the source (slower, same answer). Rare (0.2% a tail in iid rows of 768 with J = 1; with
-// J = 1 at 3072 it was 0.5-0.7%), but ~32 passes each: remaking the row on every pass, not reading
-// whole keys, cost GPT-2 124M's GELU selection 2.2 ms a step then (the row's block holds its
-// shared memory meanwhile). The source comes as
-// its pointers: a RowSource by reference would be copied to the stack every row.
+// from the source (slower, same answer). Rare (in simulated iid rows at most 75 keys clear the slot
+// maxima's threshold), but ~32 passes each: with the lanes' maxima as the threshold, 0.5-0.7% of
+// 3072-column rows overflowed, and remaking the row on every pass cost GPT-2 124M's GELU selection
+// 2.2 ms a step (the row's block holds its shared memory meanwhile). The source comes as its
+// pointers: a RowSource by reference would be copied to the stack every row.
 template <int OP>
 __device__ __noinline__ uint2 row_kth(int k, int up, unsigned flip, const unsigned *keys, const bf16 *x, const bf16 *w, const bf16 *b, int r,
                                       int cols, float mu, float rs) {
@@ -232,12 +256,34 @@ __device__ inline unsigned value_key(const RowSource &in, int r, int c, int cols
     return ord_key(c & 1 ? v[1] : v[0]);
 }
 
+// The halves' candidates, list[0..n) their columns: their exact keys (xor flip) made again from
+// the source, every load in flight at once, and those above tau kept, in list order; their count.
+// (More than OCC_CAND: the count stays, row_kth takes the row.)
+template <int OP>
+__device__ inline int exact_candidates(unsigned *list, int n, unsigned tau, unsigned flip, const RowSource &in, int r, int cols,
+                                       float mu, float rs) {
+    if (n > OCC_CAND) return n;
+    int lane = threadIdx.x % 32, m = 0;
+    unsigned k[OCC_CAND / 32], below = (1u << lane) - 1u;
+    for (int j = 0; j < OCC_CAND / 32; j++) k[j] = lane + 32 * j < n ? value_key<OP>(in, r, list[lane + 32 * j], cols, mu, rs) ^ flip : 0u;
+    __syncwarp();
+    #pragma unroll
+    for (int j = 0; j < OCC_CAND / 32 && 32 * j < n; j++) {
+        unsigned b = __ballot_sync(0xffffffffu, k[j] > tau);
+        if (k[j] > tau) list[m + __popc(b & below)] = k[j];
+        m += __popc(b);
+    }
+    __syncwarp();
+    return m;
+}
+
 // A warp's shared memory in the selection: the row's keys (cols rounded up to 256), then OCC_CAND
 // candidates for each tail; in 4-byte words. Rows wider than OCC_WHOLE_KEYS keep only their keys'
 // upper halves (twice the warps an SM), the candidates' exact keys made again from the source;
 // narrower rows keep whole keys, which overflowing rows bisect over without making the row again.
-// H100: LLaMA 928M's 5632-column SwiGLU rows 4.9 ms a step whole (8 warps an SM), 3.5 halved;
-// GPT-2 124M's 3072-column GELU rows 5.6 whole (halved not measured with this overflow path).
+// H100: LLaMA 928M's 5632-column SwiGLU rows 4.9 ms a step whole (8 warps an SM), 3.5 halved
+// (2.5 with the candidates made again all at once); GPT-2 124M's 3072-column GELU rows 4.06
+// whole, 4.18 halved; LLaMA's 2048-column norm rows 0.905 whole, 0.888 halved.
 #define OCC_WHOLE_KEYS 4096
 __host__ __device__ inline int occ_halves(int cols) { return cols > OCC_WHOLE_KEYS; }
 __host__ __device__ inline int occ_keys_words(int cols) {
@@ -283,12 +329,12 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
         }
     }
     int ktop = cols - p.ihi, kbot = p.ilo + 1, top = p.ihi == cols - 1;
-    unsigned ttop = group_threshold(gtop, p.jhi, ktop, ctop), tbot = group_threshold(gbot, p.jlo, kbot + 1, cbot), kmax = 0u, kmin = 0u;
+    unsigned ttop = group_threshold(gtop, p.ghi, ktop, ctop), tbot = group_threshold(gbot, p.glo, kbot + 1, cbot), kmax = 0u, kmin = 0u;
     for (int j = 0; j < 8; j++) { kmax = max(kmax, gtop[j]); kmin = max(kmin, gbot[j]); }
     float xmax = key_float(__reduce_max_sync(0xffffffffu, kmax)), xmin = key_float(~__reduce_max_sync(0xffffffffu, kmin));
     // the candidates above each threshold, one of each tail a lane per round, placed by a ballot in
-    // lane order (the same list run after run). Halves: those whose upper half is at or above the
-    // threshold's (a few more than needed), made exactly again from the source and kept if above it.
+    // lane order (the same list run after run). Halves: the columns whose upper half is at or above
+    // the threshold's (a few more than needed), made exactly again afterwards.
     int ntop = 0, nbot = 0;
     unsigned below = (1u << lane) - 1u, htop = ttop >> 16, hbot = tbot >> 16;
     for (int c0 = 0; c0 < cols; c0 += 256) {
@@ -308,26 +354,29 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
             for (int j = 0; j < 8; j++) { mtop |= (unsigned)(k[j] > ttop) << j; mbot |= (unsigned)(~k[j] > tbot) << j; }
         }
         while (__any_sync(0xffffffffu, mtop | mbot)) {
-            unsigned kt = 0u, kb = 0u;
+            unsigned kt = 0u, kb = 0u, bt = __ballot_sync(0xffffffffu, mtop), bb = __ballot_sync(0xffffffffu, mbot);
             if (mtop) {
                 int cj = c + __ffs(mtop) - 1;
-                kt = halves ? value_key<OP>(in, r, cj, cols, mu, rs) : keys[cj];
+                kt = halves ? cj : keys[cj];
                 mtop &= mtop - 1;
             }
             if (mbot) {
                 int cj = c + __ffs(mbot) - 1;
-                kb = ~(halves ? value_key<OP>(in, r, cj, cols, mu, rs) : keys[cj]);
+                kb = halves ? cj : ~keys[cj];
                 mbot &= mbot - 1;
             }
-            unsigned bt = __ballot_sync(0xffffffffu, kt > ttop), bb = __ballot_sync(0xffffffffu, kb > tbot);
             int it = ntop + __popc(bt & below), ib = nbot + __popc(bb & below);
-            if (kt > ttop && it < OCC_CAND) ctop[it] = kt;
-            if (kb > tbot && ib < OCC_CAND) cbot[ib] = kb;
+            if (bt >> lane & 1 && it < OCC_CAND) ctop[it] = kt;
+            if (bb >> lane & 1 && ib < OCC_CAND) cbot[ib] = kb;
             ntop += __popc(bt);
             nbot += __popc(bb);
         }
     }
     __syncwarp();
+    if (halves) {
+        ntop = exact_candidates<OP>(ctop, ntop, ttop, 0u, in, r, cols, mu, rs);
+        nbot = exact_candidates<OP>(cbot, nbot, tbot, ~0u, in, r, cols, mu, rs);
+    }
     // v[ihi], v[ihi + 1] are the (cols - ihi)-th and the next largest; v[ilo], v[ilo + 1] the
     // (ilo + 1)-th and the next smallest (the largest flipped keys)
     unsigned h0, h1, l0, l1;
@@ -335,15 +384,15 @@ __global__ void __launch_bounds__(OCC_WARPS * 32) occ_rows_kernel(float *scales,
         uint2 t = row_kth<OP>(ktop, 1, 0u, halves ? NULL : keys, in.x, in.w, in.b, r, cols, mu, rs);
         h0 = t.x; h1 = t.y;  // (unused when top)
     } else {
-        h0 = kth_key(ktop, ctop, ntop, ttop);
-        h1 = top ? h0 : kth_next(ktop, h0, 1, ctop, ntop, ttop);
+        uint2 t = kth_pair(ktop, 1, ctop, ntop, ttop);
+        h0 = t.x; h1 = t.y;
     }
     if (nbot > OCC_CAND) {
         uint2 t = row_kth<OP>(kbot, 0, ~0u, halves ? NULL : keys, in.x, in.w, in.b, r, cols, mu, rs);
         l0 = t.x; l1 = t.y;
     } else {
-        l0 = kth_key(kbot, cbot, nbot, tbot);
-        l1 = kth_next(kbot, l0, 0, cbot, nbot, tbot);
+        uint2 t = kth_pair(kbot, 0, cbot, nbot, tbot);
+        l0 = t.x; l1 = t.y;
     }
     float lo = quantile_lerp(key_float(~l0), key_float(~l1), p.flo);
     float hi = top ? key_float(h0) : quantile_lerp(key_float(h0), key_float(h1), p.fhi);

@@ -3,6 +3,7 @@
 
     python3 dev/bench/kernel_profile.py -e gpt2:d12 -b 32 [-r bf16] [--steps 2] [trainer flags, e.g. --occ 0]
     python3 dev/bench/kernel_profile.py -e llama:d16 -b 8 -r fp4 --detail 'codes_kernel<.int.5, .int.1' [--skip N]
+    python3 dev/bench/kernel_profile.py -e gpt2:d12 -b 32 -r fp4 --only occ_rows   (those kernels alone: quicker)
 
 Runs ./train_gpt2_fp4 for a few steps under `ncu --clock-control none`, times every kernel
 launch of the last `--steps` steps (each launch replayed alone, so the sum is an upper bound on
@@ -29,14 +30,17 @@ def main():
     ap.add_argument("-r", default="bf16")
     ap.add_argument("--steps", type=int, default=2, help="steps to time (after two warmup steps)")
     ap.add_argument("--ncu", default="ncu")
+    ap.add_argument("--bin", default="./train_gpt2_fp4", help="the trainer to run (a variant's build)")
     ap.add_argument("--csv", help="also keep ncu's raw CSV here")
     ap.add_argument("--detail", metavar="REGEX", help="instead: ncu's full report (stalls, memory, source counters) of "
                     "--count launches of the kernels whose demangled name matches; ncu writes them as "
                     "'codes_kernel<(int)2, (int)0, (int)1>' (match the parentheses with .)")
+    ap.add_argument("--only", metavar="REGEX", help="time only the kernels whose name matches (and the two that mark "
+                    "the steps); the total is then theirs")
     ap.add_argument("--skip", type=int, default=0, help="with --detail: matching launches to skip first")
     ap.add_argument("--count", type=int, default=1, help="with --detail: launches to report")
     a, extra = ap.parse_known_args()
-    cmd = ["./train_gpt2_fp4", "-e", a.e, "-b", str(a.b), "-t", str(a.t), "-x", str(2 + a.steps), "-v", "0",
+    cmd = [a.bin, "-e", a.e, "-b", str(a.b), "-t", str(a.t), "-x", str(2 + a.steps), "-v", "0",
            "-m", "1", "-r", a.r, "-i", DATA, "-j", DATA] + extra
     if a.detail:
         prof = subprocess.run([a.ncu, "--set", "full", "--kernel-name-base", "demangled", "-k", f"regex:{a.detail}",
@@ -46,8 +50,9 @@ def main():
         print(prof.stdout[prof.stdout.index("==PROF=="):])
         return
     # the step boundaries: the classifier runs once per training micro-step (eval runs after the last)
+    only = ["-k", f"regex:^({a.only}|classifier|encoder_forward)"] if a.only else []
     prof = subprocess.run([a.ncu, "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--csv",
-                           "--print-units", "base"] + cmd, cwd=ROOT, capture_output=True, text=True)
+                           "--print-units", "base"] + only + cmd, cwd=ROOT, capture_output=True, text=True)
     if prof.returncode != 0:
         sys.exit(f"error: ncu failed:\n{prof.stdout[-3000:]}{prof.stderr[-3000:]}")
     text = prof.stdout[prof.stdout.index('"ID"'):]
