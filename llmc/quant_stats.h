@@ -3,7 +3,8 @@
 // Quantization telemetry (--quant-stats): how far a quantized operand is from the tensor it
 // stands for (cosine similarity, mean squared error, signal-to-noise ratio), and the activation
 // table of Wang et al.'s Table 1: the same activation quantized with no clamp, clamped at the
-// 0.999 quantile, and clamped with the residual compensated at 0.999 / 0.99 / 0.97.
+// 0.999 quantile, and clamped with the residual compensated at 0.999 / 0.99 / 0.97; and ours,
+// clamped at 0.99 with the residual folded into the codes (--occ-comp 2).
 #ifndef LLMC_QUANT_STATS_H
 #define LLMC_QUANT_STATS_H
 
@@ -41,10 +42,11 @@ static QErr quant_error(const float *ref, const float *codes, const float *scale
     return qerr_from_sums(sums, (double)rows * cols);
 }
 
-#define QT_SETTINGS 5
-static const char *const qt_names[QT_SETTINGS] = { "no clamp", "clamp 0.999", "clamp+comp 0.999", "clamp+comp 0.99", "clamp+comp 0.97" };
-static const float qt_alpha[QT_SETTINGS] = { 0.0f, 0.999f, 0.999f, 0.99f, 0.97f };
-static const int qt_comp[QT_SETTINGS] = { 0, 0, 1, 1, 1 };
+#define QT_SETTINGS 6
+static const char *const qt_names[QT_SETTINGS] = { "no clamp", "clamp 0.999", "clamp+comp 0.999", "clamp+comp 0.99", "clamp+comp 0.97",
+                                                   "clamp+operand 0.99" };
+static const float qt_alpha[QT_SETTINGS] = { 0.0f, 0.999f, 0.999f, 0.99f, 0.97f, 0.99f };
+static const int qt_comp[QT_SETTINGS] = { 0, 0, 1, 1, 1, 2 };  // the residual: 1 added exactly, 2 folded into the codes
 
 // x (rows, cols) quantized per row to f under each setting of Table 1, against x itself
 static void quant_table_x(QErr out[QT_SETTINGS], const float *x, int rows, int cols, Format f) {
@@ -56,7 +58,8 @@ static void quant_table_x(QErr out[QT_SETTINGS], const float *x, int rows, int c
             if (qt_alpha[s] > 0.0f) occ_clamp_rows(xc, resid, x, rows, cols, qt_alpha[s]);
             quantize_matrix(codes, scales, qt_alpha[s] > 0.0f ? xc : x, rows, cols, f, 0, 0);
         }
-        out[s] = quant_error(x, codes, scales, qt_comp[s] ? resid : NULL, rows, cols, 0);
+        if (qt_comp[s] == 2) occ_fold_codes(codes, scales, x, xc, rows, cols);  // the codes change: no setting after it shares them
+        out[s] = quant_error(x, codes, scales, qt_comp[s] == 1 ? resid : NULL, rows, cols, 0);
     }
     free(xc); free(resid); free(codes); free(scales);
 }

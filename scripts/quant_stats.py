@@ -18,7 +18,7 @@ from collections import defaultdict
 
 from plot_curves import read_jsonl
 
-SETTINGS = ["no clamp", "clamp 0.999", "clamp+comp 0.999", "clamp+comp 0.99", "clamp+comp 0.97"]
+SETTINGS = ["no clamp", "clamp 0.999", "clamp+comp 0.999", "clamp+comp 0.99", "clamp+comp 0.97", "clamp+operand 0.99"]
 FOUR_BIT = {"e2m1", "e1m2", "e3m0"}
 
 

@@ -230,6 +230,16 @@ int main(void) {
     CHECK(t[4].snr_db > t[0].snr_db && t[2].snr_db > t[1].snr_db,
           "Table 1 with planted outliers: clamp+comp beats no clamp (%.1f vs %.1f dB) and clamp alone (%.1f vs %.1f)",
           t[4].snr_db, t[0].snr_db, t[2].snr_db, t[1].snr_db);
+    // folded into the codes, the residual keeps E4M3's 3 mantissa bits up to 448 times the scale:
+    // outliers 8 to 12 times the clamp fit, those above (80 to 240 times) saturate
+    float mild[KO];
+    memcpy(mild, row, sizeof(mild));
+    mild[17] = 1e3f; mild[200] = -1.5e3f; mild[99] = 6e2f;
+    QErr tm[QT_SETTINGS];
+    quant_table_x(tm, mild, 1, KO, FMT_E2M1);
+    CHECK(tm[5].snr_db > tm[0].snr_db + 10.0 && tm[5].snr_db <= tm[3].snr_db && t[5].snr_db < t[0].snr_db,
+          "Table 1, the residual folded into the codes at 0.99: %.1f dB between no clamp's %.1f and the exact compensation's %.1f; "
+          "saturated, %.1f dB below no clamp's %.1f", tm[5].snr_db, tm[0].snr_db, tm[3].snr_db, t[5].snr_db, t[0].snr_db);
 
     // where the outliers sit: 128 x 200, column 5 in every row, and row r's second entry in column
     // 10 + r % 100 (columns 10..37 twice, 38..109 once): the busiest 2 columns hold 128 + 2 of the
