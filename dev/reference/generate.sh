@@ -43,6 +43,7 @@ gen gpt2_fp4_noocc "$gpt2" "${fp4[@]}" --occ 0
 gen llama_fp4_noocc "$llama" "${fp4[@]}" --occ 0
 gen gpt2_fp4_naive "$gpt2" "${fp4[@]}" --occ 0 --dge 0 --scaling tensor  # reproduce_curves.sh's naive FP4
 gen gpt2_fp4_operand "$gpt2" "${fp4[@]}" --occ-comp operand  # OCC's compensation in the operand
+gen llama_fp4_operand "$llama" "${fp4[@]}" --occ-comp operand
 
 total=$(du -cb "$out"/*.bin | tail -1 | cut -f1)
 echo "total $total bytes"
