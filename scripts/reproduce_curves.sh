@@ -37,6 +37,8 @@ declare -A flags=(
     [fp4_naive]="-r fp4 --scaling tensor --dge 0 --occ 0" [fp4_clamp]="-r fp4 --occ-comp 0" [fp4_operand]="-r fp4 --occ-comp 2"
     [bf16_attn8]="-r bf16 --attn-core fp8" [fp4_attn8]="-r fp4 --attn-core fp8"
 )
+order=(bf16 bf16_attn8 fp8 fp4 fp4_attn8 fp4_nodge fp4_clamp fp4_operand fp4_noocc fp4_naive)  # the plot's and table's
+for r in "${!flags[@]}"; do [[ " ${order[*]} " == *" $r "* ]] || { echo "error: run '$r' has no place in the order" >&2; exit 1; }; done
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(bf16 fp8 fp4 fp4_nodge fp4_noocc fp4_naive)
 for r in "${runs[@]}"; do [ -n "${flags[$r]:-}" ] || { echo "error: unknown run '$r' (${!flags[*]})" >&2; exit 2; }; done
@@ -72,7 +74,8 @@ reap() {
     unset "pid_run[$p]" "pid_gpu[$p]" "pid_start[$p]"
 }
 start_s=$(date +%s)
-for r in fp4_attn8 fp4 fp4_nodge fp4_clamp fp4_operand fp4_noocc fp4_naive fp8 bf16_attn8 bf16; do
+for (( i = ${#order[@]} - 1; i >= 0; i-- )); do  # the slower 4-bit runs first
+    r=${order[i]}
     for s in "${runs[@]}"; do
         [ "$s" = "$r" ] || continue
         for sd in "${seeds[@]}"; do
@@ -92,7 +95,7 @@ echo "wall time $(( $(date +%s) - start_s )) s, $failed failed"
 [ "$failed" -eq 0 ] || exit 1
 
 labels=()
-for r in bf16 bf16_attn8 fp8 fp4 fp4_attn8 fp4_nodge fp4_clamp fp4_noocc fp4_naive; do
+for r in "${order[@]}"; do
     for s in "${runs[@]}"; do
         [ "$s" = "$r" ] || continue
         for sd in "${seeds[@]}"; do labels+=("$r=$out/$(job "$r" "$sd")"); done
