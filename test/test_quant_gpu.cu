@@ -287,8 +287,9 @@ static void test_fused_sources(uint64_t seed) {
                   "and the backward", names[op], differ, nz);
             printf("OCC on fused %s: R (%ld nonzero) made again by the backward bit for bit\n", names[op], nz);
             // the selection's bounds on FP32 values (the CPU tests above see BF16 ones) against
-            // the quantiles by ranks, at three alphas: thresholds from the lanes' 32 maxima
-            // (0.99), from the 256 slot maxima (0.9: rank 77) and none (0.6: the whole row)
+            // the quantiles by ranks, at three alphas: thresholds from the 256 slot maxima at rank
+            // 8 (0.99: short lists, ranked by counting) and 77 (0.9: longer lists), and none (0.6:
+            // the whole row)
             const float alphas[3] = { 0.99f, 0.9f, 0.6f };
             char what[64];
             snprintf(what, sizeof(what), "fused %s", names[op]);
@@ -326,8 +327,8 @@ static void test_fused_sources(uint64_t seed) {
 // OCC's bounds on rows wider than OCC_WHOLE_KEYS (the selection keeps only its keys' upper halves
 // and makes its candidates again from the source) against the quantiles by ranks, bit for bit, on
 // BF16 rows and on fused sources' FP32 values, at alpha 0.999 / 0.99 / 0.9: thresholds from the
-// slot maxima at ranks 5 and 47 (rows this wide never take the lanes' maxima), and none (the
-// whole row, made again for every pass)
+// slot maxima at ranks 5 and 47 (the candidates' columns gathered, their exact keys made again all
+// at once), and none (the whole row, made again for every pass)
 static void test_occ_wide(uint64_t seed) {
     const int rows = 24, cols = 4616;  // past OCC_WHOLE_KEYS, and not a multiple of 256
     const char *names[4] = { "plain", "layernorm", "gelu", "swiglu" };
