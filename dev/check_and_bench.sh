@@ -2,7 +2,7 @@
 # One device call: build, every GPU test, then the benchmark, with logs under $OUT (default
 # out/device). Usage: bash dev/check_and_bench.sh [bench configs, default gpt2:d12:32]
 # TESTS=0 skips the tests, BENCH=0 the benchmark, BENCH_FLAGS adds flags to dev/bench/bench.py (e.g. --no-pytorch),
-# RECIPES its recipes, separated by ';' (default "bf16;fp8;fp4 --occ 0;fp4"),
+# RECIPES its recipes, separated by ';' (default "bf16;fp8;fp4 --occ 0;fp4;fp4 --occ-comp 2"),
 # PROFILE="gpt2:d12@32@fp4 gpt2:d12@32@fp4@--occ,0 ..." adds per-kernel profiles
 # (MODEL@BATCH@RECIPE[@TRAINER_FLAGS, commas for spaces]) at the end, and
 # DETAIL="gpt2:d12@8@fp4@occ_rows_kernel<.*2> ..." ncu's full report of one launch of each kernel
@@ -24,7 +24,7 @@ tail -9 "$out/trainrun.log"
 stamp tested
 fi
 if [ "${BENCH:-1}" = 1 ]; then
-    IFS=';' read -r -a recipes <<< "${RECIPES:-bf16;fp8;fp4 --occ 0;fp4}"
+    IFS=';' read -r -a recipes <<< "${RECIPES:-bf16;fp8;fp4 --occ 0;fp4;fp4 --occ-comp 2}"
     python3 dev/bench/bench.py ${BENCH_FLAGS:-} --recipes "${recipes[@]}" --configs "${@:-gpt2:d12:32}" > "$out/bench.md" 2> "$out/bench.err"
     cat "$out/bench.md"; tail -5 "$out/bench.err"
     stamp benchmarked

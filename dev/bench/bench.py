@@ -57,7 +57,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--configs", nargs="+", default=["gpt2:d12:32", "gpt2:d24:16", "llama:d16,T=1024:8"],
                     help="MODEL:BATCH")
-    ap.add_argument("--recipes", nargs="+", default=["bf16", "fp8", "fp4 --occ 0", "fp4"],
+    ap.add_argument("--recipes", nargs="+", default=["bf16", "fp8", "fp4 --occ 0", "fp4", "fp4 --occ-comp 2"],
                     help="recipes with their extra flags, one quoted argument each")
     ap.add_argument("--no-pytorch", action="store_true", help="our recipes only (quick comparisons between them)")
     ap.add_argument("--ranks", type=int, default=1, help="N > 1: scaling from 1 to N GPUs instead")
@@ -86,13 +86,19 @@ def main():
         vs = f"{tok / base[model]:.2f}x" if model in base and not who.endswith(" bf16") else ""
         print(f"| {model} | {B} | {who} | {ms:.1f} | {tok:,.0f} | {mfu:.1f}% | {peak:,.0f} | "
               f"{'' if rel is None else f'{rel:.2f}x'} | {vs} |")
-    # OCC's cost (issue 5's bar: at most 10% of the fp4 step), where both fp4 rows ran
+    # OCC's cost (issue 5's bar: at most 10% of the fp4 step): each fp4 row that differs from
+    # "fp4 --occ 0" only in OCC's flags, against it
     step = {(model, who.split(" ", 1)[1]): r[0] for model, _, who, r, _ in rows if who.startswith("train_gpt2_fp4 ")}
-    for model in dict.fromkeys(m for m, _ in step):
-        if (model, "fp4") in step and (model, "fp4 --occ 0") in step:
-            with_occ, without = step[model, "fp4"], step[model, "fp4 --occ 0"]
-            print(f"\n{model}: OCC (alpha 0.99) costs {with_occ - without:.1f} ms a step, "
-                  f"{(with_occ - without) / with_occ:.0%} of the fp4 step ({with_occ / without - 1:+.0%} over fp4 --occ 0)")
+    comp = {"1": "exact compensation", "2": "compensation in the operand", "0": "clamp only"}
+    for model, recipe in step:
+        flags = recipe.split()
+        opts = dict(zip(flags[1::2], flags[2::2]))
+        if flags[0] != "fp4" or len(flags) % 2 == 0 or not set(opts) <= {"--occ-comp", "--occ-alpha"} or (model, "fp4 --occ 0") not in step:
+            continue
+        with_occ, without = step[model, recipe], step[model, "fp4 --occ 0"]
+        print(f"\n{model}: OCC (alpha {opts.get('--occ-alpha', '0.99')}, {comp.get(opts.get('--occ-comp', '1'), '?')}) costs "
+              f"{with_occ - without:.1f} ms a step, {(with_occ - without) / with_occ:.1%} of the `{recipe}` step "
+              f"({with_occ / without - 1:+.1%} over fp4 --occ 0)")
 
 
 def scaling(a):
