@@ -10,12 +10,12 @@
 // columns keep only the keys' upper halves: twice the warps an SM). The k-th largest value of a
 // row is at least the k-th largest of the maxima of any disjoint groups of its values (k groups
 // hold a value that large). So group maxima give a threshold with at least k values above it:
-// for k <= 256, the k-th largest of the 256 maxima of the lanes' value slots, cut to its upper
-// bits (about 7 values above it in 768, 32 in 3072, 63 in 5632; iid rows, simulated). The values
-// above the threshold are gathered (halves: those whose upper half clears the threshold's, then
-// made exactly again from the source, all at once); up to 64 of them are ranked
-// against each other, which gives the exact k-th and its neighbour (the quantile interpolates the
-// two) in one pass; longer lists take a bisection on the bits of their keys (over the bits where
+// for k <= 256, the k-th largest of the 256 maxima of the lanes' value slots, or a little below it
+// (about 7 values above the exact one in 768, 32 in 3072, 63 in 5632; iid rows, simulated). The
+// values above the threshold are gathered (halves: those whose upper half clears the threshold's,
+// then made exactly again from the source, all at once); up to 64 of them are ranked against each
+// other, which gives the exact k-th and its neighbour (the quantile interpolates the two) in one
+// pass; longer lists take a bisection on the bits of their keys (over the bits where
 // they differ only: BF16 sources leave 16 low bits zero) and a counting pass. (More than OCC_CAND
 // above it: both count over the whole row's keys, or halves the row made again per pass; slower,
 // same answer.)
@@ -116,6 +116,7 @@ __device__ __noinline__ unsigned kth_largest(int k, const unsigned *cand, int n,
 // bisection took 15.8 ms; one of 8 steps below the maxima's common prefix fails where they have
 // both signs: 8.16 ms.) The lanes' 32 maxima, whose smallest is a threshold in 5 shuffles, let
 // ~117 candidates through in 768 columns: 1.98 ms for GPT-2's norm rows, 1.29 with the slot maxima.
+
 // a key with at least rank of the row's keys at or above it, from gmax, each lane's maxima of its
 // 8 value slots: the rank-th largest of all 256, or a little below (through list, scratch for
 // 256 keys); without grouped, the smallest key
