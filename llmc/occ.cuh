@@ -152,10 +152,10 @@ __device__ inline unsigned next_finish(int k, unsigned a, int up, int cnt, int f
 
 // The keys of ranks k and k - 1 (up) or k + 1 (!up) of a row from its n <= OCC_CAND candidates,
 // the keys above tau (a rank past n: tau, which the groups were sized for). Up to 64 candidates
-// (the slot maxima's lists) each lane's candidates are ranked against all n: the key of rank j has fewer
-// than j above it and at least j at or above it; a pass over the list, where a bisection waits on
-// ~24 warp reductions in turn. Longer lists: the bisection, then one counting pass for the
-// neighbour. Not inlined, as kth_largest.
+// (the slot maxima's lists), each lane's are ranked against all n: the key of rank j has fewer
+// than j above it and at least j at or above it; one pass over the list, where a bisection waits
+// on ~24 warp reductions in turn. Longer lists: the bisection, then one counting pass for the
+// neighbour. kth_pair is not inlined, as kth_largest.
 template <int M>
 __device__ inline uint2 rank_pair(int k, int j, const unsigned *cand, int n, unsigned tau) {
     int lane = threadIdx.x % 32, gt[M], ge[M];
