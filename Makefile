@@ -16,7 +16,7 @@ HEADERS = $(wildcard llmc/*.h)
 NVCC ?= nvcc
 NVCC_FLAGS ?= -O3 -arch=sm_90 -std=c++17
 ifneq ($(shell command -v $(NVCC) 2>/dev/null),)
-  CUDA_TARGETS = train_gpt2_fp4 test/test_gpu_train test/test_quant_gpu test/test_kernels_gpu
+  CUDA_TARGETS = train_gpt2_fp4 test/test_gpu_train test/test_quant_gpu test/test_kernels_gpu dev/cuda/fp8_gemm
 else
   $(info nvcc not found: skipping the CUDA targets)
 endif
@@ -123,6 +123,10 @@ test/test_gpu_train: test/test_gpu_train.cu train_gpt2_fp4.cu llmc/cudnn_attenti
 test/test_quant_gpu: test/test_quant_gpu.cu $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $< -lcublasLt
 
+# wgmma exists only on sm_90a, the arch-specific Hopper target
+dev/cuda/fp8_gemm: dev/cuda/fp8_gemm.cu $(CUDA_HEADERS)
+	$(NVCC) $(filter-out -arch=%,$(NVCC_FLAGS)) -gencode arch=compute_90a,code=sm_90a -o $@ $< -lcublasLt
+
 test/test_kernels_gpu: test/test_kernels_gpu.cu llmc/cudnn_attention.o $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS)
 
@@ -151,4 +155,4 @@ test-reference:
 
 clean:
 	rm -f llmc/cudnn_attention.o train_gpt2 train_gpt2_fp4 test/test_quant test/test_train test/test_quant_gpu test/test_gpu_train \
-		test/test_kernels_gpu test/test_dist_cpu
+		test/test_kernels_gpu test/test_dist_cpu dev/cuda/fp8_gemm
