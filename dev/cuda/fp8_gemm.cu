@@ -15,11 +15,13 @@
 // tile with m64n128k32 wgmmas. Each 128-wide k-slice is summed by the tensor cores into a fresh
 // accumulator, then added in FP32 on the CUDA cores: Hopper's FP8 accumulation keeps fewer bits
 // than FP32 (a whole k of 32768 drifts by more than BF16's rounding), and cuBLASLt promotes the
-// same way unless told to accumulate fast. Two slices are in flight, so the tensor cores sum one
-// while the other is added. The epilogue scales the sums into a swizzled BF16 tile in shared
-// memory, and one thread stores it with TMA while the warpgroup starts its next tile.
+// same way unless told to accumulate fast. The epilogue scales the sums into a swizzled BF16 tile
+// in shared memory, and one thread stores it with TMA while the warpgroup starts its next tile.
 //
-// -DCLUSTER=1 / -DMULTICAST=0 build the variants without sharing (dev/NOTES.md has their times).
+// What bounds it is shared memory's bandwidth (128 bytes a clock an SM): a k-slice writes
+// (BM + BN) x 128 bytes and the wgmmas read each warpgroup's A and all of B. At BN = 128 that is
+// ~156 bytes for every 4096 MACs the tensor cores do in a clock; at BN = 256, ~125 to ~141.
+// -DBN=128 -DSTAGES=5, -DCLUSTER=1, -DMULTICAST=0 build the variants (times in dev/NOTES.md).
 //   make dev/cuda/fp8_gemm && ./dev/cuda/fp8_gemm
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -30,9 +32,13 @@
 typedef __nv_fp8_storage_t fp8;
 
 #define BM 128
-#define BN 128
+#ifndef BN
+#define BN 256      // or 128 (with STAGES 5): two partial sums in flight, more shared-memory bytes a FLOP
+#endif
 #define BK 128      // k per stage: one 128-byte swizzle row of FP8
-#define STAGES 5
+#ifndef STAGES
+#define STAGES 3    // as many as fit beside the output tiles
+#endif
 #define THREADS 384 // warpgroup 0 loads, 1 and 2 multiply
 #ifndef CLUSTER
 #define CLUSTER 2   // CTAs of a cluster take vertically adjacent tiles and share B's loads
@@ -108,7 +114,8 @@ __device__ inline uint64_t smem_desc(const void *p) {
 
 __device__ inline void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ inline void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ inline void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// until at most N groups of this warpgroup are in flight
+template <int N> __device__ inline void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
 // keeps the compiler from reading an accumulator before the wgmma that writes it has completed
 __device__ inline void reg_fence(float &r) { asm volatile("" : "+f"(r)::"memory"); }
 
@@ -189,8 +196,10 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
     // consumers: warpgroup 1 takes rows 0-63 of the tile, 2 rows 64-127. A thread holds, for each
     // 8 columns i, the pairs (row, 8i + 2q + {0, 1}) and (row + 8, ...) with q = lane % 4.
     int rows_off = (wg - 1) * 64;
-    float acc[64], part0[64], part1[64];
-    int it = 0;
+    float acc[BN / 2], part0[64];
+    int it = 0;  // k-slices begun, over all tiles
+#if BN == 128
+    float part1[64];
     // the next k-slice (stage it) into p: its wgmmas go in flight as one group
     auto issue = [&](float (&p)[64]) {
         int s = it % STAGES;
@@ -207,22 +216,26 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
     // once at most `pending` groups are in flight: the slice before them is done, its stage is
     // given back and its sum p is added to acc
     auto retire = [&](float (&p)[64], int kt, int pending) {
-        if (pending) asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
-        else wgmma_wait_all();
+        if (pending) wgmma_wait<1>();
+        else wgmma_wait<0>();
         if (lane == 0)
             for (int c = 0; c < CLUSTER; c++) mbar_arrive_cluster(&empty[(it - 1 - pending) % STAGES], c);
         #pragma unroll
         for (int i = 0; i < 64; i++) { reg_fence(p[i]); acc[i] = kt > 0 ? acc[i] + p[i] : p[i]; }
     };
+#endif
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-    // the tile's scales, in shared memory for the epilogue: a consumer thread loads one column
-    // scale and (the first 64) one row scale as the tile starts, stores them once its sums are done
+    // the tile's scales, in shared memory for the epilogue: a consumer thread loads BN / 128 column
+    // scales and (the first 64) one row scale as the tile starts, stores them once its sums are done
     float *row_scale = scales + (wg - 1) * (64 + BN), *col_scale = row_scale + 64;
     int tid = threadIdx.x % 128;
     for (int u = first; u < units; u += step) {
         int m0 = (u / tiles_n * CLUSTER + rank) * BM, n0 = u % tiles_n * BN;
         int r = m0 + rows_off + tid, c = n0 + tid;
-        float my_row = tid < 64 && r < M ? sa[r] : 0.0f, my_col = c < N ? sb[c] : 0.0f;
+        float my_row = tid < 64 && r < M ? sa[r] : 0.0f, my_col[BN / 128];
+        for (int j = 0; j < BN / 128; j++) my_col[j] = c + 128 * j < N ? sb[c + 128 * j] : 0.0f;
+#if BN == 128
+        // two slices in flight: while the tensor cores sum one, the other is added
         for (int kt = 0; kt < ktiles; kt += 2) {
             issue(part0);
             if (kt > 0) retire(part1, kt - 1, 1);
@@ -230,6 +243,29 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
         }
         if (ktiles % 2) retire(part0, ktiles - 1, 0);
         else retire(part1, ktiles - 1, 0);
+#else
+        // a 64 x 256 sum leaves registers for one 64 x 128 partial sum: a slice's two halves are
+        // summed and added in turn, the other warpgroup's wgmmas filling the gaps
+        for (int kt = 0; kt < ktiles; kt++, it++) {
+            int s = it % STAGES;
+            mbar_wait(&full[s], it / STAGES & 1);
+            uint64_t da = smem_desc(sa_tiles + s * BM * BK + rows_off * BK), db = smem_desc(sb_tiles + s * BN * BK);
+            #pragma unroll
+            for (int h = 0; h < 2; h++) {
+                uint64_t dbh = db + h * (128 * BK >> 4);  // B's rows 128h on, in 16-byte units
+                wgmma_fence();
+                wgmma_m64n128k32<false>(part0, da, dbh);
+                #pragma unroll
+                for (int kk = 1; kk < BK / 32; kk++) wgmma_m64n128k32<true>(part0, da + 2 * kk, dbh + 2 * kk);
+                wgmma_commit();
+                wgmma_wait<0>();
+                #pragma unroll
+                for (int i = 0; i < 64; i++) { reg_fence(part0[i]); acc[64 * h + i] = kt > 0 ? acc[64 * h + i] + part0[i] : part0[i]; }
+            }
+            if (lane == 0)
+                for (int c = 0; c < CLUSTER; c++) mbar_arrive_cluster(&empty[s], c);
+        }
+#endif
 
         // the epilogue: scaled BF16 into the warpgroup's staging tile, then one thread stores it
         // with TMA while the warpgroup goes on to its next tile
@@ -237,7 +273,7 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
         if (tid == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // the last store has read out
         asm volatile("bar.sync %0, 128;" ::"r"(wg));  // ... and the last epilogue the scales
         if (tid < 64) row_scale[tid] = my_row;
-        col_scale[tid] = my_col;
+        for (int j = 0; j < BN / 128; j++) col_scale[tid + 128 * j] = my_col[j];
         asm volatile("bar.sync %0, 128;" ::"r"(wg));
         int r0 = warp * 16 + lane / 4;  // and r0 + 8, in the warpgroup's 64 rows
         float s0 = row_scale[r0], s1 = row_scale[r0 + 8];
