@@ -109,6 +109,7 @@ typedef struct {
                                   // step (the codes are made per layer when a GEMM needs them)
     int wq_stale;                 // weights changed since their scales were taken
     int qstats;                   // --quant-stats: the running forward + backward adds to qsums
+    int deterministic;            // --deterministic: attention's backward in a fixed order
     double *qsums;                // (L, NUM_LINEARS, QS_N) the quantized linears' telemetry sums
     float *ones;                  // (nones) unit scales, for GEMM operands that are exact codes
     int nones;
@@ -223,6 +224,7 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     CUDA_CHECK(cudaMemset(m->v, 0, own * sizeof(float)));
     CUDA_CHECK(cudaMallocHost(&m->host_norm, sizeof(float)));
     m->qstats = 0;
+    m->deterministic = 1;  // main sets --deterministic
     m->qsums = (double *)cuda_malloc((size_t)c->L * NUM_LINEARS * QS_N * sizeof(double));
     int hd = config_hd(c);
     float *cs = (float *)malloc_check((size_t)c->T * hd * sizeof(float)), *sn = cs + (size_t)c->T * hd / 2;
@@ -596,7 +598,7 @@ static void model_backward(Model *m, int reduce) {
                       a->ln2_rstd + (size_t)l * N, N, C, st);
         // attention: attproj, the attention core with RoPE, qkv, norm 1
         linear_backward(m, LIN_ATTPROJ, l, s->datty, &dres, &in[LIN_ATTPROJ], NULL, N);
-        attention_backward(s->dqkv, s->datty, qkv, atty, stats, cs, sn, B, T, c->H, c->KV, hd, st);
+        attention_backward(s->dqkv, s->datty, qkv, atty, stats, cs, sn, B, T, c->H, c->KV, hd, m->deterministic, st);
         RowSource dqkv = rows_plain(s->dqkv);
         linear_backward(m, LIN_QKV, l, s->dln, &dqkv, &in[LIN_QKV], NULL, N);
         norm_backward(s->dres, GRAD(m, P_LN1W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN1B) + (size_t)l * C : NULL, s->partial,
@@ -757,19 +759,20 @@ static void save_checkpoint(Model *m, Run *run, const Args *a, int step, float *
 int main(int argc, char **argv) {
     Args a = args_defaults("gpt2:d12", "bf16");
     a.B = 8; a.T = 1024; a.lr = 6e-4f;
-    int master_fp32 = 0, zero = 1;
+    int master_fp32 = 0, zero = 1, deterministic = 1;
     float timeout_s = 300.0f;
     const char *dist_addr = NULL;
     Flag flags[MAX_FLAGS];
     int nflags = args_flags(&a, flags);
     flags[nflags++] = (Flag){ "--master-fp32", FLAG_INT, &master_fp32, "1: keep FP32 master weights (else BF16 + stochastic rounding)" };
     flags[nflags++] = (Flag){ "--zero", FLAG_INT, &zero, "1: shard the optimizer state over the ranks (ZeRO-1); 0: replicate it" };
+    flags[nflags++] = (Flag){ "--deterministic", FLAG_INT, &deterministic, "1: the same bits run after run (attention's backward in a fixed order); 0: cuDNN's fastest" };
     flags[nflags++] = (Flag){ "--dist-init", FLAG_STR, &dist_addr, "HOST:PORT of rank 0, for a multi-process start without MPI" };
     flags[nflags++] = (Flag){ "--nccl-timeout", FLAG_FLOAT, &timeout_s, "seconds a rank waits for the others before ending the job" };
     setvbuf(stdout, NULL, _IOLBF, 0);
     parse_flags(argc, argv, flags, nflags, "./train_gpt2_fp4", "GPU trainer for GPT-2 and LLaMA (SPEC.md)");
     check_args(&a);
-    if ((master_fp32 | zero) & ~1) die("--master-fp32 and --zero take 0 or 1");
+    if ((master_fp32 | zero | deterministic) & ~1) die("--master-fp32, --zero and --deterministic take 0 or 1");
     if (!(timeout_s >= 1.0f)) die("--nccl-timeout must be at least 1 second");
     RecipeOptions ro = recipe_options(&a);
     Recipe recipe = gpu_recipe(&ro);
@@ -795,6 +798,7 @@ int main(int argc, char **argv) {
     }
     Model m;
     model_create(&m, &cfg, &recipe, master_fp32, &dist, zero);
+    m.deterministic = deterministic;
     model_set_params(&m, host_params);
     if (resume_step >= 0) {  // this rank's shard of the state, whatever the saving run's number of ranks
         size_t own = m.hi - m.lo;

@@ -47,10 +47,12 @@ static void attention_forward(bf16 *out, float *stats, bf16 *qkv, const float *c
     else cudnn_attention_forward(out, stats, qkv, B, T, H, KV, hd, st);
 }
 
-// dqkv (B, T, H + 2 KV, hd) from dout (B, T, H hd); qkv, out, stats as the forward left them
+// dqkv (B, T, H + 2 KV, hd) from dout (B, T, H hd); qkv, out, stats as the forward left them;
+// deterministic: the same bits run after run (cudnn_attention.h)
 static void attention_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const bf16 *out, const float *stats,
-                               const float *cos, const float *sin, int B, int T, int H, int KV, int hd, cudaStream_t st) {
-    cudnn_attention_backward(dqkv, dout, qkv, out, stats, B, T, H, KV, hd, st);
+                               const float *cos, const float *sin, int B, int T, int H, int KV, int hd, int deterministic,
+                               cudaStream_t st) {
+    cudnn_attention_backward(dqkv, dout, qkv, out, stats, B, T, H, KV, hd, deterministic, st);
     if (cos) rope(dqkv, cos, sin, B, T, H, KV, hd, -1.0f, st);
 }
 

@@ -34,7 +34,7 @@ static std::shared_ptr<fe::graph::Tensor_attributes> rows_view(fe::graph::Graph 
                         .set_dim({B, H, T, hd}).set_stride({(int64_t)T * H * hd, hd, (int64_t)H * hd, 1}));
 }
 
-// kind 0: inference forward, 1: training forward (with stats), 2: backward
+// kind 0: inference forward, 1: training forward (with stats), 2: backward, 3: deterministic backward
 static fe::graph::Graph &graph_for(int kind, int B, int T, int H, int KV, int hd) {
     std::array<int, 6> key = { kind, B, T, H, KV, hd };
     auto it = graphs.find(key);
@@ -63,7 +63,8 @@ static fe::graph::Graph &graph_for(int kind, int B, int T, int H, int KV, int hd
         auto stats = g->tensor(fe::graph::Tensor_attributes().set_name("stats").set_uid(UID_STATS)
                                    .set_dim({B, H, T, 1}).set_stride({(int64_t)H * T, T, 1, 1})
                                    .set_data_type(fe::DataType_t::FLOAT));
-        auto opts = fe::graph::SDPA_backward_attributes().set_name("sdpa_backward").set_attn_scale(scale).set_causal_mask(true);
+        auto opts = fe::graph::SDPA_backward_attributes().set_name("sdpa_backward").set_attn_scale(scale).set_causal_mask(true)
+                        .set_deterministic_algorithm(kind == 3);
         auto [dQ, dK, dV] = g->sdpa_backward(Q, K, V, O, dO, stats, opts);
         dQ->set_output(true).set_uid(UID_DQ).set_dim({B, H, T, hd}).set_stride({(int64_t)T * all * hd, hd, (int64_t)all * hd, 1});
         dK->set_output(true).set_uid(UID_DK).set_dim({B, KV, T, hd}).set_stride({(int64_t)T * all * hd, hd, (int64_t)all * hd, 1});
@@ -102,8 +103,8 @@ extern "C" void cudnn_attention_forward(void *out, float *stats, const void *qkv
 }
 
 extern "C" void cudnn_attention_backward(void *dqkv, const void *dout, const void *qkv, const void *out, const float *stats,
-                                         int B, int T, int H, int KV, int hd, cudaStream_t stream) {
-    fe::graph::Graph &g = graph_for(2, B, T, H, KV, hd);
+                                         int B, int T, int H, int KV, int hd, int deterministic, cudaStream_t stream) {
+    fe::graph::Graph &g = graph_for(deterministic ? 3 : 2, B, T, H, KV, hd);
     char *base = (char *)qkv, *dbase = (char *)dqkv;
     size_t head_bytes = (size_t)hd * 2;
     std::unordered_map<int64_t, void *> ptrs = {

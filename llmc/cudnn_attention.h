@@ -16,9 +16,11 @@ extern "C" {
 void cudnn_attention_forward(void *out, float *stats, const void *qkv, int B, int T, int H, int KV, int hd,
                              cudaStream_t stream);
 
-// dqkv (B, T, H + 2 KV, hd) from dout (B, T, H hd) and the forward's qkv, out and stats
+// dqkv (B, T, H + 2 KV, hd) from dout (B, T, H hd) and the forward's qkv, out and stats;
+// deterministic: cuDNN's algorithm that sums dQ in a fixed order (else its fastest, whose atomic
+// adds make the bits differ from run to run)
 void cudnn_attention_backward(void *dqkv, const void *dout, const void *qkv, const void *out, const float *stats,
-                              int B, int T, int H, int KV, int hd, cudaStream_t stream);
+                              int B, int T, int H, int KV, int hd, int deterministic, cudaStream_t stream);
 
 // device bytes cuDNN's workspace holds (for the peak-memory report)
 size_t cudnn_attention_bytes(void);
