@@ -64,9 +64,6 @@ __device__ inline void mbar_init(uint64_t *bar, int count) {
 __device__ inline void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
 }
-__device__ inline void mbar_arrive(uint64_t *bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
-}
 // spins until the barrier's phase of the given parity has completed
 __device__ inline void mbar_wait(uint64_t *bar, int parity) {
     asm volatile("{\n .reg .pred done;\n WAIT:\n"
