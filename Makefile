@@ -14,7 +14,8 @@ HEADERS = $(wildcard llmc/*.h)
 
 # CUDA targets build wherever nvcc is (CI compiles them with no GPU) and run with `make test-gpu`
 NVCC ?= nvcc
-NVCC_FLAGS ?= -O3 -arch=sm_90 -std=c++17
+# sm_90a (Hopper's wgmma, llmc/gemm_fp8.cuh) beside plain compute_90 PTX, whose wgmma kernels trap
+NVCC_FLAGS ?= -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
 ifneq ($(shell command -v $(NVCC) 2>/dev/null),)
   CUDA_TARGETS = train_gpt2_fp4 test/test_gpu_train test/test_quant_gpu test/test_kernels_gpu dev/cuda/fp8_gemm
 else
@@ -123,9 +124,8 @@ test/test_gpu_train: test/test_gpu_train.cu train_gpt2_fp4.cu llmc/cudnn_attenti
 test/test_quant_gpu: test/test_quant_gpu.cu $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $< -lcublasLt
 
-# wgmma exists only on sm_90a, the arch-specific Hopper target
 dev/cuda/fp8_gemm: dev/cuda/fp8_gemm.cu $(CUDA_HEADERS)
-	$(NVCC) $(filter-out -arch=%,$(NVCC_FLAGS)) -gencode arch=compute_90a,code=sm_90a -o $@ $< -lcublasLt
+	$(NVCC) $(NVCC_FLAGS) -o $@ $< -lcublasLt
 
 test/test_kernels_gpu: test/test_kernels_gpu.cu llmc/cudnn_attention.o $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS)

@@ -5,10 +5,11 @@ accumulation, FP32 gradients and Adam moments, BF16 weights updated with stochas
 an FP32 master copy, --master-fp32 1); attention on cuDNN's flash SDPA, or with --attn-core fp8
 on our FP8 forward (llmc/attention_fp8.cuh) and cuDNN's backward. The block linears run in
 the recipe's formats (llmc/recipe.h): BF16 GEMMs on cuBLASLt, or FP8 / FP4 codes with per-row
-scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F), with DGE for 4-bit weights and OCC for
-4-bit activations (llmc/occ.cuh); tensor-wise scaling (--scaling tensor, the naive-FP4 ablation)
-puts one scale in every row's slot. --quant-stats N logs each quantized operand's error and the
-DGE norms (llmc/quant_error.cuh). Not on the GPU: OCC with tensor-wise scaling, the fp32 recipe,
+scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F; on Hopper, GPT-2's fcproj dgrad runs our
+own GEMM, llmc/gemm_fp8.cuh, with GELU's derivative and fc's gradient scales in its epilogue),
+with DGE for 4-bit weights and OCC for 4-bit activations (llmc/occ.cuh); tensor-wise scaling
+(--scaling tensor, the naive-FP4 ablation) puts one scale in every row's slot. --quant-stats N
+logs each quantized operand's error and the DGE norms (llmc/quant_error.cuh). Not on the GPU: OCC with tensor-wise scaling, the fp32 recipe,
 Table 1's five activation settings (the CPU trainer measures those on a checkpoint).
 Data parallel over processes, one GPU each (llmc/dist.cuh): gradients averaged per layer while the
 backward goes on, the optimizer state sharded over the ranks (ZeRO-1), updated weights all-gathered.
@@ -40,6 +41,7 @@ backward goes on, the optimizer state sharded over the ranks (ZeRO-1), updated w
 #include "llmc/classifier.cuh"
 #include "llmc/adamw.cuh"
 #include "llmc/quantize.cuh"
+#include "llmc/gemm_fp8.cuh"
 #include "llmc/occ.cuh"
 #include "llmc/quant_error.cuh"
 #include "llmc/dist.cuh"
@@ -79,7 +81,8 @@ typedef struct {
     bf16 *datty;                 // (B) (N, C)
     bf16 *dfch;                  // (B) (N, FF) fc's output gradient: a bf16 fc's, or the one fc's quantizer makes
                                  // for OCC's compensation (none otherwise: the quantizer applies the derivative)
-    bf16 *dfch_act;              // (B) (N, F)
+    bf16 *dfch_act;              // (B) (N, F); with fused_dgelu, GELU's input's gradient (fc's output gradient)
+    float *gpart;                // (B) fused_dgelu: fc's gradient's first pass, from fcproj's dgrad (RowSource.part)
     fp8 *gcodes, *gcodes_t;      // (B) (N, maxM) output-gradient codes per token (dgrad), (maxM, N) per output (wgrad)
     float *gscales, *gscales_t;  // (B) (N), (maxM) their scales
     fp8 *wcodes_t;               // (B) (maxK, maxM) a layer's weight codes, transposed for dgrad
@@ -110,6 +113,7 @@ typedef struct {
     int wq_stale;                 // weights changed since their scales were taken
     int qstats;                   // --quant-stats: the running forward + backward adds to qsums
     int deterministic;            // --deterministic: attention's backward in a fixed order
+    int own_gemm;                 // --own-gemm: our FP8 GEMM with the quantizer in its epilogue, where it runs
     double *qsums;                // (L, NUM_LINEARS, QS_N) the quantized linears' telemetry sums
     float *ones;                  // (nones) unit scales, for GEMM operands that are exact codes
     int nones;
@@ -190,6 +194,15 @@ static Occ occ_state(const Model *m, int lin, int l, bf16 *dense) {
     return o;
 }
 
+// GPT-2's fcproj dgrad on our GEMM (llmc/gemm_fp8.cuh), GELU's derivative and the first pass of
+// fc's gradient quantization in its epilogue: fc's backward then runs only the codes pass. Needs
+// both linears quantized and E4M3 operands (the kernel's wgmma).
+static int fused_dgelu(const Model *m) {
+    const OperandFormats *f = &m->recipe.lin[LIN_FCPROJ].f;
+    return m->own_gemm && m->cfg.arch == ARCH_GPT2 && quantized(m, LIN_FC) && quantized(m, LIN_FCPROJ) && f->g == FMT_E4M3 &&
+           fp8_type(f->w) == CUDA_R_8F_E4M3;
+}
+
 // d: the other ranks (NULL: none); zero: shard the optimizer state over them
 static void model_create(Model *m, const Config *c, const Recipe *r, int master_fp32, Dist *d, int zero) {
     memset(m, 0, sizeof(*m));
@@ -224,7 +237,8 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     CUDA_CHECK(cudaMemset(m->v, 0, own * sizeof(float)));
     CUDA_CHECK(cudaMallocHost(&m->host_norm, sizeof(float)));
     m->qstats = 0;
-    m->deterministic = 1;  // main sets --deterministic
+    m->deterministic = 1;  // main sets --deterministic and --own-gemm
+    m->own_gemm = fp8_gemm_supported();
     m->qsums = (double *)cuda_malloc((size_t)c->L * NUM_LINEARS * QS_N * sizeof(double));
     int hd = config_hd(c);
     float *cs = (float *)malloc_check((size_t)c->T * hd * sizeof(float)), *sn = cs + (size_t)c->T * hd / 2;
@@ -330,7 +344,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     BUF(s->occ_dense, anycomp * N * maxK);
     BUF(s->att8_mem, m->recipe.attn_fp8 ? att8_bytes(B, T, c->H, c->KV, config_hd(c)) : 0);
     SHARE();
-    int fc_grad = !quantized(m, LIN_FC) || occ_comp(m, LIN_FC);
+    int fc_grad = !quantized(m, LIN_FC) || (occ_comp(m, LIN_FC) && !fused_dgelu(m));
     BUF(s->dqkv, N * QKV); BUF(s->dres, N * C); BUF(s->datty, N * C); BUF(s->dfch, (fc_grad ? N : 0) * FF);
     BUF(s->dfch_act, N * F);
     if (anyq) {
@@ -338,6 +352,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
         BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
     }
     BUF(s->occ_dense_b, anycomp * N * maxK); BUF(s->wgrad, maxmk);
+    BUF(s->gpart, fused_dgelu(m) ? N * fp8_gemm_tiles_n(F) + 2 * (size_t)ceil_div(N, PART_ROWS) * F : 0);
     SHARE();
 #undef SHARE
 #undef BUF
@@ -466,17 +481,21 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     int comp = occ_comp(m, lin), dge_now = dge_per_microbatch(m, lin);
     RowSource g = *src;  // OCC's compensation gradient takes a nonlinearity's gradient materialized
     if (comp && g.op != ROWS_PLAIN) g.out = s->dfch;
-    quantize_grad(s->gcodes, s->gscales, s->gcodes_t, s->gscales_t, &g, sw, xs, N, M, f->g, m->recipe.tensorwise, s->amax,
-                  db ? s->partial : NULL, st);
-    if (db) sum_rows(db, s->partial, ceil_div(N, QROWS), M, M, st);
+    quantize_grad(s->gcodes, s->gscales, s->gcodes_t, s->gscales_t, &g, sw, xs, N, M, f->g, m->recipe.tensorwise, s->amax, db,
+                  s->partial, st);
     double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
     if (m->qstats) quant_error_sums(qs + QS_G, src, s->gcodes, s->gscales, sw, NULL, 0, N, M, f->g, st);  // the dgrad operand
     RowSource w = rows_plain(W);
     // the forward's weight codes, transposed: the codes pass alone, from the step's scales
     check_quantize("the transposed weight codes", f->w, M, K, 1);
     rows_codes(NULL, s->wcodes_t, sw, &w, NULL, NULL, 0, M, K, f->w, st);
-    matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL, 0.0f,
-               NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
+    if (pre && fused_dgelu(m)) {  // lin is fcproj: GELU's derivative and fc's gradient's first pass in the epilogue
+        float *row_max = s->gpart, *col_max = row_max + (size_t)N * fp8_gemm_tiles_n(K), *col_sum = col_max + (size_t)ceil_div(N, PART_ROWS) * K;
+        GemmFp8 p = { s->gscales, m->ones, N, K, M, m->acts.xs[LIN_FC] + (size_t)l * N, m->wscales[LIN_FC] + (size_t)l * K, row_max,
+                      col_max, col_sum };
+        fp8_gemm(dx, s->gcodes, s->wcodes_t, pre, &p, st);
+    } else matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL,
+                      0.0f, NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
     float *wg = dge_now ? s->wgrad : dW;
     matmul_fp8(wg, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),
                s->gscales_t, K, M, N, NULL, dge_now ? 0.0f : 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
@@ -585,13 +604,14 @@ static void model_backward(Model *m, int reduce) {
         // MLP: fcproj, GELU / SwiGLU, fc, norm 2; the residual gradient passes through. The
         // nonlinearity's derivative: in fc's quantizer, else in fcproj's dgrad epilogue (GELU) or a kernel
         RowSource dres = rows_plain(s->dres);
-        int qfc = quantized(m, LIN_FC);
-        if (gpt2) linear_backward(m, LIN_FCPROJ, l, qfc ? s->dfch_act : s->dfch, &dres, &in[LIN_FCPROJ], qfc ? NULL : fch, N);
+        int qfc = quantized(m, LIN_FC), fused = fused_dgelu(m);
+        if (gpt2) linear_backward(m, LIN_FCPROJ, l, qfc ? s->dfch_act : s->dfch, &dres, &in[LIN_FCPROJ], qfc && !fused ? NULL : fch, N);
         else {
             linear_backward(m, LIN_FCPROJ, l, s->dfch_act, &dres, &in[LIN_FCPROJ], NULL, N);
             if (!qfc) swiglu_backward(s->dfch, fch, s->dfch_act, N, F, st);
         }
-        RowSource dfc = qfc ? rows_grad(gpt2 ? ROWS_DGELU : ROWS_DSWIGLU, s->dfch_act, fch) : rows_plain(s->dfch);
+        RowSource dfc = fused ? rows_grad_part(s->dfch_act, s->gpart, fp8_gemm_tiles_n(F))
+                      : qfc ? rows_grad(gpt2 ? ROWS_DGELU : ROWS_DSWIGLU, s->dfch_act, fch) : rows_plain(s->dfch);
         linear_backward(m, LIN_FC, l, s->dln, &dfc, &in[LIN_FC], NULL, N);
         norm_backward(s->dres, GRAD(m, P_LN2W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN2B) + (size_t)l * C : NULL, s->partial,
                       s->dln, res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? a->ln2_mean + (size_t)l * N : NULL,
@@ -759,7 +779,7 @@ static void save_checkpoint(Model *m, Run *run, const Args *a, int step, float *
 int main(int argc, char **argv) {
     Args a = args_defaults("gpt2:d12", "bf16");
     a.B = 8; a.T = 1024; a.lr = 6e-4f;
-    int master_fp32 = 0, zero = 1, deterministic = 1;
+    int master_fp32 = 0, zero = 1, deterministic = 1, own_gemm = 1;
     float timeout_s = 300.0f;
     const char *dist_addr = NULL;
     Flag flags[MAX_FLAGS];
@@ -767,12 +787,13 @@ int main(int argc, char **argv) {
     flags[nflags++] = (Flag){ "--master-fp32", FLAG_INT, &master_fp32, "1: keep FP32 master weights (else BF16 + stochastic rounding)" };
     flags[nflags++] = (Flag){ "--zero", FLAG_INT, &zero, "1: shard the optimizer state over the ranks (ZeRO-1); 0: replicate it" };
     flags[nflags++] = (Flag){ "--deterministic", FLAG_INT, &deterministic, "1: the same bits run after run (attention's backward in a fixed order); 0: cuDNN's fastest" };
+    flags[nflags++] = (Flag){ "--own-gemm", FLAG_INT, &own_gemm, "1: our FP8 GEMM with quantizers in its epilogue where the GPU runs it (Hopper); 0: cuBLASLt's" };
     flags[nflags++] = (Flag){ "--dist-init", FLAG_STR, &dist_addr, "HOST:PORT of rank 0, for a multi-process start without MPI" };
     flags[nflags++] = (Flag){ "--nccl-timeout", FLAG_FLOAT, &timeout_s, "seconds a rank waits for the others before ending the job" };
     setvbuf(stdout, NULL, _IOLBF, 0);
     parse_flags(argc, argv, flags, nflags, "./train_gpt2_fp4", "GPU trainer for GPT-2 and LLaMA (SPEC.md)");
     check_args(&a);
-    if ((master_fp32 | zero | deterministic) & ~1) die("--master-fp32, --zero and --deterministic take 0 or 1");
+    if ((master_fp32 | zero | deterministic | own_gemm) & ~1) die("--master-fp32, --zero, --deterministic and --own-gemm take 0 or 1");
     if (!(timeout_s >= 1.0f)) die("--nccl-timeout must be at least 1 second");
     RecipeOptions ro = recipe_options(&a);
     Recipe recipe = gpu_recipe(&ro);
@@ -799,6 +820,7 @@ int main(int argc, char **argv) {
     Model m;
     model_create(&m, &cfg, &recipe, master_fp32, &dist, zero);
     m.deterministic = deterministic;
+    m.own_gemm &= own_gemm;
     model_set_params(&m, host_params);
     if (resume_step >= 0) {  // this rank's shard of the state, whatever the saving run's number of ranks
         size_t own = m.hi - m.lo;

@@ -1,5 +1,5 @@
 // defines: CUDA_CHECK, CUBLAS_CHECK, bf16, ceil_div, cuda_malloc, cuda_free, cuda_peak_bytes,
-//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, sum_rows, load8, store_bf16
+//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, sum_rows, max_rows, load8, store_bf16
 // What every CUDA file of the project needs: error checks that end the run with one line, the
 // BF16 type, and a deterministic block reduction.
 #ifndef LLMC_CUDA_COMMON_CUH
@@ -78,25 +78,31 @@ template <int W> __device__ inline void store_bf16(bf16 *p, const float *f) {
     else *(uint2 *)p = *(const uint2 *)h;
 }
 
-// out[c] += sum_r partial[r, c] over a (rows, cols) matrix of partial sums, rows ld apart: a
-// 32 x 32 block per 32 columns, each thread a fixed stride of rows, then the 32 sums in order
-__global__ void sum_rows_kernel(float *out, const float *partial, int rows, int cols, int ld) {
+// out[c] += sum_r partial[r, c] (MAX: out[c] = max(out[c], max_r partial[r, c]), of values >= 0)
+// over a (rows, cols) matrix of partials, rows ld apart: a 32 x 32 block per 32 columns, each
+// thread a fixed stride of rows, then the 32 results in order
+template <int MAX>
+__global__ void reduce_rows_kernel(float *out, const float *partial, int rows, int cols, int ld) {
     __shared__ float acc[32][33];
     int c = blockIdx.x * 32 + threadIdx.x;
     float s = 0.0f;
     if (c < cols) {
         #pragma unroll 8
-        for (int r = threadIdx.y; r < rows; r += 32) s += partial[(size_t)r * ld + c];
+        for (int r = threadIdx.y; r < rows; r += 32) s = MAX ? fmaxf(s, partial[(size_t)r * ld + c]) : s + partial[(size_t)r * ld + c];
     }
     acc[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y != 0 || c >= cols) return;
-    for (int k = 1; k < 32; k++) s += acc[k][threadIdx.x];
-    out[c] += s;
+    for (int k = 1; k < 32; k++) s = MAX ? fmaxf(s, acc[k][threadIdx.x]) : s + acc[k][threadIdx.x];
+    out[c] = MAX ? fmaxf(out[c], s) : out[c] + s;
 }
 
 static void sum_rows(float *out, const float *partial, int rows, int cols, int ld, cudaStream_t stream) {
-    sum_rows_kernel<<<ceil_div(cols, 32), dim3(32, 32), 0, stream>>>(out, partial, rows, cols, ld);
+    reduce_rows_kernel<0><<<ceil_div(cols, 32), dim3(32, 32), 0, stream>>>(out, partial, rows, cols, ld);
+    CUDA_CHECK(cudaGetLastError());
+}
+static void max_rows(float *out, const float *partial, int rows, int cols, int ld, cudaStream_t stream) {
+    reduce_rows_kernel<1><<<ceil_div(cols, 32), dim3(32, 32), 0, stream>>>(out, partial, rows, cols, ld);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,5 +1,5 @@
-// defines: fp8, fp8_type, RowSource, rows_plain, rows_norm, rows_act, rows_grad, quantize_rows, rows_codes,
-//          quantize_grad, dge_apply
+// defines: fp8, fp8_type, RowSource, PART_ROWS, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
+//          quantize_rows, rows_codes, quantize_grad, dge_apply
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
 // stored as FP8 bytes (4-bit codes are exact in E4M3, which is how Hopper's FP8 tensor cores run
@@ -38,11 +38,14 @@ typedef struct {
     float eps;
     bf16 *out;           // where a BF16 linear wants the rows materialized; for DGELU / DSWIGLU, where
                          // OCC's compensation gradient wants them (quantize_grad's codes pass writes them)
+    const float *part;   // PLAIN gradient: its first pass, made with it by a GEMM epilogue (llmc/gemm_fp8.cuh):
+    int part_tiles;      // row maxima (rows, part_tiles), column maxima and sums (ceil(rows / PART_ROWS), cols) each
 } RowSource;
 
 #define QROWS 32        // rows per block
 #define QTHREADS 256    // at most, per block (and per row slice of grad_reduce's)
 #define GSLICES 2       // row slices of grad_reduce's blocks
+#define PART_ROWS 64    // rows of a gradient's column partials from a GEMM epilogue (RowSource.part)
 
 // W (8 or 4) BF16 values in one 16- or 8-byte access
 template <int W> struct Pack;
@@ -521,20 +524,29 @@ static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSour
     if (codes || codes_t) rows_codes(codes, codes_t, scales, src, NULL, NULL, 0, rows, cols, f, st);
 }
 
+// quantize_grad's first pass from a GEMM epilogue's partials (src->part): the row scales, the
+// columns' absmax bits and, with col_partial, the column sums as a single row of partials
+__global__ void part_row_scales_kernel(float *scales, const float *row_max, int tiles, int rows, Format f) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    float m = 0.0f;
+    for (int t = 0; t < tiles; t++) m = fmaxf(m, row_max[(size_t)r * tiles + t]);
+    scales[r] = m / format_max(f);
+}
+
 // A gradient g from src (PLAIN, DGELU or DSWIGLU), (rows, cols), in two passes: codes (rows, cols)
 // of g * col_scale per row with scales (rows), for dgrad; codes_t (cols, rows) of g * row_scale
 // per column with scales_t (cols), for wgrad. col_scale and row_scale may be NULL (ones). With
-// col_partial ((rows / 32, cols)): the partial column sums of g, for sum_rows. amax: (cols) scratch.
-// tensor: one scale for all of each of the two.
+// db: the column sums of g are added to it (the bias gradient). amax: (cols) scratch; partial:
+// (rows / 32 + 1, cols) scratch for db's sums. tensor: one scale for all of each of the two. A
+// PLAIN source with its first pass (src->part) runs only the codes pass.
 static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales_t, const RowSource *src, const float *col_scale,
-                          const float *row_scale, int rows, int cols, Format f, int tensor, unsigned *amax, float *col_partial,
-                          cudaStream_t st) {
+                          const float *row_scale, int rows, int cols, Format f, int tensor, unsigned *amax, float *db,
+                          float *partial, cudaStream_t st) {
     check_quantize("quantize_grad", f, rows, cols, 1);
     if (src->op == ROWS_DSWIGLU && cols % 16 != 0) die("quantize_grad: SwiGLU width %d is not a multiple of 8", cols / 2);
     int g = src->op == ROWS_PLAIN ? 0 : src->op == ROWS_DGELU ? 1 : src->op == ROWS_DSWIGLU ? 2 : -1;
     if (g < 0) die("quantize_grad: source %d is not a gradient", src->op);
-    void (*const reduce[])(float *, unsigned *, float *, RowSource, const float *, const float *, int, int, Format) = {
-        grad_reduce_kernel<ROWS_PLAIN>, grad_reduce_kernel<ROWS_DGELU>, grad_reduce_kernel<ROWS_DSWIGLU> };
     int fp4 = format_is_fp4(f);
     void (*const code_kernel[2][3])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
                                     const float2 *, bf16 *, int, int, int, Format, QRound) = {
@@ -543,9 +555,22 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
     int halves = src->op == ROWS_DSWIGLU ? 2 : 1, threads;  // src_halves: a thread's 4 columns in each half
     dim3 grid; size_t smem;
     codes_launch(&grid, &threads, &smem, rows, cols, halves);
-    CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
-    reduce[g]<<<grid.x, GSLICES * quantize_threads(cols, 4 * halves, QTHREADS, NULL), 0, st>>>(scales, amax, col_partial, *src,
-                                                                                             col_scale, row_scale, rows, cols, f);
+    if (src->part) {
+        if (g != 0) die("quantize_grad: a first pass comes only with a plain gradient");
+        int prows = ceil_div(rows, PART_ROWS);
+        const float *col_max = src->part + (size_t)rows * src->part_tiles, *col_sum = col_max + (size_t)prows * cols;
+        part_row_scales_kernel<<<ceil_div(rows, 256), 256, 0, st>>>(scales, src->part, src->part_tiles, rows, f);
+        CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
+        max_rows((float *)amax, col_max, prows, cols, cols, st);  // non-negative floats: their maximum is their bits'
+        if (db) sum_rows(db, col_sum, prows, cols, cols, st);
+    } else {
+        void (*const reduce[])(float *, unsigned *, float *, RowSource, const float *, const float *, int, int, Format) = {
+            grad_reduce_kernel<ROWS_PLAIN>, grad_reduce_kernel<ROWS_DGELU>, grad_reduce_kernel<ROWS_DSWIGLU> };
+        CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
+        reduce[g]<<<grid.x, GSLICES * quantize_threads(cols, 4 * halves, QTHREADS, NULL), 0, st>>>(
+            scales, amax, db ? partial : NULL, *src, col_scale, row_scale, rows, cols, f);
+        if (db) sum_rows(db, partial, ceil_div(rows, QROWS), cols, cols, st);
+    }
     if (tensor) { broadcast_max((unsigned *)scales, rows, st); broadcast_max(amax, cols, st); }
     code_kernel[fp4][g]<<<grid, threads, smem, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
                                                                NULL, NULL, 0, rows, cols, f, qround(f));
@@ -571,6 +596,12 @@ static RowSource rows_act(int op, const bf16 *x, bf16 *out) {
 static RowSource rows_grad(int op, const bf16 *g, const bf16 *pre) {
     RowSource s; memset(&s, 0, sizeof(s));
     s.op = op; s.x = g; s.pre = pre;
+    return s;
+}
+// a plain gradient g with its first pass, made by the GEMM epilogue that wrote it
+static RowSource rows_grad_part(const bf16 *g, const float *part, int tiles) {
+    RowSource s = rows_plain(g);
+    s.part = part; s.part_tiles = tiles;
     return s;
 }
 

@@ -47,6 +47,7 @@ static void check_dge(Model *m, const RefFile *rf, const float *params, const ch
     for (int l = 0; l < NUM_LINEARS; l++) off_recipe.lin[l].dge = 0;
     Model off;
     model_create(&off, &rf->cfg, &off_recipe, 1, NULL, 0);
+    off.own_gemm = m->own_gemm;
     model_set_params(&off, params);
     model_zero_grad(&off);
     model_forward(&off, rf->inputs, rf->targets, rf->B, rf->T, 1.0f);
@@ -85,6 +86,43 @@ static void check_dge(Model *m, const RefFile *rf, const float *params, const ch
     free(without); free(w); free(is4);
 }
 
+// step 1's loss and gradients (and DGE's effect) against the file's, on our FP8 GEMM where the
+// recipe runs it (own_gemm) or cuBLASLt's; f at the first gradient record
+static void check_grads(const RefFile *rf, FILE *f, const char *path, const char *name, const Recipe *recipe, int own_gemm,
+                        const float *host, const Tolerance *tol) {
+    const Config *c = &rf->cfg;
+    Model m;
+    model_create(&m, c, recipe, 1, NULL, 0);
+    m.own_gemm &= own_gemm;
+    model_set_params(&m, host);
+    model_zero_grad(&m);
+    float loss = model_forward(&m, rf->inputs, rf->targets, rf->B, rf->T, 1.0f);
+    model_backward(&m, 1);
+    if (recipe->lin[LIN_FC].dge) check_dge(&m, rf, host, name);  // the reference's gradients include DGE
+    else model_grad_sumsq(&m);
+    float el = fabsf(loss - rf->losses[0]) / rf->losses[0];
+    CHECK(el <= tol->loss, "%s: loss %.6f vs %.6f", name, loss, rf->losses[0]);
+    printf(" | loss %.6f vs %.6f", loss, rf->losses[0]);
+    float *grads = (float *)malloc_check(m.nparams * sizeof(float));
+    cuda_download(grads, m.grads, m.nparams * sizeof(float));
+    const ParamKind *order; int n = param_order(c, &order);
+    float worst = 0.0f, ss; const char *worst_name = "";
+    for (int j = 0; j < n; j++) {
+        int shape[3]; size_t size = param_shape(c, order[j], shape);
+        Record r;
+        read_record(&r, f, path, 1 + j, size);
+        float e = compare(grads + m.off[order[j]], &r, &ss);
+        CHECK(e <= tol->grads, "%s: gradient of %s error %.3g (bound %.3g)%s", name, param_names[order[j]], e, tol->grads,
+              own_gemm ? "" : " (--own-gemm 0)");
+        if (getenv("VERBOSE")) printf("\n  %-9s %.3e", param_names[order[j]], e);
+        if (e > worst) { worst = e; worst_name = param_names[order[j]]; }
+        free(r.idx); free(r.val);
+    }
+    printf(" | grads %.2e (%s)", worst, worst_name);
+    free(grads);
+    model_free(&m);
+}
+
 static void test_file(const char *path) {
     RefFile rf;
     FILE *f = ref_open(&rf, path);
@@ -115,31 +153,18 @@ static void test_file(const char *path) {
     CHECK(e <= tol->logits, "%s: logits error %.3g (bound %.3g)", name, e, tol->logits);
     printf("%-18s logits %.2e", name, e);
     free(r.idx); free(r.val);
-
-    model_zero_grad(&m);
-    float loss = model_forward(&m, rf.inputs, rf.targets, rf.B, rf.T, 1.0f);
-    model_backward(&m, 1);
-    if (recipe.lin[LIN_FC].dge) check_dge(&m, &rf, host, name);  // the reference's gradients include DGE
-    else model_grad_sumsq(&m);
-    float el = fabsf(loss - rf.losses[0]) / rf.losses[0];
-    CHECK(el <= tol->loss, "%s: loss %.6f vs %.6f", name, loss, rf.losses[0]);
-    printf(" | loss %.6f vs %.6f", loss, rf.losses[0]);
-    float *grads = (float *)malloc_check(m.nparams * sizeof(float));
-    cuda_download(grads, m.grads, m.nparams * sizeof(float));
-    const ParamKind *order; int n = param_order(c, &order);
-    float worst = 0.0f; const char *worst_name = "";
-    for (int j = 0; j < n; j++) {
-        int shape[3]; size_t size = param_shape(c, order[j], shape);
-        read_record(&r, f, path, 1 + j, size);
-        e = compare(grads + m.off[order[j]], &r, &ss);
-        CHECK(e <= tol->grads, "%s: gradient of %s error %.3g (bound %.3g)", name, param_names[order[j]], e, tol->grads);
-        if (getenv("VERBOSE")) printf("\n  %-9s %.3e", param_names[order[j]], e);
-        if (e > worst) { worst = e; worst_name = param_names[order[j]]; }
-        free(r.idx); free(r.val);
+    // on Hopper, GPT-2's quantized recipes run fcproj's dgrad on our GEMM (fused_dgelu): cuBLASLt's
+    // path is checked against the same gradients too
+    int both = fused_dgelu(&m);
+    model_free(&m);
+    long grads_at = ftell(f);
+    check_grads(&rf, f, path, name, &recipe, 1, host, tol);
+    if (both) {
+        printf(" | --own-gemm 0:");
+        fseek(f, grads_at, SEEK_SET);
+        check_grads(&rf, f, path, name, &recipe, 0, host, tol);
     }
     fclose(f);
-    printf(" | grads %.2e (%s)", worst, worst_name);
-    model_free(&m);
 
     float *losses = (float *)malloc_check(4 * (size_t)rf.S * sizeof(float)), *norms = losses + rf.S;
     run_steps(&rf, &recipe, 1, losses, norms);
@@ -158,7 +183,7 @@ static void test_file(const char *path) {
     CHECK(memcmp(losses, l2, rf.S * sizeof(float)) == 0 && memcmp(norms, n2, rf.S * sizeof(float)) == 0,
           "%s: two runs from the same seed differ", name);
     printf(" | rerun identical: %s\n", memcmp(losses, l2, rf.S * sizeof(float)) == 0 ? "yes" : "NO");
-    free(losses); free(grads); free(host); free(lb); free(logits);
+    free(losses); free(host); free(lb); free(logits);
     ref_free(&rf);
 }
 

@@ -12,6 +12,7 @@
 #include "../llmc/norm.cuh"
 #include "../llmc/classifier.cuh"
 #include "../llmc/quantize.cuh"
+#include "../llmc/gemm_fp8.cuh"
 #include "../llmc/dist.cuh"
 #include "../llmc/attention.cuh"
 #include "../llmc/rand.h"
@@ -293,7 +294,7 @@ static void test_fp8_gemms(Format fx, Format fg) {
 
     // dgrad: dx = (qg sg) qw, qg the codes of g * sw per token; with dGELU: times gelu'(pre)
     RowSource gs = rows_plain(dG);
-    quantize_grad(cg, sg, cgt, sg + N, &gs, sw, sx, N, M, fg, 0, amax, NULL, 0);  // and the wgrad operand
+    quantize_grad(cg, sg, cgt, sg + N, &gs, sw, sx, N, M, fg, 0, amax, NULL, NULL, 0);  // and the wgrad operand
     codes_from_device(qg, cg, N * M, fg);
     cuda_download(hsg, sg, N * 4);
     double de[2];
@@ -334,6 +335,94 @@ static void test_fp8_gemms(Format fx, Format fg) {
     cuda_free(sg, (N + M) * 4); cuda_free(ones, K * 4); cuda_free(dDW, M * K * 4); cuda_free(amax, M * 4);
     free(hx); free(hw); free(hb); free(hr); free(hg); free(hpre); free(x); free(w); free(b); free(res); free(g); free(pre);
     free(dw0); free(got); free(qx); free(qw); free(qg); free(qgt); free(ref);
+}
+
+// Our FP8 GEMM (llmc/gemm_fp8.cuh) as the trainer runs it for GPT-2's fcproj dgrad: dy's E4M3
+// codes times the transposed E2M1 weight codes, plain against FP64 (the bound of the cuBLASLt
+// dgrad above), and with the dGELU epilogue, v = bf16(bf16(dy W) gelu'(pre)), against FP64 with
+// twice the BF16 bound. Then fc's gradient quantization of v: from the epilogue's first pass
+// against quantize_grad's own two passes over the same BF16 v, vector- and tensor-wise: identical
+// scales and codes, both copies; column sums within 1e-6 of the column's sum of |v|. Ragged in
+// every dimension: 336 tokens (tiles of 128), 520 outputs (tiles of 256), k = 208 (slices of 128).
+static void test_own_gemm(void) {
+    if (!fp8_gemm_supported()) { printf("own FP8 GEMM: SKIPPED (not a Hopper GPU)\n"); return; }
+    const int N = 336, C = 208, F = 520, tiles = fp8_gemm_tiles_n(F), prows = ceil_div(N, PART_ROWS);
+    const size_t nf = (size_t)N * F, npart = (size_t)N * tiles + 2 * (size_t)prows * F;
+    bf16 *hx = (bf16 *)malloc_check(N * C * 2), *hw = (bf16 *)malloc_check(C * F * 2), *hpre = (bf16 *)malloc_check(nf * 2);
+    float *x = (float *)malloc_check(N * C * 4), *w = (float *)malloc_check(C * F * 4), *pre = (float *)malloc_check(nf * 4);
+    float *qx = (float *)malloc_check(N * C * 4), *qwt = (float *)malloc_check(C * F * 4), *got = (float *)malloc_check(nf * 4);
+    float *hq = (float *)malloc_check((N + F) * 4), *hsx = (float *)malloc_check(N * 4), *hones = (float *)malloc_check(F * 4);
+    double *ref = (double *)malloc_check(nf * 8), *refv = (double *)malloc_check(nf * 8);
+    fill_bf16(hx, x, N * C, 1.0f, 0.0f); fill_bf16(hw, w, C * F, 0.05f, 0.0f); fill_bf16(hpre, pre, nf, 2.0f, 0.0f);
+    uint64_t s0 = seed + 1000 * ++stream_id;
+    for (int i = 0; i < N + F; i++) hq[i] = exp2f(-8.0f * rng_uniform(rng_hash(s0, i))) * 1.37f;  // fc's input and weight scales
+    for (int i = 0; i < F; i++) hones[i] = 1.0f;
+    bf16 *dX = to_device(hx, N * C), *dW = to_device(hw, C * F), *dPRE = to_device(hpre, nf);
+    bf16 *dD = (bf16 *)cuda_malloc(nf * 2), *dV = (bf16 *)cuda_malloc(nf * 2);
+    fp8 *cx = (fp8 *)cuda_malloc(N * C), *cw = (fp8 *)cuda_malloc(C * F), *cwt = (fp8 *)cuda_malloc(C * F);
+    fp8 *c1 = (fp8 *)cuda_malloc(2 * nf), *c2 = (fp8 *)cuda_malloc(2 * nf);
+    float *sx = (float *)cuda_malloc(N * 4), *sw = (float *)cuda_malloc(C * 4), *q = (float *)cuda_malloc((N + F) * 4);
+    float *ones = (float *)cuda_malloc(F * 4), *part = (float *)cuda_malloc(npart * 4);
+    float *s1 = (float *)cuda_malloc(2 * (N + F) * 4), *s2 = (float *)cuda_malloc(2 * (N + F) * 4);
+    float *partial = (float *)cuda_malloc((size_t)(N / QROWS + 1) * F * 4);
+    unsigned *amax = (unsigned *)cuda_malloc(F * 4);
+    cuda_upload(q, hq, (N + F) * 4);
+    cuda_upload(ones, hones, F * 4);
+    RowSource xs = rows_plain(dX), ws = rows_plain(dW);
+    quantize_rows(cx, NULL, sx, &xs, N, C, FMT_E4M3, 0, 0);  // dy's codes per token
+    quantize_rows(cw, cwt, sw, &ws, C, F, FMT_E2M1, 0, 0);   // fcproj's weight (C, F), transposed (F, C)
+    codes_from_device(qx, cx, N * C, FMT_E4M3);
+    codes_from_device(qwt, cwt, C * F, FMT_E2M1);
+    cuda_download(hsx, sx, N * 4);
+    for (int t = 0; t < N; t++)
+        for (int j = 0; j < F; j++) {
+            double s = 0.0;
+            for (int k = 0; k < C; k++) s += (double)qx[t * C + k] * qwt[j * C + k];
+            ref[(size_t)t * F + j] = s * hsx[t];
+            refv[(size_t)t * F + j] = ref[(size_t)t * F + j] * gelu_tanh_grad(pre[(size_t)t * F + j]);
+        }
+    GemmFp8 p = { sx, ones, N, F, C, q, q + N, part, part + (size_t)N * tiles, part + (size_t)N * tiles + (size_t)prows * F };
+    CUDA_CHECK(cudaMemset(part, 0x7f, npart * 4));  // huge values wherever the epilogue writes nothing
+    fp8_gemm(dD, cx, cwt, NULL, &p, 0);
+    fp8_gemm(dV, cx, cwt, dPRE, &p, 0);
+    from_device(got, dD, nf);
+    double pe = bound_ratio(got, ref, nf, BF16_REL, 5e-4 * max_abs(ref, nf));
+    float *v = (float *)malloc_check(nf * 4);
+    from_device(v, dV, nf);
+    double ve = bound_ratio(v, refv, nf, 2 * BF16_REL, 5e-4 * max_abs(refv, nf));
+    CHECK(pe <= 1.0, "own FP8 GEMM (%d x %d x %d): %.3g of the bound", N, F, C, pe);
+    CHECK(ve <= 1.0, "own FP8 GEMM with dGELU: %.3g of twice the BF16 bound", ve);
+    // fc's gradient quantization of v: the epilogue's first pass vs quantize_grad's own
+    fp8 *h1 = (fp8 *)malloc_check(2 * nf), *h2 = (fp8 *)malloc_check(2 * nf);
+    float *hs1 = (float *)malloc_check(2 * (N + F) * 4), *hs2 = (float *)malloc_check(2 * (N + F) * 4);
+    double worst_sum = 0.0;
+    int bad = 0;
+    for (int tensor = 0; tensor < 2; tensor++) {
+        RowSource fused = rows_grad_part(dV, part, tiles), plain = rows_plain(dV);
+        CUDA_CHECK(cudaMemset(s1, 0, 2 * (N + F) * 4)); CUDA_CHECK(cudaMemset(s2, 0, 2 * (N + F) * 4));
+        quantize_grad(c1, s1, c1 + nf, s1 + N, &fused, q + N, q, N, F, FMT_E4M3, tensor, amax, s1 + N + F, partial, 0);
+        quantize_grad(c2, s2, c2 + nf, s2 + N, &plain, q + N, q, N, F, FMT_E4M3, tensor, amax, s2 + N + F, partial, 0);
+        cuda_download(h1, c1, 2 * nf); cuda_download(h2, c2, 2 * nf);
+        cuda_download(hs1, s1, 2 * (N + F) * 4); cuda_download(hs2, s2, 2 * (N + F) * 4);
+        for (size_t i = 0; i < 2 * nf; i++) bad += h1[i] != h2[i];
+        for (int i = 0; i < N + F; i++) bad += memcmp(&hs1[i], &hs2[i], 4) != 0;
+        for (int j = 0; j < F; j++) {
+            double mag = 0.0;
+            for (int t = 0; t < N; t++) mag += fabs(v[(size_t)t * F + j]);
+            if (mag > 0.0) worst_sum = fmax(worst_sum, fabs((double)hs1[N + F + j] - hs2[N + F + j]) / mag);
+        }
+    }
+    CHECK(bad == 0, "fc's gradient from the dGELU epilogue's first pass: %d codes or scales differ from quantize_grad's", bad);
+    CHECK(worst_sum <= 1e-6, "fc's bias gradient from the dGELU epilogue: %.3g of the column's sum of |v|", worst_sum);
+    printf("own FP8 GEMM %d x %d x %d: plain %.2f of the bound, dGELU %.2f of twice the BF16 bound; fc's gradient codes and scales"
+           " from its first pass identical to quantize_grad's (vector- and tensor-wise), bias sums %.1e\n", N, F, C, pe, ve, worst_sum);
+    cuda_free(dX, N * C * 2); cuda_free(dW, C * F * 2); cuda_free(dPRE, nf * 2); cuda_free(dD, nf * 2); cuda_free(dV, nf * 2);
+    cuda_free(cx, N * C); cuda_free(cw, C * F); cuda_free(cwt, C * F); cuda_free(c1, 2 * nf); cuda_free(c2, 2 * nf);
+    cuda_free(sx, N * 4); cuda_free(sw, C * 4); cuda_free(q, (N + F) * 4); cuda_free(ones, F * 4); cuda_free(part, npart * 4);
+    cuda_free(s1, 2 * (N + F) * 4); cuda_free(s2, 2 * (N + F) * 4); cuda_free(partial, (size_t)(N / QROWS + 1) * F * 4);
+    cuda_free(amax, F * 4);
+    free(hx); free(hw); free(hpre); free(x); free(w); free(pre); free(qx); free(qwt); free(got); free(hq); free(hsx); free(hones);
+    free(ref); free(refv); free(v); free(h1); free(h2); free(hs1); free(hs2);
 }
 
 // the hash the ranks compare after every step: equal copies hash alike; flipping any one BF16 value
@@ -455,6 +544,7 @@ int main(void) {
     test_fp8_gemms(FMT_E2M1, FMT_E4M3);
     test_fp8_gemms(FMT_E4M3, FMT_E4M3);
     test_fp8_gemms(FMT_E2M1, FMT_E5M2);
+    test_own_gemm();
     test_replica_hash();
     test_attention_fp8(2, 200, 4, 2, 64);
     test_attention_fp8(1, 256, 2, 1, 128);
