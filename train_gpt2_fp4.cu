@@ -352,7 +352,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
         BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
     }
     BUF(s->occ_dense_b, anycomp * N * maxK); BUF(s->wgrad, maxmk);
-    BUF(s->gpart, fused_dgelu(m) ? N * fp8_gemm_tiles_n(F) + 2 * (size_t)ceil_div(N, PART_ROWS) * F : 0);
+    BUF(s->gpart, fused_dgelu(m) ? grad_part_floats(N, F, fp8_gemm_tiles_n(F)) : 0);
     SHARE();
 #undef SHARE
 #undef BUF
@@ -490,9 +490,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     check_quantize("the transposed weight codes", f->w, M, K, 1);
     rows_codes(NULL, s->wcodes_t, sw, &w, NULL, NULL, 0, M, K, f->w, st);
     if (pre && fused_dgelu(m)) {  // lin is fcproj: GELU's derivative and fc's gradient's first pass in the epilogue
-        float *row_max = s->gpart, *col_max = row_max + (size_t)N * fp8_gemm_tiles_n(K), *col_sum = col_max + (size_t)ceil_div(N, PART_ROWS) * K;
-        GemmFp8 p = { s->gscales, m->ones, N, K, M, m->acts.xs[LIN_FC] + (size_t)l * N, m->wscales[LIN_FC] + (size_t)l * K, row_max,
-                      col_max, col_sum };
+        GemmFp8 p = { s->gscales, m->ones, N, K, M, m->acts.xs[LIN_FC] + (size_t)l * N, m->wscales[LIN_FC] + (size_t)l * K, s->gpart };
         fp8_gemm(dx, s->gcodes, s->wcodes_t, pre, &p, st);
     } else matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL,
                       0.0f, NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);

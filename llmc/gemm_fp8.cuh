@@ -1,4 +1,4 @@
-// defines: GemmFp8, fp8_gemm_supported, fp8_gemm, fp8_gemm_tiles_n, FP8_GEMM_ROWS
+// defines: GemmFp8, fp8_gemm_supported, fp8_gemm, fp8_gemm_tiles_n
 // An FP8 GEMM of our own for Hopper (TMA loads, wgmma), so that the quantizers can run in its
 // epilogue, which cuBLASLt's cannot do (a row's absmax, a column's over the tile, their scales):
 //
@@ -9,8 +9,8 @@
 // With pre (M, N), the dGELU epilogue: D is the gradient of GELU's input, v = bf16(bf16(D) *
 // gelu'(pre)), the dgrad of fcproj followed by GELU's derivative, and it makes the first pass of
 // v's own quantization (quantize_grad's grad_reduce, SPEC.md 4) as it goes: per row and tile of
-// BN columns, max |v col_scale| (row_max, (M, tiles_n)); per column and 64 rows, max |v
-// row_scale| and the sum of v (col_max, col_sum, (ceil(M / 64), N)). The codes pass then reads v
+// BN columns, max |v col_scale|; per column and 64 rows, max |v row_scale| and the sum of v (into
+// part, laid out as llmc/quantize.cuh's grad_part says). The codes pass then reads v
 // once, as a plain gradient; dGELU's second read of the gradient and of pre, and a whole pass,
 // are gone. Values are rounded to BF16 before they are reduced, so the scales are exactly those
 // quantize_grad makes of the BF16 v.
@@ -38,6 +38,7 @@
 #include <cudaTypedefs.h>
 #include "cuda_common.cuh"
 #include "activations.cuh"
+#include "quantize.cuh"
 
 #define BM 128
 #define BN 256      // a 64 x 256 FP32 sum per consumer warpgroup leaves registers for one 64 x 128 partial sum
@@ -47,16 +48,15 @@
 #ifndef CLUSTER
 #define CLUSTER 2   // CTAs of a cluster take vertically adjacent tiles and share B's loads
 #endif
-#define FP8_GEMM_ROWS 64  // rows of a col_max / col_sum partial: a consumer warpgroup's
 #define OUT_BYTES (64 * BN * 2)  // a consumer warpgroup's BF16 output tile, staged for its TMA store
 
 typedef struct {
     const float *sa, *sb;   // (M), (N)
     int M, N, K;
     // the dGELU epilogue (with pre): the scales of v's quantization, row_scale (M) and col_scale
-    // (N), and where the first pass goes
+    // (N), and where the first pass goes (grad_part_floats(M, N, fp8_gemm_tiles_n(N)))
     const float *row_scale, *col_scale;
-    float *row_max, *col_max, *col_sum;
+    float *part;
 } GemmFp8;
 
 // the tiles' ring; each consumer warpgroup's output tile, then its tile's 64 row and BN column
@@ -188,6 +188,8 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
     cluster_sync();
     // the cluster walks units of CLUSTER vertically adjacent tiles; this CTA takes the rank-th
     int rank = cluster_rank(), tiles_n = (N + BN - 1) / BN, ktiles = (p.K + BK - 1) / BK;
+    static_assert(PART_ROWS == 64, "a column partial is a consumer warpgroup's rows");
+    GradPart pass1 = grad_part(p.part, M, N, tiles_n);  // the dGELU epilogue's first pass
     int units = ((M + BM - 1) / BM + CLUSTER - 1) / CLUSTER * tiles_n, first = blockIdx.x / CLUSTER, step = gridDim.x / CLUSTER;
 
     if (wg == 0) {  // producer; TMA fills the parts of a box outside the matrix with zeros
@@ -300,8 +302,8 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
                 rmax1 = fmaxf(rmax1, __shfl_xor_sync(0xffffffffu, rmax1, o));
             }
             int ra = m0 + rows_off + r0, ti = n0 / BN;
-            if (lane % 4 == 0 && ra < M) p.row_max[(size_t)ra * tiles_n + ti] = rmax0;
-            if (lane % 4 == 0 && ra + 8 < M) p.row_max[(size_t)(ra + 8) * tiles_n + ti] = rmax1;
+            if (lane % 4 == 0 && ra < M) pass1.row_max[(size_t)ra * tiles_n + ti] = rmax0;
+            if (lane % 4 == 0 && ra + 8 < M) pass1.row_max[(size_t)(ra + 8) * tiles_n + ti] = rmax1;
             // columns: a thread takes 2 of them down the staging tile's 64 rows (warp w reads half
             // w: one 128-byte row a load, no bank conflicts), in row order
             warpgroup_sync(wg);
@@ -318,8 +320,8 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
             int col = n0 + 64 * warp + cw;
             if (col < N && m0 + rows_off < M) {
                 size_t at = (size_t)((m0 + rows_off) / 64) * N + col;
-                *(float2 *)(p.col_max + at) = make_float2(cmax0, cmax1);
-                *(float2 *)(p.col_sum + at) = make_float2(csum0, csum1);
+                *(float2 *)(pass1.col_max + at) = make_float2(cmax0, cmax1);
+                *(float2 *)(pass1.col_sum + at) = make_float2(csum0, csum1);
             }
         }
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the writes, visible to TMA
@@ -373,7 +375,7 @@ static CUtensorMap tensor_map(const void *p, int elem_bytes, int rows, int cols,
 static void fp8_gemm(bf16 *d, const void *a, const void *b, const bf16 *pre, const GemmFp8 *p, cudaStream_t stream) {
     int M = p->M, N = p->N, K = p->K;
     if (M < 1 || K % 16 != 0 || N % 8 != 0) die("fp8_gemm %d x %d x %d: K must be a multiple of 16 and N of 8", M, N, K);
-    if (pre && !(p->row_scale && p->col_scale && p->row_max && p->col_max && p->col_sum)) die("fp8_gemm: dGELU needs its quantizer's buffers");
+    if (pre && !(p->row_scale && p->col_scale && p->part)) die("fp8_gemm: dGELU needs its quantizer's scales and buffer");
     CUtensorMap ma = tensor_map(a, 1, M, K, BM, BK), mb = tensor_map(b, 1, N, K, BN / CLUSTER, BK), md = tensor_map(d, 2, M, N, 64, 64);
     CUtensorMap mp = pre ? tensor_map(pre, 2, M, N, 64, 64) : md;
     void (*kernel)(const CUtensorMap, const CUtensorMap, const CUtensorMap, const CUtensorMap, GemmFp8) =

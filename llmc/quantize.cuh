@@ -1,4 +1,4 @@
-// defines: fp8, fp8_type, RowSource, PART_ROWS, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
+// defines: fp8, fp8_type, RowSource, PART_ROWS, GradPart, grad_part, grad_part_floats, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
 //          quantize_rows, rows_codes, quantize_grad, dge_apply
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
@@ -38,14 +38,29 @@ typedef struct {
     float eps;
     bf16 *out;           // where a BF16 linear wants the rows materialized; for DGELU / DSWIGLU, where
                          // OCC's compensation gradient wants them (quantize_grad's codes pass writes them)
-    const float *part;   // PLAIN gradient: its first pass, made with it by a GEMM epilogue (llmc/gemm_fp8.cuh):
-    int part_tiles;      // row maxima (rows, part_tiles), column maxima and sums (ceil(rows / PART_ROWS), cols) each
+    const float *part;   // PLAIN gradient: its first pass, made with it by a GEMM epilogue (llmc/gemm_fp8.cuh),
+    int part_tiles;      // laid out as grad_part says, with part_tiles tiles a row
 } RowSource;
 
 #define QROWS 32        // rows per block
 #define QTHREADS 256    // at most, per block (and per row slice of grad_reduce's)
 #define GSLICES 2       // row slices of grad_reduce's blocks
 #define PART_ROWS 64    // rows of a gradient's column partials from a GEMM epilogue (RowSource.part)
+
+// A gradient's first pass made elsewhere (RowSource.part), in one buffer: per row and tile of
+// columns the maximum of |g col_scale| (rows, tiles); per column and PART_ROWS rows the maximum of
+// |g row_scale| and the sum of g (ceil(rows / PART_ROWS), cols) each
+typedef struct { float *row_max, *col_max, *col_sum; } GradPart;
+__host__ __device__ inline GradPart grad_part(float *part, int rows, int cols, int tiles) {
+    GradPart g;
+    g.row_max = part;
+    g.col_max = part + (size_t)rows * tiles;
+    g.col_sum = g.col_max + (size_t)((rows + PART_ROWS - 1) / PART_ROWS) * cols;
+    return g;
+}
+static size_t grad_part_floats(int rows, int cols, int tiles) {
+    return (size_t)rows * tiles + 2 * (size_t)ceil_div(rows, PART_ROWS) * cols;
+}
 
 // W (8 or 4) BF16 values in one 16- or 8-byte access
 template <int W> struct Pack;
@@ -524,8 +539,7 @@ static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSour
     if (codes || codes_t) rows_codes(codes, codes_t, scales, src, NULL, NULL, 0, rows, cols, f, st);
 }
 
-// quantize_grad's first pass from a GEMM epilogue's partials (src->part): the row scales, the
-// columns' absmax bits and, with col_partial, the column sums as a single row of partials
+// the row scales of quantize_grad from a first pass made elsewhere: the maximum over the tiles
 __global__ void part_row_scales_kernel(float *scales, const float *row_max, int tiles, int rows, Format f) {
     int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
@@ -555,18 +569,17 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
     int halves = src->op == ROWS_DSWIGLU ? 2 : 1, threads;  // src_halves: a thread's 4 columns in each half
     dim3 grid; size_t smem;
     codes_launch(&grid, &threads, &smem, rows, cols, halves);
+    CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
     if (src->part) {
         if (g != 0) die("quantize_grad: a first pass comes only with a plain gradient");
         int prows = ceil_div(rows, PART_ROWS);
-        const float *col_max = src->part + (size_t)rows * src->part_tiles, *col_sum = col_max + (size_t)prows * cols;
-        part_row_scales_kernel<<<ceil_div(rows, 256), 256, 0, st>>>(scales, src->part, src->part_tiles, rows, f);
-        CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
-        max_rows((float *)amax, col_max, prows, cols, cols, st);  // non-negative floats: their maximum is their bits'
-        if (db) sum_rows(db, col_sum, prows, cols, cols, st);
+        GradPart p = grad_part((float *)src->part, rows, cols, src->part_tiles);
+        part_row_scales_kernel<<<ceil_div(rows, 256), 256, 0, st>>>(scales, p.row_max, src->part_tiles, rows, f);
+        max_rows((float *)amax, p.col_max, prows, cols, cols, st);  // non-negative floats: their maximum is their bits'
+        if (db) sum_rows(db, p.col_sum, prows, cols, cols, st);
     } else {
         void (*const reduce[])(float *, unsigned *, float *, RowSource, const float *, const float *, int, int, Format) = {
             grad_reduce_kernel<ROWS_PLAIN>, grad_reduce_kernel<ROWS_DGELU>, grad_reduce_kernel<ROWS_DSWIGLU> };
-        CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
         reduce[g]<<<grid.x, GSLICES * quantize_threads(cols, 4 * halves, QTHREADS, NULL), 0, st>>>(
             scales, amax, db ? partial : NULL, *src, col_scale, row_scale, rows, cols, f);
         if (db) sum_rows(db, partial, ceil_div(rows, QROWS), cols, cols, st);

@@ -346,8 +346,8 @@ static void test_fp8_gemms(Format fx, Format fg) {
 // every dimension: 336 tokens (tiles of 128), 520 outputs (tiles of 256), k = 208 (slices of 128).
 static void test_own_gemm(void) {
     if (!fp8_gemm_supported()) { printf("own FP8 GEMM: SKIPPED (not a Hopper GPU)\n"); return; }
-    const int N = 336, C = 208, F = 520, tiles = fp8_gemm_tiles_n(F), prows = ceil_div(N, PART_ROWS);
-    const size_t nf = (size_t)N * F, npart = (size_t)N * tiles + 2 * (size_t)prows * F;
+    const int N = 336, C = 208, F = 520, tiles = fp8_gemm_tiles_n(F);
+    const size_t nf = (size_t)N * F, npart = grad_part_floats(N, F, tiles);
     bf16 *hx = (bf16 *)malloc_check(N * C * 2), *hw = (bf16 *)malloc_check(C * F * 2), *hpre = (bf16 *)malloc_check(nf * 2);
     float *x = (float *)malloc_check(N * C * 4), *w = (float *)malloc_check(C * F * 4), *pre = (float *)malloc_check(nf * 4);
     float *qx = (float *)malloc_check(N * C * 4), *qwt = (float *)malloc_check(C * F * 4), *got = (float *)malloc_check(nf * 4);
@@ -381,7 +381,7 @@ static void test_own_gemm(void) {
             ref[(size_t)t * F + j] = s * hsx[t];
             refv[(size_t)t * F + j] = ref[(size_t)t * F + j] * gelu_tanh_grad(pre[(size_t)t * F + j]);
         }
-    GemmFp8 p = { sx, ones, N, F, C, q, q + N, part, part + (size_t)N * tiles, part + (size_t)N * tiles + (size_t)prows * F };
+    GemmFp8 p = { sx, ones, N, F, C, q, q + N, part };
     CUDA_CHECK(cudaMemset(part, 0x7f, npart * 4));  // huge values wherever the epilogue writes nothing
     fp8_gemm(dD, cx, cwt, NULL, &p, 0);
     fp8_gemm(dV, cx, cwt, dPRE, &p, 0);

@@ -12,7 +12,7 @@
 #include "../../llmc/gemm_fp8.cuh"
 
 static void our_gemm(bf16 *d, const fp8 *a, const float *sa, const fp8 *b, const float *sb, int M, int N, int K) {
-    GemmFp8 p = { sa, sb, M, N, K, NULL, NULL, NULL, NULL, NULL };
+    GemmFp8 p = { sa, sb, M, N, K, NULL, NULL, NULL };
     fp8_gemm(d, a, b, NULL, &p, 0);
 }
 
@@ -162,7 +162,8 @@ int main(void) {
     // cuBLASLt's dgrad, then quantize_grad's two passes over dGELU (the gradient and pre read
     // twice), against our GEMM with the dGELU epilogue and the codes pass alone
     {
-        const int M = 32768, N = 3072, K = 768, tiles = fp8_gemm_tiles_n(N), prows = ceil_div(M, PART_ROWS);
+        const int M = 32768, N = 3072, K = 768, tiles = fp8_gemm_tiles_n(N);
+        const size_t npart = grad_part_floats(M, N, tiles);
         size_t n = (size_t)M * N;
         bf16 *pre = (bf16 *)cuda_malloc(n * 2), *hp = (bf16 *)malloc(n * 2);
         for (size_t i = 0; i < n; i++) hp[i] = __float2bfloat16(((int)(next_u32() % 2001) - 1000) / 250.0f);
@@ -170,10 +171,10 @@ int main(void) {
         fp8 *codes = (fp8 *)cuda_malloc(n), *codes_t = (fp8 *)cuda_malloc(n);
         float *scales = (float *)cuda_malloc(M * 4), *scales_t = (float *)cuda_malloc(N * 4), *db = (float *)cuda_malloc(N * 4);
         float *partial = (float *)cuda_malloc((size_t)(M / QROWS + 1) * N * 4);
-        float *gpart = (float *)cuda_malloc(((size_t)M * tiles + 2 * (size_t)prows * N) * 4);
+        float *gpart = (float *)cuda_malloc(npart * 4);
         unsigned *amax = (unsigned *)cuda_malloc(N * 4);
         CUDA_CHECK(cudaMemset(db, 0, N * 4));
-        GemmFp8 p = { sa, sb, M, N, K, sa, sb, gpart, gpart + (size_t)M * tiles, gpart + (size_t)M * tiles + (size_t)prows * N };
+        GemmFp8 p = { sa, sb, M, N, K, sa, sb, gpart };
         auto lt_dgrad = [&] { matmul_fp8(d, CUDA_R_16BF, b, CUDA_R_8F_E4M3, sb, a, CUDA_R_8F_E4M3, sa, N, M, K, NULL, 0.0f, NULL, NULL,
                                          CUBLASLT_EPILOGUE_DEFAULT, 0); };
         auto unfused_codes = [&] { RowSource g = rows_grad(ROWS_DGELU, d, pre);
@@ -189,7 +190,7 @@ int main(void) {
         printf("| ours with the dGELU epilogue, then the codes pass | %.3f | %.3f | %.3f (%.2fx) |\n", t_ours, t_fc, t_f, t_u / t_f);
         cuda_free(pre, n * 2); cuda_free(codes, n); cuda_free(codes_t, n); cuda_free(scales, M * 4); cuda_free(scales_t, N * 4);
         cuda_free(db, N * 4); cuda_free(partial, (size_t)(M / QROWS + 1) * N * 4);
-        cuda_free(gpart, ((size_t)M * tiles + 2 * (size_t)prows * N) * 4); cuda_free(amax, N * 4);
+        cuda_free(gpart, npart * 4); cuda_free(amax, N * 4);
         free(hp);
     }
     printf("\n%s\n", ok ? "all checks passed" : "CHECKS FAILED");
