@@ -83,6 +83,8 @@ typedef struct {
                                  // for OCC's compensation (none otherwise: the quantizer applies the derivative)
     bf16 *dfch_act;              // (B) (N, F); with fused_dgelu, GELU's input's gradient (fc's output gradient)
     float *gpart;                // (B) fused_dgelu: fc's gradient's first pass, from fcproj's dgrad (RowSource.part)
+    float *npart;                // (B) the residual gradient's first pass, from the norm's backward, for the
+                                 // quantized attproj or fcproj that takes it next
     fp8 *gcodes, *gcodes_t;      // (B) (N, maxM) output-gradient codes per token (dgrad), (maxM, N) per output (wgrad)
     float *gscales, *gscales_t;  // (B) (N), (maxM) their scales
     fp8 *wcodes_t;               // (B) (maxK, maxM) a layer's weight codes, transposed for dgrad
@@ -352,7 +354,8 @@ static void model_alloc_acts(Model *m, int B, int T) {
         BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
     }
     BUF(s->occ_dense_b, anycomp * N * maxK); BUF(s->wgrad, maxmk);
-    BUF(s->gpart, fused_dgelu(m) ? grad_part_floats(N, F, fp8_gemm_tiles_n(F)) : 0);
+    BUF(s->gpart, fused_dgelu(m) ? grad_part_floats(N, F, fp8_gemm_tiles_n(F), GEMM_PART_ROWS) : 0);
+    BUF(s->npart, quantized(m, LIN_ATTPROJ) || quantized(m, LIN_FCPROJ) ? grad_part_floats(N, C, 1, NORM_ROWS) : 0);
     SHARE();
 #undef SHARE
 #undef BUF
@@ -573,6 +576,23 @@ static void model_reduce_grads(Model *m, int group, int l) {
     dist_grads_end(m->dist);
 }
 
+// Each norm's backward writes the residual gradient that attproj or fcproj of layer l quantizes
+// next. Where that linear is quantized, the norm makes the first pass of the quantization as it
+// writes the rows (into s->npart), and the linear takes the gradient with it (residual_grad).
+// Returns the pass for norm_backward, NULL for none.
+static const NormGradPass *residual_pass(Model *m, int lin, int l, NormGradPass *p) {
+    if (l < 0 || !quantized(m, lin)) return NULL;
+    int M, K; linear_dims(&m->cfg, lin, &M, &K);
+    size_t N = (size_t)m->B * m->T;
+    GradPart g = grad_part(m->s.npart, (int)N, M, 1, NORM_ROWS);
+    p->col_scale = m->wscales[lin] + (size_t)l * M; p->row_scale = m->acts.xs[lin] + (size_t)l * N;
+    p->row_max = g.row_max; p->col_max = g.col_max; p->col_sum = g.col_sum;
+    return p;
+}
+static RowSource residual_grad(const Model *m, int lin) {
+    return quantized(m, lin) ? rows_grad_part(m->s.dres, m->s.npart, 1, NORM_ROWS) : rows_plain(m->s.dres);
+}
+
 // accumulates into the gradients; needs the dlogits left by model_forward(..., grad_scale > 0).
 // reduce: the step's last micro-batch, after which the gradients are averaged over the ranks
 static void model_backward(Model *m, int reduce) {
@@ -584,12 +604,13 @@ static void model_backward(Model *m, int reduce) {
     cudaStream_t st = m->stream;
     const float *cs = gpt2 ? NULL : m->rope_cos, *sn = gpt2 ? NULL : m->rope_sin;
     ParamKind head = gpt2 ? P_WTE : P_LMHEAD;
+    NormGradPass pass;
     matmul_wgrad(GRAD(m, head), a->logits, a->lnf, N, c->Vp, C, 1.0f, st);
     matmul_dgrad(s->dln, a->logits, PARAM(m, head), NULL, N, c->Vp, C, st);
     CUDA_CHECK(cudaMemsetAsync(s->dres, 0, (size_t)N * C * sizeof(bf16), st));
     const bf16 *res = a->res3 + (size_t)(c->L - 1) * N * C;
     norm_backward(s->dres, GRAD(m, P_LNFW), gpt2 ? GRAD(m, P_LNFB) : NULL, s->partial, s->dln, res, PARAM(m, P_LNFW),
-                  a->lnf_mean, a->lnf_rstd, N, C, st);
+                  a->lnf_mean, a->lnf_rstd, N, C, residual_pass(m, LIN_FCPROJ, c->L - 1, &pass), st);
     if (reduce) model_reduce_grads(m, PG_HEAD, 0);
     for (int l = c->L - 1; l >= 0; l--) {
         const bf16 *resin = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
@@ -601,27 +622,28 @@ static void model_backward(Model *m, int reduce) {
         const float *stats = a->att_stats + (size_t)l * N * c->H;
         // MLP: fcproj, GELU / SwiGLU, fc, norm 2; the residual gradient passes through. The
         // nonlinearity's derivative: in fc's quantizer, else in fcproj's dgrad epilogue (GELU) or a kernel
-        RowSource dres = rows_plain(s->dres);
+        RowSource dres = residual_grad(m, LIN_FCPROJ);
         int qfc = quantized(m, LIN_FC), fused = fused_dgelu(m);
         if (gpt2) linear_backward(m, LIN_FCPROJ, l, qfc ? s->dfch_act : s->dfch, &dres, &in[LIN_FCPROJ], qfc && !fused ? NULL : fch, N);
         else {
             linear_backward(m, LIN_FCPROJ, l, s->dfch_act, &dres, &in[LIN_FCPROJ], NULL, N);
             if (!qfc) swiglu_backward(s->dfch, fch, s->dfch_act, N, F, st);
         }
-        RowSource dfc = fused ? rows_grad_part(s->dfch_act, s->gpart, fp8_gemm_tiles_n(F))
+        RowSource dfc = fused ? rows_grad_part(s->dfch_act, s->gpart, fp8_gemm_tiles_n(F), GEMM_PART_ROWS)
                       : qfc ? rows_grad(gpt2 ? ROWS_DGELU : ROWS_DSWIGLU, s->dfch_act, fch) : rows_plain(s->dfch);
         linear_backward(m, LIN_FC, l, s->dln, &dfc, &in[LIN_FC], NULL, N);
         norm_backward(s->dres, GRAD(m, P_LN2W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN2B) + (size_t)l * C : NULL, s->partial,
                       s->dln, res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? a->ln2_mean + (size_t)l * N : NULL,
-                      a->ln2_rstd + (size_t)l * N, N, C, st);
+                      a->ln2_rstd + (size_t)l * N, N, C, residual_pass(m, LIN_ATTPROJ, l, &pass), st);
         // attention: attproj, the attention core with RoPE, qkv, norm 1
+        dres = residual_grad(m, LIN_ATTPROJ);
         linear_backward(m, LIN_ATTPROJ, l, s->datty, &dres, &in[LIN_ATTPROJ], NULL, N);
         attention_backward(s->dqkv, s->datty, qkv, atty, stats, cs, sn, B, T, c->H, c->KV, hd, m->deterministic, st);
         RowSource dqkv = rows_plain(s->dqkv);
         linear_backward(m, LIN_QKV, l, s->dln, &dqkv, &in[LIN_QKV], NULL, N);
         norm_backward(s->dres, GRAD(m, P_LN1W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN1B) + (size_t)l * C : NULL, s->partial,
                       s->dln, resin, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? a->ln1_mean + (size_t)l * N : NULL,
-                      a->ln1_rstd + (size_t)l * N, N, C, st);
+                      a->ln1_rstd + (size_t)l * N, N, C, residual_pass(m, LIN_FCPROJ, l - 1, &pass), st);
         if (reduce) model_reduce_grads(m, PG_LAYER, l);
     }
     encoder_backward(GRAD(m, P_WTE), gpt2 ? GRAD(m, P_WPE) : NULL, m->buckets, m->dbuckets, s->dres, m->host_inputs, B, T, C,

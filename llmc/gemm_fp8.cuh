@@ -49,12 +49,13 @@
 #define CLUSTER 2   // CTAs of a cluster take vertically adjacent tiles and share B's loads
 #endif
 #define OUT_BYTES (64 * BN * 2)  // a consumer warpgroup's BF16 output tile, staged for its TMA store
+#define GEMM_PART_ROWS 64        // rows of the dGELU epilogue's column partials: a consumer warpgroup's
 
 typedef struct {
     const float *sa, *sb;   // (M), (N)
     int M, N, K;
     // the dGELU epilogue (with pre): the scales of v's quantization, row_scale (M) and col_scale
-    // (N), and where the first pass goes (grad_part_floats(M, N, fp8_gemm_tiles_n(N)))
+    // (N), and where the first pass goes (grad_part_floats(M, N, fp8_gemm_tiles_n(N), GEMM_PART_ROWS))
     const float *row_scale, *col_scale;
     float *part;
 } GemmFp8;
@@ -188,8 +189,7 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
     cluster_sync();
     // the cluster walks units of CLUSTER vertically adjacent tiles; this CTA takes the rank-th
     int rank = cluster_rank(), tiles_n = (N + BN - 1) / BN, ktiles = (p.K + BK - 1) / BK;
-    static_assert(PART_ROWS == 64, "a column partial is a consumer warpgroup's rows");
-    GradPart pass1 = grad_part(p.part, M, N, tiles_n);  // the dGELU epilogue's first pass
+    GradPart pass1 = grad_part(p.part, M, N, tiles_n, GEMM_PART_ROWS);  // the dGELU epilogue's first pass
     int units = ((M + BM - 1) / BM + CLUSTER - 1) / CLUSTER * tiles_n, first = blockIdx.x / CLUSTER, step = gridDim.x / CLUSTER;
 
     if (wg == 0) {  // producer; TMA fills the parts of a box outside the matrix with zeros
@@ -319,7 +319,7 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
             }
             int col = n0 + 64 * warp + cw;
             if (col < N && m0 + rows_off < M) {
-                size_t at = (size_t)((m0 + rows_off) / 64) * N + col;
+                size_t at = (size_t)((m0 + rows_off) / GEMM_PART_ROWS) * N + col;
                 *(float2 *)(pass1.col_max + at) = make_float2(cmax0, cmax1);
                 *(float2 *)(pass1.col_sum + at) = make_float2(csum0, csum1);
             }

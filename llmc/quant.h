@@ -102,10 +102,13 @@ static HD inline float quant_round(float x, Format f) {
 
 // DGE (SPEC.md 4, RECIPE.md 4): d/dw of the smooth quantizer f at w (in grid units), capped at 3
 static HD inline float dge_derivative(float w, Format f, float k) {
-    float a = fabsf(w), lo = fp4_grid(f, 0), delta = fp4_grid(f, 1) - lo;
-    for (int i = 1; i < 7; i++)  // the interval holding a, the last one above g7 (constant indices, as above)
-        if (a >= fp4_grid(f, i)) { lo = fp4_grid(f, i); delta = fp4_grid(f, i + 1) - lo; }
-    float t = fabsf(2.0f * (a - lo) / delta - 1.0f);
+    // the interval holding a (the last one above g7; constant indices, as above). Every interval's
+    // width is a power of two, so 2 / width comes from its bits, and multiplying by it rounds
+    // exactly as dividing 2 (a - lo) by the width would
+    float a = fabsf(w), lo = fp4_grid(f, 0), width = fp4_grid(f, 1) - lo;
+    for (int i = 1; i < 7; i++)
+        if (a >= fp4_grid(f, i)) { lo = fp4_grid(f, i); width = fp4_grid(f, i + 1) - lo; }
+    float t = fabsf((a - lo) * f32_from_bits(0x7f800000u - f32_bits(width)) - 1.0f);
     float d = (1.0f / k) * powf(t, 1.0f / k - 1.0f);
     return d < 3.0f ? d : 3.0f;
 }

@@ -1,4 +1,4 @@
-// defines: fp8, fp8_type, RowSource, PART_ROWS, GradPart, grad_part, grad_part_floats, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
+// defines: fp8, fp8_type, RowSource, GradPart, grad_part, grad_part_floats, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
 //          quantize_rows, rows_codes, quantize_grad, dge_apply
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
@@ -38,28 +38,28 @@ typedef struct {
     float eps;
     bf16 *out;           // where a BF16 linear wants the rows materialized; for DGELU / DSWIGLU, where
                          // OCC's compensation gradient wants them (quantize_grad's codes pass writes them)
-    const float *part;   // PLAIN gradient: its first pass, made with it by a GEMM epilogue (llmc/gemm_fp8.cuh),
-    int part_tiles;      // laid out as grad_part says, with part_tiles tiles a row
+    const float *part;   // PLAIN gradient: its first pass, made with it by its producer (a GEMM epilogue,
+    int part_tiles;      // llmc/gemm_fp8.cuh, or the norm's backward, llmc/norm.cuh), laid out as grad_part
+    int part_group;      // says, with part_tiles tiles a row and column partials of part_group rows
 } RowSource;
 
 #define QROWS 32        // rows per block
 #define QTHREADS 256    // at most, per block (and per row slice of grad_reduce's)
 #define GSLICES 2       // row slices of grad_reduce's blocks
-#define PART_ROWS 64    // rows of a gradient's column partials from a GEMM epilogue (RowSource.part)
 
 // A gradient's first pass made elsewhere (RowSource.part), in one buffer: per row and tile of
-// columns the maximum of |g col_scale| (rows, tiles); per column and PART_ROWS rows the maximum of
-// |g row_scale| and the sum of g (ceil(rows / PART_ROWS), cols) each
+// columns the maximum of |g col_scale| (rows, tiles); per column and group of rows the maximum of
+// |g row_scale| and the sum of g (ceil(rows / group), cols) each
 typedef struct { float *row_max, *col_max, *col_sum; } GradPart;
-__host__ __device__ inline GradPart grad_part(float *part, int rows, int cols, int tiles) {
+__host__ __device__ inline GradPart grad_part(float *part, int rows, int cols, int tiles, int group) {
     GradPart g;
     g.row_max = part;
     g.col_max = part + (size_t)rows * tiles;
-    g.col_sum = g.col_max + (size_t)((rows + PART_ROWS - 1) / PART_ROWS) * cols;
+    g.col_sum = g.col_max + (size_t)((rows + group - 1) / group) * cols;
     return g;
 }
-static size_t grad_part_floats(int rows, int cols, int tiles) {
-    return (size_t)rows * tiles + 2 * (size_t)ceil_div(rows, PART_ROWS) * cols;
+static size_t grad_part_floats(int rows, int cols, int tiles, int group) {
+    return (size_t)rows * tiles + 2 * (size_t)ceil_div(rows, group) * cols;
 }
 
 // W (8 or 4) BF16 values in one 16- or 8-byte access
@@ -572,8 +572,8 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
     CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
     if (src->part) {
         if (g != 0) die("quantize_grad: a first pass comes only with a plain gradient");
-        int prows = ceil_div(rows, PART_ROWS);
-        GradPart p = grad_part((float *)src->part, rows, cols, src->part_tiles);
+        int prows = ceil_div(rows, src->part_group);
+        GradPart p = grad_part((float *)src->part, rows, cols, src->part_tiles, src->part_group);
         part_row_scales_kernel<<<ceil_div(rows, 256), 256, 0, st>>>(scales, p.row_max, src->part_tiles, rows, f);
         max_rows((float *)amax, p.col_max, prows, cols, cols, st);  // non-negative floats: their maximum is their bits'
         if (db) sum_rows(db, p.col_sum, prows, cols, cols, st);
@@ -611,10 +611,11 @@ static RowSource rows_grad(int op, const bf16 *g, const bf16 *pre) {
     s.op = op; s.x = g; s.pre = pre;
     return s;
 }
-// a plain gradient g with its first pass, made by the GEMM epilogue that wrote it
-static RowSource rows_grad_part(const bf16 *g, const float *part, int tiles) {
+// a plain gradient g with its first pass, made by the kernel that wrote it (tiles a row, column
+// partials of group rows)
+static RowSource rows_grad_part(const bf16 *g, const float *part, int tiles, int group) {
     RowSource s = rows_plain(g);
-    s.part = part; s.part_tiles = tiles;
+    s.part = part; s.part_tiles = tiles; s.part_group = group;
     return s;
 }
 

@@ -1,9 +1,9 @@
 // The trainer's GPU kernels against double-precision references computed on the CPU, on fresh
 // random data (the seed is printed): the classifier (softmax, cross-entropy, dlogits), the norms
-// forward and backward, the GELU and dGELU GEMM epilogues (which must be SPEC.md's tanh form,
+// forward and backward (with the first pass of the backward's output quantization), the GELU and dGELU GEMM epilogues (which must be SPEC.md's tanh form,
 // not the erf form), the FP8 GEMMs with per-row scales against the dequantized operands, and the
-// multi-GPU replica hash (the same on a copy, different after any one changed element), and the
-// FP8 attention core against its CPU reference and against the BF16 (cuDNN) core.
+// multi-GPU replica hash (the same on a copy, different after any one changed element), the
+// gradient norm's pass with DGE in it, and the FP8 attention core against its CPU reference and against the BF16 (cuDNN) core.
 // Bounds: BF16 outputs within BF16 rounding (2^-8 relative) plus a small absolute term.
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +15,7 @@
 #include "../llmc/gemm_fp8.cuh"
 #include "../llmc/dist.cuh"
 #include "../llmc/attention.cuh"
+#include "../llmc/adamw.cuh"
 #include "../llmc/rand.h"
 #include "check.h"
 
@@ -106,8 +107,44 @@ static void test_classifier(void) {
     free(h); free(x); free(got); free(ref);
 }
 
+// A gradient's first pass made by its producer (fused, a RowSource.part over g) against
+// quantize_grad's own two passes over the same BF16 g (N, F), vector- and tensor-wise, with row
+// scales q (N) and column scales q + N (F): returns how many codes (both copies) and scales differ;
+// *worst_sum: the bias sums' worst difference, over the column's sum of |g|.
+static int first_pass_diffs(const RowSource *fused, const bf16 *g, const float *q, int N, int F, double *worst_sum) {
+    const size_t nf = (size_t)N * F;
+    fp8 *c1 = (fp8 *)cuda_malloc(2 * nf), *c2 = (fp8 *)cuda_malloc(2 * nf);
+    float *s1 = (float *)cuda_malloc(2 * (N + F) * 4), *s2 = (float *)cuda_malloc(2 * (N + F) * 4);
+    float *partial = (float *)cuda_malloc((size_t)(N / QROWS + 1) * F * 4);
+    unsigned *amax = (unsigned *)cuda_malloc(F * 4);
+    fp8 *h1 = (fp8 *)malloc_check(2 * nf), *h2 = (fp8 *)malloc_check(2 * nf);
+    float *hs1 = (float *)malloc_check(2 * (N + F) * 4), *hs2 = (float *)malloc_check(2 * (N + F) * 4), *v = (float *)malloc_check(nf * 4);
+    from_device(v, g, nf);
+    RowSource plain = rows_plain(g);
+    int bad = 0;
+    *worst_sum = 0.0;
+    for (int tensor = 0; tensor < 2; tensor++) {
+        CUDA_CHECK(cudaMemset(s1, 0, 2 * (N + F) * 4)); CUDA_CHECK(cudaMemset(s2, 0, 2 * (N + F) * 4));
+        quantize_grad(c1, s1, c1 + nf, s1 + N, fused, q + N, q, N, F, FMT_E4M3, tensor, amax, s1 + N + F, partial, 0);
+        quantize_grad(c2, s2, c2 + nf, s2 + N, &plain, q + N, q, N, F, FMT_E4M3, tensor, amax, s2 + N + F, partial, 0);
+        cuda_download(h1, c1, 2 * nf); cuda_download(h2, c2, 2 * nf);
+        cuda_download(hs1, s1, 2 * (N + F) * 4); cuda_download(hs2, s2, 2 * (N + F) * 4);
+        for (size_t i = 0; i < 2 * nf; i++) bad += h1[i] != h2[i];
+        for (int i = 0; i < N + F; i++) bad += memcmp(&hs1[i], &hs2[i], 4) != 0;
+        for (int j = 0; j < F; j++) {
+            double mag = 0.0;
+            for (int t = 0; t < N; t++) mag += fabs(v[(size_t)t * F + j]);
+            if (mag > 0.0) *worst_sum = fmax(*worst_sum, fabs((double)hs1[N + F + j] - hs2[N + F + j]) / mag);
+        }
+    }
+    cuda_free(c1, 2 * nf); cuda_free(c2, 2 * nf); cuda_free(s1, 2 * (N + F) * 4); cuda_free(s2, 2 * (N + F) * 4);
+    cuda_free(partial, (size_t)(N / QROWS + 1) * F * 4); cuda_free(amax, F * 4);
+    free(h1); free(h2); free(hs1); free(hs2); free(v);
+    return bad;
+}
+
 static void test_norm(int C, int layernorm) {
-    const int N = 300;  // not a multiple of NORM_ROWS: a partial last block
+    const int N = 304;  // not a multiple of NORM_ROWS: a partial last block (one of 16, as transposed codes need)
     size_t n = (size_t)N * C;
     bf16 *hx = (bf16 *)malloc_check(n * sizeof(bf16)), *hdy = (bf16 *)malloc_check(n * sizeof(bf16));
     bf16 *hdx = (bf16 *)malloc_check(n * sizeof(bf16)), *hw = (bf16 *)malloc_check(C * sizeof(bf16)), *hb = (bf16 *)malloc_check(C * sizeof(bf16));
@@ -149,7 +186,28 @@ static void test_norm(int C, int layernorm) {
     float *scratch = (float *)cuda_malloc(nscratch * sizeof(float));
     CUDA_CHECK(cudaMemset(dgw, 0, 2 * C * sizeof(float)));
     norm_forward(dout, layernorm ? dmean : NULL, drstd, dxin, dw, layernorm ? db : NULL, N, C, eps, 0);
-    norm_backward(ddx, dgw, layernorm ? dgb : NULL, scratch, ddy, dxin, dw, layernorm ? dmean : NULL, drstd, N, C, 0);
+    norm_backward(ddx, dgw, layernorm ? dgb : NULL, scratch, ddy, dxin, dw, layernorm ? dmean : NULL, drstd, N, C, NULL, 0);
+    // again with the first pass of dx's quantization: the same dx and weight gradients, bit for bit,
+    // and the pass the same as quantize_grad's own over dx (row and column scales spanning 2^8)
+    bf16 *ddx2 = to_device(hdx, n);
+    float *dgw2 = (float *)cuda_malloc(2 * C * sizeof(float)), *q = (float *)cuda_malloc((N + C) * sizeof(float));
+    float *hq = (float *)malloc_check((N + 5 * C) * sizeof(float)), *g1 = hq + N + C, *g2 = g1 + 2 * C;
+    size_t npart = grad_part_floats(N, C, 1, NORM_ROWS);
+    float *part = (float *)cuda_malloc(npart * sizeof(float));
+    uint64_t s0 = seed + 1000 * ++stream_id;
+    for (int i = 0; i < N + C; i++) hq[i] = exp2f(-8.0f * rng_uniform(rng_hash(s0, i))) * 1.37f;
+    cuda_upload(q, hq, (N + C) * sizeof(float));
+    CUDA_CHECK(cudaMemset(dgw2, 0, 2 * C * sizeof(float)));
+    GradPart gp = grad_part(part, N, C, 1, NORM_ROWS);
+    NormGradPass pass = { q + N, q, gp.row_max, gp.col_max, gp.col_sum };
+    norm_backward(ddx2, dgw2, layernorm ? dgw2 + C : NULL, scratch, ddy, dxin, dw, layernorm ? dmean : NULL, drstd, N, C, &pass, 0);
+    bf16 *h1 = (bf16 *)malloc_check(n * sizeof(bf16)), *h2 = (bf16 *)malloc_check(n * sizeof(bf16));
+    cuda_download(h1, ddx, n * sizeof(bf16)); cuda_download(h2, ddx2, n * sizeof(bf16));
+    cuda_download(g1, dgw, 2 * C * sizeof(float)); cuda_download(g2, dgw2, 2 * C * sizeof(float));
+    int same = memcmp(h1, h2, n * sizeof(bf16)) == 0 && memcmp(g1, g2, 2 * C * sizeof(float)) == 0;
+    RowSource fused = rows_grad_part(ddx2, part, 1, NORM_ROWS);
+    double worst_sum;
+    int bad = first_pass_diffs(&fused, ddx2, q, N, C, &worst_sum);
     from_device(got, dout, n);
     double fe = bound_ratio(got, ref, n, BF16_REL, 1e-3);
     float stats[2 * N];
@@ -171,8 +229,13 @@ static void test_norm(int C, int layernorm) {
     const char *name = layernorm ? "layernorm" : "rmsnorm";
     CHECK(fe <= 1.0 && se <= 1e-5, "%s C=%d forward: output %.3g of the bound, statistics error %.3g", name, C, fe, se);
     CHECK(be <= 1.0 && we <= 1e-5, "%s C=%d backward: dx %.3g of the bound, weight gradients error %.3g", name, C, be, we);
-    printf("%s %dx%d: forward %.2f, dx %.2f of the BF16 bound; statistics %.1e, weight gradients %.1e\n", name, N, C, fe, be,
-           se, we);
+    CHECK(same, "%s C=%d backward: the first pass of dx's quantization changed dx or the weight gradients", name, C);
+    CHECK(bad == 0 && worst_sum <= 1e-6, "%s C=%d backward: dx's quantization from its first pass: %d codes or scales differ "
+          "from quantize_grad's, bias sums %.3g of the column's sum of |dx|", name, C, bad, worst_sum);
+    printf("%s %dx%d: forward %.2f, dx %.2f of the BF16 bound; statistics %.1e, weight gradients %.1e; dx's gradient codes "
+           "from its first pass identical, bias sums %.1e\n", name, N, C, fe, be, se, we, worst_sum);
+    cuda_free(ddx2, n * 2); cuda_free(dgw2, 2 * C * 4); cuda_free(q, (N + C) * 4); cuda_free(part, npart * 4);
+    free(h1); free(h2); free(hq);
     cuda_free(dxin, n * 2); cuda_free(ddy, n * 2); cuda_free(ddx, n * 2); cuda_free(dw, C * 2); cuda_free(db, C * 2);
     cuda_free(dout, n * 2); cuda_free(dmean, 2 * N * 4); cuda_free(dgw, 2 * C * 4); cuda_free(scratch, nscratch * 4);
     free(hx); free(hdy); free(hdx); free(hw); free(hb); free(x); free(dy); free(dx0); free(w); free(b); free(got);
@@ -347,7 +410,7 @@ static void test_fp8_gemms(Format fx, Format fg) {
 static void test_own_gemm(void) {
     if (!fp8_gemm_supported()) { printf("own FP8 GEMM: SKIPPED (not a Hopper GPU)\n"); return; }
     const int N = 336, C = 208, F = 520, tiles = fp8_gemm_tiles_n(F);
-    const size_t nf = (size_t)N * F, npart = grad_part_floats(N, F, tiles);
+    const size_t nf = (size_t)N * F, npart = grad_part_floats(N, F, tiles, GEMM_PART_ROWS);
     bf16 *hx = (bf16 *)malloc_check(N * C * 2), *hw = (bf16 *)malloc_check(C * F * 2), *hpre = (bf16 *)malloc_check(nf * 2);
     float *x = (float *)malloc_check(N * C * 4), *w = (float *)malloc_check(C * F * 4), *pre = (float *)malloc_check(nf * 4);
     float *qx = (float *)malloc_check(N * C * 4), *qwt = (float *)malloc_check(C * F * 4), *got = (float *)malloc_check(nf * 4);
@@ -360,12 +423,8 @@ static void test_own_gemm(void) {
     bf16 *dX = to_device(hx, N * C), *dW = to_device(hw, C * F), *dPRE = to_device(hpre, nf);
     bf16 *dD = (bf16 *)cuda_malloc(nf * 2), *dV = (bf16 *)cuda_malloc(nf * 2);
     fp8 *cx = (fp8 *)cuda_malloc(N * C), *cw = (fp8 *)cuda_malloc(C * F), *cwt = (fp8 *)cuda_malloc(C * F);
-    fp8 *c1 = (fp8 *)cuda_malloc(2 * nf), *c2 = (fp8 *)cuda_malloc(2 * nf);
     float *sx = (float *)cuda_malloc(N * 4), *sw = (float *)cuda_malloc(C * 4), *q = (float *)cuda_malloc((N + F) * 4);
     float *ones = (float *)cuda_malloc(F * 4), *part = (float *)cuda_malloc(npart * 4);
-    float *s1 = (float *)cuda_malloc(2 * (N + F) * 4), *s2 = (float *)cuda_malloc(2 * (N + F) * 4);
-    float *partial = (float *)cuda_malloc((size_t)(N / QROWS + 1) * F * 4);
-    unsigned *amax = (unsigned *)cuda_malloc(F * 4);
     cuda_upload(q, hq, (N + F) * 4);
     cuda_upload(ones, hones, F * 4);
     RowSource xs = rows_plain(dX), ws = rows_plain(dW);
@@ -393,36 +452,18 @@ static void test_own_gemm(void) {
     CHECK(pe <= 1.0, "own FP8 GEMM (%d x %d x %d): %.3g of the bound", N, F, C, pe);
     CHECK(ve <= 1.0, "own FP8 GEMM with dGELU: %.3g of twice the BF16 bound", ve);
     // fc's gradient quantization of v: the epilogue's first pass vs quantize_grad's own
-    fp8 *h1 = (fp8 *)malloc_check(2 * nf), *h2 = (fp8 *)malloc_check(2 * nf);
-    float *hs1 = (float *)malloc_check(2 * (N + F) * 4), *hs2 = (float *)malloc_check(2 * (N + F) * 4);
-    double worst_sum = 0.0;
-    int bad = 0;
-    for (int tensor = 0; tensor < 2; tensor++) {
-        RowSource fused = rows_grad_part(dV, part, tiles), plain = rows_plain(dV);
-        CUDA_CHECK(cudaMemset(s1, 0, 2 * (N + F) * 4)); CUDA_CHECK(cudaMemset(s2, 0, 2 * (N + F) * 4));
-        quantize_grad(c1, s1, c1 + nf, s1 + N, &fused, q + N, q, N, F, FMT_E4M3, tensor, amax, s1 + N + F, partial, 0);
-        quantize_grad(c2, s2, c2 + nf, s2 + N, &plain, q + N, q, N, F, FMT_E4M3, tensor, amax, s2 + N + F, partial, 0);
-        cuda_download(h1, c1, 2 * nf); cuda_download(h2, c2, 2 * nf);
-        cuda_download(hs1, s1, 2 * (N + F) * 4); cuda_download(hs2, s2, 2 * (N + F) * 4);
-        for (size_t i = 0; i < 2 * nf; i++) bad += h1[i] != h2[i];
-        for (int i = 0; i < N + F; i++) bad += memcmp(&hs1[i], &hs2[i], 4) != 0;
-        for (int j = 0; j < F; j++) {
-            double mag = 0.0;
-            for (int t = 0; t < N; t++) mag += fabs(v[(size_t)t * F + j]);
-            if (mag > 0.0) worst_sum = fmax(worst_sum, fabs((double)hs1[N + F + j] - hs2[N + F + j]) / mag);
-        }
-    }
+    RowSource fused = rows_grad_part(dV, part, tiles, GEMM_PART_ROWS);
+    double worst_sum;
+    int bad = first_pass_diffs(&fused, dV, q, N, F, &worst_sum);
     CHECK(bad == 0, "fc's gradient from the dGELU epilogue's first pass: %d codes or scales differ from quantize_grad's", bad);
     CHECK(worst_sum <= 1e-6, "fc's bias gradient from the dGELU epilogue: %.3g of the column's sum of |v|", worst_sum);
     printf("own FP8 GEMM %d x %d x %d: plain %.2f of the bound, dGELU %.2f of twice the BF16 bound; fc's gradient codes and scales"
            " from its first pass identical to quantize_grad's (vector- and tensor-wise), bias sums %.1e\n", N, F, C, pe, ve, worst_sum);
     cuda_free(dX, N * C * 2); cuda_free(dW, C * F * 2); cuda_free(dPRE, nf * 2); cuda_free(dD, nf * 2); cuda_free(dV, nf * 2);
-    cuda_free(cx, N * C); cuda_free(cw, C * F); cuda_free(cwt, C * F); cuda_free(c1, 2 * nf); cuda_free(c2, 2 * nf);
+    cuda_free(cx, N * C); cuda_free(cw, C * F); cuda_free(cwt, C * F);
     cuda_free(sx, N * 4); cuda_free(sw, C * 4); cuda_free(q, (N + F) * 4); cuda_free(ones, F * 4); cuda_free(part, npart * 4);
-    cuda_free(s1, 2 * (N + F) * 4); cuda_free(s2, 2 * (N + F) * 4); cuda_free(partial, (size_t)(N / QROWS + 1) * F * 4);
-    cuda_free(amax, F * 4);
     free(hx); free(hw); free(hpre); free(x); free(w); free(pre); free(qx); free(qwt); free(got); free(hq); free(hsx); free(hones);
-    free(ref); free(refv); free(v); free(h1); free(h2); free(hs1); free(hs2);
+    free(ref); free(refv); free(v);
 }
 
 // the hash the ranks compare after every step: equal copies hash alike; flipping any one BF16 value
@@ -458,6 +499,67 @@ static void test_replica_hash(void) {
     CHECK(__bfloat16_as_ushort(h[10]) == __bfloat16_as_ushort(h[11]) || replica_hash(b, n, out) != ha, "replica hash: a swap goes unseen");
     cuda_free(a, n * sizeof(bf16)); cuda_free(b, n * sizeof(bf16)); cuda_free(out, sizeof(unsigned));
     free(h); free(f);
+}
+
+// The gradient norm's pass with DGE in it (grad_sumsq) on an odd-sized buffer whose DGE ranges
+// start, end and break rows off the kernel's groups of 4 (and one range aligned to them), E2M1 and
+// E3M0 weights, a zero row: every gradient outside the ranges unchanged bit for bit, every one
+// inside times the CPU's f'(W / s) within 1e-6 (the two powf differ by a few ulp), and the sum of
+// squares within 1e-6 of the double-precision sum of the CPU's values.
+static void test_grad_sumsq(void) {
+    const size_t n = 10007;
+    const struct { size_t lo; unsigned K, rows; Format f; } spec[3] = { { 3, 7, 50, FMT_E2M1 }, { 1000, 24, 100, FMT_E2M1 },
+                                                                         { 5001, 13, 40, FMT_E3M0 } };
+    float *g = (float *)malloc_check(2 * n * sizeof(float)), *got = g + n;
+    bf16 *w = (bf16 *)malloc_check(n * sizeof(bf16));
+    float *wf = (float *)malloc_check(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) g[i] = (float)rng_normal(seed + 7, i) * 1e-3f;
+    fill_bf16(w, wf, n, 0.05f, 0.0f);
+    DgeRanges dge; memset(&dge, 0, sizeof(dge));
+    dge.n = 3; dge.k = 5.0f; dge.W = to_device(w, n);
+    float *scales[3];
+    for (int j = 0; j < 3; j++) {
+        unsigned K = spec[j].K, rows = spec[j].rows;
+        float *s = (float *)malloc_check(rows * sizeof(float));
+        for (unsigned r = 0; r < rows; r++) {
+            float amax = 0.0f;
+            if (r == 1) for (unsigned c = 0; c < K; c++) { wf[spec[j].lo + r * K + c] = 0.0f; w[spec[j].lo + r * K + c] = __float2bfloat16(0.0f); }
+            for (unsigned c = 0; c < K; c++) amax = fmaxf(amax, fabsf(wf[spec[j].lo + r * K + c]));
+            s[r] = amax / format_max(spec[j].f);
+        }
+        scales[j] = s;
+        dge.r[j].lo = spec[j].lo; dge.r[j].len = K * rows; dge.r[j].K = K; dge.r[j].f = spec[j].f;
+        dge.r[j].scales = (const float *)cuda_malloc(rows * sizeof(float));
+        cuda_upload((float *)dge.r[j].scales, s, rows * sizeof(float));
+    }
+    cuda_upload((bf16 *)dge.W, w, n * sizeof(bf16));  // with the zero rows
+    float *dg = (float *)cuda_malloc(n * sizeof(float)), *scratch = (float *)cuda_malloc((SUMSQ_BLOCKS + 1) * sizeof(float));
+    cuda_upload(dg, g, n * sizeof(float));
+    grad_sumsq(scratch + SUMSQ_BLOCKS, dg, n, &dge, scratch, 0);
+    float sumsq;
+    cuda_download(got, dg, n * sizeof(float));
+    cuda_download(&sumsq, scratch + SUMSQ_BLOCKS, sizeof(float));
+    size_t other = 0, wrong = 0, inside = 0;
+    double ref = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        float want = g[i];
+        int j = -1;
+        for (int r = 0; r < 3; r++) if (i >= spec[r].lo && i < spec[r].lo + (size_t)spec[r].K * spec[r].rows) j = r;
+        if (j >= 0) {
+            want *= dge_factor(wf[i], scales[j][(i - spec[j].lo) / spec[j].K], spec[j].f, 5.0f);
+            wrong += !(fabsf(got[i] - want) <= 1e-6f * fabsf(want));
+            inside++;
+        } else other += f32_bits(got[i]) != f32_bits(want);
+        ref += (double)want * want;
+    }
+    double se = fabs(sumsq - ref) / ref;
+    CHECK(other == 0 && wrong == 0 && se <= 1e-6, "grad_sumsq with DGE: %zu of %zu gradients in the ranges off f' by more than 1e-6, "
+          "%zu others changed, sum of squares error %.3g (bound 1e-6)", wrong, inside, other, se);
+    printf("grad_sumsq with DGE: %zu gradients, %zu in 3 ranges (E2M1, E3M0) within 1e-6 of the CPU's f', the rest bit for bit, "
+           "sum of squares %.2g\n", n, inside, se);
+    for (int j = 0; j < 3; j++) { cuda_free((void *)dge.r[j].scales, spec[j].rows * sizeof(float)); free(scales[j]); }
+    cuda_free((void *)dge.W, n * sizeof(bf16)); cuda_free(dg, n * sizeof(float)); cuda_free(scratch, (SUMSQ_BLOCKS + 1) * sizeof(float));
+    free(g); free(w); free(wf);
 }
 
 // The FP8 attention core on q, k ~ N(0, 1) and V rows whose sizes span 2^-12 .. 2^6 (V's scales
@@ -546,6 +648,7 @@ int main(void) {
     test_fp8_gemms(FMT_E2M1, FMT_E5M2);
     test_own_gemm();
     test_replica_hash();
+    test_grad_sumsq();
     test_attention_fp8(2, 200, 4, 2, 64);
     test_attention_fp8(1, 256, 2, 1, 128);
     test_attention_fp8(4, 1024, 12, 12, 64);

@@ -163,7 +163,7 @@ int main(void) {
     // twice), against our GEMM with the dGELU epilogue and the codes pass alone
     {
         const int M = 32768, N = 3072, K = 768, tiles = fp8_gemm_tiles_n(N);
-        const size_t npart = grad_part_floats(M, N, tiles);
+        const size_t npart = grad_part_floats(M, N, tiles, GEMM_PART_ROWS);
         size_t n = (size_t)M * N;
         bf16 *pre = (bf16 *)cuda_malloc(n * 2), *hp = (bf16 *)malloc(n * 2);
         for (size_t i = 0; i < n; i++) hp[i] = __float2bfloat16(((int)(next_u32() % 2001) - 1000) / 250.0f);
@@ -180,7 +180,7 @@ int main(void) {
         auto unfused_codes = [&] { RowSource g = rows_grad(ROWS_DGELU, d, pre);
                                    quantize_grad(codes, scales, codes_t, scales_t, &g, sb, sa, M, N, FMT_E4M3, 0, amax, db, partial, 0); };
         auto our_dgrad = [&] { fp8_gemm(d, a, b, pre, &p, 0); };
-        auto fused_codes = [&] { RowSource g = rows_grad_part(d, gpart, tiles);
+        auto fused_codes = [&] { RowSource g = rows_grad_part(d, gpart, tiles, GEMM_PART_ROWS);
                                  quantize_grad(codes, scales, codes_t, scales_t, &g, sb, sa, M, N, FMT_E4M3, 0, amax, db, partial, 0); };
         float t_lt = time_ms(lt_dgrad, 20), t_uc = time_ms(unfused_codes, 20), t_ours = time_ms(our_dgrad, 20);
         float t_fc = time_ms(fused_codes, 20), t_u = time_ms([&] { lt_dgrad(); unfused_codes(); }, 20);
