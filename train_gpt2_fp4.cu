@@ -376,16 +376,18 @@ static void model_alloc_acts(Model *m, int B, int T) {
 
 // the weight scales of every low-precision linear, per output channel, once per optimizer step;
 // the codes are made from them per layer, in the forward and (transposed) in the backward: all
-// layers' codes would take memory (721 MB at llama:d16) and save only a pass over the weights
+// layers' codes would take memory (721 MB at llama:d16) and save only a pass over the weights.
+// One launch covers a linear's rows in every layer, but for tensor-wise scales (one per layer).
 static void model_weight_scales(Model *m) {
     const Config *c = &m->cfg;
+    int layers = m->recipe.tensorwise ? 1 : c->L;  // a launch's
     for (int l = 0; l < NUM_LINEARS; l++) {
         if (!quantized(m, l)) continue;
         int M, K; linear_dims(c, l, &M, &K);
-        for (int layer = 0; layer < c->L; layer++) {
+        for (int layer = 0; layer < c->L; layer += layers) {
             RowSource w = rows_plain(PARAM(m, linear_wkind[l]) + (size_t)layer * M * K);
-            quantize_rows(NULL, NULL, m->wscales[l] + (size_t)layer * M, &w, M, K, m->recipe.lin[l].f.w, m->recipe.tensorwise,
-                          m->stream);
+            quantize_rows(NULL, NULL, m->wscales[l] + (size_t)layer * M, &w, layers * M, K, m->recipe.lin[l].f.w,
+                          m->recipe.tensorwise, m->stream);
         }
     }
     m->wq_stale = 0;
