@@ -102,5 +102,19 @@ expect "heads not divisible by kv heads" "divisible by KV" "${base[@]}" -e "llam
 expect "unknown descriptor key" "unknown key 'Q'" "${base[@]}" -e "gpt2:L=1,C=32,H=2,Q=3"
 expect "malformed descriptor value" "bad value for L" "${base[@]}" -e "gpt2:L=x,C=32,H=2,T=16"
 
+# the GPU trainer's own switches, refused before it touches a GPU (so this runs on CPU-only
+# machines too); skipped, and said so, where it is not built (make test-sanitize builds the C
+# targets alone)
+if [ -x ./train_gpt2_fp4 ]; then
+    bin=./train_gpt2_fp4
+    expect "GPU trainer: --own-gemm 2" "take 0 or 1" "${base[@]}" --own-gemm 2
+    expect "GPU trainer: --deterministic 3" "take 0 or 1" "${base[@]}" --deterministic 3
+    expect "GPU trainer: --nccl-timeout 0" "at least 1 second" "${base[@]}" --nccl-timeout 0
+    expect "GPU trainer: unknown recipe" "unknown recipe" "${base[@]}" -r fp6
+    bin=./train_gpt2
+else
+    echo "skipped: the GPU trainer's switches (./train_gpt2_fp4 is not built)"
+fi
+
 echo "badinput: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
