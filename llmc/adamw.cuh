@@ -47,10 +47,11 @@ __device__ inline void dge4(float4 *v, uint2 w, float s, Format f, float k) {
 }
 
 // 4 elements a thread: 16-byte loads of g, 8 bytes of W, one range lookup and one row scale for
-// the 4. Element by element, with the lookups, the pass was compute-bound at 6.1 ms a step at
-// LLaMA 928M; now 3.7, where powf is most of the work left. A group of 4 that straddles a range's
-// or a row's end, or the buffer's, goes element by element (a group whose first and last
-// elements share a range lies inside it: a range, a weight matrix, holds at least 8 entries).
+// the 4. Element by element, with the lookups and powf, the pass was compute-bound at 6.1 ms a
+// step at LLaMA 928M; now 3.0 (~2.3 would be its bytes at bandwidth). A group of 4 that
+// straddles a range's or a row's end, or the buffer's, goes element by element (a group whose
+// first and last elements share a range lies inside it: a range, a weight matrix, holds at least
+// 8 entries).
 __global__ void sumsq_partial_kernel(float *partial, float *g, size_t n, DgeRanges dge) {
     float s = 0.0f;
     for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; 4 * c < n; c += (size_t)gridDim.x * blockDim.x) {
