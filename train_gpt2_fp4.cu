@@ -9,8 +9,9 @@ scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F; on Hopper, GPT-2's fcpro
 own GEMM, llmc/gemm_fp8.cuh, with GELU's derivative and fc's gradient scales in its epilogue),
 with DGE for 4-bit weights and OCC for 4-bit activations (llmc/occ.cuh); tensor-wise scaling
 (--scaling tensor, the naive-FP4 ablation) puts one scale in every row's slot. --quant-stats N
-logs each quantized operand's error and the DGE norms (llmc/quant_error.cuh). Not on the GPU: OCC with tensor-wise scaling, the fp32 recipe,
-Table 1's five activation settings (the CPU trainer measures those on a checkpoint).
+logs each quantized operand's error and the DGE norms (llmc/quant_error.cuh). Not on the GPU:
+OCC with tensor-wise scaling, the fp32 recipe, Table 1's five activation settings (the CPU
+trainer measures those on a checkpoint).
 Data parallel over processes, one GPU each (llmc/dist.cuh): gradients averaged per layer while the
 backward goes on, the optimizer state sharded over the ranks (ZeRO-1), updated weights all-gathered.
 */

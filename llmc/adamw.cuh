@@ -57,12 +57,12 @@ __global__ void sumsq_partial_kernel(float *partial, float *g, size_t n, DgeRang
     for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; 4 * c < n; c += (size_t)gridDim.x * blockDim.x) {
         size_t i = 4 * c;
         int j = dge_range(dge, i);
-        unsigned o = j < 0 ? 0 : (unsigned)(i - dge.r[j].lo), K = j < 0 ? 4 : dge.r[j].K;
-        if (i + 4 <= n && dge_range(dge, i + 3) == j && o % K + 4 <= K) {
+        unsigned o = j < 0 ? 0 : (unsigned)(i - dge.r[j].lo);
+        if (i + 4 <= n && dge_range(dge, i + 3) == j && (j < 0 || o % dge.r[j].K + 4 <= dge.r[j].K)) {
             float4 v = *(float4 *)(g + i);
             if (j >= 0) {
                 uint2 raw = *(const uint2 *)(dge.W + i);
-                float sc = dge.r[j].scales[o / K];
+                float sc = dge.r[j].scales[o / dge.r[j].K];
                 Format f = dge.r[j].f;
                 if (f == FMT_E2M1) dge4(&v, raw, sc, FMT_E2M1, dge.k);  // the recipe's format: its grid folds into constants
                 else dge4(&v, raw, sc, f, dge.k);
@@ -85,20 +85,11 @@ __global__ void sumsq_final_kernel(float *out, const float *partial, int n) {
 }
 
 // *out (device) = sum of g^2, in a fixed order, after DGE in place on dge's ranges (dge->n may be
-// 0); scratch: SUMSQ_BLOCKS floats. As many blocks as run at once, at most SUMSQ_BLOCKS (1024
-// blocks at 5 an SM left a second, partial wave: 2% of the pass at LLaMA 928M); the order
-// depends only on the GPU's kind.
+// 0); scratch: SUMSQ_BLOCKS floats. (Sizing the grid to one wave of resident blocks gained 2% of
+// the pass at LLaMA 928M: not kept.)
 static void grad_sumsq(float *out, float *g, size_t n, const DgeRanges *dge, float *scratch, cudaStream_t s) {
-    static int blocks;
-    if (!blocks) {
-        int dev, sms, per;
-        CUDA_CHECK(cudaGetDevice(&dev));
-        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, sumsq_partial_kernel, 256, 0));
-        blocks = sms * per < SUMSQ_BLOCKS ? sms * per : SUMSQ_BLOCKS;
-    }
-    sumsq_partial_kernel<<<blocks, 256, 0, s>>>(scratch, g, n, *dge);
-    sumsq_final_kernel<<<1, 1024, 0, s>>>(out, scratch, blocks);
+    sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, n, *dge);
+    sumsq_final_kernel<<<1, 1024, 0, s>>>(out, scratch, SUMSQ_BLOCKS);
     CUDA_CHECK(cudaGetLastError());
 }
 

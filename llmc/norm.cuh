@@ -157,7 +157,7 @@ static void norm_backward(bf16 *dinp, float *dw, float *db, float *scratch, cons
                           const bf16 *w, const float *mean, const float *rstd, int N, int C, const NormGradPass *pass,
                           cudaStream_t stream) {
     int blocks = ceil_div(N, NORM_ROWS);
-    NormGradPass none; memset(&none, 0, sizeof(none));
+    NormGradPass none = {};
     (pass ? norm_backward_kernel<true> : norm_backward_kernel<false>)<<<blocks, NORM_WARPS * 32, 0, stream>>>(
         dinp, scratch, dout, inp, w, mean, rstd, N, C, db != NULL, pass ? *pass : none);
     CUDA_CHECK(cudaGetLastError());
