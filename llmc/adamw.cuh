@@ -48,7 +48,7 @@ __device__ inline void dge4(float4 *v, uint2 w, float s, Format f, float k) {
 
 // 4 elements a thread: 16-byte loads of g, 8 bytes of W, one range lookup and one row scale for
 // the 4. Element by element, with the lookups and powf, the pass was compute-bound at 6.1 ms a
-// step at LLaMA 928M; now 3.0 (~2.3 would be its bytes at bandwidth). A group of 4 that
+// step at LLaMA 928M; now 3.1 (~2.3 would be its bytes at bandwidth). A group of 4 that
 // straddles a range's or a row's end, or the buffer's, goes element by element (a group whose
 // first and last elements share a range lies inside it: a range, a weight matrix, holds at least
 // 8 entries).
@@ -85,8 +85,8 @@ __global__ void sumsq_final_kernel(float *out, const float *partial, int n) {
 }
 
 // *out (device) = sum of g^2, in a fixed order, after DGE in place on dge's ranges (dge->n may be
-// 0); scratch: SUMSQ_BLOCKS floats. (Sizing the grid to one wave of resident blocks gained 2% of
-// the pass at LLaMA 928M: not kept.)
+// 0); scratch: SUMSQ_BLOCKS floats. (A grid of one wave of resident blocks took the pass from
+// 3.13 to 2.96 ms at LLaMA 928M, 0.2% of the step: not worth an occupancy query's state.)
 static void grad_sumsq(float *out, float *g, size_t n, const DgeRanges *dge, float *scratch, cudaStream_t s) {
     sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, n, *dge);
     sumsq_final_kernel<<<1, 1024, 0, s>>>(out, scratch, SUMSQ_BLOCKS);
