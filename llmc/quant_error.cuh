@@ -69,7 +69,7 @@ static void quant_error_sums(double *sums, const RowSource *src, const fp8 *code
                            __nv_fp8_interpretation_t, int, int) = {
         quant_error_kernel<ROWS_PLAIN>, quant_error_kernel<ROWS_NORM>, quant_error_kernel<ROWS_GELU>,
         quant_error_kernel<ROWS_SWIGLU>, quant_error_kernel<ROWS_DGELU>, quant_error_kernel<ROWS_DSWIGLU> };
-    kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(sums, *src, codes, scales, col_scale, bounds, comp, qround(f).fp8, rows, cols);
+    kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(sums, *src, codes, scales, col_scale, bounds, comp, fp8_interp(f), rows, cols);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,4 +1,4 @@
-// defines: fp8, fp8_type, RowSource, GradPart, grad_part, grad_part_floats, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
+// defines: fp8, fp8_type, fp8_interp, RowSource, GradPart, grad_part, grad_part_floats, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
 //          quantize_rows, rows_codes, quantize_grad, dge_apply
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
@@ -25,6 +25,8 @@ typedef __nv_fp8_storage_t fp8;
 
 // the cuBLASLt type of a format's FP8 bytes
 static cudaDataType fp8_type(Format f) { return f == FMT_E5M2 ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3; }
+// and the conversion intrinsics' name for them
+static __nv_fp8_interpretation_t fp8_interp(Format f) { return f == FMT_E5M2 ? __NV_E5M2 : __NV_E4M3; }
 
 // What a quantizer reads, row by row: BF16 rows as they are, or what a producer makes of them.
 enum { ROWS_PLAIN, ROWS_NORM, ROWS_GELU, ROWS_SWIGLU, ROWS_DGELU, ROWS_DSWIGLU };
@@ -124,60 +126,70 @@ template <int W> __device__ inline void norm_params(float *w, float *b, const Ro
     else for (int k = 0; k < W; k++) b[k] = 0.0f;
 }
 
-// x / s as the CPU divides (correctly rounded), without a division: s brought into [2^-60, 2^100]
-// by an exact power of two (pre, applied to x too), RN(1 / s), a product within 1.5 ulp, a
+// |x| / s as the CPU divides (correctly rounded), without a division: s brought into [2^-60,
+// 2^100] by an exact power of two (pre, applied to x too), RN(1 / s), a product within 1.5 ulp, a
 // correction to within half an ulp plus a hair, and Markstein's step, which then rounds exactly
-// (its residuals are exact FMAs, normal wherever the code can be nonzero). Zero scale: zero codes.
-typedef struct { float pre, s, rcp; } QScale;
+// (its residuals are exact FMAs, normal wherever the code can be nonzero). The sign joins after
+// the rounding (with_sign), masked off for a zero scale, whose codes are +0 as the CPU's are.
+typedef struct { float pre, s, rcp; uint32_t sign; } QScale;
 __device__ inline QScale qscale(float s) {
     QScale q;
     q.pre = s == 0.0f ? 0.0f : s < 0x1p-60f ? 0x1p64f : s > 0x1p100f ? 0x1p-64f : 1.0f;
     q.s = s == 0.0f ? 1.0f : s * q.pre;
     q.rcp = __frcp_rn(q.s);
+    q.sign = s == 0.0f ? 0u : 0x80000000u;
     return q;
 }
-__device__ inline float div_scale(float x, QScale d) {
-    float xp = x * d.pre, q = xp * d.rcp;
+__device__ inline float div_scale_abs(float x, QScale d) {
+    float xp = fabsf(x) * d.pre, q = xp * d.rcp;
     q = fmaf(fmaf(-q, d.s, xp), d.rcp, q);
-    q = fmaf(fmaf(-q, d.s, xp), d.rcp, q);
-    return d.pre == 0.0f ? 0.0f : copysignf(q, x);
+    return fmaf(fmaf(-q, d.s, xp), d.rcp, q);
 }
+// a non-negative q with the sign of x (none for a zero scale)
+__device__ inline float with_sign(float q, float x, QScale d) { return __uint_as_float(__float_as_uint(q) | (__float_as_uint(x) & d.sign)); }
 
-// How codes round, fixed per kernel: FP4 (a template flag) rounds by its layout (quant.h), then
-// is exact in E4M3; FP8 formats round in the conversion instruction itself
-typedef struct { int mbits, emin; float maxv; __nv_fp8_interpretation_t fp8; } QRound;
+// How codes round, fixed per kernel (a template kind, so the loop has no branch on it): FP8
+// formats in the conversion instruction itself; 4-bit layouts by quant.h's rule, then are exact in
+// E4M3: those with a mantissa bit by the faster equivalent below, E3M0 by the rule itself
+enum { QR_E4M3, QR_E5M2, QR_FP4, QR_E3M0, NUM_QR };
+typedef struct { int mbits, emin; float maxv; } QRound;
 static QRound qround(Format f) {
-    QRound r = { 0, 0, 0.0f, f == FMT_E5M2 ? __NV_E5M2 : __NV_E4M3 };
+    QRound r = { 0, 0, 0.0f };
     if (format_is_fp4(f)) fp4_layout(f, &r.mbits, &r.emin, &r.maxv);
     return r;
 }
+static int qround_kind(Format f) { return f == FMT_E5M2 ? QR_E5M2 : f == FMT_E3M0 ? QR_E3M0 : format_is_fp4(f) ? QR_FP4 : QR_E4M3; }
 
-// quant.h's 4-bit rounding, for layouts with a mantissa bit: adding and subtracting 1.5 times
-// 2^23 grid steps rounds to the step, ties to even (the even multiple is the even code), the step
-// taken from |x|'s exponent, no smaller than the subnormal one. E3M0 (no mantissa bit, where
-// ties go to the even exponent) takes quant.h's general rule.
-__device__ inline float fp4_round_fast(float x, QRound r) {
-    if (r.mbits == 0) return fp8_round(x, r.mbits, r.emin, r.maxv);
-    float a = fabsf(x);
+// quant.h's 4-bit rounding of a magnitude, for layouts with a mantissa bit: adding and
+// subtracting 1.5 times 2^23 grid steps rounds to the step, ties to even (the even multiple is
+// the even code), the step taken from a's exponent, no smaller than the subnormal one. (E3M0's
+// ties go to the even exponent, which is not the even multiple.)
+__device__ inline float fp4_round_fast(float a, QRound r) {
     int e = max((int)(__float_as_uint(a) >> 23), 127 + r.emin);
     float big = __uint_as_float((unsigned)(e + 23 - r.mbits) << 23 | 0x400000u);
     float q = __fsub_rn(__fadd_rn(a, big), big);
-    return copysignf(a >= r.maxv ? r.maxv : q, x);  // NaN stays NaN
+    return a >= r.maxv ? r.maxv : q;  // NaN stays NaN
+}
+
+// the code of x / s, rounded by kind QR
+template <int QR> __device__ inline float quant_value(float x, QScale s, QRound r) {
+    float q = div_scale_abs(x, s);
+    if (QR == QR_FP4) q = fp4_round_fast(q, r);
+    if (QR == QR_E3M0) q = fp8_round(q, r.mbits, r.emin, r.maxv);
+    return with_sign(q, x, s);
 }
 
 // FP8 bytes (low byte first) of the codes of a / sa and b / sb
-template <int FP4>
+template <int QR>
 __device__ inline unsigned short quant_pair(float a, QScale sa, float b, QScale sb, QRound r) {
-    a = div_scale(a, sa);
-    b = div_scale(b, sb);
-    if (FP4) { a = fp4_round_fast(a, r); b = fp4_round_fast(b, r); }
-    return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, r.fp8);
+    return __nv_cvt_float2_to_fp8x2(make_float2(quant_value<QR>(a, sa, r), quant_value<QR>(b, sb, r)), __NV_SATFINITE,
+                                    QR == QR_E5M2 ? __NV_E5M2 : __NV_E4M3);
 }
 
 // the 4 codes of v / s[k] (stride 0: one scale), as 4 bytes
-template <int FP4>
+template <int QR>
 __device__ inline uint32_t quant4(const float *v, const QScale *s, int stride, QRound r) {
-    return quant_pair<FP4>(v[0], s[0], v[1], s[stride], r) | (uint32_t)quant_pair<FP4>(v[2], s[2 * stride], v[3], s[3 * stride], r) << 16;
+    return quant_pair<QR>(v[0], s[0], v[1], s[stride], r) | (uint32_t)quant_pair<QR>(v[2], s[2 * stride], v[3], s[3 * stride], r) << 16;
 }
 
 // the 4 x 4 bytes of q[4] (4 rows of 4 columns) transposed: t[k] holds column k's 4 rows
@@ -282,28 +294,32 @@ __device__ __noinline__ uint32_t fold4(uint32_t q, float4 d, QScale s) {
     for (int k = 0; k < 4; k++) {
         if (dk[k] == 0.0f) continue;
         float code = __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)(q >> 8 * k & 0xffu), __NV_E4M3)));
-        uint32_t b = __nv_cvt_float_to_fp8(occ_fold(code, div_scale(dk[k], s)), __NV_SATFINITE, __NV_E4M3);
+        uint32_t b = __nv_cvt_float_to_fp8(occ_fold(code, with_sign(div_scale_abs(dk[k], s), dk[k], s)), __NV_SATFINITE, __NV_E4M3);
         q = (q & ~(0xffu << 8 * k)) | b << 8 * k;
     }
     return q;
 }
 
-// The codes of a block of 32 rows: codes (rows, cols) of the source * col_scale per row, with the
-// row scales given, and codes_t (cols, rows): with COLS, the source * row_scale quantized per
-// column (a gradient's wgrad operand; scales_t from col_amax), else the row codes transposed.
-// Each thread: 4 columns (DSWIGLU: 4 of gate's gradient and the same 4 of up's, which come from
-// the same loads) of the 32 rows, 4 rows at a time with the next 4 rows' loads in flight. The
-// rows loop stays rolled: unrolled, the kernel's code outgrew the instruction cache (ncu: half
-// the stalls were instruction fetches). Each column's 32 transposed codes wait in shared memory
-// (s_t, the thread's own words) and leave as one whole 32-byte sector. With bounds (OCC's), the
-// values are clamped to them first, and their residual goes to resid (unless NULL) or, with fold,
-// into the codes (occ_fold).
-template <int OP, int COLS, int FP4>
+// The codes of a block of 32 rows, by MODE. CODES_GRAD (a gradient's, quantize_grad): codes
+// (rows, cols) of the source * col_scale per row, with the row scales given, and codes_t (cols,
+// rows) of the source * row_scale per column (the wgrad operand; scales_t from col_amax).
+// CODES_ROWS (a linear's input or weight, rows_codes): codes of the source per row and codes_t the
+// same codes transposed; CODES_OCC the same, with the values clamped to OCC's bounds first and
+// their residual to resid (unless NULL) or, with fold, into the codes (occ_fold). Each thread: 4
+// columns (DSWIGLU: 4 of gate's gradient and the same 4 of up's, which come from the same loads)
+// of the 32 rows, 4 rows at a time with the next 4 rows' loads in flight. The rows loop stays
+// rolled: unrolled, the kernel's code outgrew the instruction cache (ncu: half the stalls were
+// instruction fetches). Each column's 32 transposed codes wait in shared memory (s_t, the
+// thread's own words) and leave as one whole 32-byte sector. The modes and rounding kinds are
+// template parameters: a branch on them in the loop cuts it into blocks the compiler cannot
+// schedule across.
+enum { CODES_ROWS, CODES_OCC, CODES_GRAD };
+template <int OP, int MODE, int QR>
 __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_t, float *scales_t, const float *scales,
                                                          const unsigned *col_amax, RowSource in, const float *col_scale,
                                                          const float *row_scale, const float2 *bounds, bf16 *resid, int fold, int rows,
                                                          int cols, Format f, QRound qr) {
-    const int NL = src_loads<OP>(), NH = src_halves<OP>(), G = QROWS / 4;
+    const int NL = src_loads<OP>(), NH = src_halves<OP>(), G = QROWS / 4, COLS = MODE == CODES_GRAD, OCC = MODE == CODES_OCC;
     extern __shared__ uint32_t s_t[];  // (G, NH, 4, blockDim.x): word (g, h, k) of a thread = rows 4g..4g+3 of its column k
     __shared__ QScale s_q[QROWS];
     __shared__ float s_rs[QROWS], s_mu[QROWS], s_rstd[QROWS];
@@ -312,17 +328,17 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
     if (threadIdx.x < QROWS) {
         int j = threadIdx.x, r = min(r0 + j, rows - 1);
         s_q[j] = qscale(scales[r]);
-        s_rs[j] = row_scale ? row_scale[r] : 1.0f;
+        s_rs[j] = COLS && row_scale ? row_scale[r] : 1.0f;
         s_mu[j] = OP == ROWS_NORM && in.mean ? in.mean[r] : 0.0f;
         s_rstd[j] = OP == ROWS_NORM ? in.rstd[r] : 1.0f;
-        s_b[j] = bounds ? bounds[r] : make_float2(0.0f, 0.0f);
+        s_b[j] = OCC ? bounds[r] : make_float2(0.0f, 0.0f);
     }
     __syncthreads();
     if (c >= half) return;
     float cs[NH][4], w[4], b[4];
     QScale ts[NH][4];
     for (int h = 0; h < NH; h++)
-        for (int k = 0; k < 4; k++) cs[h][k] = col_scale ? col_scale[h * half + c + k] : 1.0f;
+        for (int k = 0; k < 4; k++) cs[h][k] = COLS && col_scale ? col_scale[h * half + c + k] : 1.0f;
     if (OP == ROWS_NORM) norm_params<4>(w, b, in, c);
     if (COLS) {
         for (int h = 0; h < NH; h++)
@@ -347,17 +363,17 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
             for (int h = 0; h < NH; h++) {
                 float v[4], u[4], d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
                 src_values<OP, 4>(v, cur[i], h * half + c, cols, w, b, s_mu[j], s_rstd[j]);
-                if (bounds) occ_clamp<4>(v, d, s_b[j].x, s_b[j].y);
-                if (resid && r0 + j < rows) store_bf16<4>(resid + (size_t)(r0 + j) * cols + h * half + c, d);
-                for (int k = 0; k < 4; k++) u[k] = v[k] * cs[h][k];
-                q[h][0][i] = quant4<FP4>(u, &s_q[j], 0, qr);
-                if (fold && (d[0] != 0.0f || d[1] != 0.0f || d[2] != 0.0f || d[3] != 0.0f))
+                if (OCC) occ_clamp<4>(v, d, s_b[j].x, s_b[j].y);
+                if (OCC && resid && r0 + j < rows) store_bf16<4>(resid + (size_t)(r0 + j) * cols + h * half + c, d);
+                for (int k = 0; k < 4; k++) u[k] = COLS ? v[k] * cs[h][k] : v[k];
+                q[h][0][i] = quant4<QR>(u, &s_q[j], 0, qr);
+                if (OCC && fold && (d[0] != 0.0f || d[1] != 0.0f || d[2] != 0.0f || d[3] != 0.0f))
                     q[h][0][i] = fold4(q[h][0][i], make_float4(d[0], d[1], d[2], d[3]), s_q[j]);
                 if (codes && r0 + j < rows) *(uint32_t *)(codes + (size_t)(r0 + j) * cols + h * half + c) = q[h][0][i];
                 if (OP >= ROWS_DGELU && in.out && r0 + j < rows) store_bf16<4>(in.out + (size_t)(r0 + j) * cols + h * half + c, v);
                 if (COLS) {
                     for (int k = 0; k < 4; k++) u[k] = v[k] * s_rs[j];
-                    q[h][1][i] = quant4<FP4>(u, ts[h], 1, qr);
+                    q[h][1][i] = quant4<QR>(u, ts[h], 1, qr);
                 }
             }
         }
@@ -500,6 +516,16 @@ static int quantize_threads(int cols, int width, int max_threads, int *runs) {
     return ceil_div(ceil_div(groups, n), 32) * 32;
 }
 
+// codes_kernel's instances by source (ROWS_*): a linear input's or weight's, and a gradient's
+typedef void (*CodesKernel)(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
+                            const float2 *, bf16 *, int, int, int, Format, QRound);
+template <int MODE, int QR>
+static const CodesKernel row_codes[4] = { codes_kernel<ROWS_PLAIN, MODE, QR>, codes_kernel<ROWS_NORM, MODE, QR>,
+                                          codes_kernel<ROWS_GELU, MODE, QR>, codes_kernel<ROWS_SWIGLU, MODE, QR> };
+template <int QR>
+static const CodesKernel grad_codes[3] = { codes_kernel<ROWS_PLAIN, CODES_GRAD, QR>, codes_kernel<ROWS_DGELU, CODES_GRAD, QR>,
+                                           codes_kernel<ROWS_DSWIGLU, CODES_GRAD, QR> };
+
 // a codes_kernel launch: blocks of 32 rows by runs of columns, and the transposed words' shared memory
 static void codes_launch(dim3 *grid, int *threads, size_t *smem, int rows, int cols, int halves) {
     int runs;
@@ -513,14 +539,14 @@ static void codes_launch(dim3 *grid, int *threads, size_t *smem, int rows, int c
 // fold into the codes)
 static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowSource *src, const float2 *bounds, bf16 *resid,
                        int fold, int rows, int cols, Format f, cudaStream_t st) {
-    if (fold && (!bounds || !format_is_fp4(f))) die("rows_codes: OCC's residual folds into 4-bit codes clamped to bounds");
-    void (*const code_kernel[2][4])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
-                                    const float2 *, bf16 *, int, int, int, Format, QRound) = {
-        { codes_kernel<ROWS_PLAIN, 0, 0>, codes_kernel<ROWS_NORM, 0, 0>, codes_kernel<ROWS_GELU, 0, 0>, codes_kernel<ROWS_SWIGLU, 0, 0> },
-        { codes_kernel<ROWS_PLAIN, 0, 1>, codes_kernel<ROWS_NORM, 0, 1>, codes_kernel<ROWS_GELU, 0, 1>, codes_kernel<ROWS_SWIGLU, 0, 1> } };
+    if (fold && !bounds) die("rows_codes: OCC's residual folds into codes clamped to bounds");
+    if (bounds && !format_is_fp4(f)) die("rows_codes: OCC's bounds come with 4-bit codes");
+    const CodesKernel *kernels[2][NUM_QR] = {
+        { row_codes<CODES_ROWS, QR_E4M3>, row_codes<CODES_ROWS, QR_E5M2>, row_codes<CODES_ROWS, QR_FP4>, row_codes<CODES_ROWS, QR_E3M0> },
+        { NULL, NULL, row_codes<CODES_OCC, QR_FP4>, row_codes<CODES_OCC, QR_E3M0> } };
     dim3 grid; int threads; size_t smem;
     codes_launch(&grid, &threads, &smem, rows, cols, 1);
-    code_kernel[format_is_fp4(f)][src->op]<<<grid, threads, smem, st>>>(
+    kernels[bounds != NULL][qround_kind(f)][src->op]<<<grid, threads, smem, st>>>(
         codes, codes_t, NULL, scales, NULL, *src, NULL, NULL, bounds, resid, fold, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }
@@ -561,11 +587,7 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
     if (src->op == ROWS_DSWIGLU && cols % 16 != 0) die("quantize_grad: SwiGLU width %d is not a multiple of 8", cols / 2);
     int g = src->op == ROWS_PLAIN ? 0 : src->op == ROWS_DGELU ? 1 : src->op == ROWS_DSWIGLU ? 2 : -1;
     if (g < 0) die("quantize_grad: source %d is not a gradient", src->op);
-    int fp4 = format_is_fp4(f);
-    void (*const code_kernel[2][3])(fp8 *, fp8 *, float *, const float *, const unsigned *, RowSource, const float *, const float *,
-                                    const float2 *, bf16 *, int, int, int, Format, QRound) = {
-        { codes_kernel<ROWS_PLAIN, 1, 0>, codes_kernel<ROWS_DGELU, 1, 0>, codes_kernel<ROWS_DSWIGLU, 1, 0> },
-        { codes_kernel<ROWS_PLAIN, 1, 1>, codes_kernel<ROWS_DGELU, 1, 1>, codes_kernel<ROWS_DSWIGLU, 1, 1> } };
+    const CodesKernel *kernels[NUM_QR] = { grad_codes<QR_E4M3>, grad_codes<QR_E5M2>, grad_codes<QR_FP4>, grad_codes<QR_E3M0> };
     int halves = src->op == ROWS_DSWIGLU ? 2 : 1, threads;  // src_halves: a thread's 4 columns in each half
     dim3 grid; size_t smem;
     codes_launch(&grid, &threads, &smem, rows, cols, halves);
@@ -585,7 +607,7 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
         if (db) sum_rows(db, partial, ceil_div(rows, QROWS), cols, cols, st);
     }
     if (tensor) { broadcast_max((unsigned *)scales, rows, st); broadcast_max(amax, cols, st); }
-    code_kernel[fp4][g]<<<grid, threads, smem, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
+    kernels[qround_kind(f)][g]<<<grid, threads, smem, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
                                                                NULL, NULL, 0, rows, cols, f, qround(f));
     CUDA_CHECK(cudaGetLastError());
 }
