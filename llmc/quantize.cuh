@@ -300,6 +300,9 @@ __device__ __noinline__ uint32_t fold4(uint32_t q, float4 d, QScale s) {
     return q;
 }
 
+// words between codes_kernel's planes of transposed words (one a group of 4 rows)
+__host__ __device__ inline int codes_plane(int halves, int threads) { return halves * 4 * threads + 4; }
+
 // The codes of a block of 32 rows, by MODE. CODES_GRAD (a gradient's, quantize_grad): codes
 // (rows, cols) of the source * col_scale per row, with the row scales given, and codes_t (cols,
 // rows) of the source * row_scale per column (the wgrad operand; scales_t from col_amax).
@@ -309,8 +312,10 @@ __device__ __noinline__ uint32_t fold4(uint32_t q, float4 d, QScale s) {
 // columns (DSWIGLU: 4 of gate's gradient and the same 4 of up's, which come from the same loads)
 // of the 32 rows, 4 rows at a time with the next 4 rows' loads in flight. The rows loop stays
 // rolled: unrolled, the kernel's code outgrew the instruction cache (ncu: half the stalls were
-// instruction fetches). Each column's 32 transposed codes wait in shared memory (s_t, the
-// thread's own words) and leave as one whole 32-byte sector. The modes and rounding kinds are
+// instruction fetches). The transposed codes wait in shared memory (s_t) until the block has
+// them all; then each column's 32 leave as one 32-byte sector, its halves from two adjacent lanes
+// of the same store (from one thread, in two stores, each sector cost L2 two half-written
+// requests: ncu had L2 at 80% of its throughput, DRAM at 61%). The modes and rounding kinds are
 // template parameters: a branch on them in the loop cuts it into blocks the compiler cannot
 // schedule across.
 enum { CODES_ROWS, CODES_OCC, CODES_GRAD };
@@ -320,11 +325,16 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
                                                          const float *row_scale, const float2 *bounds, bf16 *resid, int fold, int rows,
                                                          int cols, Format f, QRound qr) {
     const int NL = src_loads<OP>(), NH = src_halves<OP>(), G = QROWS / 4, COLS = MODE == CODES_GRAD, OCC = MODE == CODES_OCC;
-    extern __shared__ uint32_t s_t[];  // (G, NH, 4, blockDim.x): word (g, h, k) of a thread = rows 4g..4g+3 of its column k
+    // word (g, h, k) of thread t: rows 4g..4g+3 of its column k of half h, at g * plane + (h * 4 + k) *
+    // blockDim.x + t. The planes' 4 words of padding put rows 0-15 and 16-31 of a column in banks 16 apart.
+    extern __shared__ uint32_t s_t[];
+    const int plane = codes_plane(NH, blockDim.x);
     __shared__ QScale s_q[QROWS];
     __shared__ float s_rs[QROWS], s_mu[QROWS], s_rstd[QROWS];
     __shared__ float2 s_b[QROWS];
-    int r0 = blockIdx.x * QROWS, c = (blockIdx.y * blockDim.x + threadIdx.x) * 4, half = cols / NH;
+    int r0 = blockIdx.x * QROWS, c0 = blockIdx.y * blockDim.x * 4, c = c0 + threadIdx.x * 4, half = cols / NH;
+    int live = c < half;  // a thread past the last column takes column 0 and writes nothing
+    if (!live) c = 0;
     if (threadIdx.x < QROWS) {
         int j = threadIdx.x, r = min(r0 + j, rows - 1);
         s_q[j] = qscale(scales[r]);
@@ -334,7 +344,6 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
         s_b[j] = OCC ? bounds[r] : make_float2(0.0f, 0.0f);
     }
     __syncthreads();
-    if (c >= half) return;
     float cs[NH][4], w[4], b[4];
     QScale ts[NH][4];
     for (int h = 0; h < NH; h++)
@@ -345,7 +354,7 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
             for (int k = 0; k < 4; k++) {
                 float sc = __uint_as_float(col_amax[h * half + c + k]) / format_max(f);
                 ts[h][k] = qscale(sc);
-                if (r0 == 0) scales_t[h * half + c + k] = sc;
+                if (r0 == 0 && live) scales_t[h * half + c + k] = sc;
             }
     }
     uint32_t *t = s_t + threadIdx.x;
@@ -364,13 +373,13 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
                 float v[4], u[4], d[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
                 src_values<OP, 4>(v, cur[i], h * half + c, cols, w, b, s_mu[j], s_rstd[j]);
                 if (OCC) occ_clamp<4>(v, d, s_b[j].x, s_b[j].y);
-                if (OCC && resid && r0 + j < rows) store_bf16<4>(resid + (size_t)(r0 + j) * cols + h * half + c, d);
+                if (OCC && resid && live && r0 + j < rows) store_bf16<4>(resid + (size_t)(r0 + j) * cols + h * half + c, d);
                 for (int k = 0; k < 4; k++) u[k] = COLS ? v[k] * cs[h][k] : v[k];
                 q[h][0][i] = quant4<QR>(u, &s_q[j], 0, qr);
                 if (OCC && fold && (d[0] != 0.0f || d[1] != 0.0f || d[2] != 0.0f || d[3] != 0.0f))
                     q[h][0][i] = fold4(q[h][0][i], make_float4(d[0], d[1], d[2], d[3]), s_q[j]);
-                if (codes && r0 + j < rows) *(uint32_t *)(codes + (size_t)(r0 + j) * cols + h * half + c) = q[h][0][i];
-                if (OP >= ROWS_DGELU && in.out && r0 + j < rows) store_bf16<4>(in.out + (size_t)(r0 + j) * cols + h * half + c, v);
+                if (codes && live && r0 + j < rows) *(uint32_t *)(codes + (size_t)(r0 + j) * cols + h * half + c) = q[h][0][i];
+                if (OP >= ROWS_DGELU && in.out && live && r0 + j < rows) store_bf16<4>(in.out + (size_t)(r0 + j) * cols + h * half + c, v);
                 if (COLS) {
                     for (int k = 0; k < 4; k++) u[k] = v[k] * s_rs[j];
                     q[h][1][i] = quant4<QR>(u, ts[h], 1, qr);
@@ -381,22 +390,25 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
             for (int h = 0; h < NH; h++) {
                 uint32_t tw[4];
                 transpose4(tw, q[h][COLS]);
-                for (int k = 0; k < 4; k++) t[((g * NH + h) * 4 + k) * blockDim.x] = tw[k];
+                for (int k = 0; k < 4; k++) t[g * plane + (h * 4 + k) * blockDim.x] = tw[k];
             }
         for (int i = 0; i < 4; i++)
             for (int l = 0; l < NL; l++) cur[i][l] = next[i][l];
     }
     if (!codes_t) return;
-    // whole 32-byte sectors only (rows are a multiple of 16): a half-written one may leave L2
-    // before its other half arrives
-    const int stride = NH * 4 * blockDim.x;  // between a column's successive words
+    __syncthreads();
+    // a column's half of the rows is a 16-byte store: adjacent lanes take a column's two halves,
+    // and successive pairs the columns of successive threads (different banks)
+    int nt = min((int)blockDim.x, (half - c0) / 4);  // live threads
     for (int h = 0; h < NH; h++)
-        for (int k = 0; k < 4; k++) {
-            const uint32_t *tk = t + (h * 4 + k) * blockDim.x;
-            uint4 *d = (uint4 *)(codes_t + (size_t)(h * half + c + k) * rows + r0);
-            d[0] = make_uint4(tk[0], tk[stride], tk[2 * stride], tk[3 * stride]);
-            if (rows - r0 > 16) d[1] = make_uint4(tk[4 * stride], tk[5 * stride], tk[6 * stride], tk[7 * stride]);
-        }
+        for (int k = 0; k < 4; k++)
+            for (int p = threadIdx.x; p < 2 * nt; p += blockDim.x) {
+                int hf = p & 1, tc = p >> 1;
+                if (hf && rows - r0 <= 16) continue;  // rows are a multiple of 16
+                const uint32_t *words = s_t + 4 * hf * plane + (h * 4 + k) * blockDim.x + tc;
+                *(uint4 *)(codes_t + (size_t)(h * half + c0 + 4 * tc + k) * rows + r0 + 16 * hf) =
+                    make_uint4(words[0], words[plane], words[2 * plane], words[3 * plane]);
+            }
 }
 // A gradient g (rows = tokens, cols = outputs), first pass: per row the absmax of g * col_scale
 // (the dgrad codes' scales, out to scales), per column the absmax of g * row_scale (the wgrad
@@ -531,7 +543,7 @@ static void codes_launch(dim3 *grid, int *threads, size_t *smem, int rows, int c
     int runs;
     *threads = quantize_threads(cols / halves, 4, QTHREADS / halves, &runs);
     *grid = dim3(ceil_div(rows, QROWS), runs);
-    *smem = (size_t)QROWS * halves * *threads * sizeof(uint32_t);
+    *smem = (size_t)QROWS / 4 * codes_plane(halves, *threads) * sizeof(uint32_t);
 }
 
 // the second pass of quantize_rows: the codes of the source's rows from their scales (with OCC's
