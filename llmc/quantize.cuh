@@ -9,10 +9,10 @@
 // BF16 outputs are never written. test/test_quant_gpu checks every kernel against the CPU.
 //
 // Layout of the work: row scales come first, from a pass of their own (a warp per row for an
-// input; for a gradient a block of 32 rows, 8 columns a thread, which also reduces the columns).
+// input; for a gradient a block of 32 rows, 4 columns a thread, which also reduces the columns).
 // The codes kernel then gives each thread 4 adjacent columns of 32 rows: its loads are
-// independent (memory in flight) and it writes each column's 32 transposed codes as one whole
-// 32-byte sector, without a shared-memory tile.
+// independent (memory in flight); the block's transposed codes meet in shared memory and leave
+// as whole 32-byte sectors, one a column.
 #ifndef LLMC_QUANTIZE_CUH
 #define LLMC_QUANTIZE_CUH
 
@@ -324,6 +324,7 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
                                                          const unsigned *col_amax, RowSource in, const float *col_scale,
                                                          const float *row_scale, const float2 *bounds, bf16 *resid, int fold, int rows,
                                                          int cols, Format f, QRound qr) {
+    // COLS: codes_t holds codes of their own, quantized per column
     const int NL = src_loads<OP>(), NH = src_halves<OP>(), G = QROWS / 4, COLS = MODE == CODES_GRAD, OCC = MODE == CODES_OCC;
     // word (g, h, k) of thread t: rows 4g..4g+3 of its column k of half h, at g * plane + (h * 4 + k) *
     // blockDim.x + t. The planes' 4 words of padding put rows 0-15 and 16-31 of a column in banks 16 apart.
