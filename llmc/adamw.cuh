@@ -41,7 +41,7 @@ __device__ inline float dge_one(float *g, size_t i, const DgeRanges &dge) {
 
 // v *= the DGE factors of the 4 BF16 weights in w, whose row scale is s
 __device__ inline void dge4(float4 *v, uint2 w, float s, Format f, float k) {
-    float2 w01 = __bfloat1622float2(*(__nv_bfloat162 *)&w.x), w23 = __bfloat1622float2(*(__nv_bfloat162 *)&w.y);
+    float2 w01 = bf16x2_floats(w.x), w23 = bf16x2_floats(w.y);
     v->x *= dge_factor(w01.x, s, f, k); v->y *= dge_factor(w01.y, s, f, k);
     v->z *= dge_factor(w23.x, s, f, k); v->w *= dge_factor(w23.y, s, f, k);
 }

@@ -1,5 +1,5 @@
 // defines: CUDA_CHECK, CUBLAS_CHECK, bf16, ceil_div, cuda_malloc, cuda_free, cuda_peak_bytes,
-//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, sum_rows, max_rows, load8, store_bf16
+//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, sum_rows, max_rows, bf16x2_floats, load8, store_bf16
 // What every CUDA file of the project needs: error checks that end the run with one line, the
 // BF16 type, and a deterministic block reduction.
 #ifndef LLMC_CUDA_COMMON_CUH
@@ -64,11 +64,15 @@ __device__ inline float block_sum(float v) {
     return warp_sum(v);
 }
 
+// the two BF16 values of a 32-bit word (the low half first) as floats: a shift and a mask, one
+// instruction each (__bfloat1622float2 takes two a value, a byte permute and a shift)
+__device__ inline float2 bf16x2_floats(uint32_t u) { return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u)); }
+
 // 8 BF16 values as floats in one 16-byte access (p 16-byte aligned)
 __device__ inline void load8(float *f, const bf16 *p) {
     uint4 raw = *(const uint4 *)p;
-    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&raw;
-    for (int k = 0; k < 4; k++) { float2 v = __bfloat1622float2(h[k]); f[2 * k] = v.x; f[2 * k + 1] = v.y; }
+    const uint32_t h[4] = { raw.x, raw.y, raw.z, raw.w };
+    for (int k = 0; k < 4; k++) { float2 v = bf16x2_floats(h[k]); f[2 * k] = v.x; f[2 * k + 1] = v.y; }
 }
 // W (8 or 4) floats as BF16 in one 16- or 8-byte access (p aligned to it)
 template <int W> __device__ inline void store_bf16(bf16 *p, const float *f) {

@@ -158,8 +158,13 @@ template <bool ACCUMULATE> __device__ inline void wgmma_m64n128k32(float (&d)[64
 #undef INOUT
 #undef WGMMA_M64N128K32
 
-// a and b rounded to BF16 (to nearest, ties to even: quant.h's bf16_round), in one conversion
-__device__ inline float2 round_bf16x2(float a, float b) { return __bfloat1622float2(__floats2bfloat162_rn(a, b)); }
+// a and b rounded to BF16 (to nearest, ties to even: quant.h's bf16_round) in one conversion, as
+// the 32-bit word they are stored as, and as floats again
+__device__ inline uint32_t bf16x2_bits(float a, float b) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *(const uint32_t *)&h;
+}
+__device__ inline float2 round_bf16x2(float a, float b) { return bf16x2_floats(bf16x2_bits(a, b)); }
 
 // ---------------------------------------------------------------------------------------------
 
@@ -279,21 +284,24 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
             int cc = 8 * i + 2 * (lane % 4);
             float2 w = *(const float2 *)&col_scale[cc];
             uint8_t *half = out + i / 8 * (64 * 128) + 4 * (lane % 4);
-            __nv_bfloat162 *o0 = (__nv_bfloat162 *)(half + r0 * 128 + (((i % 8) ^ (r0 % 8)) << 4));
-            __nv_bfloat162 *o1 = (__nv_bfloat162 *)(half + (r0 + 8) * 128 + (((i % 8) ^ (r0 % 8)) << 4));
+            uint32_t *o0 = (uint32_t *)(half + r0 * 128 + (((i % 8) ^ (r0 % 8)) << 4));
+            uint32_t *o1 = (uint32_t *)(half + (r0 + 8) * 128 + (((i % 8) ^ (r0 % 8)) << 4));
             float v[4] = { acc[4 * i] * s0 * w.x, acc[4 * i + 1] * s0 * w.y, acc[4 * i + 2] * s1 * w.x, acc[4 * i + 3] * s1 * w.y };
+            uint32_t h0, h1;  // rows r0 and r0 + 8's pairs, as stored
             if (DGELU) {
-                float2 p0 = __bfloat1622float2(*o0), p1 = __bfloat1622float2(*o1), qc = *(const float2 *)&q_col[cc];
-                float pre[4] = { p0.x, p0.y, p1.x, p1.y };
+                float2 p0 = bf16x2_floats(*o0), p1 = bf16x2_floats(*o1), qc = *(const float2 *)&q_col[cc];
                 float2 g0 = round_bf16x2(v[0], v[1]), g1 = round_bf16x2(v[2], v[3]);
-                float2 v0 = round_bf16x2(g0.x * gelu_grad(pre[0]), g0.y * gelu_grad(pre[1]));
-                float2 v1 = round_bf16x2(g1.x * gelu_grad(pre[2]), g1.y * gelu_grad(pre[3]));
-                v[0] = v0.x; v[1] = v0.y; v[2] = v1.x; v[3] = v1.y;
-                rmax0 = fmaxf(rmax0, fmaxf(fabsf(v[0] * qc.x), fabsf(v[1] * qc.y)));
-                rmax1 = fmaxf(rmax1, fmaxf(fabsf(v[2] * qc.x), fabsf(v[3] * qc.y)));
+                h0 = bf16x2_bits(g0.x * gelu_grad(p0.x), g0.y * gelu_grad(p0.y));
+                h1 = bf16x2_bits(g1.x * gelu_grad(p1.x), g1.y * gelu_grad(p1.y));
+                float2 v0 = bf16x2_floats(h0), v1 = bf16x2_floats(h1);
+                rmax0 = fmaxf(rmax0, fmaxf(fabsf(v0.x * qc.x), fabsf(v0.y * qc.y)));
+                rmax1 = fmaxf(rmax1, fmaxf(fabsf(v1.x * qc.x), fabsf(v1.y * qc.y)));
+            } else {
+                h0 = bf16x2_bits(v[0], v[1]);
+                h1 = bf16x2_bits(v[2], v[3]);
             }
-            *o0 = __floats2bfloat162_rn(v[0], v[1]);
-            *o1 = __floats2bfloat162_rn(v[2], v[3]);
+            *o0 = h0;
+            *o1 = h1;
         }
         if (DGELU) {
             // rows: over the 4 lanes of a row, then per row and tile
@@ -305,17 +313,23 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
             if (lane % 4 == 0 && ra < M) pass1.row_max[(size_t)ra * tiles_n + ti] = rmax0;
             if (lane % 4 == 0 && ra + 8 < M) pass1.row_max[(size_t)(ra + 8) * tiles_n + ti] = rmax1;
             // columns: a thread takes 2 of them down the staging tile's 64 rows (warp w reads half
-            // w: one 128-byte row a load, no bank conflicts), in row order
+            // w: one 128-byte row a load, no bank conflicts), in row order. The swizzle repeats every
+            // 8 rows: 8 addresses, then every load an immediate offset from one of them.
             warpgroup_sync(wg);
             int cw = 2 * lane;  // in half `warp`
             float cmax0 = 0.0f, cmax1 = 0.0f, csum0 = 0.0f, csum1 = 0.0f;
-            const uint8_t *half = out + warp * (64 * 128) + 4 * (lane % 4);
-            #pragma unroll 8
-            for (int rr = 0; rr < 64; rr++) {
-                float2 x = __bfloat1622float2(*(const __nv_bfloat162 *)(half + rr * 128 + (((lane / 4) ^ (rr % 8)) << 4)));
-                float qr = q_row[rr];
-                cmax0 = fmaxf(cmax0, fabsf(x.x * qr)); cmax1 = fmaxf(cmax1, fabsf(x.y * qr));
-                csum0 += x.x; csum1 += x.y;
+            const uint8_t *half = out + warp * (64 * 128) + 4 * (lane % 4), *chunk[8];
+            for (int j = 0; j < 8; j++) chunk[j] = half + (((lane / 4) ^ j) << 4);
+            #pragma unroll
+            for (int rr = 0; rr < 64; rr += 4) {
+                float4 q4 = *(const float4 *)&q_row[rr];
+                float qr[4] = { q4.x, q4.y, q4.z, q4.w };
+                #pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float2 x = bf16x2_floats(*(const uint32_t *)(chunk[(rr + j) % 8] + (rr + j) * 128));
+                    cmax0 = fmaxf(cmax0, fabsf(x.x * qr[j])); cmax1 = fmaxf(cmax1, fabsf(x.y * qr[j]));
+                    csum0 += x.x; csum1 += x.y;
+                }
             }
             int col = n0 + 64 * warp + cw;
             if (col < N && m0 + rows_off < M) {

@@ -75,8 +75,8 @@ template <int W> __device__ inline Pack<W> pack_load(const bf16 *p) {
     return r;
 }
 template <int W> __device__ inline void pack_floats(float *f, Pack<W> r) {
-    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&r.u;
-    for (int k = 0; k < W / 2; k++) { float2 v = __bfloat1622float2(h[k]); f[2 * k] = v.x; f[2 * k + 1] = v.y; }
+    const uint32_t *h = (const uint32_t *)&r.u;
+    for (int k = 0; k < W / 2; k++) { float2 v = bf16x2_floats(h[k]); f[2 * k] = v.x; f[2 * k + 1] = v.y; }
 }
 
 // A source's values come in two steps, so a kernel can issue the loads of many rows before it
