@@ -421,12 +421,15 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
 // tokens: 0.7 TB/s (GPT-2 124M's gradients, 63 MB in 90 us a layer). The slices' column results
 // meet in shared memory, summed in slice order. Every lane of a warp runs the same iterations
 // (the shuffles need them all): a thread past the last column reads a valid one and counts zeros.
+// A plain gradient's thread has all 16 rows of its slice in flight at once (one round: qkv's pass
+// ran at 1.35 TB/s in two); DGELU's and DSWIGLU's 8, their values being two and three loads.
 // Two blocks an SM but for DSWIGLU (its 118 registers): DGELU then spills a few, off its loads.
 template <int OP>
 __global__ void __launch_bounds__(QTHREADS * GSLICES, OP == ROWS_DSWIGLU ? 1 : 2)
 grad_reduce_kernel(float *scales, unsigned *col_amax, float *col_partial, RowSource in, const float *col_scale,
                    const float *row_scale, int rows, int cols, Format f) {
     const int NL = src_loads<OP>(), NH = src_halves<OP>(), W = 4, V = NH * W, S = GSLICES, RS = QROWS / S;
+    const int R = OP == ROWS_PLAIN ? RS : 8;  // rows whose loads are in flight at once: a plain gradient's slice in one round
     __shared__ float part[QTHREADS * S / 32][QROWS], s_amax[QROWS], s_rs[QROWS];
     __shared__ float s_col[2][(S - 1) * V][QTHREADS];  // slices 1.. S-1: their column max and sum
     int T = blockDim.x / S, slice = threadIdx.x / T, tt = threadIdx.x % T, units = cols / V, half = cols / NH;
@@ -439,25 +442,28 @@ grad_reduce_kernel(float *scales, unsigned *col_amax, float *col_partial, RowSou
             float cs[V], cmax[V], csum[V];  // value k is column (k / W) * half + c + k % W
             for (int k = 0; k < V; k++) { cs[k] = col_scale ? col_scale[(k / W) * half + c + k % W] : 1.0f; cmax[k] = 0.0f; csum[k] = 0.0f; }
             #pragma unroll 1
-            for (int j0 = slice * RS; j0 < (slice + 1) * RS; j0 += 8) {
-                Pack<W> raw[8][NL];
+            for (int j0 = slice * RS; j0 < (slice + 1) * RS; j0 += R) {
+                Pack<W> raw[R][NL];
                 #pragma unroll
-                for (int i = 0; i < 8; i++) src_fetch<OP, W>(raw[i], in, min(r0 + j0 + i, rows - 1), c, cols);
-                float pc[8];
+                for (int i = 0; i < R; i++) src_fetch<OP, W>(raw[i], in, min(r0 + j0 + i, rows - 1), c, cols);
                 #pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    int j = j0 + i;
-                    float v[V];
-                    for (int h = 0; h < NH; h++) src_values<OP, W>(v + h * W, raw[i], h * half + c, cols, NULL, NULL, 0.0f, 1.0f);
-                    if (r0 + j >= rows || !live) for (int k = 0; k < V; k++) v[k] = 0.0f;
-                    pc[i] = 0.0f;
-                    for (int k = 0; k < V; k++) {
-                        pc[i] = fmaxf(pc[i], fabsf(v[k] * cs[k]));
-                        cmax[k] = fmaxf(cmax[k], fabsf(v[k] * s_rs[j]));
-                        csum[k] += v[k];
+                for (int b = 0; b < R; b += 8) {
+                    float pc[8];
+                    #pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        int j = j0 + b + i;
+                        float v[V];
+                        for (int h = 0; h < NH; h++) src_values<OP, W>(v + h * W, raw[b + i], h * half + c, cols, NULL, NULL, 0.0f, 1.0f);
+                        if (r0 + j >= rows || !live) for (int k = 0; k < V; k++) v[k] = 0.0f;
+                        pc[i] = 0.0f;
+                        for (int k = 0; k < V; k++) {
+                            pc[i] = fmaxf(pc[i], fabsf(v[k] * cs[k]));
+                            cmax[k] = fmaxf(cmax[k], fabsf(v[k] * s_rs[j]));
+                            csum[k] += v[k];
+                        }
                     }
+                    warp_rows8<1>(pc, part, j0 + b);
                 }
-                warp_rows8<1>(pc, part, j0);
             }
             if (slice > 0)
                 for (int k = 0; k < V; k++) { s_col[0][(slice - 1) * V + k][tt] = cmax[k]; s_col[1][(slice - 1) * V + k][tt] = csum[k]; }

@@ -3,7 +3,7 @@
 // forward and backward (with the first pass of the backward's output quantization), the GELU and dGELU GEMM epilogues (which must be SPEC.md's tanh form,
 // not the erf form), the FP8 GEMMs with per-row scales against the dequantized operands, and the
 // multi-GPU replica hash (the same on a copy, different after any one changed element), the
-// gradient norm's pass with DGE in it, and the FP8 attention core against its CPU reference and against the BF16 (cuDNN) core.
+// gradient norm's pass with DGE in it, AdamW's two paths, and the FP8 attention core against its CPU reference and against the BF16 (cuDNN) core.
 // Bounds: BF16 outputs within BF16 rounding (2^-8 relative) plus a small absolute term.
 #include <stdio.h>
 #include <stdlib.h>
@@ -635,6 +635,70 @@ static void test_attention_fp8(int B, int T, int H, int KV, int D) {
     free(h); free(x); free(got); free(e); free(ev); free(o); free(ref); free(lse);
 }
 
+// AdamW (adamw_update) on 1003 entries, with an FP32 master copy and with BF16 weights rounded
+// stochastically: once at aligned addresses (4 entries a thread, the last 3 element by element)
+// and once a float past them (element by element throughout): moments and weights bit for bit
+// the same; and against the update in FP64: the moments and the master copy within 1e-6 of
+// their terms' magnitudes (m's two terms, and w and its step, may cancel), plus 1e-12 for w; BF16
+// weights on the BF16 neighbours of the values within that bound
+static void test_adamw(void) {
+    const size_t n = 1003;
+    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gscale = 0.7f;
+    const int t = 3;
+    float *h = (float *)malloc_check(4 * n * sizeof(float)), *g = h, *m = h + n, *v = h + 2 * n, *w = h + 3 * n;
+    bf16 *wb = (bf16 *)malloc_check(n * sizeof(bf16));
+    for (size_t i = 0; i < n; i++) {
+        g[i] = (float)rng_normal(seed + 11, i) * 1e-2f;
+        m[i] = (float)rng_normal(seed + 12, i) * 1e-3f;
+        v[i] = 1e-5f * (float)rng_uniform(rng_hash(seed + 13, i));
+        wb[i] = __float2bfloat16((float)rng_normal(seed + 14, i) * 0.05f);
+        w[i] = __bfloat162float(wb[i]);
+    }
+    // device: g, m, v, master each np apart (a multiple of 4) from float 0, and from float 4 np + 1 (misaligned)
+    const size_t np = (n + 3) / 4 * 4;
+    float *d = (float *)cuda_malloc((8 * np + 1) * sizeof(float));
+    bf16 *dw = (bf16 *)cuda_malloc((2 * n + 4) * sizeof(bf16));
+    long bad = 0, far_m = 0, far_w = 0;
+    for (int master = 0; master < 2; master++) {
+        float *res[2][4];
+        bf16 *resb[2];
+        for (int path = 0; path < 2; path++) {
+            float *dg = d + (path ? 4 * np + 1 : 0), *dm = dg + np, *dv = dm + np, *dmaster = dv + np;
+            bf16 *dp = dw + (path ? n + 1 : 0);
+            cuda_upload(dg, g, n * sizeof(float)); cuda_upload(dm, m, n * sizeof(float));
+            cuda_upload(dv, v, n * sizeof(float)); cuda_upload(dmaster, w, n * sizeof(float));
+            cuda_upload(dp, wb, n * sizeof(bf16));
+            adamw_update(dp, master ? dmaster : NULL, dg, dm, dv, n, lr, b1, b2, t, eps, wd, gscale, 77, 5, 0);
+            for (int k = 0; k < 4; k++) {
+                res[path][k] = (float *)malloc_check(n * sizeof(float));
+                cuda_download(res[path][k], dg + k * np, n * sizeof(float));
+            }
+            resb[path] = (bf16 *)malloc_check(n * sizeof(bf16));
+            cuda_download(resb[path], dp, n * sizeof(bf16));
+        }
+        for (size_t i = 0; i < n; i++) {
+            for (int k = 1; k < 4; k++) bad += f32_bits(res[0][k][i]) != f32_bits(res[1][k][i]);
+            bad += __bfloat16_as_ushort(resb[0][i]) != __bfloat16_as_ushort(resb[1][i]);
+            double gr = (double)g[i] * gscale, mi = b1 * (double)m[i] + (1.0 - b1) * gr, vi = b2 * (double)v[i] + (1.0 - b2) * gr * gr;
+            double c1 = 1.0 - pow(b1, t), c2 = 1.0 - pow(b2, t), u = (mi / c1) / (sqrt(vi / c2) + eps) + wd * w[i], wi = w[i] - lr * u;
+            double bw = 1e-6 * (fabs(w[i]) + lr * fabs(u)) + 1e-12;  // w and its step may cancel too
+            // m's two terms may cancel: its bound is on their magnitudes
+            far_m += fabs(res[0][1][i] - mi) > 1e-6 * (b1 * fabs(m[i]) + (1.0 - b1) * fabs(gr)) || fabs(res[0][2][i] - vi) > 1e-6 * vi;
+            if (master) far_w += fabs(res[0][3][i] - wi) > bw;
+            // the BF16 neighbours of anything within the bound (the GPU's FP32 value may sit across a BF16 value)
+            float lo = __bfloat162float(__float2bfloat16_rd((float)(wi - bw))), hi = __bfloat162float(__float2bfloat16_ru((float)(wi + bw)));
+            float got_w = __bfloat162float(resb[0][i]);
+            if (!master) far_w += got_w < lo || got_w > hi;
+        }
+        for (int path = 0; path < 2; path++) { for (int k = 0; k < 4; k++) free(res[path][k]); free(resb[path]); }
+    }
+    CHECK(bad == 0 && far_m == 0 && far_w == 0, "adamw: %ld values differ between the aligned and the element-by-element paths; "
+          "off the FP64 update: %ld moments, %ld weights", bad, far_m, far_w);
+    printf("adamw: %zu entries, master copy and stochastic BF16: both paths bit for bit, within the FP64 update's bounds\n", n);
+    cuda_free(d, (8 * np + 1) * sizeof(float)); cuda_free(dw, (2 * n + 4) * sizeof(bf16));
+    free(h); free(wb);
+}
+
 int main(void) {
     CUDA_CHECK(cudaSetDevice(0));
     matmul_init();
@@ -649,6 +713,7 @@ int main(void) {
     test_own_gemm();
     test_replica_hash();
     test_grad_sumsq();
+    test_adamw();
     test_attention_fp8(2, 200, 4, 2, 64);
     test_attention_fp8(1, 256, 2, 1, 128);
     test_attention_fp8(4, 1024, 12, 12, 64);

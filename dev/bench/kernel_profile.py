@@ -35,8 +35,8 @@ def main():
     ap.add_argument("--detail", metavar="REGEX", help="instead: ncu's full report (stalls, memory, source counters) of "
                     "--count launches of the kernels whose demangled name matches; ncu writes them as "
                     "'codes_kernel<(int)2, (int)0, (int)1>' (match the parentheses with .)")
-    ap.add_argument("--only", metavar="REGEX", help="time only the kernels whose name matches (and the two that mark "
-                    "the steps); the total is then theirs")
+    ap.add_argument("--only", metavar="REGEX", help="time only the kernels whose demangled name matches, written as for "
+                    "--detail (and the two that mark the steps); the total is then theirs")
     ap.add_argument("--skip", type=int, default=0, help="with --detail: matching launches to skip first")
     ap.add_argument("--count", type=int, default=1, help="with --detail: launches to report")
     a, extra = ap.parse_known_args()
@@ -50,7 +50,7 @@ def main():
         print(prof.stdout[prof.stdout.index("==PROF=="):])
         return
     # the step boundaries: the classifier runs once per training micro-step (eval runs after the last)
-    only = ["-k", f"regex:^({a.only}|classifier|encoder_forward)"] if a.only else []
+    only = ["--kernel-name-base", "demangled", "-k", f"regex:({a.only}|classifier|encoder_forward)"] if a.only else []
     prof = subprocess.run([a.ncu, "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--csv",
                            "--print-units", "base"] + only + cmd, cwd=ROOT, capture_output=True, text=True)
     if prof.returncode != 0:
