@@ -1,5 +1,6 @@
 // defines: CUDA_CHECK, CUBLAS_CHECK, bf16, ceil_div, cuda_malloc, cuda_free, cuda_peak_bytes,
-//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, sum_rows, max_rows, bf16x2_floats, load8, store_bf16
+//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, block_max, sum_rows, max_rows, exp2_fast,
+//          bf16x2_floats, unpack8, load8, store_bf16, load_bf16
 // What every CUDA file of the project needs: error checks that end the run with one line, the
 // BF16 type, and a deterministic block reduction.
 #ifndef LLMC_CUDA_COMMON_CUH
@@ -51,35 +52,56 @@ __device__ inline float warp_max(float v) {
     return v;
 }
 
-// sum of v over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread;
-// fixed order, so the result is the same run after run
-__device__ inline float block_sum(float v) {
+// sum (max) of v over the block (blockDim.x a multiple of 32, at most 1024), returned to every
+// thread; fixed order, so the result is the same run after run
+template <bool MAX> __device__ inline float block_reduce(float v) {
     __shared__ float partial[32];
-    v = warp_sum(v);
+    v = MAX ? warp_max(v) : warp_sum(v);
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
     __syncthreads();  // partial may still be read by a previous call
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    v = lane < nwarps ? partial[lane] : 0.0f;
-    return warp_sum(v);
+    v = lane < nwarps ? partial[lane] : MAX ? -INFINITY : 0.0f;
+    return MAX ? warp_max(v) : warp_sum(v);
+}
+__device__ inline float block_sum(float v) { return block_reduce<false>(v); }
+__device__ inline float block_max(float v) { return block_reduce<true>(v); }
+
+// 2^y by the hardware's approximation (2 ulp), one instruction: results below 2^-126 flush to 0,
+// past 2^128 they are inf. (__expf adds a multiply, and a range test and two more to keep
+// subnormal results, which nothing here needs.)
+__device__ inline float exp2_fast(float y) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(y));
+    return r;
 }
 
 // the two BF16 values of a 32-bit word (the low half first) as floats: a shift and a mask, one
 // instruction each (__bfloat1622float2 takes two a value, a byte permute and a shift)
 __device__ inline float2 bf16x2_floats(uint32_t u) { return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u)); }
 
-// 8 BF16 values as floats in one 16-byte access (p 16-byte aligned)
-__device__ inline void load8(float *f, const bf16 *p) {
-    uint4 raw = *(const uint4 *)p;
+// the 8 BF16 values of 16 bytes as floats
+__device__ inline void unpack8(float *f, uint4 raw) {
     const uint32_t h[4] = { raw.x, raw.y, raw.z, raw.w };
     for (int k = 0; k < 4; k++) { float2 v = bf16x2_floats(h[k]); f[2 * k] = v.x; f[2 * k + 1] = v.y; }
 }
-// W (8 or 4) floats as BF16 in one 16- or 8-byte access (p aligned to it)
+// 8 BF16 values as floats in one 16-byte access (p 16-byte aligned)
+__device__ inline void load8(float *f, const bf16 *p) { unpack8(f, *(const uint4 *)p); }
+// W (8, 4 or 1) floats as BF16 in one 16-, 8- or 2-byte access (p aligned to it)
 template <int W> __device__ inline void store_bf16(bf16 *p, const float *f) {
-    alignas(16) __nv_bfloat162 h[W / 2];
-    for (int k = 0; k < W / 2; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    if constexpr (W == 8) *(uint4 *)p = *(const uint4 *)h;
-    else *(uint2 *)p = *(const uint2 *)h;
+    if constexpr (W == 1) {
+        *p = __float2bfloat16(f[0]);
+    } else {
+        alignas(16) __nv_bfloat162 h[W / 2];
+        for (int k = 0; k < W / 2; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+        if constexpr (W == 8) *(uint4 *)p = *(const uint4 *)h;
+        else *(uint2 *)p = *(const uint2 *)h;
+    }
+}
+// W (8 or 1) BF16 values as floats
+template <int W> __device__ inline void load_bf16(float *f, const bf16 *p) {
+    if constexpr (W == 8) load8(f, p);
+    else f[0] = __bfloat162float(*p);
 }
 
 // out[c] += sum_r partial[r, c] (MAX: out[c] = max(out[c], max_r partial[r, c]), of values >= 0)

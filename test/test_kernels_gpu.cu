@@ -1,5 +1,6 @@
 // The trainer's GPU kernels against double-precision references computed on the CPU, on fresh
-// random data (the seed is printed): the classifier (softmax, cross-entropy, dlogits), the norms
+// random data (the seed is printed): the classifier (softmax, cross-entropy, dlogits), the bf16
+// recipe's SwiGLU forward and backward, the norms
 // forward and backward (with the first pass of the backward's output quantization), the GELU and dGELU GEMM epilogues (which must be SPEC.md's tanh form,
 // not the erf form), the FP8 GEMMs with per-row scales against the dequantized operands, and the
 // multi-GPU replica hash (the same on a copy, different after any one changed element), the
@@ -58,8 +59,9 @@ static double max_abs(const double *v, size_t n) {
 
 static const double BF16_REL = 1.0 / 256;
 
-static void test_classifier(void) {
-    const int N = 48, V = 50257, Vp = 50304;
+// V, Vp: one of each of the kernel's sizes (LLaMA's, GPT-2's, the largest's)
+static void test_classifier(int V, int Vp) {
+    const int N = 48;
     size_t n = (size_t)N * Vp;
     bf16 *h = (bf16 *)malloc_check(n * sizeof(bf16));
     float *x = (float *)malloc_check(n * sizeof(float)), *got = (float *)malloc_check(n * sizeof(float));
@@ -105,6 +107,38 @@ static void test_classifier(void) {
     printf("classifier %dx%d: loss error %.2e, dlogits %.2f of the BF16 bound\n", N, V, le, de);
     cuda_free(d, n * sizeof(bf16)); cuda_free(dl, N * sizeof(float)); cuda_free(dt, N * sizeof(int));
     free(h); free(x); free(got); free(ref);
+}
+
+// the bf16 recipe's SwiGLU kernels (forward and backward) against FP64, for F a multiple of 8
+// (16-byte accesses) and not
+static void test_swiglu(int F) {
+    const int N = 40;
+    size_t n = (size_t)N * 2 * F;
+    bf16 *hin = (bf16 *)malloc_check(n * sizeof(bf16)), *hd = (bf16 *)malloc_check(n / 2 * sizeof(bf16));
+    float *in = (float *)malloc_check(n * sizeof(float)), *dy = (float *)malloc_check(n / 2 * sizeof(float));
+    float *got = (float *)malloc_check(n * sizeof(float));
+    double *ref = (double *)malloc_check(n * sizeof(double)), *dref = (double *)malloc_check(n * sizeof(double));
+    fill_bf16(hin, in, n, 2.0f, 0.0f);
+    fill_bf16(hd, dy, n / 2, 1.0f, 0.0f);
+    for (int r = 0; r < N; r++)
+        for (int f = 0; f < F; f++) {
+            double g = in[(size_t)r * 2 * F + f], u = in[(size_t)r * 2 * F + F + f], d = dy[(size_t)r * F + f], sg = 1.0 / (1.0 + exp(-g));
+            ref[(size_t)r * F + f] = g * sg * u;
+            dref[(size_t)r * 2 * F + f] = d * u * sg * (1.0 + g * (1.0 - sg));
+            dref[(size_t)r * 2 * F + F + f] = d * g * sg;
+        }
+    bf16 *din = to_device(hin, n), *ddy = to_device(hd, n / 2), *dout = (bf16 *)cuda_malloc(n * sizeof(bf16));
+    swiglu_forward(dout, din, N, F, 0);
+    from_device(got, dout, n / 2);
+    double fe = bound_ratio(got, ref, n / 2, BF16_REL, 1e-6);
+    swiglu_backward(dout, din, ddy, N, F, 0);
+    from_device(got, dout, n);
+    double be = bound_ratio(got, dref, n, BF16_REL, 1e-6);
+    CHECK(fe <= 1.0, "swiglu forward F=%d beyond BF16 rounding: ratio %.3g", F, fe);
+    CHECK(be <= 1.0, "swiglu backward F=%d beyond BF16 rounding: ratio %.3g", F, be);
+    printf("swiglu F=%d: forward %.2f, backward %.2f of the BF16 bound\n", F, fe, be);
+    cuda_free(din, n * sizeof(bf16)); cuda_free(ddy, n / 2 * sizeof(bf16)); cuda_free(dout, n * sizeof(bf16));
+    free(hin); free(hd); free(in); free(dy); free(got); free(ref); free(dref);
 }
 
 // A gradient's first pass made by its producer (fused, a RowSource.part over g) against
@@ -704,7 +738,11 @@ int main(void) {
     matmul_init();
     seed = (uint64_t)time(NULL);
     printf("seed %llu\n", (unsigned long long)seed);
-    test_classifier();
+    test_classifier(32000, 32000);
+    test_classifier(50257, 50304);
+    test_classifier(70001, 70016);
+    test_swiglu(2816);
+    test_swiglu(2821);
     for (int ln = 0; ln < 2; ln++) { test_norm(64, ln); test_norm(328, ln); test_norm(768, ln); test_norm(2048, ln); }
     test_gelu_epilogues();
     test_fp8_gemms(FMT_E2M1, FMT_E4M3);

@@ -60,11 +60,12 @@ def main():
         open(a.csv, "w").write(text)
     launches = [(r["Kernel Name"], float(r["Metric Value"].replace(",", ""))) for r in csv.DictReader(io.StringIO(text))
                 if r["Metric Name"] == "gpu__time_duration.sum"]
-    marks = [i for i, (name, _) in enumerate(launches) if name.startswith("classifier")]
+    # (ncu writes a template's instance as "void classifier_kernel<7>(...)")
+    marks = [i for i, (name, _) in enumerate(launches) if name.removeprefix("void ").startswith("classifier")]
     # steps 3 .. 2+steps: from the classifier of step 3 to the classifier after the last timed step
     lo, hi = marks[2], marks[2 + a.steps] if len(marks) > 2 + a.steps else len(launches)
     # a step starts at its forward: move the window back to the first kernel after step 2's update
-    first = [i for i, (name, _) in enumerate(launches) if name.startswith("encoder_forward")]
+    first = [i for i, (name, _) in enumerate(launches) if name.removeprefix("void ").startswith("encoder_forward")]
     lo = max(i for i in first if i < lo)
     hi = max(i for i in first if i < hi) if hi < len(launches) else hi
     tot = collections.defaultdict(float)
