@@ -186,7 +186,7 @@ static int occ_comp(const Model *m, int lin) { return occ_on(m, lin) && m->recip
 // DGE's factor multiplies the quantized GEMM's weight gradient only. Where OCC's compensation adds
 // its own (exact) gradient beside it, DGE applies to each micro-batch's quantized gradient as it
 // joins the step's sum, and the compensation's GEMM adds straight into the sum; elsewhere once, to
-// the step's sum (model_grad_sumsq): the same factor for every micro-batch.
+// the step's sum as the norm and AdamW read it (model_dge): the same factor for every micro-batch.
 static int dge_per_microbatch(const Model *m, int lin) { return m->recipe.lin[lin].dge && occ_comp(m, lin); }
 
 // OCC's state for linear lin of layer l: that layer's bounds (none without OCC: no memory for
@@ -654,21 +654,29 @@ static void model_backward(Model *m, int reduce) {
     if (reduce) model_reduce_grads(m, PG_EMBED, 0);
 }
 
-// DGE (SPEC.md 4): the 4-bit weights' gradients times f'(W / s_w). The factor is fixed for the
-// whole step, so it applies once to the sum over micro-batches (but where it applied per
-// micro-batch: dge_per_microbatch), in place, in the pass that takes the gradient norm (the norm
-// is of the corrected gradients). Returns the device address of the norm's square.
+// DGE (SPEC.md 4) of linear lin's weight gradients, f'(W / s_w), where it applies to the step's sum
+// (but where it applied per micro-batch: dge_per_microbatch): the factor is fixed for the whole
+// step, so the norm's pass and AdamW each multiply the gradients by it as they read them (the norm
+// is of the corrected gradients); the gradient buffer keeps the plain sums. Scales NULL: none.
+static Dge model_dge(const Model *m, int lin) {
+    Dge d = { NULL, 0, FMT_E2M1, m->recipe.dge_k };
+    if (!m->recipe.lin[lin].dge || dge_per_microbatch(m, lin)) return d;
+    int M, K; linear_dims(&m->cfg, lin, &M, &K);
+    if ((size_t)m->cfg.L * M * K > 0xffffffffu) die("DGE: %s's weights exceed 2^32 entries", linear_names[lin]);
+    d.scales = m->wscales[lin]; d.K = (unsigned)K; d.f = m->recipe.lin[lin].f.w;
+    return d;
+}
+
+// the device address of the square of the gradient norm, DGE's factor included
 static float *model_grad_sumsq(Model *m) {
     static_assert(MAX_DGE_RANGES >= NUM_LINEARS, "a DGE range per linear");
     DgeRanges dge; memset(&dge, 0, sizeof(dge));
-    dge.k = m->recipe.dge_k; dge.W = m->params;
+    dge.W = m->params;
     for (int l = 0; l < NUM_LINEARS; l++) {
-        if (!m->recipe.lin[l].dge || dge_per_microbatch(m, l)) continue;
+        Dge d = model_dge(m, l);
+        if (!d.scales) continue;
         int M, K; linear_dims(&m->cfg, l, &M, &K);
-        size_t len = (size_t)m->cfg.L * M * K;
-        if (len > 0xffffffffu) die("DGE: %s's weights (%zu) exceed 2^32 entries", linear_names[l], len);
-        dge.r[dge.n].lo = m->off[linear_wkind[l]]; dge.r[dge.n].len = (unsigned)len; dge.r[dge.n].K = K;
-        dge.r[dge.n].scales = m->wscales[l]; dge.r[dge.n].f = m->recipe.lin[l].f.w;
+        dge.r[dge.n].lo = m->off[linear_wkind[l]]; dge.r[dge.n].len = (unsigned)((size_t)m->cfg.L * M * K); dge.r[dge.n].d = d;
         dge.n++;
     }
     float *out = m->s.partial + SUMSQ_BLOCKS;
@@ -691,9 +699,12 @@ static float model_update(Model *m, float lr, float b1, float b2, float eps, flo
         int shape[3]; size_t size = param_shape(&m->cfg, order[j], shape), o = m->off[order[j]];
         size_t a = o > m->lo ? o : m->lo, b = o + size < m->hi ? o + size : m->hi;
         if (a >= b) continue;
+        Dge dge = { NULL, 0, FMT_E2M1, 0.0f };
+        for (int l = 0; l < NUM_LINEARS; l++)
+            if (linear_wkind[l] == order[j]) dge = model_dge(m, l);
         adamw_update(m->params + a, m->master ? m->master + (a - m->lo) : NULL, m->grads + a, m->m + (a - m->lo), m->v + (a - m->lo),
                      b - a, lr, b1, b2, t, eps, param_decays(order[j]) ? wd : 0.0f, gscale, rng_hash(seed, ((uint64_t)t << 8) + j),
-                     a - o, m->stream);
+                     a - o, &dge, m->stream);
     }
     if (m->parts > 1) dist_all_gather(m->dist, m->params, m->shard, 2, m->stream);
     m->wq_stale = 1;

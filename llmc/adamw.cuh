@@ -1,7 +1,9 @@
-// defines: DgeRanges, grad_sumsq, AdamW, adamw_update
+// defines: Dge, DgeRanges, grad_sumsq, AdamW, adamw_update
 // AdamW on BF16 weights with stochastic rounding (FP32 m and v), or on an FP32 master copy when
-// one is kept; and the deterministic sum of squares for the global gradient norm, whose pass also
-// applies DGE to the step's 4-bit weight gradients (no pass of its own over them).
+// one is kept; and the deterministic sum of squares for the global gradient norm. DGE (SPEC.md 4)
+// scales the step's 4-bit weight gradients in both, as they are read: the norm is the corrected
+// gradients', and the gradient buffer is never written back (a pass that stored the corrected
+// gradients cost 4 bytes a parameter more: 3.1 ms a step at LLaMA 928M against 1.3 for bf16's).
 #ifndef LLMC_ADAMW_CUH
 #define LLMC_ADAMW_CUH
 
@@ -11,14 +13,34 @@
 
 #define SUMSQ_BLOCKS 1024
 
-// DGE (SPEC.md 4) in place on parts of the gradient buffer: g[i] *= f'(W[i] / s_w[row]) for i in
-// [lo, lo + len) of a range, row (i - lo) / K; W the weight buffer laid out like the gradients
+// DGE on one tensor's gradients: g[e] *= f'(W[e] / scales[e / K]) for the tensor's element e (its
+// rows K long); scales NULL: none
+typedef struct { const float *scales; unsigned K; Format f; float k; } Dge;
+
+// g[0..3], the gradients of the tensor's elements e .. e + 3, times their DGE factors; w their 4 BF16
+// weights. One row scale for the 4 where they share a row; E2M1, the recipe's format, with its
+// grid folded into constants.
+__device__ inline void dge4(float *g, uint2 w, const Dge &d, unsigned e) {
+    float2 w01 = bf16x2_floats(w.x), w23 = bf16x2_floats(w.y);
+    const float wk[4] = { w01.x, w01.y, w23.x, w23.y };
+    unsigned r = e / d.K;
+    if (e - r * d.K + 4 <= d.K) {
+        float s = d.scales[r];
+        if (d.f == FMT_E2M1) for (int k = 0; k < 4; k++) g[k] *= dge_factor(wk[k], s, FMT_E2M1, d.k);
+        else for (int k = 0; k < 4; k++) g[k] *= dge_factor(wk[k], s, d.f, d.k);
+    } else {
+        for (int k = 0; k < 4; k++) g[k] *= dge_factor(wk[k], d.scales[(e + k) / d.K], d.f, d.k);
+    }
+}
+__device__ inline float dge1(float g, bf16 w, const Dge &d, unsigned e) { return g * dge_factor(__bfloat162float(w), d.scales[e / d.K], d.f, d.k); }
+
+// the parts of the gradient buffer that take DGE, for the norm: [lo, lo + len), the tensor's
+// element lo + e at e; W the weight buffer, laid out like the gradients
 #define MAX_DGE_RANGES 4
 typedef struct {
     int n;
-    float k;
     const bf16 *W;
-    struct { size_t lo; unsigned len, K; const float *scales; Format f; } r[MAX_DGE_RANGES];
+    struct { size_t lo; unsigned len; Dge d; } r[MAX_DGE_RANGES];
 } DgeRanges;
 
 // the range of dge holding element i, or -1
@@ -28,49 +50,28 @@ __device__ inline int dge_range(const DgeRanges &dge, size_t i) {
     return -1;
 }
 
-// g[i] (DGE applied in place where it belongs), element by element
-__device__ inline float dge_one(float *g, size_t i, const DgeRanges &dge) {
-    float v = g[i];
-    int j = dge_range(dge, i);
-    if (j < 0) return v;
-    unsigned o = (unsigned)(i - dge.r[j].lo);
-    v *= dge_factor(__bfloat162float(dge.W[i]), dge.r[j].scales[o / dge.r[j].K], dge.r[j].f, dge.k);
-    g[i] = v;
-    return v;
-}
-
-// v *= the DGE factors of the 4 BF16 weights in w, whose row scale is s
-__device__ inline void dge4(float4 *v, uint2 w, float s, Format f, float k) {
-    float2 w01 = bf16x2_floats(w.x), w23 = bf16x2_floats(w.y);
-    v->x *= dge_factor(w01.x, s, f, k); v->y *= dge_factor(w01.y, s, f, k);
-    v->z *= dge_factor(w23.x, s, f, k); v->w *= dge_factor(w23.y, s, f, k);
-}
-
-// 4 elements a thread: 16-byte loads of g, 8 bytes of W, one range lookup and one row scale for
-// the 4. Element by element, with the lookups and powf, the pass was compute-bound at 6.1 ms a
-// step at LLaMA 928M; now 3.1 (~2.3 would be its bytes at bandwidth). A group of 4 that
-// straddles a range's or a row's end, or the buffer's, goes element by element (a group whose
-// first and last elements share a range lies inside it: a range, a weight matrix, holds at least
-// 8 entries).
-__global__ void sumsq_partial_kernel(float *partial, float *g, size_t n, DgeRanges dge) {
+// 4 elements a thread: 16-byte loads of g, 8 bytes of W, one range lookup for the 4. Element by
+// element, with the lookups and powf, the pass was compute-bound at 6.1 ms a step at LLaMA 928M;
+// 4 at a time and storing the corrected gradients, 3.1 (~2.3 would be those bytes at bandwidth).
+// A group of 4 that straddles a range's end, or the buffer's, goes element by element (a group
+// whose first and last elements share a range lies inside it: a range, a weight matrix, holds at
+// least 8 entries).
+__global__ void sumsq_partial_kernel(float *partial, const float *g, size_t n, DgeRanges dge) {
     float s = 0.0f;
     for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; 4 * c < n; c += (size_t)gridDim.x * blockDim.x) {
         size_t i = 4 * c;
         int j = dge_range(dge, i);
-        unsigned o = j < 0 ? 0 : (unsigned)(i - dge.r[j].lo);
-        if (i + 4 <= n && dge_range(dge, i + 3) == j && (j < 0 || o % dge.r[j].K + 4 <= dge.r[j].K)) {
-            float4 v = *(float4 *)(g + i);
-            if (j >= 0) {
-                uint2 raw = *(const uint2 *)(dge.W + i);
-                float sc = dge.r[j].scales[o / dge.r[j].K];
-                Format f = dge.r[j].f;
-                if (f == FMT_E2M1) dge4(&v, raw, sc, FMT_E2M1, dge.k);  // the recipe's format: its grid folds into constants
-                else dge4(&v, raw, sc, f, dge.k);
-                *(float4 *)(g + i) = v;
-            }
-            s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        if (i + 4 <= n && dge_range(dge, i + 3) == j) {
+            float4 v4 = *(const float4 *)(g + i);
+            float v[4] = { v4.x, v4.y, v4.z, v4.w };
+            if (j >= 0) dge4(v, *(const uint2 *)(dge.W + i), dge.r[j].d, (unsigned)(i - dge.r[j].lo));
+            s += v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
         } else {
-            for (size_t e = i; e < i + 4 && e < n; e++) { float v = dge_one(g, e, dge); s += v * v; }
+            for (size_t e = i; e < i + 4 && e < n; e++) {
+                int je = dge_range(dge, e);
+                float v = je < 0 ? g[e] : dge1(g[e], dge.W[e], dge.r[je].d, (unsigned)(e - dge.r[je].lo));
+                s += v * v;
+            }
         }
     }
     s = block_sum(s);
@@ -84,10 +85,10 @@ __global__ void sumsq_final_kernel(float *out, const float *partial, int n) {
     if (threadIdx.x == 0) *out = s;
 }
 
-// *out (device) = sum of g^2, in a fixed order, after DGE in place on dge's ranges (dge->n may be
-// 0); scratch: SUMSQ_BLOCKS floats. (A grid of one wave of resident blocks took the pass from
+// *out (device) = sum of g^2, in a fixed order, g times its DGE factor on dge's ranges (dge->n may
+// be 0); scratch: SUMSQ_BLOCKS floats. (A grid of one wave of resident blocks took the pass from
 // 3.13 to 2.96 ms at LLaMA 928M, 0.2% of the step: not worth an occupancy query's state.)
-static void grad_sumsq(float *out, float *g, size_t n, const DgeRanges *dge, float *scratch, cudaStream_t s) {
+static void grad_sumsq(float *out, const float *g, size_t n, const DgeRanges *dge, float *scratch, cudaStream_t s) {
     sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, n, *dge);
     sumsq_final_kernel<<<1, 1024, 0, s>>>(out, scratch, SUMSQ_BLOCKS);
     CUDA_CHECK(cudaGetLastError());
@@ -101,7 +102,9 @@ __device__ inline bf16 bf16_stochastic(float x, uint64_t bits) {
     return __ushort_as_bfloat16((unsigned short)(u >> 16));
 }
 
-typedef struct { float lr, b1, b2, c1, c2, eps, wd, gscale; uint64_t key; size_t first; } AdamW;
+// the step's hyper-parameters; first: the range's offset in its tensor; dge: the tensor's (a 4-bit
+// weight's gradients are corrected as they are read)
+typedef struct { float lr, b1, b2, c1, c2, eps, wd, gscale; uint64_t key; size_t first; Dge dge; } AdamW;
 
 // element i of the range: its moments m, v updated from gradient g, and its new weight from w
 // (the master copy's, or the BF16 weight's); h.first + i draws the element's stochastic rounding
@@ -117,23 +120,26 @@ __device__ inline bf16 adamw_round(float w, const float *master, const AdamW &h,
 
 // Over a contiguous range of the parameter buffer; decay applies to the whole range (the caller
 // splits the buffer by tensor). h.first: the range's offset in its tensor, so that stochastic
-// rounding draws the same numbers however the tensor is sharded. 4 elements a thread, with
-// 16-byte accesses to g, m, v and the master copy and 8 bytes of BF16 weights where the range's
-// pointers allow them (vec; one element a thread with 4-byte accesses ran at 2.6 TB/s), else
-// (and for the range's last n % 4) element by element.
+// rounding draws the same numbers however the tensor is sharded, and DGE finds its rows. 4
+// elements a thread, with 16-byte accesses to g, m, v and the master copy and 8 bytes of BF16
+// weights where the range's pointers allow them (vec; one element a thread with 4-byte accesses
+// ran at 2.6 TB/s), else (and for the range's last n % 4) element by element.
 __global__ void adamw_kernel(bf16 *p, float *master, const float *g, float *m, float *v, size_t n, AdamW h, int vec) {
     size_t i = 4 * ((size_t)blockIdx.x * blockDim.x + threadIdx.x);
     if (i >= n) return;
     if (vec && i + 4 <= n) {
-        float4 g4 = *(const float4 *)(g + i), m4 = *(const float4 *)(m + i), v4 = *(const float4 *)(v + i), w4;
-        if (master) w4 = *(const float4 *)(master + i);
-        else {
-            uint2 raw = *(const uint2 *)(p + i);
+        float4 g4 = *(const float4 *)(g + i), m4 = *(const float4 *)(m + i), v4 = *(const float4 *)(v + i);
+        // the BF16 weights: the update's without a master copy, DGE's in any case
+        uint2 raw = master && !h.dge.scales ? make_uint2(0, 0) : *(const uint2 *)(p + i);
+        float gk[4] = { g4.x, g4.y, g4.z, g4.w }, mk[4] = { m4.x, m4.y, m4.z, m4.w }, vk[4] = { v4.x, v4.y, v4.z, v4.w }, wk[4];
+        if (master) {
+            float4 w4 = *(const float4 *)(master + i);
+            wk[0] = w4.x; wk[1] = w4.y; wk[2] = w4.z; wk[3] = w4.w;
+        } else {
             float2 w01 = bf16x2_floats(raw.x), w23 = bf16x2_floats(raw.y);
-            w4 = make_float4(w01.x, w01.y, w23.x, w23.y);
+            wk[0] = w01.x; wk[1] = w01.y; wk[2] = w23.x; wk[3] = w23.y;
         }
-        float gk[4] = { g4.x, g4.y, g4.z, g4.w }, mk[4] = { m4.x, m4.y, m4.z, m4.w }, vk[4] = { v4.x, v4.y, v4.z, v4.w };
-        float wk[4] = { w4.x, w4.y, w4.z, w4.w };
+        if (h.dge.scales) dge4(gk, raw, h.dge, (unsigned)(h.first + i));
         alignas(8) bf16 out[4];
         for (int k = 0; k < 4; k++) {
             wk[k] = adamw_step(gk[k], &mk[k], &vk[k], wk[k], h);
@@ -146,16 +152,19 @@ __global__ void adamw_kernel(bf16 *p, float *master, const float *g, float *m, f
         return;
     }
     for (size_t e = i; e < i + 4 && e < n; e++) {
-        float w = adamw_step(g[e], &m[e], &v[e], master ? master[e] : __bfloat162float(p[e]), h);
+        float ge = h.dge.scales ? dge1(g[e], p[e], h.dge, (unsigned)(h.first + e)) : g[e];
+        float w = adamw_step(ge, &m[e], &v[e], master ? master[e] : __bfloat162float(p[e]), h);
         if (master) master[e] = w;
         p[e] = adamw_round(w, master, h, e);
     }
 }
 
+// dge: the tensor's DGE, or NULL
 static void adamw_update(bf16 *p, float *master, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
-                         int t, float eps, float wd, float gscale, uint64_t key, size_t first, cudaStream_t s) {
+                         int t, float eps, float wd, float gscale, uint64_t key, size_t first, const Dge *dge, cudaStream_t s) {
     if (n == 0) return;
-    AdamW h = { lr, b1, b2, 1.0f - powf(b1, (float)t), 1.0f - powf(b2, (float)t), eps, wd, gscale, key, first };
+    AdamW h = { lr, b1, b2, 1.0f - powf(b1, (float)t), 1.0f - powf(b2, (float)t), eps, wd, gscale, key, first, {} };
+    if (dge && dge->scales) h.dge = *dge;
     int vec = ((uintptr_t)p % 8 | (uintptr_t)master % 16 | (uintptr_t)g % 16 | (uintptr_t)m % 16 | (uintptr_t)v % 16) == 0;
     adamw_kernel<<<ceil_div(ceil_div((long long)n, 4), 256), 256, 0, s>>>(p, master, g, m, v, n, h, vec);
     CUDA_CHECK(cudaGetLastError());
