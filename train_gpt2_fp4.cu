@@ -75,7 +75,6 @@ typedef struct {
     bf16 *dln;                   // (N, C) the LM head's dgrad, then each norm's output gradient
     float *partial;              // column-sum and norm partials; the gradient-norm partials
     fp8 *xcodes;                 // (F) (N, maxK) input codes for the forward GEMM
-    fp8 *wcodes;                 // (F) (maxM, maxK) a layer's weight codes for the forward GEMM
     bf16 *occ_dense;             // (F) (N, maxK) OCC: the residual R as a dense matrix, for the compensation's GEMM
     bf16 *dqkv;                  // (B) (N, QKV)
     bf16 *dres;                  // (B) (N, C) gradient of the residual stream
@@ -111,9 +110,12 @@ typedef struct {
     float *rope_cos, *rope_sin;   // (T, hd/2), LLaMA
     float *wscales_mem;           // the wscales, in one allocation
     size_t nwscales;
-    float *wscales[NUM_LINEARS];  // (L, M) a quantized linear's weight scales per output channel, once per optimizer
-                                  // step (the codes are made per layer when a GEMM needs them)
-    int wq_stale;                 // weights changed since their scales were taken
+    float *wscales[NUM_LINEARS];  // (L, M) a quantized linear's weight scales per output channel
+    fp8 *wcodes_mem;              // the wcodes, in one allocation
+    size_t nwcodes;
+    fp8 *wcodes[NUM_LINEARS];     // (L, M, K) its weight codes for the forward GEMM (the backward makes the
+                                  // transposed copy per layer); scales and codes once per optimizer step
+    int wq_stale;                 // weights changed since their scales and codes were made
     int qstats;                   // --quant-stats: the running forward + backward adds to qsums
     int deterministic;            // --deterministic: attention's backward in a fixed order
     int own_gemm;                 // --own-gemm: our FP8 GEMM with the quantizer in its epilogue, where it runs
@@ -256,18 +258,23 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     m->rope_sin = m->rope_cos + (size_t)c->T * hd / 2;
     cuda_upload(m->rope_cos, cs, (size_t)c->T * hd * sizeof(float));
     free(cs);
-    // the quantized linears' weight scales
-    size_t wo[NUM_LINEARS];
+    // the quantized linears' weight scales and codes
+    size_t wo[NUM_LINEARS], co[NUM_LINEARS];
     int maxMK = 0;
-    m->nwscales = 0;
+    m->nwscales = m->nwcodes = 0;
     for (int l = 0; l < NUM_LINEARS; l++) {
         int M, K; linear_dims(c, l, &M, &K);
         if (M + K > maxMK) maxMK = M + K;
         wo[l] = m->nwscales;
-        if (quantized(m, l)) m->nwscales += (size_t)c->L * M;
+        co[l] = m->nwcodes;
+        if (quantized(m, l)) { m->nwscales += (size_t)c->L * M; m->nwcodes += (size_t)c->L * M * K; }
     }
     m->wscales_mem = m->nwscales ? (float *)cuda_malloc(m->nwscales * sizeof(float)) : NULL;
-    for (int l = 0; l < NUM_LINEARS; l++) m->wscales[l] = quantized(m, l) ? m->wscales_mem + wo[l] : NULL;
+    m->wcodes_mem = m->nwcodes ? (fp8 *)cuda_malloc(m->nwcodes) : NULL;
+    for (int l = 0; l < NUM_LINEARS; l++) {
+        m->wscales[l] = quantized(m, l) ? m->wscales_mem + wo[l] : NULL;
+        m->wcodes[l] = quantized(m, l) ? m->wcodes_mem + co[l] : NULL;
+    }
     m->nones = maxMK;
     m->ones = (float *)cuda_malloc(maxMK * sizeof(float));
     float *ones = (float *)malloc_check(maxMK * sizeof(float));
@@ -343,7 +350,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     lo = at;
     BUF(x->logits, N * Vp);
     SHARE();
-    BUF(s->xcodes, anyq ? N * maxK : 0); BUF(s->wcodes, anyq ? maxM * maxK : 0);
+    BUF(s->xcodes, anyq ? N * maxK : 0);
     BUF(s->occ_dense, anycomp * N * maxK);
     BUF(s->att8_mem, m->recipe.attn_fp8 ? att8_bytes(B, T, c->H, c->KV, config_hd(c)) : 0);
     SHARE();
@@ -375,10 +382,12 @@ static void model_alloc_acts(Model *m, int B, int T) {
 // ---------------------------------------------------------------------------------------------
 // a block linear in its recipe's formats (SPEC.md 4)
 
-// the weight scales of every low-precision linear, per output channel, once per optimizer step;
-// the codes are made from them per layer, in the forward and (transposed) in the backward: all
-// layers' codes would take memory (721 MB at llama:d16) and save only a pass over the weights.
-// One launch covers a linear's rows in every layer, but for tensor-wise scales (one per layer).
+// the weight scales of every low-precision linear, per output channel, and the forward's codes,
+// once per optimizer step. One launch of each covers a linear's rows in every layer, but for
+// tensor-wise scales (one per layer): made per layer, a weight's few row blocks left the GPU
+// mostly idle, ~9 us a launch for ~1 us of bytes (GPT-2 124M: ~0.45 ms a step in 48 launches).
+// Their memory (721 MB at llama:d16) stays under bf16's peak. The transposed codes (dgrad) are
+// made per layer in the backward: a second copy would not.
 static void model_weight_scales(Model *m) {
     const Config *c = &m->cfg;
     int layers = m->recipe.tensorwise ? 1 : c->L;  // a launch's
@@ -387,8 +396,8 @@ static void model_weight_scales(Model *m) {
         int M, K; linear_dims(c, l, &M, &K);
         for (int layer = 0; layer < c->L; layer += layers) {
             RowSource w = rows_plain(PARAM(m, linear_wkind[l]) + (size_t)layer * M * K);
-            quantize_rows(NULL, NULL, m->wscales[l] + (size_t)layer * M, &w, layers * M, K, m->recipe.lin[l].f.w,
-                          m->recipe.tensorwise, m->stream);
+            quantize_rows(m->wcodes[l] + (size_t)layer * M * K, NULL, m->wscales[l] + (size_t)layer * M, &w, layers * M, K,
+                          m->recipe.lin[l].f.w, m->recipe.tensorwise, m->stream);
         }
     }
     m->wq_stale = 0;
@@ -445,14 +454,14 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     if (occ_on(m, lin)) occ_quantize_rows(s->xcodes, xq, xs, src, N, f->x, &o, st);
     else quantize_rows(s->xcodes, xq, xs, src, N, K, f->x, m->recipe.tensorwise, st);
     const float *sw = m->wscales[lin] + (size_t)l * M;
-    RowSource w = rows_plain(W);
-    rows_codes(s->wcodes, NULL, sw, &w, NULL, NULL, 0, M, K, f->w, st);
+    const fp8 *wq = m->wcodes[lin] + (size_t)l * M * K;
     if (m->qstats) {  // the codes against the rows they stand for (OCC: the residual added back)
         double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
         quant_error_sums(qs + QS_X, src, s->xcodes, xs, NULL, occ_on(m, lin) ? o.bounds : NULL, occ_comp(m, lin), N, K, f->x, st);
-        quant_error_sums(qs + QS_W, &w, s->wcodes, sw, NULL, NULL, 0, M, K, f->w, st);
+        RowSource w = rows_plain(W);
+        quant_error_sums(qs + QS_W, &w, wq, sw, NULL, NULL, 0, M, K, f->w, st);
     }
-    matmul_fp8(pre ? pre : y, CUDA_R_16BF, s->wcodes, fp8_type(f->w), sw,
+    matmul_fp8(pre ? pre : y, CUDA_R_16BF, wq, fp8_type(f->w), sw,
                s->xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
                b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
     if (!occ_comp(m, lin)) return;
@@ -720,6 +729,7 @@ static void model_free(Model *m) {
     CUDA_CHECK(cudaFreeHost(m->host_norm));
     cuda_free(m->rope_cos, (size_t)m->cfg.T * hd * sizeof(float));
     if (m->wscales_mem) cuda_free(m->wscales_mem, m->nwscales * sizeof(float));
+    if (m->wcodes_mem) cuda_free(m->wcodes_mem, m->nwcodes);
     cuda_free(m->qsums, (size_t)m->cfg.L * NUM_LINEARS * QS_N * sizeof(double));
     cuda_free(m->ones, m->nones * sizeof(float));
     model_free_acts(m);

@@ -732,14 +732,24 @@ static void test_adamw(void) {
             float gi = with_dge ? g[i] * dge_factor(w[i], sw[(first + i) / K], FMT_E2M1, 5.0f) : g[i];
             double gr = (double)gi * gscale, mi = b1 * (double)m[i] + (1.0 - b1) * gr, vi = b2 * (double)v[i] + (1.0 - b2) * gr * gr;
             double c1 = 1.0 - pow(b1, t), c2 = 1.0 - pow(b2, t), u = (mi / c1) / (sqrt(vi / c2) + eps) + wd * w[i], wi = w[i] - lr * u;
-            double bw = 1e-6 * (fabs(w[i]) + lr * fabs(u)) + 1e-12;  // w and its step may cancel too
-            // m's two terms may cancel: its bound is on their magnitudes
-            far_m += fabs(res[0][1][i] - mi) > 1e-6 * (b1 * fabs(m[i]) + (1.0 - b1) * fabs(gr)) || fabs(res[0][2][i] - vi) > 1e-6 * vi;
-            if (master) far_w += fabs(res[0][3][i] - wi) > bw;
+            // m's two terms may cancel: its bound is on their magnitudes. m anywhere within it moves
+            // the step by lr dm / (c1 (sqrt(v / c2) + eps)): DGE's f' on the GPU is within ~1e-6 of
+            // the CPU's, not equal, so the gradient is not exact either (a CPU simulation with f'
+            // 1e-6 off: 1,154 of 2,000 seeds past the bound without that term, none with it)
+            double dm = 1e-6 * (b1 * fabs(m[i]) + (1.0 - b1) * fabs(gr));
+            double bw = 1e-6 * (fabs(w[i]) + lr * fabs(u)) + lr * dm / (c1 * (sqrt(vi / c2) + eps)) + 1e-12;  // w and its step may cancel too
+            far_m += fabs(res[0][1][i] - mi) > dm || fabs(res[0][2][i] - vi) > 1e-6 * vi;
+            if (master && fabs(res[0][3][i] - wi) > bw) {
+                if (!far_w) printf("adamw: master weight %zu (DGE %d): %.9g, FP64 %.9g, bound %.3g\n", i, with_dge, res[0][3][i], wi, bw);
+                far_w++;
+            }
             // the BF16 neighbours of anything within the bound (the GPU's FP32 value may sit across a BF16 value)
             float lo = __bfloat162float(__float2bfloat16_rd((float)(wi - bw))), hi = __bfloat162float(__float2bfloat16_ru((float)(wi + bw)));
             float got_w = __bfloat162float(resb[0][i]);
-            if (!master) far_w += got_w < lo || got_w > hi;
+            if (!master && (got_w < lo || got_w > hi)) {
+                if (!far_w) printf("adamw: BF16 weight %zu (DGE %d): %.9g, FP64 %.9g, bound %.3g\n", i, with_dge, got_w, wi, bw);
+                far_w++;
+            }
         }
         for (int path = 0; path < 2; path++) { for (int q = 0; q < 4; q++) free(res[path][q]); free(resb[path]); }
     }
