@@ -385,9 +385,9 @@ static void model_alloc_acts(Model *m, int B, int T) {
 // the weight scales of every low-precision linear, per output channel, and the forward's codes,
 // once per optimizer step. One launch of each covers a linear's rows in every layer, but for
 // tensor-wise scales (one per layer): made per layer, a weight's few row blocks left the GPU
-// mostly idle, ~9 us a launch for ~1 us of bytes (GPT-2 124M: ~0.45 ms a step in 48 launches).
-// Their memory (721 MB at llama:d16) stays under bf16's peak. The transposed codes (dgrad) are
-// made per layer in the backward: a second copy would not.
+// mostly idle, ~9 us a launch for ~1 us of bytes (one launch a linear took 0.35 ms a step off
+// GPT-2 124M). Their memory (721 MB at llama:d16) stays under bf16's peak. The transposed codes
+// (dgrad) are made per layer in the backward: a second copy would not.
 static void model_weight_scales(Model *m) {
     const Config *c = &m->cfg;
     int layers = m->recipe.tensorwise ? 1 : c->L;  // a launch's
