@@ -87,7 +87,8 @@ typedef struct {
                                  // quantized attproj or fcproj that takes it next
     fp8 *gcodes, *gcodes_t;      // (B) (N, maxM) output-gradient codes per token (dgrad), (maxM, N) per output (wgrad)
     float *gscales, *gscales_t;  // (B) (N), (maxM) their scales
-    fp8 *wcodes_t;               // (B) (maxK, maxM) a layer's weight codes, transposed for dgrad
+    fp8 *wcodes_t;               // (B) a layer's weight codes transposed for dgrad: each quantized linear's (K, M)
+                                 // at wcodes_t_offset
     unsigned *amax;              // (B) (maxM) column absmax scratch
     bf16 *occ_dense_b;           // (B) (N, maxK) R dense again, for the compensation's weight gradient
     float *wgrad;                // (B) (max M * K) a micro-batch's quantized weight gradient, before DGE (dge_per_microbatch)
@@ -296,6 +297,16 @@ static void model_free_acts(Model *m) {
     m->acts_mem = NULL;
 }
 
+// where linear lin's transposed weight codes sit in the backward's wcodes_t (lin NUM_LINEARS: its size)
+static size_t wcodes_t_offset(const Model *m, int lin) {
+    size_t off = 0;
+    for (int l = 0; l < lin; l++) {
+        int M, K; linear_dims(&m->cfg, l, &M, &K);
+        if (quantized(m, l)) off += (size_t)M * K;
+    }
+    return off;
+}
+
 // activation and scratch buffers for batches of B x T, in one allocation
 static void model_alloc_acts(Model *m, int B, int T) {
     if (m->B == B && m->T == T) return;
@@ -359,7 +370,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     BUF(s->dfch_act, N * F);
     if (anyq) {
         BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
-        BUF(s->gscales_t, maxM); BUF(s->wcodes_t, maxK * maxM); BUF(s->amax, maxM);
+        BUF(s->gscales_t, maxM); BUF(s->wcodes_t, wcodes_t_offset(m, NUM_LINEARS)); BUF(s->amax, maxM);
     }
     BUF(s->occ_dense_b, anycomp * N * maxK); BUF(s->wgrad, maxmk);
     BUF(s->gpart, fused_dgelu(m) ? grad_part_floats(N, F, fp8_gemm_tiles_n(F), GEMM_PART_ROWS) : 0);
@@ -386,8 +397,8 @@ static void model_alloc_acts(Model *m, int B, int T) {
 // once per optimizer step. One launch of each covers a linear's rows in every layer, but for
 // tensor-wise scales (one per layer): made per layer, a weight's few row blocks left the GPU
 // mostly idle, ~9 us a launch for ~1 us of bytes (one launch a linear took 0.35 ms a step off
-// GPT-2 124M). Their memory (721 MB at llama:d16) stays under bf16's peak. The transposed codes
-// (dgrad) are made per layer in the backward: a second copy would not.
+// GPT-2 124M). Their memory (721 MB at llama:d16) stays under bf16's peak; a second, transposed
+// copy would not: the dgrad's are these codes transposed per layer (model_weight_codes_t).
 static void model_weight_scales(Model *m) {
     const Config *c = &m->cfg;
     int layers = m->recipe.tensorwise ? 1 : c->L;  // a launch's
@@ -500,14 +511,11 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
                   s->partial, st);
     double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
     if (m->qstats) quant_error_sums(qs + QS_G, src, s->gcodes, s->gscales, sw, NULL, 0, N, M, f->g, st);  // the dgrad operand
-    RowSource w = rows_plain(W);
-    // the forward's weight codes, transposed: the codes pass alone, from the step's scales
-    check_quantize("the transposed weight codes", f->w, M, K, 1);
-    rows_codes(NULL, s->wcodes_t, sw, &w, NULL, NULL, 0, M, K, f->w, st);
+    const fp8 *wq_t = s->wcodes_t + wcodes_t_offset(m, lin);  // model_weight_codes_t's
     if (pre && fused_dgelu(m)) {  // lin is fcproj: GELU's derivative and fc's gradient's first pass in the epilogue
         GemmFp8 p = { s->gscales, m->ones, N, K, M, m->acts.xs[LIN_FC] + (size_t)l * N, m->wscales[LIN_FC] + (size_t)l * K, s->gpart };
-        fp8_gemm(dx, s->gcodes, s->wcodes_t, pre, &p, st);
-    } else matmul_fp8(dx, CUDA_R_16BF, s->wcodes_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL,
+        fp8_gemm(dx, s->gcodes, wq_t, pre, &p, st);
+    } else matmul_fp8(dx, CUDA_R_16BF, wq_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL,
                       0.0f, NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
     float *wg = dge_now ? s->wgrad : dW;
     matmul_fp8(wg, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),
@@ -605,6 +613,21 @@ static RowSource residual_grad(const Model *m, int lin) {
     return quantized(m, lin) ? rows_grad_part(m->s.dres, m->s.npart, 1, NORM_ROWS) : rows_plain(m->s.dres);
 }
 
+// layer l's weight codes transposed for the dgrads, into wcodes_t: the step's codes (model_weight_scales)
+// as they are, one launch for the layer's linears (made from the BF16 weights, one launch a linear
+// took ~9 us each: 0.44 ms a step at GPT-2 124M, now 0.09)
+static void model_weight_codes_t(Model *m, int l) {
+    static_assert(CT_MATS >= NUM_LINEARS, "a layer's linears in one launch");
+    CodesT t[NUM_LINEARS];
+    int n = 0;
+    for (int lin = 0; lin < NUM_LINEARS; lin++) {
+        if (!quantized(m, lin)) continue;
+        int M, K; linear_dims(&m->cfg, lin, &M, &K);
+        t[n++] = (CodesT){ m->wcodes[lin] + (size_t)l * M * K, m->s.wcodes_t + wcodes_t_offset(m, lin), M, K };
+    }
+    if (n) codes_transpose(t, n, m->stream);
+}
+
 // accumulates into the gradients; needs the dlogits left by model_forward(..., grad_scale > 0).
 // reduce: the step's last micro-batch, after which the gradients are averaged over the ranks
 static void model_backward(Model *m, int reduce) {
@@ -625,6 +648,7 @@ static void model_backward(Model *m, int reduce) {
                   a->lnf_mean, a->lnf_rstd, N, C, residual_pass(m, LIN_FCPROJ, c->L - 1, &pass), st);
     if (reduce) model_reduce_grads(m, PG_HEAD, 0);
     for (int l = c->L - 1; l >= 0; l--) {
+        model_weight_codes_t(m, l);
         const bf16 *resin = l == 0 ? a->encoded : a->res3 + (size_t)(l - 1) * N * C;
         size_t lc = (size_t)l * N * C;
         const bf16 *atty = a->atty + lc, *res2 = a->res2 + lc, *fch = a->fch + (size_t)l * N * FF;

@@ -1,5 +1,5 @@
 // defines: fp8, fp8_type, fp8_interp, RowSource, GradPart, grad_part, grad_part_floats, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
-//          quantize_rows, rows_codes, quantize_grad, dge_apply
+//          quantize_rows, rows_codes, CodesT, codes_transpose, quantize_grad, dge_apply
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
 // stored as FP8 bytes (4-bit codes are exact in E4M3, which is how Hopper's FP8 tensor cores run
@@ -567,6 +567,60 @@ static void rows_codes(fp8 *codes, fp8 *codes_t, const float *scales, const RowS
     codes_launch(&grid, &threads, &smem, rows, cols, 1);
     kernels[bounds != NULL][qround_kind(f)][src->op]<<<grid, threads, smem, st>>>(
         codes, codes_t, NULL, scales, NULL, *src, NULL, NULL, bounds, resid, fold, rows, cols, f, qround(f));
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// Codes already made, transposed: dst (cols, rows) = src (rows, cols)^T, bytes as they are, for
+// up to CT_MATS matrices in one launch (a layer's weights for the dgrad: made in one launch per
+// linear for all layers, their transposed copies per layer, where one launch per weight left most
+// SMs idle). A block takes a tile of 64 x 64 bytes through shared memory.
+#define CT_MATS 4
+#define CT_TILE 64
+typedef struct { const fp8 *src; fp8 *dst; int rows, cols; } CodesT;
+typedef struct { CodesT m[CT_MATS]; int first[CT_MATS + 1]; int n; } CodesTBatch;  // first: each matrix's first tile
+
+__global__ void __launch_bounds__(256) codes_transpose_kernel(CodesTBatch b) {
+    __shared__ uint32_t s[CT_TILE][CT_TILE / 4 + 1];  // the tile's rows as words; the pad staggers the banks
+    // the block's matrix, by constant indices only (a variable index into the parameters copies
+    // them to local memory)
+    CodesT m = b.m[0];
+    int first = 0;
+    #pragma unroll
+    for (int k = 1; k < CT_MATS; k++)
+        if (k < b.n && (int)blockIdx.x >= b.first[k]) { m = b.m[k]; first = b.first[k]; }
+    int tiles_c = (m.cols + CT_TILE - 1) / CT_TILE, t = blockIdx.x - first;
+    int r0 = t / tiles_c * CT_TILE, c0 = t % tiles_c * CT_TILE;
+    // rows and columns are multiples of 8 (codes_transpose): an 8-byte chunk is all in or all out
+    for (int q = threadIdx.x; q < CT_TILE * CT_TILE / 8; q += blockDim.x) {
+        int r = q / 8, c = 8 * (q % 8);
+        if (r0 + r < m.rows && c0 + c < m.cols) {
+            uint2 v = *(const uint2 *)((const uint8_t *)m.src + (size_t)(r0 + r) * m.cols + c0 + c);
+            s[r][c / 4] = v.x; s[r][c / 4 + 1] = v.y;
+        }
+    }
+    __syncthreads();
+    // a thread a 4 x 4 block: rows 4 rb.., word cw of each, out as word rb of dst rows 4 cw.. (a
+    // warp's 16 rb are 64 contiguous bytes of a dst row)
+    int rb = threadIdx.x % 16, cw = threadIdx.x / 16;
+    if (r0 + 4 * rb < m.rows && c0 + 4 * cw < m.cols) {
+        uint32_t q[4] = { s[4 * rb][cw], s[4 * rb + 1][cw], s[4 * rb + 2][cw], s[4 * rb + 3][cw] }, w[4];
+        transpose4(w, q);
+        for (int i = 0; i < 4; i++) *(uint32_t *)((uint8_t *)m.dst + (size_t)(c0 + 4 * cw + i) * m.rows + r0 + 4 * rb) = w[i];
+    }
+}
+
+static void codes_transpose(const CodesT *mats, int n, cudaStream_t st) {
+    if (n < 1 || n > CT_MATS) die("codes_transpose: %d matrices (1 to %d)", n, CT_MATS);
+    CodesTBatch b;
+    memset(&b, 0, sizeof(b));
+    b.n = n;
+    for (int k = 0; k < n; k++) {
+        if (mats[k].rows % 16 != 0 || mats[k].cols % 8 != 0)
+            die("codes_transpose: %d x %d needs rows in multiples of 16 and columns of 8", mats[k].rows, mats[k].cols);
+        b.m[k] = mats[k];
+        b.first[k + 1] = b.first[k] + ceil_div(mats[k].rows, CT_TILE) * ceil_div(mats[k].cols, CT_TILE);
+    }
+    codes_transpose_kernel<<<b.first[n], 256, 0, st>>>(b);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -500,6 +500,34 @@ static void test_own_gemm(void) {
     free(ref); free(refv); free(v);
 }
 
+// codes_transpose: up to 4 byte matrices in one launch, ragged against its 64 x 64 tiles, each
+// transposed bit for bit (random bytes; the bytes around the outputs untouched)
+static void test_codes_transpose(void) {
+    const int dims[4][2] = { { 80, 200 }, { 336, 520 }, { 64, 64 }, { 16, 8 } };
+    size_t total = 0, off[4];
+    for (int k = 0; k < 4; k++) { off[k] = total; total += (size_t)dims[k][0] * dims[k][1] + 64; }
+    fp8 *h = (fp8 *)malloc_check(total), *got = (fp8 *)malloc_check(total);
+    for (size_t i = 0; i < total; i++) h[i] = (fp8)(rng_hash(seed + 21, i) & 0xFF);
+    fp8 *src = (fp8 *)cuda_malloc(total), *dst = (fp8 *)cuda_malloc(total);
+    cuda_upload(src, h, total);
+    CUDA_CHECK(cudaMemset(dst, 0xA5, total));
+    CodesT t[4];
+    for (int k = 0; k < 4; k++) t[k] = (CodesT){ src + off[k], dst + off[k], dims[k][0], dims[k][1] };
+    codes_transpose(t, 4, 0);
+    cuda_download(got, dst, total);
+    long bad = 0;
+    for (int k = 0; k < 4; k++) {
+        int R = dims[k][0], C = dims[k][1];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) bad += got[off[k] + (size_t)c * R + r] != h[off[k] + (size_t)r * C + c];
+        for (int i = 0; i < 64; i++) bad += got[off[k] + (size_t)R * C + i] != 0xA5;
+    }
+    CHECK(bad == 0, "codes_transpose: %ld bytes wrong", bad);
+    printf("codes_transpose: 4 matrices (80 x 200, 336 x 520, 64 x 64, 16 x 8) in one launch, bit for bit\n");
+    cuda_free(src, total); cuda_free(dst, total);
+    free(h); free(got);
+}
+
 // the hash the ranks compare after every step: equal copies hash alike; flipping any one BF16 value
 // (fresh positions, including the first and last) changes it; so does swapping two values
 static unsigned replica_hash(const bf16 *d, size_t n, unsigned *out) {
@@ -777,6 +805,7 @@ int main(void) {
     test_fp8_gemms(FMT_E4M3, FMT_E4M3);
     test_fp8_gemms(FMT_E2M1, FMT_E5M2);
     test_own_gemm();
+    test_codes_transpose();
     test_replica_hash();
     test_grad_sumsq();
     test_adamw();
