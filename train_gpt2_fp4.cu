@@ -85,8 +85,9 @@ typedef struct {
     float *gpart;                // (B) fused_dgelu: fc's gradient's first pass, from fcproj's dgrad (RowSource.part)
     float *npart;                // (B) the residual gradient's first pass, from the norm's backward, for the
                                  // quantized attproj or fcproj that takes it next
-    fp8 *gcodes, *gcodes_t;      // (B) (N, maxM) output-gradient codes per token (dgrad), (maxM, N) per output (wgrad)
-    float *gscales, *gscales_t;  // (B) (N), (maxM) their scales
+    fp8 *gcodes, *gcodes_t[2];   // (B) (N, maxM) output-gradient codes per token (dgrad), (maxM, N) per output (wgrad):
+    float *gscales, *gscales_t[2];  // (B) (N), (maxM) their scales. Two of wgrad's, used in turn: the
+                                 // wgrad of the linear before may still be reading the other (wgrad_stream)
     fp8 *wcodes_t;               // (B) a layer's weight codes transposed for dgrad: each quantized linear's (K, M)
                                  // at wcodes_t_offset
     unsigned *amax;              // (B) (maxM) column absmax scratch
@@ -120,6 +121,13 @@ typedef struct {
     int qstats;                   // --quant-stats: the running forward + backward adds to qsums
     int deterministic;            // --deterministic: attention's backward in a fixed order
     int own_gemm;                 // --own-gemm: our FP8 GEMM with the quantizer in its epilogue, where it runs
+    int wgrad_stream;             // --wgrad-stream: the weight gradients' work on lt_side_stream, beside the backward
+    int wgrad_delay_us;           // tests: that stream first sleeps this long for each linear, so that a missing wait shows
+    int gbuf;                     // which of the scratch's gcodes_t the next quantized backward takes
+    cudaEvent_t wstart;           // recorded on the main stream where a linear's weight-gradient work may start
+    cudaEvent_t gfree[2];         // ... and where it has read gcodes_t[i],
+    cudaEvent_t wread[NUM_LINEARS];  // where each linear's has read its output gradient in BF16 (bf16, OCC's compensation),
+    cudaEvent_t wdone;            // and where all of it is done
     double *qsums;                // (L, NUM_LINEARS, QS_N) the quantized linears' telemetry sums
     float *ones;                  // (nones) unit scales, for GEMM operands that are exact codes
     int nones;
@@ -243,8 +251,9 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     CUDA_CHECK(cudaMemset(m->v, 0, own * sizeof(float)));
     CUDA_CHECK(cudaMallocHost(&m->host_norm, sizeof(float)));
     m->qstats = 0;
-    m->deterministic = 1;  // main sets --deterministic and --own-gemm
+    m->deterministic = 1;  // main sets --deterministic, --own-gemm and --wgrad-stream
     m->own_gemm = fp8_gemm_supported();
+    m->wgrad_stream = 1;
     m->qsums = (double *)cuda_malloc((size_t)c->L * NUM_LINEARS * QS_N * sizeof(double));
     int hd = config_hd(c);
     float *cs = (float *)malloc_check((size_t)c->T * hd * sizeof(float)), *sn = cs + (size_t)c->T * hd / 2;
@@ -284,6 +293,9 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     free(ones);
     m->wq_stale = 1;
     CUDA_CHECK(cudaStreamCreate(&m->stream));
+    cudaEvent_t *ev[] = { &m->wstart, &m->gfree[0], &m->gfree[1], &m->wread[0], &m->wread[1], &m->wread[2], &m->wread[3], &m->wdone };
+    static_assert(NUM_LINEARS == 4, "an event per linear");
+    for (int i = 0; i < 8; i++) CUDA_CHECK(cudaEventCreateWithFlags(ev[i], cudaEventDisableTiming));
 }
 
 static void model_free_acts(Model *m) {
@@ -369,8 +381,9 @@ static void model_alloc_acts(Model *m, int B, int T) {
     BUF(s->dqkv, N * QKV); BUF(s->dres, N * C); BUF(s->datty, N * C); BUF(s->dfch, (fc_grad ? N : 0) * FF);
     BUF(s->dfch_act, N * F);
     if (anyq) {
-        BUF(s->gcodes, N * maxM); BUF(s->gcodes_t, N * maxM); BUF(s->gscales, N);
-        BUF(s->gscales_t, maxM); BUF(s->wcodes_t, wcodes_t_offset(m, NUM_LINEARS)); BUF(s->amax, maxM);
+        BUF(s->gcodes, N * maxM); BUF(s->gcodes_t[0], N * maxM); BUF(s->gcodes_t[1], N * maxM); BUF(s->gscales, N);
+        BUF(s->gscales_t[0], maxM); BUF(s->gscales_t[1], maxM); BUF(s->wcodes_t, wcodes_t_offset(m, NUM_LINEARS));
+        BUF(s->amax, maxM);
     }
     BUF(s->occ_dense_b, anycomp * N * maxK); BUF(s->wgrad, maxmk);
     BUF(s->gpart, fused_dgelu(m) ? grad_part_floats(N, F, fp8_gemm_tiles_n(F), GEMM_PART_ROWS) : 0);
@@ -479,6 +492,24 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
     occ_compensate(pre ? pre : y, &o, W, N, M, K, st);
 }
 
+// A linear's weight-gradient work (its wgrad, OCC's compensation gradient, DGE per micro-batch,
+// telemetry) reads only what the main stream has made by now, and only it writes dW. With
+// wgrad_stream it runs on lt_side_stream, beside the rest of the backward, whose kernels fill the
+// SMs it leaves idle: cuBLASLt's FP8 GEMMs have no split-K, and GPT-2 124M's four wgrads have 36
+// to 144 output tiles of 128 x 128 for 132 SMs (+2% a step there, bf16 +1%: dev/NOTES.md). The main
+// stream waits for it before it rewrites what it reads: gcodes_t (gfree), the output gradient
+// (wgrad_fence, in model_backward), the input codes (the next forward: the end of model_backward).
+__global__ void sleep_kernel(int us) { for (int i = 0; i < us; i++) __nanosleep(1000); }
+static cudaStream_t wgrad_begin(Model *m) {
+    if (!m->wgrad_stream) return m->stream;
+    CUDA_CHECK(cudaEventRecord(m->wstart, m->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(lt_side_stream, m->wstart, 0));
+    if (m->wgrad_delay_us) sleep_kernel<<<1, 1, 0, lt_side_stream>>>(m->wgrad_delay_us);
+    return lt_side_stream;
+}
+// the main stream is about to rewrite the output-gradient buffer linear lin's backward read
+static void wgrad_fence(Model *m, int lin) { CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->wread[lin], 0)); }
+
 // dx (N, K) = dy (N, M) W, times gelu'(pre) when pre is given; dW += dy^T x, db += sum of dy.
 // x the rows of in, the forward's input (a bf16 linear reads their BF16 copy, OCC makes R again
 // from them), dy the rows of src: a bf16 linear takes them as they are; a quantized one may make
@@ -486,20 +517,23 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
 // contracts dy * s_w quantized per token with the weight codes, wgrad dy * s_x quantized per
 // output channel with the input codes; the bias gradient comes from the quantizer's first pass.
 // OCC's residual adds its own exact gradient dy^T R, and DGE then scales the quantized part here
-// (dge_per_microbatch); otherwise DGE comes in model_update.
+// (dge_per_microbatch); otherwise DGE comes in model_update. The weight gradient's work runs on
+// wgrad_begin's stream.
 static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource *src, const RowSource *in, const bf16 *pre, int N) {
     const Config *c = &m->cfg;
     int M, K; linear_dims(c, lin, &M, &K);
     const bf16 *W = PARAM(m, linear_wkind[lin]) + (size_t)l * M * K;
     float *dW = GRAD(m, linear_wkind[lin]) + (size_t)l * M * K;
     float *db = c->arch == ARCH_GPT2 ? GRAD(m, linear_bkind[lin]) + (size_t)l * M : NULL;
-    cudaStream_t st = m->stream;
+    cudaStream_t st = m->stream, ws;
     Scratch *s = &m->s;
     if (!quantized(m, lin)) {
         if (src->op != ROWS_PLAIN) die("linear_backward: a bf16 linear takes its gradient materialized");
         matmul_dgrad(dx, src->x, W, pre, N, M, K, st);
-        matmul_wgrad(dW, src->x, in->op == ROWS_PLAIN ? in->x : in->out, N, M, K, 1.0f, st);
         if (db) column_sum(db, src->x, s->partial, N, M, st);
+        ws = wgrad_begin(m);
+        matmul_wgrad(dW, src->x, in->op == ROWS_PLAIN ? in->x : in->out, N, M, K, 1.0f, ws);
+        CUDA_CHECK(cudaEventRecord(m->wread[lin], ws));
         return;
     }
     const OperandFormats *f = &m->recipe.lin[lin].f;
@@ -507,8 +541,11 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     int comp = occ_comp(m, lin), dge_now = dge_per_microbatch(m, lin);
     RowSource g = *src;  // OCC's compensation gradient takes a nonlinearity's gradient materialized
     if (comp && g.op != ROWS_PLAIN) g.out = s->dfch;
-    quantize_grad(s->gcodes, s->gscales, s->gcodes_t, s->gscales_t, &g, sw, xs, N, M, f->g, m->recipe.tensorwise, s->amax, db,
-                  s->partial, st);
+    int b = m->gbuf;
+    m->gbuf ^= 1;
+    CUDA_CHECK(cudaStreamWaitEvent(st, m->gfree[b], 0));  // the wgrad two linears back has read gcodes_t[b]
+    quantize_grad(s->gcodes, s->gscales, s->gcodes_t[b], s->gscales_t[b], &g, sw, xs, N, M, f->g, m->recipe.tensorwise, s->amax,
+                  db, s->partial, st);
     double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
     if (m->qstats) quant_error_sums(qs + QS_G, src, s->gcodes, s->gscales, sw, NULL, 0, N, M, f->g, st);  // the dgrad operand
     const fp8 *wq_t = s->wcodes_t + wcodes_t_offset(m, lin);  // model_weight_codes_t's
@@ -518,14 +555,17 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     } else matmul_fp8(dx, CUDA_R_16BF, wq_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL,
                       0.0f, NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
     float *wg = dge_now ? s->wgrad : dW;
-    matmul_fp8(wg, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t, fp8_type(f->g),
-               s->gscales_t, K, M, N, NULL, dge_now ? 0.0f : 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, st);
+    ws = wgrad_begin(m);
+    matmul_fp8(wg, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t[b], fp8_type(f->g),
+               s->gscales_t[b], K, M, N, NULL, dge_now ? 0.0f : 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, ws);
+    CUDA_CHECK(cudaEventRecord(m->gfree[b], ws));
     if (m->qstats)  // wg is this micro-batch's quantized GEMM alone (dW: the first of the step)
-        dge_norm_sums(qs + QS_DW, wg, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, st);
-    if (!comp) return;
+        dge_norm_sums(qs + QS_DW, wg, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, ws);
+    if (!comp) return;  // the rest reads the output gradient in BF16
     Occ o = occ_state(m, lin, l, s->occ_dense_b);
-    occ_compensate_grad(dW, &o, in, g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, st);
-    if (dge_now) dge_apply(dW, wg, W, sw, M, K, f->w, m->recipe.dge_k, st);
+    occ_compensate_grad(dW, &o, in, g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, ws);
+    if (dge_now) dge_apply(dW, wg, W, sw, M, K, f->w, m->recipe.dge_k, ws);
+    CUDA_CHECK(cudaEventRecord(m->wread[lin], ws));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -586,7 +626,7 @@ static void model_zero_grad(Model *m) { CUDA_CHECK(cudaMemsetAsync(m->grads, 0, 
 static void model_reduce_grads(Model *m, int group, int l) {
     if (m->dist == NULL || m->dist->world == 1) return;
     const ParamKind *order; int n = param_order(&m->cfg, &order);
-    dist_grads_begin(m->dist, m->stream);
+    dist_grads_begin(m->dist, m->stream, lt_side_stream);
     for (int j = 0; j < n; j++) {
         if (param_group(order[j]) != group) continue;
         int shape[3]; size_t size = param_shape(&m->cfg, order[j], shape);
@@ -660,6 +700,7 @@ static void model_backward(Model *m, int reduce) {
         // nonlinearity's derivative: in fc's quantizer, else in fcproj's dgrad epilogue (GELU) or a kernel
         RowSource dres = residual_grad(m, LIN_FCPROJ);
         int qfc = quantized(m, LIN_FC), fused = fused_dgelu(m);
+        wgrad_fence(m, LIN_FC);  // fc's gradient of layer l + 1 (dfch_act, dfch) is made again here
         if (gpt2) linear_backward(m, LIN_FCPROJ, l, qfc ? s->dfch_act : s->dfch, &dres, &in[LIN_FCPROJ], qfc && !fused ? NULL : fch, N);
         else {
             linear_backward(m, LIN_FCPROJ, l, s->dfch_act, &dres, &in[LIN_FCPROJ], NULL, N);
@@ -668,15 +709,18 @@ static void model_backward(Model *m, int reduce) {
         RowSource dfc = fused ? rows_grad_part(s->dfch_act, s->gpart, fp8_gemm_tiles_n(F), GEMM_PART_ROWS)
                       : qfc ? rows_grad(gpt2 ? ROWS_DGELU : ROWS_DSWIGLU, s->dfch_act, fch) : rows_plain(s->dfch);
         linear_backward(m, LIN_FC, l, s->dln, &dfc, &in[LIN_FC], NULL, N);
+        wgrad_fence(m, LIN_FCPROJ);  // dres
         norm_backward(s->dres, GRAD(m, P_LN2W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN2B) + (size_t)l * C : NULL, s->partial,
                       s->dln, res2, PARAM(m, P_LN2W) + (size_t)l * C, gpt2 ? a->ln2_mean + (size_t)l * N : NULL,
                       a->ln2_rstd + (size_t)l * N, N, C, residual_pass(m, LIN_ATTPROJ, l, &pass), st);
         // attention: attproj, the attention core with RoPE, qkv, norm 1
         dres = residual_grad(m, LIN_ATTPROJ);
         linear_backward(m, LIN_ATTPROJ, l, s->datty, &dres, &in[LIN_ATTPROJ], NULL, N);
+        wgrad_fence(m, LIN_QKV);  // dqkv, of layer l + 1
         attention_backward(s->dqkv, s->datty, qkv, atty, stats, cs, sn, B, T, c->H, c->KV, hd, m->deterministic, st);
         RowSource dqkv = rows_plain(s->dqkv);
         linear_backward(m, LIN_QKV, l, s->dln, &dqkv, &in[LIN_QKV], NULL, N);
+        wgrad_fence(m, LIN_ATTPROJ);  // dres
         norm_backward(s->dres, GRAD(m, P_LN1W) + (size_t)l * C, gpt2 ? GRAD(m, P_LN1B) + (size_t)l * C : NULL, s->partial,
                       s->dln, resin, PARAM(m, P_LN1W) + (size_t)l * C, gpt2 ? a->ln1_mean + (size_t)l * N : NULL,
                       a->ln1_rstd + (size_t)l * N, N, C, residual_pass(m, LIN_FCPROJ, l - 1, &pass), st);
@@ -685,6 +729,10 @@ static void model_backward(Model *m, int reduce) {
     encoder_backward(GRAD(m, P_WTE), gpt2 ? GRAD(m, P_WPE) : NULL, m->buckets, m->dbuckets, s->dres, m->host_inputs, B, T, C,
                      c->V, st);
     if (reduce) model_reduce_grads(m, PG_EMBED, 0);
+    // the weight gradients' work is done before anything after the backward (the next forward
+    // rewrites the inputs it reads; the update reads the gradients)
+    CUDA_CHECK(cudaEventRecord(m->wdone, lt_side_stream));
+    CUDA_CHECK(cudaStreamWaitEvent(st, m->wdone, 0));
 }
 
 // DGE (SPEC.md 4) of linear lin's weight gradients, f'(W / s_w), where it applies to the step's sum
@@ -758,6 +806,8 @@ static void model_free(Model *m) {
     cuda_free(m->ones, m->nones * sizeof(float));
     model_free_acts(m);
     CUDA_CHECK(cudaStreamDestroy(m->stream));
+    cudaEvent_t ev[] = { m->wstart, m->gfree[0], m->gfree[1], m->wread[0], m->wread[1], m->wread[2], m->wread[3], m->wdone };
+    for (int i = 0; i < 8; i++) CUDA_CHECK(cudaEventDestroy(ev[i]));
 }
 
 // the libraries' handles, on the current device
@@ -847,7 +897,7 @@ static void save_checkpoint(Model *m, Run *run, const Args *a, int step, float *
 int main(int argc, char **argv) {
     Args a = args_defaults("gpt2:d12", "bf16");
     a.B = 8; a.T = 1024; a.lr = 6e-4f;
-    int master_fp32 = 0, zero = 1, deterministic = 1, own_gemm = 1;
+    int master_fp32 = 0, zero = 1, deterministic = 1, own_gemm = 1, wgrad_stream = 1;
     float timeout_s = 300.0f;
     const char *dist_addr = NULL;
     Flag flags[MAX_FLAGS];
@@ -856,12 +906,14 @@ int main(int argc, char **argv) {
     flags[nflags++] = (Flag){ "--zero", FLAG_INT, &zero, "1: shard the optimizer state over the ranks (ZeRO-1); 0: replicate it" };
     flags[nflags++] = (Flag){ "--deterministic", FLAG_INT, &deterministic, "1: the same bits run after run (attention's backward in a fixed order); 0: cuDNN's fastest" };
     flags[nflags++] = (Flag){ "--own-gemm", FLAG_INT, &own_gemm, "1: our FP8 GEMM with quantizers in its epilogue where the GPU runs it (Hopper); 0: cuBLASLt's" };
+    flags[nflags++] = (Flag){ "--wgrad-stream", FLAG_INT, &wgrad_stream, "1: the weight gradients on a second stream, beside the backward; 0: in line" };
     flags[nflags++] = (Flag){ "--dist-init", FLAG_STR, &dist_addr, "HOST:PORT of rank 0, for a multi-process start without MPI" };
     flags[nflags++] = (Flag){ "--nccl-timeout", FLAG_FLOAT, &timeout_s, "seconds a rank waits for the others before ending the job" };
     setvbuf(stdout, NULL, _IOLBF, 0);
     parse_flags(argc, argv, flags, nflags, "./train_gpt2_fp4", "GPU trainer for GPT-2 and LLaMA (SPEC.md)");
     check_args(&a);
-    if ((master_fp32 | zero | deterministic | own_gemm) & ~1) die("--master-fp32, --zero, --deterministic and --own-gemm take 0 or 1");
+    if ((master_fp32 | zero | deterministic | own_gemm | wgrad_stream) & ~1)
+        die("--master-fp32, --zero, --deterministic, --own-gemm and --wgrad-stream take 0 or 1");
     if (!(timeout_s >= 1.0f)) die("--nccl-timeout must be at least 1 second");
     RecipeOptions ro = recipe_options(&a);
     Recipe recipe = gpu_recipe(&ro);
@@ -889,6 +941,7 @@ int main(int argc, char **argv) {
     model_create(&m, &cfg, &recipe, master_fp32, &dist, zero);
     m.deterministic = deterministic;
     m.own_gemm &= own_gemm;
+    m.wgrad_stream = wgrad_stream;
     model_set_params(&m, host_params);
     if (resume_step >= 0) {  // this rank's shard of the state, whatever the saving run's number of ranks
         size_t own = m.hi - m.lo;

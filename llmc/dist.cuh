@@ -189,16 +189,19 @@ static double dist_mean(Dist *d, double x) {
     return x;
 }
 
-// Gradients, overlapped with the backward: once the compute stream has finished a group of
-// tensors, dist_grads_begin, dist_grads_mean for each, dist_grads_end average them in place on
-// the communication stream; dist_grads_join makes the compute stream wait for all of it.
-static void dist_grads_begin(Dist *d, cudaStream_t compute) {
+// Gradients, overlapped with the backward: once the compute streams (the backward's and its
+// weight gradients') have finished a group of tensors, dist_grads_begin, dist_grads_mean for each,
+// dist_grads_end average them in place on the communication stream; dist_grads_join makes the
+// compute stream wait for all of it.
+static void dist_grads_begin(Dist *d, cudaStream_t compute, cudaStream_t wgrads) {
 #ifdef USE_NCCL
     CUDA_CHECK(cudaEventRecord(d->ready, compute));
     CUDA_CHECK(cudaStreamWaitEvent(d->stream, d->ready, 0));
+    CUDA_CHECK(cudaEventRecord(d->ready, wgrads));  // the wait above took the event's state of its call
+    CUDA_CHECK(cudaStreamWaitEvent(d->stream, d->ready, 0));
     dist_nccl(d, ncclGroupStart(), "group start");
 #endif
-    (void)d; (void)compute;
+    (void)d; (void)compute; (void)wgrads;
 }
 
 static void dist_grads_mean(Dist *d, float *g, size_t n) {

@@ -1,5 +1,5 @@
-// defines: matmul_init, GemmKey, lt_matmul, gemm_key, matmul_forward, matmul_dgrad, matmul_wgrad,
-//          matmul_fp8, column_sum
+// defines: matmul_init, lt_side_stream, GemmKey, lt_matmul, gemm_key, matmul_forward, matmul_dgrad,
+//          matmul_wgrad, matmul_fp8, column_sum
 // The GEMMs of a linear layer through cuBLASLt (BF16 operands, FP32 accumulation), for row-major
 // tensors: y = x W^T (+ b) (+ residual) (GELU fused), dx = dy W (dGELU fused), dW (+)= dy^T x; and
 // the deterministic column sums the bias gradients need.
@@ -9,12 +9,18 @@
 #include "cuda_common.cuh"
 
 static cublasLtHandle_t lt_handle;
-static void *lt_workspace;
+static void *lt_workspace, *lt_side_workspace;
 static const size_t LT_WORKSPACE = 32 << 20;
+// A stream for GEMMs that run beside the main work (the trainer's weight gradients). GEMMs in
+// flight at the same time need workspaces of their own: GEMMs on this stream take the second one.
+// Both streams at the same priority: giving either one precedence measured no better (dev/NOTES.md).
+static cudaStream_t lt_side_stream;
 
 static void matmul_init(void) {
     CUBLAS_CHECK(cublasLtCreate(&lt_handle));
     lt_workspace = cuda_malloc(LT_WORKSPACE);
+    lt_side_workspace = cuda_malloc(LT_WORKSPACE);
+    CUDA_CHECK(cudaStreamCreateWithFlags(&lt_side_stream, cudaStreamNonBlocking));
 }
 
 // What selects a cuBLASLt plan: shape, transposes, types, epilogue, scaling. Column-major
@@ -36,7 +42,7 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
 } LtPlan;
 
-#define MAX_LT_PLANS 64
+#define MAX_LT_PLANS 256  // a process may build models of several shapes (the tests do)
 static LtPlan lt_plans[MAX_LT_PLANS];
 static int lt_nplans;
 
@@ -107,7 +113,7 @@ static void lt_matmul(const GemmKey *key, void *d, const void *a, const void *b,
     }
     float alpha = 1.0f;
     CUBLAS_CHECK(cublasLtMatmul(lt_handle, p->desc, &alpha, a, p->la, b, p->lb, &beta, c ? c : d, p->lc, d, p->ld, &p->algo,
-                                lt_workspace, LT_WORKSPACE, stream));
+                                stream == lt_side_stream ? lt_side_workspace : lt_workspace, LT_WORKSPACE, stream));
 }
 
 static GemmKey gemm_key(int m, int n, int k, int trans_a, int trans_b, cudaDataType ab_type, cudaDataType d_type) {

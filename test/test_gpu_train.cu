@@ -5,8 +5,9 @@
 // across a rounding boundary of the 4- or 8-bit grid (wider bounds; measured values in
 // dev/NOTES.md); the fp4 states with OCC too. Also: two
 // runs from the same seed give bit-identical losses (BF16 weights, stochastic rounding), and DGE
-// changes exactly the 4-bit weights' gradients, by f'(W / s_w); and fp4 allocates no more device
-// memory than bf16 at the bench's sizes.
+// changes exactly the 4-bit weights' gradients, by f'(W / s_w); fp4 allocates no more device
+// memory than bf16 at the bench's sizes; and the weight gradients on a second stream
+// (--wgrad-stream) leave every gradient as in line, bit for bit.
 #define TESTING
 #include "../train_gpt2_fp4.cu"
 #include "check.h"
@@ -220,10 +221,56 @@ static void test_memory(void) {
     }
 }
 
+// The weight gradients' work on lt_side_stream reads buffers the main stream rewrites later: the
+// gradient codes (the next linear but one), the BF16 output gradients (the next norm's backward,
+// the next layer), the inputs (the next forward). At real widths, two micro-batches a step, the
+// stream delayed by 200 us for each linear (a missing wait lets the main stream rewrite what it has
+// yet to read), every gradient against in line, bit for bit.
+static void test_wgrad_stream(const char *model, int B, const char *recipe, int occ) {
+    Args a = args_defaults(model, recipe);
+    RecipeOptions ro = recipe_options(&a);
+    ro.occ = occ;
+    Recipe r = gpu_recipe(&ro);
+    Config c = config_parse(model);
+    int T = 1024, N = B * T;
+    size_t n = param_count(&c);
+    float *host = (float *)malloc_check(n * sizeof(float)), *g[2];
+    params_init(&c, host, 1234);
+    int *tok = (int *)malloc_check(4 * (size_t)N * sizeof(int));
+    for (int i = 0; i < 4 * N; i++) tok[i] = (int)(rng_hash(99, i) % (uint64_t)c.V);
+    for (int side = 0; side < 2; side++) {
+        Model m;
+        model_create(&m, &c, &r, 0, NULL, 0);
+        m.wgrad_stream = side;
+        m.wgrad_delay_us = 200;
+        model_set_params(&m, host);
+        model_zero_grad(&m);
+        for (int mb = 0; mb < 2; mb++) {
+            model_forward(&m, tok + 2 * mb * N, tok + (2 * mb + 1) * N, B, T, 0.5f);
+            model_backward(&m, mb == 1);
+        }
+        g[side] = (float *)malloc_check(n * sizeof(float));
+        cuda_download(g[side], m.grads, n * sizeof(float));
+        model_free(&m);
+    }
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++) diff += memcmp(&g[0][i], &g[1][i], sizeof(float)) != 0;
+    CHECK(diff == 0, "%s %s --occ %d, %d x 1024 tokens twice: %zu of %zu gradients differ with --wgrad-stream 1", model, recipe, occ,
+          B, diff, n);
+    printf("wgrad stream %s %s --occ %d, 2 micro-batches of %d x 1024: gradients identical to in line: %s\n", model, recipe, occ, B,
+           diff == 0 ? "yes" : "NO");
+    free(g[0]); free(g[1]); free(tok); free(host);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) die("usage: test_gpu_train test/ref/*.bin");
     gpu_init();
     test_memory();
+    test_wgrad_stream("gpt2:d12,L=3", 4, "fp4", 0);
+    test_wgrad_stream("gpt2:d12,L=3", 4, "fp4", 1);  // OCC's compensation and DGE per micro-batch there too
+    test_wgrad_stream("gpt2:d12,L=3", 4, "bf16", 0);
+    test_wgrad_stream("llama:d16,L=2,T=1024", 2, "fp4", 1);
+    test_wgrad_stream("llama:d16,L=2,T=1024", 2, "bf16", 0);
     for (int i = 1; i < argc; i++) test_file(argv[i]);
     return check_summary("gpu-train");
 }
