@@ -124,10 +124,11 @@ typedef struct {
     int wgrad_stream;             // --wgrad-stream: the weight gradients' work on lt_side_stream, beside the backward
     int wgrad_delay_us;           // tests: that stream first sleeps this long for each linear, so that a missing wait shows
     int gbuf;                     // which of the scratch's gcodes_t the next quantized backward takes
-    cudaEvent_t wstart;           // recorded on the main stream where a linear's weight-gradient work may start
-    cudaEvent_t gfree[2];         // ... and where it has read gcodes_t[i],
-    cudaEvent_t wread[NUM_LINEARS];  // where each linear's has read its output gradient in BF16 (bf16, OCC's compensation),
-    cudaEvent_t wdone;            // and where all of it is done
+    struct {                      // where a linear's weight-gradient work may start (on the main stream),
+        cudaEvent_t start, gfree[2];  // where it has read gcodes_t[i],
+        cudaEvent_t read[NUM_LINEARS];  // where each linear's has read its output gradient in BF16 (bf16, OCC's),
+        cudaEvent_t done;         // and where all of it is done
+    } wev;
     double *qsums;                // (L, NUM_LINEARS, QS_N) the quantized linears' telemetry sums
     float *ones;                  // (nones) unit scales, for GEMM operands that are exact codes
     int nones;
@@ -293,9 +294,8 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     free(ones);
     m->wq_stale = 1;
     CUDA_CHECK(cudaStreamCreate(&m->stream));
-    cudaEvent_t *ev[] = { &m->wstart, &m->gfree[0], &m->gfree[1], &m->wread[0], &m->wread[1], &m->wread[2], &m->wread[3], &m->wdone };
-    static_assert(NUM_LINEARS == 4, "an event per linear");
-    for (int i = 0; i < 8; i++) CUDA_CHECK(cudaEventCreateWithFlags(ev[i], cudaEventDisableTiming));
+    cudaEvent_t *ev = (cudaEvent_t *)&m->wev;
+    for (size_t i = 0; i < sizeof(m->wev) / sizeof(*ev); i++) CUDA_CHECK(cudaEventCreateWithFlags(&ev[i], cudaEventDisableTiming));
 }
 
 static void model_free_acts(Model *m) {
@@ -502,13 +502,13 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
 __global__ void sleep_kernel(int us) { for (int i = 0; i < us; i++) __nanosleep(1000); }
 static cudaStream_t wgrad_begin(Model *m) {
     if (!m->wgrad_stream) return m->stream;
-    CUDA_CHECK(cudaEventRecord(m->wstart, m->stream));
-    CUDA_CHECK(cudaStreamWaitEvent(lt_side_stream, m->wstart, 0));
+    CUDA_CHECK(cudaEventRecord(m->wev.start, m->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(lt_side_stream, m->wev.start, 0));
     if (m->wgrad_delay_us) sleep_kernel<<<1, 1, 0, lt_side_stream>>>(m->wgrad_delay_us);
     return lt_side_stream;
 }
 // the main stream is about to rewrite the output-gradient buffer linear lin's backward read
-static void wgrad_fence(Model *m, int lin) { CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->wread[lin], 0)); }
+static void wgrad_fence(Model *m, int lin) { CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->wev.read[lin], 0)); }
 
 // dx (N, K) = dy (N, M) W, times gelu'(pre) when pre is given; dW += dy^T x, db += sum of dy.
 // x the rows of in, the forward's input (a bf16 linear reads their BF16 copy, OCC makes R again
@@ -533,7 +533,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
         if (db) column_sum(db, src->x, s->partial, N, M, st);
         ws = wgrad_begin(m);
         matmul_wgrad(dW, src->x, in->op == ROWS_PLAIN ? in->x : in->out, N, M, K, 1.0f, ws);
-        CUDA_CHECK(cudaEventRecord(m->wread[lin], ws));
+        CUDA_CHECK(cudaEventRecord(m->wev.read[lin], ws));
         return;
     }
     const OperandFormats *f = &m->recipe.lin[lin].f;
@@ -543,7 +543,7 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     if (comp && g.op != ROWS_PLAIN) g.out = s->dfch;
     int b = m->gbuf;
     m->gbuf ^= 1;
-    CUDA_CHECK(cudaStreamWaitEvent(st, m->gfree[b], 0));  // the wgrad two linears back has read gcodes_t[b]
+    CUDA_CHECK(cudaStreamWaitEvent(st, m->wev.gfree[b], 0));  // the wgrad two linears back has read gcodes_t[b]
     quantize_grad(s->gcodes, s->gscales, s->gcodes_t[b], s->gscales_t[b], &g, sw, xs, N, M, f->g, m->recipe.tensorwise, s->amax,
                   db, s->partial, st);
     double *qs = m->qsums + ((size_t)l * NUM_LINEARS + lin) * QS_N;
@@ -558,14 +558,14 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
     ws = wgrad_begin(m);
     matmul_fp8(wg, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t[b], fp8_type(f->g),
                s->gscales_t[b], K, M, N, NULL, dge_now ? 0.0f : 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, ws);
-    CUDA_CHECK(cudaEventRecord(m->gfree[b], ws));
+    CUDA_CHECK(cudaEventRecord(m->wev.gfree[b], ws));
     if (m->qstats)  // wg is this micro-batch's quantized GEMM alone (dW: the first of the step)
         dge_norm_sums(qs + QS_DW, wg, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, ws);
     if (!comp) return;  // the rest reads the output gradient in BF16
     Occ o = occ_state(m, lin, l, s->occ_dense_b);
     occ_compensate_grad(dW, &o, in, g.op == ROWS_PLAIN ? g.x : g.out, N, M, K, ws);
     if (dge_now) dge_apply(dW, wg, W, sw, M, K, f->w, m->recipe.dge_k, ws);
-    CUDA_CHECK(cudaEventRecord(m->wread[lin], ws));
+    CUDA_CHECK(cudaEventRecord(m->wev.read[lin], ws));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -731,8 +731,8 @@ static void model_backward(Model *m, int reduce) {
     if (reduce) model_reduce_grads(m, PG_EMBED, 0);
     // the weight gradients' work is done before anything after the backward (the next forward
     // rewrites the inputs it reads; the update reads the gradients)
-    CUDA_CHECK(cudaEventRecord(m->wdone, lt_side_stream));
-    CUDA_CHECK(cudaStreamWaitEvent(st, m->wdone, 0));
+    CUDA_CHECK(cudaEventRecord(m->wev.done, lt_side_stream));
+    CUDA_CHECK(cudaStreamWaitEvent(st, m->wev.done, 0));
 }
 
 // DGE (SPEC.md 4) of linear lin's weight gradients, f'(W / s_w), where it applies to the step's sum
@@ -806,8 +806,8 @@ static void model_free(Model *m) {
     cuda_free(m->ones, m->nones * sizeof(float));
     model_free_acts(m);
     CUDA_CHECK(cudaStreamDestroy(m->stream));
-    cudaEvent_t ev[] = { m->wstart, m->gfree[0], m->gfree[1], m->wread[0], m->wread[1], m->wread[2], m->wread[3], m->wdone };
-    for (int i = 0; i < 8; i++) CUDA_CHECK(cudaEventDestroy(ev[i]));
+    cudaEvent_t *ev = (cudaEvent_t *)&m->wev;
+    for (size_t i = 0; i < sizeof(m->wev) / sizeof(*ev); i++) CUDA_CHECK(cudaEventDestroy(ev[i]));
 }
 
 // the libraries' handles, on the current device
