@@ -334,7 +334,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     }
     size_t partial = (N / 64 + 1) * maxM;  // column_sum's, for the biases of linears
     if ((N / NORM_ROWS + 1) * 2 * C > partial) partial = (N / NORM_ROWS + 1) * 2 * C;
-    if ((N / QROWS + 1) * maxM > partial) partial = (N / QROWS + 1) * maxM;
+    if (quantize_grad_scratch(N, maxM, 1) > partial) partial = quantize_grad_scratch(N, maxM, 1);  // a gradient's first pass
     if (partial < SUMSQ_BLOCKS + 1) partial = SUMSQ_BLOCKS + 1;
     // a quantized linear makes its input rows on the fly and keeps their codes: no BF16 copy
     size_t Lqkv = quantized(m, LIN_QKV) ? 0 : L, Lfc = quantized(m, LIN_FC) ? 0 : L, Lproj = quantized(m, LIN_FCPROJ) ? 0 : L;

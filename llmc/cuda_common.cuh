@@ -1,5 +1,5 @@
 // defines: CUDA_CHECK, CUBLAS_CHECK, bf16, ceil_div, cuda_malloc, cuda_free, cuda_peak_bytes,
-//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, block_max, sum_rows, max_rows, exp2_fast,
+//          cuda_upload, cuda_download, warp_sum, warp_max, block_sum, block_max, reduce_rows_block, sum_rows, exp2_fast,
 //          bf16x2_floats, unpack8, load8, store_bf16, load_bf16
 // What every CUDA file of the project needs: error checks that end the run with one line, the
 // BF16 type, and a deterministic block reduction.
@@ -104,13 +104,13 @@ template <int W> __device__ inline void load_bf16(float *f, const bf16 *p) {
     else f[0] = __bfloat162float(*p);
 }
 
-// out[c] += sum_r partial[r, c] (MAX: out[c] = max(out[c], max_r partial[r, c]), of values >= 0)
-// over a (rows, cols) matrix of partials, rows ld apart: a 32 x 32 block per 32 columns, each
-// thread a fixed stride of rows, then the 32 results in order
+// sum_r partial[r, c] (MAX: max_r partial[r, c], of values >= 0) over a (rows, cols) matrix of
+// partials, rows ld apart, for column c = c0 + threadIdx.x, by a 32 x 32 block: each thread a fixed
+// stride of rows, then the 32 results in order; thread (x, 0) returns it
 template <int MAX>
-__global__ void reduce_rows_kernel(float *out, const float *partial, int rows, int cols, int ld) {
+__device__ inline float reduce_rows_block(const float *partial, int rows, int cols, int ld, int c0) {
     __shared__ float acc[32][33];
-    int c = blockIdx.x * 32 + threadIdx.x;
+    int c = c0 + threadIdx.x;
     float s = 0.0f;
     if (c < cols) {
         #pragma unroll 8
@@ -118,17 +118,20 @@ __global__ void reduce_rows_kernel(float *out, const float *partial, int rows, i
     }
     acc[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
-    if (threadIdx.y != 0 || c >= cols) return;
-    for (int k = 1; k < 32; k++) s = MAX ? fmaxf(s, acc[k][threadIdx.x]) : s + acc[k][threadIdx.x];
-    out[c] = MAX ? fmaxf(out[c], s) : out[c] + s;
+    if (threadIdx.y == 0)
+        for (int k = 1; k < 32; k++) s = MAX ? fmaxf(s, acc[k][threadIdx.x]) : s + acc[k][threadIdx.x];
+    __syncthreads();  // acc is free again
+    return s;
+}
+// out[c] += the column sums, a block per 32 columns
+__global__ void sum_rows_kernel(float *out, const float *partial, int rows, int cols, int ld) {
+    float s = reduce_rows_block<0>(partial, rows, cols, ld, blockIdx.x * 32);
+    int c = blockIdx.x * 32 + threadIdx.x;
+    if (threadIdx.y == 0 && c < cols) out[c] += s;
 }
 
 static void sum_rows(float *out, const float *partial, int rows, int cols, int ld, cudaStream_t stream) {
-    reduce_rows_kernel<0><<<ceil_div(cols, 32), dim3(32, 32), 0, stream>>>(out, partial, rows, cols, ld);
-    CUDA_CHECK(cudaGetLastError());
-}
-static void max_rows(float *out, const float *partial, int rows, int cols, int ld, cudaStream_t stream) {
-    reduce_rows_kernel<1><<<ceil_div(cols, 32), dim3(32, 32), 0, stream>>>(out, partial, rows, cols, ld);
+    sum_rows_kernel<<<ceil_div(cols, 32), dim3(32, 32), 0, stream>>>(out, partial, rows, cols, ld);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -8,7 +8,7 @@
 //
 // With pre (M, N), the dGELU epilogue: D is the gradient of GELU's input, v = bf16(bf16(D) *
 // gelu'(pre)), the dgrad of fcproj followed by GELU's derivative, and it makes the first pass of
-// v's own quantization (quantize_grad's grad_reduce, SPEC.md 4) as it goes: per row and tile of
+// v's own quantization (quantize_grad's grad_part_kernel, SPEC.md 4) as it goes: per row and tile of
 // BN columns, max |v col_scale|; per column and 64 rows, max |v row_scale| and the sum of v (into
 // part, laid out as llmc/quantize.cuh's grad_part says). The codes pass then reads v
 // once, as a plain gradient; dGELU's second read of the gradient and of pre, and a whole pass,

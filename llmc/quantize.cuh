@@ -1,5 +1,5 @@
 // defines: fp8, fp8_type, fp8_interp, RowSource, GradPart, grad_part, grad_part_floats, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
-//          quantize_rows, rows_codes, CodesT, codes_transpose, quantize_grad, dge_apply
+//          quantize_rows, rows_codes, CodesT, codes_transpose, quantize_grad_scratch, quantize_grad, dge_apply
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
 // stored as FP8 bytes (4-bit codes are exact in E4M3, which is how Hopper's FP8 tensor cores run
@@ -9,7 +9,7 @@
 // BF16 outputs are never written. test/test_quant_gpu checks every kernel against the CPU.
 //
 // Layout of the work: row scales come first, from a pass of their own (a warp per row for an
-// input; for a gradient a block of 32 rows, 4 columns a thread, which also reduces the columns).
+// input; for a gradient tiles of 128 rows by 256 columns, which also reduce the columns).
 // The codes kernel then gives each thread 4 adjacent columns of 32 rows: its loads are
 // independent (memory in flight); the block's transposed codes meet in shared memory and leave
 // as whole 32-byte sectors, one a column.
@@ -46,8 +46,7 @@ typedef struct {
 } RowSource;
 
 #define QROWS 32        // rows per block
-#define QTHREADS 256    // at most, per block (and per row slice of grad_reduce's)
-#define GSLICES 2       // row slices of grad_reduce's blocks
+#define QTHREADS 256    // at most, per block
 
 // A gradient's first pass made elsewhere (RowSource.part), in one buffer: per row and tile of
 // columns the maximum of |g col_scale| (rows, tiles); per column and group of rows the maximum of
@@ -411,76 +410,80 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
                     make_uint4(words[0], words[plane], words[2 * plane], words[3 * plane]);
             }
 }
-// A gradient g (rows = tokens, cols = outputs), first pass: per row the absmax of g * col_scale
-// (the dgrad codes' scales, out to scales), per column the absmax of g * row_scale (the wgrad
-// codes' scales: atomicMax on the float bits into col_amax, exact and order-free) and, with
-// col_partial, the column sums of g (the bias gradient; (row blocks, cols), for sum_rows). A
-// block takes 32 rows in GSLICES row slices of its threads; each thread takes 4 columns of its
-// slice's rows (DSWIGLU: 4 of gate's gradient and the same 4 of up's, from one set of loads).
-// With one slice a thread walked the 32 rows in 4 dependent rounds, two 6-warp blocks an SM at 8k
-// tokens: 0.7 TB/s (GPT-2 124M's gradients, 63 MB in 90 us a layer). The slices' column results
-// meet in shared memory, summed in slice order. Every lane of a warp runs the same iterations
-// (the shuffles need them all): a thread past the last column reads a valid one and counts zeros.
-// A plain gradient's thread has all 16 rows of its slice in flight at once (one round: qkv's pass
-// ran at 1.35 TB/s in two); DGELU's and DSWIGLU's 8, their values being two and three loads.
-// Two blocks an SM but for DSWIGLU (its 118 registers): DGELU then spills a few, off its loads.
+// A gradient g (rows = tokens, cols = outputs), first pass, laid out as grad_part says (the
+// layout the producers that make it themselves write, so the codes pass has one input): per row
+// and tile the absmax of g * col_scale (the dgrad codes' scales), per column and GP_ROWS rows the
+// absmax of g * row_scale (the wgrad codes' scales) and the sum of g (the bias gradient). A block
+// takes a tile of GP_ROWS rows by 256 columns (DSWIGLU: 256 of gate's gradient and the same 256
+// of up's, from one set of loads), a warp 16 of its rows, a lane 8 adjacent columns with 16-byte
+// loads. Rows are reduced over their warp; columns in shared memory, over the warps in order: the
+// same bits run after run. Nothing meets across the block but once, at its end, so an SM keeps
+// its loads in flight: a block of 32 rows walking all of a row's columns in rounds, two meetings
+// a round, ran qkv's gradient at ~1.5 TB/s (ncu: 0.7 eligible warps a scheduler).
+#define GP_ROWS 128
+#define GP_COLS 256
+static int grad_part_tiles(int cols, int halves) { return ceil_div(cols / halves, GP_COLS); }
+// the scratch quantize_grad's first pass takes (floats)
+static size_t quantize_grad_scratch(int rows, int cols, int halves) {
+    return grad_part_floats(rows, cols, grad_part_tiles(cols, halves), GP_ROWS);
+}
+
 template <int OP>
-__global__ void __launch_bounds__(QTHREADS * GSLICES, OP == ROWS_DSWIGLU ? 1 : 2)
-grad_reduce_kernel(float *scales, unsigned *col_amax, float *col_partial, RowSource in, const float *col_scale,
-                   const float *row_scale, int rows, int cols, Format f) {
-    const int NL = src_loads<OP>(), NH = src_halves<OP>(), W = 4, V = NH * W, S = GSLICES, RS = QROWS / S;
-    const int R = OP == ROWS_PLAIN ? RS : 8;  // rows whose loads are in flight at once: a plain gradient's slice in one round
-    __shared__ float part[QTHREADS * S / 32][QROWS], s_amax[QROWS], s_rs[QROWS];
-    __shared__ float s_col[2][(S - 1) * V][QTHREADS];  // slices 1.. S-1: their column max and sum
-    int T = blockDim.x / S, slice = threadIdx.x / T, tt = threadIdx.x % T, units = cols / V, half = cols / NH;
-    for (int r0 = blockIdx.x * QROWS; r0 < rows; r0 += gridDim.x * QROWS) {
-        if (threadIdx.x < QROWS) s_rs[threadIdx.x] = r0 + threadIdx.x < rows && row_scale ? row_scale[r0 + threadIdx.x] : 1.0f;
-        for (int i = threadIdx.x; i < QTHREADS * S; i += blockDim.x) part[i / QROWS][i % QROWS] = 0.0f;
-        __syncthreads();
-        for (int o0 = 0; o0 < units; o0 += T) {
-            int o = min(o0 + tt, units - 1), c = o * W, live = o0 + tt < units;
-            float cs[V], cmax[V], csum[V];  // value k is column (k / W) * half + c + k % W
-            for (int k = 0; k < V; k++) { cs[k] = col_scale ? col_scale[(k / W) * half + c + k % W] : 1.0f; cmax[k] = 0.0f; csum[k] = 0.0f; }
-            #pragma unroll 1
-            for (int j0 = slice * RS; j0 < (slice + 1) * RS; j0 += R) {
-                Pack<W> raw[R][NL];
-                #pragma unroll
-                for (int i = 0; i < R; i++) src_fetch<OP, W>(raw[i], in, min(r0 + j0 + i, rows - 1), c, cols);
-                #pragma unroll
-                for (int b = 0; b < R; b += 8) {
-                    float pc[8];
-                    #pragma unroll
-                    for (int i = 0; i < 8; i++) {
-                        int j = j0 + b + i;
-                        float v[V];
-                        for (int h = 0; h < NH; h++) src_values<OP, W>(v + h * W, raw[b + i], h * half + c, cols, NULL, NULL, 0.0f, 1.0f);
-                        if (r0 + j >= rows || !live) for (int k = 0; k < V; k++) v[k] = 0.0f;
-                        pc[i] = 0.0f;
-                        for (int k = 0; k < V; k++) {
-                            pc[i] = fmaxf(pc[i], fabsf(v[k] * cs[k]));
-                            cmax[k] = fmaxf(cmax[k], fabsf(v[k] * s_rs[j]));
-                            csum[k] += v[k];
-                        }
-                    }
-                    warp_rows8<1>(pc, part, j0 + b);
+__global__ void __launch_bounds__(256, 2) grad_part_kernel(float *part, RowSource in, const float *col_scale, const float *row_scale,
+                                                           int rows, int cols) {
+    const int NL = src_loads<OP>(), NH = src_halves<OP>(), W = 8, V = NH * W, RW = GP_ROWS / 8;
+    const int R = 8 / (NL == 3 ? 4 : NL);  // rows whose loads are in flight at once: 8, DGELU's 4, DSWIGLU's 2
+    __shared__ float s_rows[8][QROWS], s_col[2][8][NH * GP_COLS];  // per warp: its rows' maxima (RW <= QROWS); its columns' max and sum
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, half = cols / NH, tiles = gridDim.x;
+    int r0 = blockIdx.y * GP_ROWS + warp * RW, c = blockIdx.x * GP_COLS + lane * 8, live = c < half;
+    if (!live) c = 0;  // a lane past the last column reads column 0 and counts zeros
+    GradPart gp = grad_part(part, rows, cols, tiles, GP_ROWS);
+    float cs[V], cmax[V], csum[V];  // value k is column (k / W) * half + c + k % W
+    for (int k = 0; k < V; k++) { cs[k] = col_scale ? col_scale[(k / W) * half + c + k % W] : 1.0f; cmax[k] = 0.0f; csum[k] = 0.0f; }
+    s_rows[warp][lane] = 0.0f;
+    __syncwarp();
+    #pragma unroll 1
+    for (int j0 = 0; j0 < RW; j0 += 8) {
+        float pc[8];  // rows j0..j0+7: this lane's max of |g col_scale|
+        #pragma unroll
+        for (int b = 0; b < 8; b += R) {
+            Pack<W> raw[R][NL];
+            #pragma unroll
+            for (int i = 0; i < R; i++) src_fetch<OP, W>(raw[i], in, min(r0 + j0 + b + i, rows - 1), c, cols);
+            #pragma unroll
+            for (int i = 0; i < R; i++) {
+                int r = r0 + j0 + b + i;
+                float v[V], rs = row_scale && r < rows ? row_scale[r] : 1.0f;
+                for (int h = 0; h < NH; h++) src_values<OP, W>(v + h * W, raw[i], h * half + c, cols, NULL, NULL, 0.0f, 1.0f);
+                if (r >= rows || !live) for (int k = 0; k < V; k++) v[k] = 0.0f;
+                pc[b + i] = 0.0f;
+                for (int k = 0; k < V; k++) {
+                    pc[b + i] = fmaxf(pc[b + i], fabsf(v[k] * cs[k]));
+                    cmax[k] = fmaxf(cmax[k], fabsf(v[k] * rs));
+                    csum[k] += v[k];
                 }
             }
-            if (slice > 0)
-                for (int k = 0; k < V; k++) { s_col[0][(slice - 1) * V + k][tt] = cmax[k]; s_col[1][(slice - 1) * V + k][tt] = csum[k]; }
-            __syncthreads();
-            if (slice == 0 && live) {
-                for (int q = 0; q < S - 1; q++)
-                    for (int k = 0; k < V; k++) { cmax[k] = fmaxf(cmax[k], s_col[0][q * V + k][tt]); csum[k] += s_col[1][q * V + k][tt]; }
-                for (int k = 0; k < V; k++) if (cmax[k] > 0.0f) atomicMax(col_amax + (k / W) * half + c + k % W, __float_as_uint(cmax[k]));
-                if (col_partial)
-                    for (int k = 0; k < V; k += 4)
-                        *(float4 *)(col_partial + (size_t)(r0 / QROWS) * cols + (k / W) * half + c + k % W) =
-                            make_float4(csum[k], csum[k + 1], csum[k + 2], csum[k + 3]);
-            }
-            __syncthreads();
         }
-        rows_finish<1>(part, s_amax);
-        if (threadIdx.x < QROWS && r0 + (int)threadIdx.x < rows) scales[r0 + threadIdx.x] = s_amax[threadIdx.x] / format_max(f);
+        warp_rows8<1>(pc, s_rows, j0);
+    }
+    __syncwarp();
+    if (lane < RW && r0 + lane < rows) gp.row_max[(size_t)(r0 + lane) * tiles + blockIdx.x] = s_rows[warp][lane];
+    // a lane's columns in the tile's order (half h's 8 lane-adjacent runs), then each thread one
+    // column over the 8 warps
+    for (int h = 0; h < NH; h++)
+        for (int k = 0; k < W; k += 4) {
+            *(float4 *)&s_col[0][warp][h * GP_COLS + lane * 8 + k] = make_float4(cmax[h * W + k], cmax[h * W + k + 1], cmax[h * W + k + 2], cmax[h * W + k + 3]);
+            *(float4 *)&s_col[1][warp][h * GP_COLS + lane * 8 + k] = make_float4(csum[h * W + k], csum[h * W + k + 1], csum[h * W + k + 2], csum[h * W + k + 3]);
+        }
+    __syncthreads();
+    for (int i = threadIdx.x; i < NH * GP_COLS; i += blockDim.x) {
+        int h = i / GP_COLS, col = blockIdx.x * GP_COLS + i % GP_COLS;
+        if (col >= half) continue;
+        float mx = s_col[0][0][i], sm = s_col[1][0][i];
+        for (int w = 1; w < 8; w++) { mx = fmaxf(mx, s_col[0][w][i]); sm += s_col[1][w][i]; }
+        size_t at = (size_t)blockIdx.y * cols + h * half + col;
+        gp.col_max[at] = mx;
+        gp.col_sum[at] = sm;
     }
 }
 
@@ -638,12 +641,27 @@ static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSour
     if (codes || codes_t) rows_codes(codes, codes_t, scales, src, NULL, NULL, 0, rows, cols, f, st);
 }
 
-// the row scales of quantize_grad from a first pass made elsewhere: the maximum over the tiles
-__global__ void part_row_scales_kernel(float *scales, const float *row_max, int tiles, int rows, Format f) {
-    int r = blockIdx.x * blockDim.x + threadIdx.x;
+// The end of a gradient's first pass (p, prows groups of rows, tiles a row), in one launch of 32 x
+// 32 blocks: the first ceil(cols / 32) take 32 columns each, their maxima to amax (as float bits)
+// and, with db, their sums added to it; the others 1024 rows each, their scales from the maxima
+// over the tiles
+__global__ void grad_part_finish_kernel(float *scales, unsigned *amax, float *db, GradPart p, int rows, int cols, int tiles,
+                                        int prows, Format f) {
+    int colblocks = (cols + 31) / 32;
+    if ((int)blockIdx.x < colblocks) {
+        int c = blockIdx.x * 32 + threadIdx.x;
+        float mx = reduce_rows_block<1>(p.col_max, prows, cols, cols, blockIdx.x * 32);
+        float sm = db ? reduce_rows_block<0>(p.col_sum, prows, cols, cols, blockIdx.x * 32) : 0.0f;
+        if (threadIdx.y == 0 && c < cols) {
+            amax[c] = __float_as_uint(mx);
+            if (db) db[c] += sm;
+        }
+        return;
+    }
+    int r = (blockIdx.x - colblocks) * 1024 + threadIdx.y * 32 + threadIdx.x;
     if (r >= rows) return;
     float m = 0.0f;
-    for (int t = 0; t < tiles; t++) m = fmaxf(m, row_max[(size_t)r * tiles + t]);
+    for (int t = 0; t < tiles; t++) m = fmaxf(m, p.row_max[(size_t)r * tiles + t]);
     scales[r] = m / format_max(f);
 }
 
@@ -651,8 +669,9 @@ __global__ void part_row_scales_kernel(float *scales, const float *row_max, int 
 // of g * col_scale per row with scales (rows), for dgrad; codes_t (cols, rows) of g * row_scale
 // per column with scales_t (cols), for wgrad. col_scale and row_scale may be NULL (ones). With
 // db: the column sums of g are added to it (the bias gradient). amax: (cols) scratch; partial:
-// (rows / 32 + 1, cols) scratch for db's sums. tensor: one scale for all of each of the two. A
-// PLAIN source with its first pass (src->part) runs only the codes pass.
+// quantize_grad_scratch(rows, cols, halves) floats of scratch for the first pass. tensor: one
+// scale for all of each of the two. A PLAIN source with its first pass (src->part) runs only the
+// codes pass.
 static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales_t, const RowSource *src, const float *col_scale,
                           const float *row_scale, int rows, int cols, Format f, int tensor, unsigned *amax, float *db,
                           float *partial, cudaStream_t st) {
@@ -664,21 +683,22 @@ static void quantize_grad(fp8 *codes, float *scales, fp8 *codes_t, float *scales
     int halves = src->op == ROWS_DSWIGLU ? 2 : 1, threads;  // src_halves: a thread's 4 columns in each half
     dim3 grid; size_t smem;
     codes_launch(&grid, &threads, &smem, rows, cols, halves);
-    CUDA_CHECK(cudaMemsetAsync(amax, 0, cols * sizeof(unsigned), st));
+    GradPart p;
+    int tiles = src->part_tiles, group = src->part_group;
     if (src->part) {
         if (g != 0) die("quantize_grad: a first pass comes only with a plain gradient");
-        int prows = ceil_div(rows, src->part_group);
-        GradPart p = grad_part((float *)src->part, rows, cols, src->part_tiles, src->part_group);
-        part_row_scales_kernel<<<ceil_div(rows, 256), 256, 0, st>>>(scales, p.row_max, src->part_tiles, rows, f);
-        max_rows((float *)amax, p.col_max, prows, cols, cols, st);  // non-negative floats: their maximum is their bits'
-        if (db) sum_rows(db, p.col_sum, prows, cols, cols, st);
+        p = grad_part((float *)src->part, rows, cols, tiles, group);
     } else {
-        void (*const reduce[])(float *, unsigned *, float *, RowSource, const float *, const float *, int, int, Format) = {
-            grad_reduce_kernel<ROWS_PLAIN>, grad_reduce_kernel<ROWS_DGELU>, grad_reduce_kernel<ROWS_DSWIGLU> };
-        reduce[g]<<<grid.x, GSLICES * quantize_threads(cols, 4 * halves, QTHREADS, NULL), 0, st>>>(
-            scales, amax, db ? partial : NULL, *src, col_scale, row_scale, rows, cols, f);
-        if (db) sum_rows(db, partial, ceil_div(rows, QROWS), cols, cols, st);
+        void (*const first[])(float *, RowSource, const float *, const float *, int, int) = {
+            grad_part_kernel<ROWS_PLAIN>, grad_part_kernel<ROWS_DGELU>, grad_part_kernel<ROWS_DSWIGLU> };
+        if (!partial) die("quantize_grad: the first pass needs its scratch");
+        tiles = grad_part_tiles(cols, halves);
+        group = GP_ROWS;
+        first[g]<<<dim3(tiles, ceil_div(rows, GP_ROWS)), 256, 0, st>>>(partial, *src, col_scale, row_scale, rows, cols);
+        p = grad_part(partial, rows, cols, tiles, group);
     }
+    grad_part_finish_kernel<<<ceil_div(cols, 32) + ceil_div(rows, 1024), dim3(32, 32), 0, st>>>(scales, amax, db, p, rows, cols, tiles,
+                                                                                              ceil_div(rows, group), f);
     if (tensor) { broadcast_max((unsigned *)scales, rows, st); broadcast_max(amax, cols, st); }
     kernels[qround_kind(f)][g]<<<grid, threads, smem, st>>>(codes, codes_t, scales_t, scales, amax, *src, col_scale, row_scale,
                                                                NULL, NULL, 0, rows, cols, f, qround(f));

@@ -149,7 +149,8 @@ static int first_pass_diffs(const RowSource *fused, const bf16 *g, const float *
     const size_t nf = (size_t)N * F;
     fp8 *c1 = (fp8 *)cuda_malloc(2 * nf), *c2 = (fp8 *)cuda_malloc(2 * nf);
     float *s1 = (float *)cuda_malloc(2 * (N + F) * 4), *s2 = (float *)cuda_malloc(2 * (N + F) * 4);
-    float *partial = (float *)cuda_malloc((size_t)(N / QROWS + 1) * F * 4);
+    const size_t np = quantize_grad_scratch(N, F, 1);
+    float *partial = (float *)cuda_malloc(np * 4);
     unsigned *amax = (unsigned *)cuda_malloc(F * 4);
     fp8 *h1 = (fp8 *)malloc_check(2 * nf), *h2 = (fp8 *)malloc_check(2 * nf);
     float *hs1 = (float *)malloc_check(2 * (N + F) * 4), *hs2 = (float *)malloc_check(2 * (N + F) * 4), *v = (float *)malloc_check(nf * 4);
@@ -172,7 +173,7 @@ static int first_pass_diffs(const RowSource *fused, const bf16 *g, const float *
         }
     }
     cuda_free(c1, 2 * nf); cuda_free(c2, 2 * nf); cuda_free(s1, 2 * (N + F) * 4); cuda_free(s2, 2 * (N + F) * 4);
-    cuda_free(partial, (size_t)(N / QROWS + 1) * F * 4); cuda_free(amax, F * 4);
+    cuda_free(partial, np * 4); cuda_free(amax, F * 4);
     free(h1); free(h2); free(hs1); free(hs2); free(v);
     return bad;
 }
@@ -363,6 +364,7 @@ static void test_fp8_gemms(Format fx, Format fg) {
     float *sx = (float *)cuda_malloc(N * 4), *sw = (float *)cuda_malloc(M * 4), *sg = (float *)cuda_malloc((N + M) * 4);
     float *ones = (float *)cuda_malloc(K * 4), *dDW = (float *)cuda_malloc(M * K * 4);
     unsigned *amax = (unsigned *)cuda_malloc(M * 4);
+    float *part = (float *)cuda_malloc(quantize_grad_scratch(N, M, 1) * 4);
     float hones[K];
     for (int i = 0; i < K; i++) hones[i] = 1.0f;
     cuda_upload(ones, hones, K * 4);
@@ -391,7 +393,7 @@ static void test_fp8_gemms(Format fx, Format fg) {
 
     // dgrad: dx = (qg sg) qw, qg the codes of g * sw per token; with dGELU: times gelu'(pre)
     RowSource gs = rows_plain(dG);
-    quantize_grad(cg, sg, cgt, sg + N, &gs, sw, sx, N, M, fg, 0, amax, NULL, NULL, 0);  // and the wgrad operand
+    quantize_grad(cg, sg, cgt, sg + N, &gs, sw, sx, N, M, fg, 0, amax, NULL, part, 0);  // and the wgrad operand
     codes_from_device(qg, cg, N * M, fg);
     cuda_download(hsg, sg, N * 4);
     double de[2];
@@ -430,6 +432,7 @@ static void test_fp8_gemms(Format fx, Format fg) {
     cuda_free(dPRE, N * K * 2); cuda_free(dY, N * M * 2); cuda_free(dDX, N * K * 2); cuda_free(cx, N * K); cuda_free(cxt, N * K);
     cuda_free(cw, M * K); cuda_free(cwt, M * K); cuda_free(cg, N * M); cuda_free(cgt, N * M); cuda_free(sx, N * 4); cuda_free(sw, M * 4);
     cuda_free(sg, (N + M) * 4); cuda_free(ones, K * 4); cuda_free(dDW, M * K * 4); cuda_free(amax, M * 4);
+    cuda_free(part, quantize_grad_scratch(N, M, 1) * 4);
     free(hx); free(hw); free(hb); free(hr); free(hg); free(hpre); free(x); free(w); free(b); free(res); free(g); free(pre);
     free(dw0); free(got); free(qx); free(qw); free(qg); free(qgt); free(ref);
 }

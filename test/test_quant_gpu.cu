@@ -50,7 +50,7 @@ static void test_quantize(uint64_t seed) {
     const int shapes[5][2] = { { 40, 64 }, { 48, 64 }, { 128, 768 }, { 64, 3072 }, { 80, 2056 } };
     const Format fmts[5] = { FMT_E2M1, FMT_E1M2, FMT_E3M0, FMT_E4M3, FMT_E5M2 };
     for (int si = 0; si < 5; si++) {
-        int rows = shapes[si][0], cols = shapes[si][1], nb = ceil_div(rows, QROWS), transposed = rows % 16 == 0;
+        int rows = shapes[si][0], cols = shapes[si][1], transposed = rows % 16 == 0;
         size_t n = (size_t)rows * cols;
         bf16 *xb = (bf16 *)malloc_check(n * sizeof(bf16));
         float *x = (float *)malloc_check(n * sizeof(float)), *xf = (float *)malloc_check(n * sizeof(float));
@@ -61,7 +61,8 @@ static void test_quantize(uint64_t seed) {
         double worst_sum = 0.0;
         bf16 *dx = (bf16 *)cuda_malloc(n * sizeof(bf16));
         float *ds = (float *)cuda_malloc((rows + cols) * sizeof(float)), *dfold = (float *)cuda_malloc((rows + cols) * sizeof(float));
-        float *dpart = (float *)cuda_malloc((size_t)nb * cols * sizeof(float)), *ddb = (float *)cuda_malloc(cols * sizeof(float));
+        const size_t np = quantize_grad_scratch(rows, cols, 1);
+        float *dpart = (float *)cuda_malloc(np * sizeof(float)), *ddb = (float *)cuda_malloc(cols * sizeof(float));
         fp8 *dc = (fp8 *)cuda_malloc(n), *dt = (fp8 *)cuda_malloc(n);
         unsigned *amax = (unsigned *)cuda_malloc(cols * sizeof(unsigned));
         for (int tensor = 0; tensor < 2; tensor++) {
@@ -132,7 +133,7 @@ static void test_quantize(uint64_t seed) {
         if (transposed) printf("; column sums %.1e", worst_sum);
         printf("\n");
         cuda_free(dx, n * sizeof(bf16)); cuda_free(ds, (rows + cols) * sizeof(float)); cuda_free(dfold, (rows + cols) * sizeof(float));
-        cuda_free(dpart, (size_t)nb * cols * sizeof(float)); cuda_free(ddb, cols * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n); cuda_free(amax, cols * sizeof(unsigned));
+        cuda_free(dpart, np * sizeof(float)); cuda_free(ddb, cols * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n); cuda_free(amax, cols * sizeof(unsigned));
         free(xb); free(x); free(xf); free(codes); free(fold); free(scales); free(gscales); free(db); free(gcodes); free(gt);
     }
 }
@@ -211,6 +212,8 @@ static void test_fused_sources(uint64_t seed) {
     float *dst = (float *)cuda_malloc(cols * sizeof(float));
     bf16 *dout = (bf16 *)cuda_malloc(n * sizeof(bf16)), *hout = (bf16 *)malloc_check(n * sizeof(bf16));
     unsigned *amax = (unsigned *)cuda_malloc(cols * sizeof(unsigned));
+    const size_t np = quantize_grad_scratch(rows, cols, 1);  // the most of either source's
+    float *dpart = (float *)cuda_malloc(np * sizeof(float));
     // OCC's R from the fused source, by the forward and again by the backward (G = 0: dW unchanged)
     const int M = 16;
     bf16 *ddense = (bf16 *)cuda_malloc(n * sizeof(bf16)), *dg = (bf16 *)cuda_malloc(rows * M * sizeof(bf16));
@@ -247,7 +250,7 @@ static void test_fused_sources(uint64_t seed) {
         for (int fi = 0; fi < 2; fi++) {
             Format f = fi ? FMT_E4M3 : FMT_E2M1;
             if (op < 4) quantize_rows(dc, NULL, ds, &src, rows, cols, f, 0, 0);
-            else quantize_grad(dc, ds, dt, dst, &src, NULL, NULL, rows, cols, f, 0, amax, NULL, NULL, 0);
+            else quantize_grad(dc, ds, dt, dst, &src, NULL, NULL, rows, cols, f, 0, amax, NULL, dpart, 0);
             cuda_download(gc, dc, n);
             cuda_download(gs, ds, rows * sizeof(float));
             quantize_matrix(codes, scales, y, rows, cols, f, 0, 0);
@@ -317,7 +320,7 @@ static void test_fused_sources(uint64_t seed) {
     }
     cuda_free(dx, 2 * n * sizeof(bf16)); cuda_free(dw, 2 * cols * sizeof(bf16)); cuda_free(ds, rows * sizeof(float));
     cuda_free(dstat, 2 * rows * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n); cuda_free(dst, cols * sizeof(float));
-    cuda_free(amax, cols * sizeof(unsigned)); cuda_free(dout, n * sizeof(bf16));
+    cuda_free(amax, cols * sizeof(unsigned)); cuda_free(dpart, np * sizeof(float)); cuda_free(dout, n * sizeof(bf16));
     cuda_free(ddense, n * sizeof(bf16)); cuda_free(dg, rows * M * sizeof(bf16));
     cuda_free(ddw, M * cols * sizeof(float)); cuda_free(dbounds, rows * sizeof(float2));
     free(hx); free(hw); free(x); free(w); free(y); free(codes); free(scales); free(gs); free(gc); free(hout); free(r1); free(r2);
@@ -575,6 +578,7 @@ static void test_telemetry(uint64_t seed) {
     float *ddw = (float *)cuda_malloc(nw * sizeof(float)), *dsw = (float *)cuda_malloc(M * sizeof(float));
     fp8 *dc = (fp8 *)cuda_malloc(n), *dt = (fp8 *)cuda_malloc(n);
     unsigned *amax = (unsigned *)cuda_malloc(M * sizeof(unsigned));
+    float *dpart = (float *)cuda_malloc(quantize_grad_scratch(rows, M, 1) * sizeof(float));
     double *dsums = (double *)cuda_malloc(QS_N * sizeof(double)), hs[QS_N];
     OccPlan plan = occ_plan(K, 0.99f);
     Occ o = { plan, (float2 *)cuda_malloc(rows * sizeof(float2)), (bf16 *)cuda_malloc(n * sizeof(bf16)) };
@@ -603,7 +607,7 @@ static void test_telemetry(uint64_t seed) {
           "telemetry: %g (compensated) and %g entries counted clamped, the CPU clamps %ld; SNR %.2f with the compensation, "
           "%.2f without", hs[QS_CLAMPED], hs[QS_W + 4], clamped, comp.snr_db, clamp.snr_db);
 
-    quantize_grad(dc, ds, dt, ds + rows, &sg, dfold, NULL, rows, M, FMT_E4M3, 0, amax, NULL, NULL, 0);
+    quantize_grad(dc, ds, dt, ds + rows, &sg, dfold, NULL, rows, M, FMT_E4M3, 0, amax, NULL, dpart, 0);
     quant_error_sums(dsums + QS_G, &sg, dc, ds, dfold, NULL, 0, rows, M, FMT_E4M3, 0);
     gpu_codes(codes, scales, hc, dc, ds, ng, rows, FMT_E4M3);
         for (size_t i = 0; i < ng; i++) gf[i] = __bfloat162float(hg[i]) * fold[i % M];
@@ -626,6 +630,7 @@ static void test_telemetry(uint64_t seed) {
     cuda_free(dx, n * sizeof(bf16)); cuda_free(dwt, nw * sizeof(bf16)); cuda_free(dg, ng * sizeof(bf16));
     cuda_free(ds, (rows + M) * sizeof(float)); cuda_free(dfold, M * sizeof(float)); cuda_free(ddw, nw * sizeof(float));
     cuda_free(dsw, M * sizeof(float)); cuda_free(dc, n); cuda_free(dt, n); cuda_free(amax, M * sizeof(unsigned));
+    cuda_free(dpart, quantize_grad_scratch(rows, M, 1) * sizeof(float));
     cuda_free(dsums, QS_N * sizeof(double)); cuda_free(o.bounds, rows * sizeof(float2));
     cuda_free(o.dense, n * sizeof(bf16));
     free(hx); free(hw); free(hg); free(x); free(xc); free(res); free(codes); free(scales); free(gf); free(fold); free(dw); free(sw); free(hc);

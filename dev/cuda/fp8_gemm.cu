@@ -170,7 +170,7 @@ int main(void) {
         cuda_upload(pre, hp, n * 2);
         fp8 *codes = (fp8 *)cuda_malloc(n), *codes_t = (fp8 *)cuda_malloc(n);
         float *scales = (float *)cuda_malloc(M * 4), *scales_t = (float *)cuda_malloc(N * 4), *db = (float *)cuda_malloc(N * 4);
-        float *partial = (float *)cuda_malloc((size_t)(M / QROWS + 1) * N * 4);
+        float *partial = (float *)cuda_malloc(quantize_grad_scratch(M, N, 1) * 4);
         float *gpart = (float *)cuda_malloc(npart * 4);
         unsigned *amax = (unsigned *)cuda_malloc(N * 4);
         CUDA_CHECK(cudaMemset(db, 0, N * 4));
@@ -189,7 +189,7 @@ int main(void) {
         printf("| cuBLASLt, then quantize_grad over dGELU (two passes) | %.3f | %.3f | %.3f |\n", t_lt, t_uc, t_u);
         printf("| ours with the dGELU epilogue, then the codes pass | %.3f | %.3f | %.3f (%.2fx) |\n", t_ours, t_fc, t_f, t_u / t_f);
         cuda_free(pre, n * 2); cuda_free(codes, n); cuda_free(codes_t, n); cuda_free(scales, M * 4); cuda_free(scales_t, N * 4);
-        cuda_free(db, N * 4); cuda_free(partial, (size_t)(M / QROWS + 1) * N * 4);
+        cuda_free(db, N * 4); cuda_free(partial, quantize_grad_scratch(M, N, 1) * 4);
         cuda_free(gpart, npart * 4); cuda_free(amax, N * 4);
         free(hp);
     }
