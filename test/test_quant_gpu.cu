@@ -47,9 +47,10 @@ static void check_codes(const char *what, Format f, int rows, int cols, const fp
 }
 
 static void test_quantize(uint64_t seed) {
-    const int shapes[5][2] = { { 40, 64 }, { 48, 64 }, { 128, 768 }, { 64, 3072 }, { 80, 2056 } };
+    // 272 x 136: a gradient's first pass in three row tiles of its grid (128 rows), the last ragged
+    const int shapes[6][2] = { { 40, 64 }, { 48, 64 }, { 128, 768 }, { 64, 3072 }, { 80, 2056 }, { 272, 136 } };
     const Format fmts[5] = { FMT_E2M1, FMT_E1M2, FMT_E3M0, FMT_E4M3, FMT_E5M2 };
-    for (int si = 0; si < 5; si++) {
+    for (int si = 0; si < 6; si++) {
         int rows = shapes[si][0], cols = shapes[si][1], transposed = rows % 16 == 0;
         size_t n = (size_t)rows * cols;
         bf16 *xb = (bf16 *)malloc_check(n * sizeof(bf16));
