@@ -201,11 +201,10 @@ __device__ inline void transpose4(uint32_t *t, const uint32_t *q) {
     t[3] = __byte_perm(hi01, hi23, 0x7632);
 }
 
-// Row reductions over a block. Each lane's partials pc[0..7] of rows j0..j0+7 are reduced over
-// the warp (a butterfly: 9 shuffles for the 8 rows) and combined into part[warp][row]; then
-// rows_finish combines the warps in order. Fixed order throughout: the same bits run after run.
-template <int MAX>
-__device__ inline void warp_rows8(float *pc, float (*part)[QROWS], int j0) {
+// The maxima of 8 rows over a warp: each lane's partials pc[0..7] of rows j0..j0+7 (overwritten)
+// by a butterfly, 9 shuffles for the 8 rows; out[j0 + i] gets row j0 + i's. Fixed order: the same
+// bits run after run.
+__device__ inline void warp_rows8_max(float *pc, float *out, int j0) {
     int lane = threadIdx.x % 32;
     #pragma unroll
     for (int o = 16, n = 4; o >= 4; o >>= 1, n >>= 1) {  // lanes with bit o keep the upper half of the rows
@@ -213,27 +212,11 @@ __device__ inline void warp_rows8(float *pc, float (*part)[QROWS], int j0) {
         #pragma unroll
         for (int i = 0; i < n; i++) {
             float keep = upper ? pc[i + n] : pc[i], got = __shfl_xor_sync(0xffffffffu, upper ? pc[i] : pc[i + n], o);
-            pc[i] = MAX ? fmaxf(keep, got) : keep + got;
+            pc[i] = fmaxf(keep, got);
         }
     }
-    for (int o = 2; o >= 1; o >>= 1) {  // lane l now holds row l / 4: sum over its 4 lanes
-        float got = __shfl_xor_sync(0xffffffffu, pc[0], o);
-        pc[0] = MAX ? fmaxf(pc[0], got) : pc[0] + got;
-    }
-    if (lane % 4 == 0) {
-        float *d = &part[threadIdx.x / 32][j0 + lane / 4];
-        *d = MAX ? fmaxf(*d, pc[0]) : *d + pc[0];
-    }
-}
-template <int MAX>
-__device__ inline void rows_finish(float (*part)[QROWS], float *out) {
-    __syncthreads();
-    if (threadIdx.x < QROWS) {
-        float acc = part[0][threadIdx.x];
-        for (int w = 1; w < (int)blockDim.x / 32; w++) acc = MAX ? fmaxf(acc, part[w][threadIdx.x]) : acc + part[w][threadIdx.x];
-        out[threadIdx.x] = acc;
-    }
-    __syncthreads();
+    for (int o = 2; o >= 1; o >>= 1) pc[0] = fmaxf(pc[0], __shfl_xor_sync(0xffffffffu, pc[0], o));  // lane l: row l / 4, over its 4 lanes
+    if (lane % 4 == 0) out[j0 + lane / 4] = pc[0];
 }
 
 // a norm's statistics of row r, by a warp: LayerNorm the mean, then the variance about it (the
@@ -433,15 +416,13 @@ __global__ void __launch_bounds__(256, 2) grad_part_kernel(float *part, RowSourc
                                                            int rows, int cols) {
     const int NL = src_loads<OP>(), NH = src_halves<OP>(), W = 8, V = NH * W, RW = GP_ROWS / 8;
     const int R = 8 / (NL == 3 ? 4 : NL);  // rows whose loads are in flight at once: 8, DGELU's 4, DSWIGLU's 2
-    __shared__ float s_rows[8][QROWS], s_col[2][8][NH * GP_COLS];  // per warp: its rows' maxima (RW <= QROWS); its columns' max and sum
+    __shared__ float s_rows[8][RW], s_col[2][8][NH * GP_COLS];  // per warp: its rows' maxima; its columns' max and sum
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, half = cols / NH, tiles = gridDim.x;
     int r0 = blockIdx.y * GP_ROWS + warp * RW, c = blockIdx.x * GP_COLS + lane * 8, live = c < half;
     if (!live) c = 0;  // a lane past the last column reads column 0 and counts zeros
     GradPart gp = grad_part(part, rows, cols, tiles, GP_ROWS);
     float cs[V], cmax[V], csum[V];  // value k is column (k / W) * half + c + k % W
     for (int k = 0; k < V; k++) { cs[k] = col_scale ? col_scale[(k / W) * half + c + k % W] : 1.0f; cmax[k] = 0.0f; csum[k] = 0.0f; }
-    s_rows[warp][lane] = 0.0f;
-    __syncwarp();
     #pragma unroll 1
     for (int j0 = 0; j0 < RW; j0 += 8) {
         float pc[8];  // rows j0..j0+7: this lane's max of |g col_scale|
@@ -464,7 +445,7 @@ __global__ void __launch_bounds__(256, 2) grad_part_kernel(float *part, RowSourc
                 }
             }
         }
-        warp_rows8<1>(pc, s_rows, j0);
+        warp_rows8_max(pc, s_rows[warp], j0);
     }
     __syncwarp();
     if (lane < RW && r0 + lane < rows) gp.row_max[(size_t)(r0 + lane) * tiles + blockIdx.x] = s_rows[warp][lane];
