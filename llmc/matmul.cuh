@@ -156,7 +156,7 @@ static void matmul_wgrad(float *dW, const bf16 *dy, const bf16 *x, int N, int M,
 // bytes contiguous along k (row-major (m, k) and (n, k)), k a multiple of 16 (Hopper's rule).
 // The tensor cores sum FP8 products with fewer bits than FP32; cuBLASLt adds each 128-wide slice
 // of k into FP32 ("promotes"), or with fast_accum keeps the whole sum in the tensor cores:
-// 1.1-1.3x faster on the trainer's forward shapes. On random E2M1 codes it gave the same bits
+// 1.05-1.25x faster on the trainer's forward shapes. On random E2M1 codes it gave the same bits
 // (their products are multiples of 1/4, the sums short); on E4M3 codes up to 1.8x the error bound
 // of test_kernels_gpu's forward at k = 3072 (dev/NOTES.md, session 29).
 static void matmul_fp8(void *d, cudaDataType d_type, const void *a, cudaDataType a_type, const float *sa, const void *b,
