@@ -6,8 +6,9 @@ an FP32 master copy, --master-fp32 1); attention on cuDNN's flash SDPA, or with 
 on our FP8 forward (llmc/attention_fp8.cuh) and cuDNN's backward. The block linears run in
 the recipe's formats (llmc/recipe.h): BF16 GEMMs on cuBLASLt, or FP8 / FP4 codes with per-row
 scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F; on Hopper, GPT-2's fcproj dgrad runs our
-own GEMM, llmc/gemm_fp8.cuh, with GELU's derivative and fc's gradient scales in its epilogue),
-with DGE for 4-bit weights and OCC for 4-bit activations (llmc/occ.cuh); tensor-wise scaling
+own GEMM, llmc/gemm_fp8.cuh, with GELU's derivative and fc's gradient scales in its epilogue;
+forward GEMMs of 4-bit codes sum in the tensor cores without FP32 promotion, --fast-accum), with
+DGE for 4-bit weights and OCC for 4-bit activations (llmc/occ.cuh); tensor-wise scaling
 (--scaling tensor, the naive-FP4 ablation) puts one scale in every row's slot. --quant-stats N
 logs each quantized operand's error and the DGE norms (llmc/quant_error.cuh). Not on the GPU:
 OCC with tensor-wise scaling, the fp32 recipe, Table 1's five activation settings (the CPU
