@@ -910,7 +910,7 @@ int main(int argc, char **argv) {
     flags[nflags++] = (Flag){ "--deterministic", FLAG_INT, &deterministic, "1: the same bits run after run (attention's backward in a fixed order); 0: cuDNN's fastest" };
     flags[nflags++] = (Flag){ "--own-gemm", FLAG_INT, &own_gemm, "1: our FP8 GEMM with quantizers in its epilogue where the GPU runs it (Hopper); 0: cuBLASLt's" };
     flags[nflags++] = (Flag){ "--wgrad-stream", FLAG_INT, &wgrad_stream, "1: the weight gradients on a second stream, beside the backward; 0: in line" };
-    flags[nflags++] = (Flag){ "--fast-accum", FLAG_INT, &fast_accum, "1: forward GEMMs of 4-bit codes sum in the tensor cores (faster; losses within 1e-4, measured); 0: promoted to FP32 every 128 k, as all others are" };
+    flags[nflags++] = (Flag){ "--fast-accum", FLAG_INT, &fast_accum, "1: forward GEMMs of 4-bit codes sum in the tensor cores (faster; on the losses: dev/NOTES.md, session 29); 0: promoted to FP32 every 128 k, as all others are" };
     flags[nflags++] = (Flag){ "--dist-init", FLAG_STR, &dist_addr, "HOST:PORT of rank 0, for a multi-process start without MPI" };
     flags[nflags++] = (Flag){ "--nccl-timeout", FLAG_FLOAT, &timeout_s, "seconds a rank waits for the others before ending the job" };
     setvbuf(stdout, NULL, _IOLBF, 0);
