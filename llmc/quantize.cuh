@@ -1,5 +1,5 @@
 // defines: fp8, fp8_type, fp8_interp, RowSource, GradPart, grad_part, grad_part_floats, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
-//          quantize_rows, rows_codes, CodesT, codes_transpose, quantize_grad_scratch, quantize_grad, dge_apply
+//          quantize_rows, row_scales, rows_codes, whole_rows, whole_rows_fit, CodesT, codes_transpose, quantize_grad_scratch, quantize_grad, dge_apply
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
 // stored as FP8 bytes (4-bit codes are exact in E4M3, which is how Hopper's FP8 tensor cores run
@@ -8,11 +8,12 @@
 // GELU, SwiGLU) and of its output gradient (dGELU, dSWIGLU) run inside the quantizer, so their
 // BF16 outputs are never written. test/test_quant_gpu checks every kernel against the CPU.
 //
-// Layout of the work: row scales come first, from a pass of their own (a warp per row for an
-// input; for a gradient tiles of 128 rows by 256 columns, which also reduce the columns).
-// The codes kernel then gives each thread 4 adjacent columns of 32 rows: its loads are
-// independent (memory in flight); the block's transposed codes meet in shared memory and leave
-// as whole 32-byte sectors, one a column.
+// Layout of the work: an input row a warp can hold (a norm's or a plain one, up to 2048 columns)
+// is read once, its scale and codes made from registers. Otherwise row scales come first, from a
+// pass of their own (a warp per row for an input; for a gradient tiles of 128 rows by 256
+// columns, which also reduce the columns). The codes kernel then gives each thread 4 adjacent
+// columns of 32 rows: its loads are independent (memory in flight). Either way the block's
+// transposed codes meet in shared memory and leave as whole 32-byte sectors, one a column.
 #ifndef LLMC_QUANTIZE_CUH
 #define LLMC_QUANTIZE_CUH
 
@@ -237,14 +238,19 @@ __device__ inline void norm_stats(const RowSource &in, int r, int cols, float *m
     if (lane == 0) { if (in.mean) in.mean[r] = m; in.rstd[r] = *rs; }
 }
 
-// the 8 source values of row r at column c (a multiple of 8), NORM with statistics mu, rs
+// the 8 source values at column c (a multiple of 8) from their loads, NORM with statistics mu, rs
+template <int OP>
+__device__ inline void raw_values8(float *v, const Pack<8> *raw, const RowSource &in, int c, int cols, float mu, float rs) {
+    float w[8], b[8];
+    if (OP == ROWS_NORM) norm_params<8>(w, b, in, c);
+    src_values<OP, 8>(v, raw, c, cols, w, b, mu, rs);
+}
+// and of row r, loaded
 template <int OP>
 __device__ inline void src_values8(float *v, const RowSource &in, int r, int c, int cols, float mu, float rs) {
-    float w[8], b[8];
     Pack<8> raw[src_loads<OP>()];
-    if (OP == ROWS_NORM) norm_params<8>(w, b, in, c);
     src_fetch<OP, 8>(raw, in, r, c, cols);
-    src_values<OP, 8>(v, raw, c, cols, w, b, mu, rs);
+    raw_values8<OP>(v, raw, in, c, cols, mu, rs);
 }
 
 // First pass of a linear input's quantization, a warp per row: the norm statistics and the
@@ -393,6 +399,90 @@ __global__ void __launch_bounds__(QTHREADS) codes_kernel(fp8 *codes, fp8 *codes_
                     make_uint4(words[0], words[plane], words[2 * plane], words[3 * plane]);
             }
 }
+// Rows a warp holds whole (PLAIN and NORM sources up to WHOLE_COLS columns: the block linears'
+// inputs of width C, the weights of K = C) take one pass where quantize_rows takes two: a warp
+// reads a row once and makes its statistics, scale and codes from registers, the next row's loads
+// in flight meanwhile; the block's 32 rows of codes meet in shared memory and leave transposed as
+// codes_kernel's do, a column's 32 rows one sector from two adjacent lanes. A lane takes 8
+// columns every 256, NC runs of them: norm_stats's order, so the statistics, and with them every
+// code, are the two passes' bits (test_quant_gpu checks them against each other).
+#define WHOLE_COLS 2048
+template <int OP, int NC> __device__ inline void whole_fetch(Pack<8> *raw, const RowSource &in, int r, int cols) {
+    int lane = threadIdx.x % 32;
+    #pragma unroll
+    for (int k = 0; k < NC; k++)
+        if (lane * 8 + 256 * k < cols) src_fetch<OP, 8>(&raw[k], in, r, lane * 8 + 256 * k, cols);
+}
+
+template <int OP, int QR, int NC>
+__global__ void __launch_bounds__(256) whole_rows_kernel(fp8 *codes, fp8 *codes_t, float *scales, RowSource in, int rows, int cols,
+                                                         Format f, QRound qr) {
+    extern __shared__ uint32_t s_c[];  // the block's rows of codes as words; an odd pitch puts a column's halves 16 banks apart
+    const int RW = QROWS / 8, pitch = cols / 4 + 1;  // rows a warp
+    // a norm's values (~6 instructions each) kept between the scale and the codes; made again where
+    // that would leave one block an SM (NC = 8: 147-162 registers) or costs only an unpack (PLAIN)
+    constexpr bool KEEP = OP == ROWS_NORM && NC <= 4;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = blockIdx.x * QROWS;
+    Pack<8> cur[NC], next[NC];
+    whole_fetch<OP, NC>(cur, in, min(r0 + warp * RW, rows - 1), cols);
+    #pragma unroll 1
+    for (int i = 0; i < RW; i++) {
+        int j = warp * RW + i, r = min(r0 + j, rows - 1), own = r0 + j < rows;
+        if (i + 1 < RW) whole_fetch<OP, NC>(next, in, min(r + 1, rows - 1), cols);
+        float v[8], x[KEEP ? NC : 1][8], mu = 0.0f, rs = 1.0f, amax = 0.0f;  // x: the row's values, or a run's
+        if (OP == ROWS_NORM) {  // norm_stats's sums, from the registers
+            float m = 0.0f, var = 0.0f;
+            if (in.b) {
+                #pragma unroll
+                for (int k = 0; k < NC; k++)
+                    if (lane * 8 + 256 * k < cols) { pack_floats<8>(v, cur[k]); for (int e = 0; e < 8; e++) m += v[e]; }
+                m = warp_sum(m) / cols;
+            }
+            #pragma unroll
+            for (int k = 0; k < NC; k++)
+                if (lane * 8 + 256 * k < cols) { pack_floats<8>(v, cur[k]); for (int e = 0; e < 8; e++) var += (v[e] - m) * (v[e] - m); }
+            mu = m;
+            rs = rsqrtf(warp_sum(var) / cols + in.eps);
+            if (lane == 0 && own) { if (in.mean) in.mean[r] = m; in.rstd[r] = rs; }
+        }
+        #pragma unroll
+        for (int k = 0; k < NC; k++) {
+            int c = lane * 8 + 256 * k;
+            if (c >= cols) continue;
+            float *xk = KEEP ? x[k] : x[0];
+            raw_values8<OP>(xk, &cur[k], in, c, cols, mu, rs);
+            for (int e = 0; e < 8; e++) amax = fmaxf(amax, fabsf(xk[e]));
+        }
+        float s = warp_max(amax) / format_max(f);
+        if (lane == 0 && own) scales[r] = s;
+        QScale q = qscale(s);
+        #pragma unroll
+        for (int k = 0; k < NC; k++) {
+            int c = lane * 8 + 256 * k;
+            if (c >= cols) continue;
+            float *xk = KEEP ? x[k] : x[0];
+            if (!KEEP) raw_values8<OP>(xk, &cur[k], in, c, cols, mu, rs);
+            uint32_t lo = quant4<QR>(xk, &q, 0, qr), hi = quant4<QR>(xk + 4, &q, 0, qr);
+            if (codes && own) *(uint2 *)(codes + (size_t)r * cols + c) = make_uint2(lo, hi);
+            if (codes_t) { s_c[j * pitch + c / 4] = lo; s_c[j * pitch + c / 4 + 1] = hi; }
+        }
+        for (int k = 0; k < NC; k++) cur[k] = next[k];
+    }
+    if (!codes_t) return;
+    __syncthreads();
+    // work item p: rows 16 (p & 1).. of the 4 columns of word p / 2, transposed 4 x 4 at a time;
+    // adjacent lanes store a column's two halves
+    for (int p = threadIdx.x; p < cols / 2; p += blockDim.x) {
+        int hf = p & 1, tc = p >> 1;
+        if (hf && rows - r0 <= 16) continue;  // rows are a multiple of 16
+        uint32_t w[16], t[4][4];
+        for (int i = 0; i < 16; i++) w[i] = s_c[(16 * hf + i) * pitch + tc];
+        for (int g = 0; g < 4; g++) transpose4(t[g], w + 4 * g);
+        for (int k = 0; k < 4; k++)
+            *(uint4 *)(codes_t + (size_t)(4 * tc + k) * rows + r0 + 16 * hf) = make_uint4(t[0][k], t[1][k], t[2][k], t[3][k]);
+    }
+}
+
 // A gradient g (rows = tokens, cols = outputs), first pass, laid out as grad_part says (the
 // layout the producers that make it themselves write, so the codes pass has one input): per row
 // and tile the absmax of g * col_scale (the dgrad codes' scales), per column and GP_ROWS rows the
@@ -608,16 +698,46 @@ static void codes_transpose(const CodesT *mats, int n, cudaStream_t st) {
     CUDA_CHECK(cudaGetLastError());
 }
 
+// the first of quantize_rows' two passes: the scales (rows) of the source's rows, and a norm's statistics
+static void row_scales(float *scales, const RowSource *src, int rows, int cols, Format f, cudaStream_t st) {
+    void (*const kernel[])(float *, RowSource, int, int, Format) = {
+        row_scales_kernel<ROWS_PLAIN>, row_scales_kernel<ROWS_NORM>, row_scales_kernel<ROWS_GELU>, row_scales_kernel<ROWS_SWIGLU> };
+    kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(scales, *src, rows, cols, f);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// quantize_rows in one pass, for a PLAIN or NORM source of at most WHOLE_COLS columns
+typedef void (*WholeKernel)(fp8 *, fp8 *, float *, RowSource, int, int, Format, QRound);
+template <int NC>
+static const WholeKernel whole_kernels[NUM_QR][2] = {
+    { whole_rows_kernel<ROWS_PLAIN, QR_E4M3, NC>, whole_rows_kernel<ROWS_NORM, QR_E4M3, NC> },
+    { whole_rows_kernel<ROWS_PLAIN, QR_E5M2, NC>, whole_rows_kernel<ROWS_NORM, QR_E5M2, NC> },
+    { whole_rows_kernel<ROWS_PLAIN, QR_FP4, NC>, whole_rows_kernel<ROWS_NORM, QR_FP4, NC> },
+    { whole_rows_kernel<ROWS_PLAIN, QR_E3M0, NC>, whole_rows_kernel<ROWS_NORM, QR_E3M0, NC> } };
+static int whole_rows_fit(const RowSource *src, int cols) { return (src->op == ROWS_PLAIN || src->op == ROWS_NORM) && cols <= WHOLE_COLS; }
+static void whole_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, int cols, Format f, cudaStream_t st) {
+    if (!whole_rows_fit(src, cols)) die("whole_rows: source %d with %d columns is not held whole by a warp", src->op, cols);
+    int wide = cols > WHOLE_COLS / 2, kind = qround_kind(f), op = src->op == ROWS_NORM;
+    WholeKernel kernel = (wide ? whole_kernels<WHOLE_COLS / 256> : whole_kernels<WHOLE_COLS / 512>)[kind][op];
+    size_t smem = codes_t ? (size_t)QROWS * (cols / 4 + 1) * sizeof(uint32_t) : 0;
+    static int allowed[NUM_QR][2];  // the wide kernels' rows of codes pass 48 KB
+    if (wide && !allowed[kind][op]) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, QROWS * (WHOLE_COLS / 4 + 1) * 4));
+        allowed[kind][op] = 1;
+    }
+    kernel<<<ceil_div(rows, QROWS), 256, smem, st>>>(codes, codes_t, scales, *src, rows, cols, f, qround(f));
+    CUDA_CHECK(cudaGetLastError());
+}
+
 // the source's rows quantized per row (tensor: with one scale for all): codes (rows, cols) and / or
-// codes_t (cols, rows) (neither: the scales alone), and scales (rows). Two kernels: the row scales
-// (and norm statistics), then the codes.
+// codes_t (cols, rows) (neither: the scales alone), and scales (rows). One pass where a warp holds
+// a row (whole_rows); two otherwise, the row scales (and norm statistics), then the codes.
 static void quantize_rows(fp8 *codes, fp8 *codes_t, float *scales, const RowSource *src, int rows, int cols, Format f,
                           int tensor, cudaStream_t st) {
     check_quantize("quantize_rows", f, rows, cols, codes_t != NULL);
     if (src->op > ROWS_SWIGLU) die("quantize_rows: source %d is a gradient's (quantize_grad)", src->op);
-    void (*const scale_kernel[])(float *, RowSource, int, int, Format) = {
-        row_scales_kernel<ROWS_PLAIN>, row_scales_kernel<ROWS_NORM>, row_scales_kernel<ROWS_GELU>, row_scales_kernel<ROWS_SWIGLU> };
-    scale_kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(scales, *src, rows, cols, f);
+    if (!tensor && whole_rows_fit(src, cols)) { whole_rows(codes, codes_t, scales, src, rows, cols, f, st); return; }
+    row_scales(scales, src, rows, cols, f, st);
     if (tensor) broadcast_max((unsigned *)scales, rows, st);
     if (codes || codes_t) rows_codes(codes, codes_t, scales, src, NULL, NULL, 0, rows, cols, f, st);
 }

@@ -47,10 +47,11 @@ static void check_codes(const char *what, Format f, int rows, int cols, const fp
 }
 
 static void test_quantize(uint64_t seed) {
-    // 272 x 136: a gradient's first pass in three row tiles of its grid (128 rows), the last ragged
-    const int shapes[6][2] = { { 40, 64 }, { 48, 64 }, { 128, 768 }, { 64, 3072 }, { 80, 2056 }, { 272, 136 } };
+    // 272 x 136: a gradient's first pass in three row tiles of its grid (128 rows), the last ragged;
+    // rows of up to WHOLE_COLS columns take quantize_rows' one pass (1544: the wide kernel, ragged)
+    const int shapes[7][2] = { { 40, 64 }, { 48, 64 }, { 128, 768 }, { 64, 3072 }, { 80, 2056 }, { 272, 136 }, { 32, 1544 } };
     const Format fmts[5] = { FMT_E2M1, FMT_E1M2, FMT_E3M0, FMT_E4M3, FMT_E5M2 };
-    for (int si = 0; si < 6; si++) {
+    for (int si = 0; si < 7; si++) {
         int rows = shapes[si][0], cols = shapes[si][1], transposed = rows % 16 == 0;
         size_t n = (size_t)rows * cols;
         bf16 *xb = (bf16 *)malloc_check(n * sizeof(bf16));
@@ -325,6 +326,60 @@ static void test_fused_sources(uint64_t seed) {
     cuda_free(ddense, n * sizeof(bf16)); cuda_free(dg, rows * M * sizeof(bf16));
     cuda_free(ddw, M * cols * sizeof(float)); cuda_free(dbounds, rows * sizeof(float2));
     free(hx); free(hw); free(x); free(w); free(y); free(codes); free(scales); free(gs); free(gc); free(hout); free(r1); free(r2);
+}
+
+// quantize_rows' one pass (whole_rows) against its two (row_scales, rows_codes), bit for bit:
+// scales, codes, transposed codes and a norm's statistics, for plain, LayerNorm and RMSNorm rows
+// of both kernels' widths (ragged ones too), partial row blocks, every format, with a zero row
+// and rows 2^±40 off
+static void test_whole_rows(uint64_t seed) {
+    const int shapes[6][2] = { { 80, 768 }, { 48, 1024 }, { 16, 64 }, { 32, 200 }, { 96, 1544 }, { 272, 2048 } };
+    const Format fmts[5] = { FMT_E2M1, FMT_E1M2, FMT_E3M0, FMT_E4M3, FMT_E5M2 };
+    const char *names[3] = { "plain", "layernorm", "rmsnorm" };
+    for (int si = 0; si < 6; si++) {
+        int rows = shapes[si][0], cols = shapes[si][1];
+        size_t n = (size_t)rows * cols;
+        bf16 *hx = (bf16 *)malloc_check(n * sizeof(bf16)), *hw = (bf16 *)malloc_check(2 * cols * sizeof(bf16));
+        for (int r = 0; r < rows; r++) {
+            float mag = r == 0 ? 0.0f : r == 1 ? 0x1p40f : r == 2 ? 0x1p-40f : exp2f((float)(r % 13) - 6.0f);
+            for (int c = 0; c < cols; c++) hx[(size_t)r * cols + c] = __float2bfloat16((float)rng_normal(seed + 70 + si, (size_t)r * cols + c) * mag + 0.1f * mag);
+        }
+        for (int i = 0; i < 2 * cols; i++) hw[i] = __float2bfloat16(1.0f + 0.3f * (float)rng_normal(seed + 80 + si, i));
+        bf16 *dx = (bf16 *)cuda_malloc(n * sizeof(bf16)), *dw = (bf16 *)cuda_malloc(2 * cols * sizeof(bf16));
+        fp8 *dc = (fp8 *)cuda_malloc(2 * n), *dt = (fp8 *)cuda_malloc(2 * n);
+        float *ds = (float *)cuda_malloc(6 * rows * sizeof(float));  // scales, mean, rstd; each path its own
+        fp8 *hc = (fp8 *)malloc_check(4 * n);
+        float *hs = (float *)malloc_check(6 * rows * sizeof(float));
+        cuda_upload(dx, hx, n * sizeof(bf16));
+        cuda_upload(dw, hw, 2 * cols * sizeof(bf16));
+        for (int op = 0; op < 3; op++)
+            for (int fi = 0; fi < 5; fi++) {
+                Format f = fmts[fi];
+                CUDA_CHECK(cudaMemset(dc, 0x7f, 2 * n));  // poison
+                CUDA_CHECK(cudaMemset(dt, 0x7f, 2 * n));
+                CUDA_CHECK(cudaMemset(ds, 0xff, 6 * rows * sizeof(float)));
+                for (int path = 0; path < 2; path++) {
+                    float *st = ds + 3 * rows * path;
+                    RowSource src = op == 0 ? rows_plain(dx)
+                                  : rows_norm(dx, dw, op == 1 ? dw + cols : NULL, op == 1 ? st + rows : NULL, st + 2 * rows, 1e-5f, NULL);
+                    if (path) whole_rows(dc + n, dt + n, st, &src, rows, cols, f, 0);
+                    else { row_scales(st, &src, rows, cols, f, 0); rows_codes(dc, dt, st, &src, NULL, NULL, 0, rows, cols, f, 0); }
+                }
+                cuda_download(hc, dc, 2 * n);
+                cuda_download(hc + 2 * n, dt, 2 * n);
+                cuda_download(hs, ds, 6 * rows * sizeof(float));
+                long bad_c = 0, bad_t = 0, bad_s = 0;
+                for (size_t i = 0; i < n; i++) { bad_c += hc[i] != hc[n + i]; bad_t += hc[2 * n + i] != hc[3 * n + i]; }
+                for (int i = 0; i < 3 * rows; i++) bad_s += f32_bits(hs[i]) != f32_bits(hs[3 * rows + i]);
+                CHECK(bad_c == 0 && bad_t == 0 && bad_s == 0, "whole_rows %s %s %dx%d: %ld codes, %ld transposed codes, %ld scales or"
+                      " statistics differ from the two passes'", names[op], format_name(f), rows, cols, bad_c, bad_t, bad_s);
+            }
+        printf("whole_rows %dx%d: plain, layernorm, rmsnorm in 5 formats, the two passes' codes, transposed codes, scales and"
+               " statistics bit for bit\n", rows, cols);
+        cuda_free(dx, n * sizeof(bf16)); cuda_free(dw, 2 * cols * sizeof(bf16)); cuda_free(dc, 2 * n); cuda_free(dt, 2 * n);
+        cuda_free(ds, 6 * rows * sizeof(float));
+        free(hx); free(hw); free(hc); free(hs);
+    }
 }
 
 // OCC's bounds on rows wider than OCC_WHOLE_KEYS (the selection keeps only its keys' upper halves
@@ -691,6 +746,7 @@ int main(void) {
     CUDA_CHECK(cudaFree(dx)); CUDA_CHECK(cudaFree(dy));
     free(x); free(got);
     test_quantize(seed);
+    test_whole_rows(seed);
     test_fused_sources(seed);
     test_occ(seed);
     test_occ_wide(seed);
