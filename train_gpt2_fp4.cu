@@ -151,6 +151,8 @@ typedef struct {
 #define GRAD(m, kind) ((m)->grads + (m)->off[kind])
 
 static int quantized(const Model *m, int lin) { return m->recipe.lin[lin].f.x != FMT_BF16; }
+// a forward GEMM --fast-accum applies to: products of 4-bit codes, whose sums are short
+static int fast_accum_fits(const OperandFormats *f) { return format_is_fp4(f->x) && format_is_fp4(f->w); }
 
 // waits for the model's stream (through the watchdog when there are other ranks)
 static void model_wait(Model *m) { dist_sync(m->dist, m->stream); }
@@ -488,7 +490,7 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
         RowSource w = rows_plain(W);
         quant_error_sums(qs + QS_W, &w, wq, sw, NULL, NULL, 0, M, K, f->w, st);
     }
-    int fast = m->fast_accum && format_is_fp4(f->x) && format_is_fp4(f->w);  // products of 4-bit codes sum short
+    int fast = m->fast_accum && fast_accum_fits(f);
     matmul_fp8(pre ? pre : y, CUDA_R_16BF, wq, fp8_type(f->w), sw, s->xcodes, fp8_type(f->x), xs, M, N, K, residual,
                residual ? 1.0f : 0.0f, b, NULL, b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, fast, st);
     if (!occ_comp(m, lin)) return;
@@ -972,7 +974,7 @@ int main(int argc, char **argv) {
                dist.world > 1 ? (m.parts > 1 ? ", optimizer state sharded (ZeRO-1)" : ", optimizer state replicated") : "", desc, m.nparams);
         recipe_print(recipe_table[ro.recipe].name, &recipe);
         int fp4_gemms = 0;
-        for (int l = 0; l < NUM_LINEARS; l++) fp4_gemms |= format_is_fp4(recipe.lin[l].f.x) && format_is_fp4(recipe.lin[l].f.w);
+        for (int l = 0; l < NUM_LINEARS; l++) fp4_gemms |= fast_accum_fits(&recipe.lin[l].f);
         if (fp4_gemms) printf("forward GEMMs of 4-bit codes %s\n", fast_accum ? "summed in the tensor cores (--fast-accum 1)" : "promoted to FP32 every 128 k (--fast-accum 0)");
         printf("%s master weights\nbatch %d x %d per rank, %d micro-step(s) per step, %lld tokens per step, %d steps\n",
                master_fp32 ? "FP32" : "BF16 (stochastic rounding)", a.B, a.T, accum, step_tokens, a.max_steps);
