@@ -3,8 +3,7 @@
 // one is kept; and the deterministic sum of squares for the global gradient norm. DGE (SPEC.md 4)
 // scales the step's 4-bit weight gradients in both, as they are read: the norm is the corrected
 // gradients', and the gradient buffer is never written back (the norm's pass that stored them
-// took 3.1 ms a step at LLaMA 928M, 2.7 without the store: the factor's arithmetic bounds it;
-// bf16's plain norm takes 1.3).
+// took 3.1 ms a step at LLaMA 928M, 2.7 without the store; see grad_sumsq for what it takes now).
 #ifndef LLMC_ADAMW_CUH
 #define LLMC_ADAMW_CUH
 
@@ -18,13 +17,12 @@
 // rows K long); scales NULL: none
 typedef struct { const float *scales; unsigned K; Format f; float k; } Dge;
 
-// g[0..3], the gradients of the tensor's elements e .. e + 3, times their DGE factors; w their 4 BF16
-// weights. One row scale for the 4 where they share a row; E2M1, the recipe's format, with its
-// grid folded into constants.
-__device__ inline void dge4(float *g, uint2 w, const Dge &d, unsigned e) {
+// g[0..3], the gradients of the tensor's elements e .. e + 3 (e in row r), times their DGE
+// factors; w their 4 BF16 weights. One row scale for the 4 where they share a row; E2M1, the
+// recipe's format, with its grid folded into constants.
+__device__ inline void dge4_at(float *g, uint2 w, const Dge &d, unsigned e, unsigned r) {
     float2 w01 = bf16x2_floats(w.x), w23 = bf16x2_floats(w.y);
     const float wk[4] = { w01.x, w01.y, w23.x, w23.y };
-    unsigned r = e / d.K;
     if (e - r * d.K + 4 <= d.K) {
         float s = d.scales[r];
         if (d.f == FMT_E2M1) for (int k = 0; k < 4; k++) g[k] *= dge_factor(wk[k], s, FMT_E2M1, d.k);
@@ -33,6 +31,7 @@ __device__ inline void dge4(float *g, uint2 w, const Dge &d, unsigned e) {
         for (int k = 0; k < 4; k++) g[k] *= dge_factor(wk[k], d.scales[(e + k) / d.K], d.f, d.k);
     }
 }
+__device__ inline void dge4(float *g, uint2 w, const Dge &d, unsigned e) { dge4_at(g, w, d, e, e / d.K); }
 __device__ inline float dge1(float g, bf16 w, const Dge &d, unsigned e) {
     return g * dge_factor(__bfloat162float(w), d.scales[e / d.K], d.f, d.k);
 }
@@ -46,33 +45,66 @@ typedef struct {
     struct { size_t lo; unsigned len; Dge d; } r[MAX_DGE_RANGES];
 } DgeRanges;
 
-// the range of dge holding element i, or -1
-__device__ inline int dge_range(const DgeRanges &dge, size_t i) {
-    for (int j = 0; j < dge.n; j++)
-        if (i - dge.r[j].lo < dge.r[j].len) return j;  // unsigned: below lo wraps past len
-    return -1;
-}
+// The norm's pass walks the buffer as stretches, in order: each DGE range, and the gradients
+// before, between and after them (d.scales NULL). Within a stretch, its aligned groups of 4
+// (16-byte loads of g, 8 bytes of W); the at most 3 elements at each end that break a group, one
+// at a time, in the first block. In a DGE range a thread takes two groups at a time with the next
+// two's loads in flight, and a group's row comes from a product with 2^64 / K rounded up (exact
+// for offsets below 2^32), not a division. LLaMA 928M, ms a step: 2.71 with a range lookup, a
+// division and the factor's log2f in full per group, each group's loads waited for; 1.98 so
+// (bf16's norm without DGE: 1.33).
+#define SUMSQ_SEGS (2 * MAX_DGE_RANGES + 1)
+typedef struct { size_t lo, hi; Dge d; } SumsqSeg;
+typedef struct { int n; const bf16 *W; SumsqSeg s[SUMSQ_SEGS]; } SumsqPlan;
 
-// 4 elements a thread: 16-byte loads of g, 8 bytes of W, one range lookup for the 4. Element by
-// element, with the lookups and powf, the pass was compute-bound at 6.1 ms a step at LLaMA 928M;
-// 4 at a time and storing the corrected gradients, 3.1 (~2.3 would be those bytes at bandwidth).
-// A group of 4 that straddles a range's end, or the buffer's, goes element by element (a group
-// whose first and last elements share a range lies inside it: a range, a weight matrix, holds at
-// least 8 entries).
-__global__ void sumsq_partial_kernel(float *partial, const float *g, size_t n, DgeRanges dge) {
+__global__ void sumsq_partial_kernel(float *partial, const float *g, SumsqPlan p) {
     float s = 0.0f;
-    for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; 4 * c < n; c += (size_t)gridDim.x * blockDim.x) {
-        size_t i = 4 * c;
-        int j = dge_range(dge, i);
-        if (i + 4 <= n && dge_range(dge, i + 3) == j) {
-            float4 v4 = *(const float4 *)(g + i);
-            float v[4] = { v4.x, v4.y, v4.z, v4.w };
-            if (j >= 0) dge4(v, *(const uint2 *)(dge.W + i), dge.r[j].d, (unsigned)(i - dge.r[j].lo));
-            s += v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
+    size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x, nt = (size_t)gridDim.x * blockDim.x;
+    for (int j = 0; j < p.n; j++) {
+        const SumsqSeg sg = p.s[j];
+        size_t a = (sg.lo + 3) / 4, b = sg.hi / 4;  // whole groups [a, b)
+        if (!sg.d.scales) {
+            for (size_t c = a + tid; c < b; c += nt) {
+                float4 v = *(const float4 *)(g + 4 * c);
+                s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
         } else {
-            for (size_t e = i; e < i + 4 && e < n; e++) {
-                int je = dge_range(dge, e);
-                float v = je < 0 ? g[e] : dge1(g[e], dge.W[e], dge.r[je].d, (unsigned)(e - dge.r[je].lo));
+            // pairs of groups c, c + nt: the next pair's loads in flight while this one's factors are made
+            uint64_t kdiv = ~0ull / sg.d.K + 1;
+            float4 v4[2][2];
+            uint2 w[2][2];
+            auto fetch = [&](int buf, size_t c) {
+                #pragma unroll
+                for (int u = 0; u < 2; u++)
+                    if (c + u * nt < b) {
+                        v4[buf][u] = *(const float4 *)(g + 4 * (c + u * nt));
+                        w[buf][u] = *(const uint2 *)(p.W + 4 * (c + u * nt));
+                    }
+            };
+            auto work = [&](int buf, size_t c) {
+                #pragma unroll
+                for (int u = 0; u < 2; u++)
+                    if (c + u * nt < b) {
+                        unsigned e = (unsigned)(4 * (c + u * nt) - sg.lo);
+                        float v[4] = { v4[buf][u].x, v4[buf][u].y, v4[buf][u].z, v4[buf][u].w };
+                        dge4_at(v, w[buf][u], sg.d, e, (unsigned)__umul64hi(e, kdiv));
+                        s += v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
+                    }
+            };
+            fetch(0, a + tid);
+            for (size_t c = a + tid; c < b; c += 4 * nt) {  // the buffers by constant indices: registers
+                if (c + 2 * nt < b) fetch(1, c + 2 * nt);
+                work(0, c);
+                if (c + 2 * nt >= b) break;
+                if (c + 4 * nt < b) fetch(0, c + 4 * nt);
+                work(1, c + 2 * nt);
+            }
+        }
+        size_t head = 4 * a < sg.hi ? 4 * a : sg.hi, tail = 4 * b > head ? 4 * b : head;  // [lo, head), [tail, hi)
+        if (blockIdx.x == 0 && threadIdx.x < 6) {
+            size_t e = threadIdx.x < 3 ? sg.lo + threadIdx.x : tail + threadIdx.x - 3;
+            if (e < (threadIdx.x < 3 ? head : sg.hi)) {
+                float v = sg.d.scales ? dge1(g[e], p.W[e], sg.d, (unsigned)(e - sg.lo)) : g[e];
                 s += v * v;
             }
         }
@@ -88,11 +120,27 @@ __global__ void sumsq_final_kernel(float *out, const float *partial, int n) {
     if (threadIdx.x == 0) *out = s;
 }
 
-// *out (device) = sum of g^2, in a fixed order, g times its DGE factor on dge's ranges (dge->n may
-// be 0); scratch: SUMSQ_BLOCKS floats. (A grid of one wave of resident blocks took the pass from
-// 3.13 to 2.96 ms at LLaMA 928M, 0.2% of the step: not worth an occupancy query's state.)
+// *out (device) = sum of g^2 over g's n elements, in a fixed order, g times its DGE factor on
+// dge's ranges (dge->n may be 0; ranges in any order, not overlapping); scratch: SUMSQ_BLOCKS floats
 static void grad_sumsq(float *out, const float *g, size_t n, const DgeRanges *dge, float *scratch, cudaStream_t s) {
-    sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, n, *dge);
+    SumsqPlan p;
+    memset(&p, 0, sizeof(p));
+    p.W = dge->W;
+    int done[MAX_DGE_RANGES] = { 0 };
+    for (size_t at = 0; at < n;) {  // the lowest range not yet taken, and the stretch before it
+        int next = -1;
+        for (int j = 0; j < dge->n; j++)
+            if (!done[j] && (next < 0 || dge->r[j].lo < dge->r[next].lo)) next = j;
+        size_t lo = next < 0 ? n : dge->r[next].lo;
+        if (lo < at || lo > n || (next >= 0 && (dge->r[next].len > n - lo || dge->r[next].d.K < 2)))
+            die("grad_sumsq: DGE range %d outside the buffer, overlapping another, or of rows shorter than 2", next);
+        if (lo > at) p.s[p.n++] = (SumsqSeg){ at, lo, {} };
+        if (next < 0) break;
+        p.s[p.n++] = (SumsqSeg){ lo, lo + dge->r[next].len, dge->r[next].d };
+        at = lo + dge->r[next].len;
+        done[next] = 1;
+    }
+    sumsq_partial_kernel<<<SUMSQ_BLOCKS, 256, 0, s>>>(scratch, g, p);
     sumsq_final_kernel<<<1, 1024, 0, s>>>(out, scratch, SUMSQ_BLOCKS);
     CUDA_CHECK(cudaGetLastError());
 }

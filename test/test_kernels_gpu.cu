@@ -577,9 +577,9 @@ static void test_replica_hash(void) {
 }
 
 // The gradient norm's pass with DGE in it (grad_sumsq) on an odd-sized buffer whose DGE ranges
-// start, end and break rows off the kernel's groups of 4 (and one range aligned to them), E2M1 and
-// E3M0 weights, a zero row: the gradients left as they were, bit for bit, and the sum of squares
-// within 1e-6 of the double-precision sum of the CPU's g f'(W / s).
+// (given out of order) start, end and break rows off the kernel's groups of 4 (and one range
+// aligned to them), E2M1 and E3M0 weights, a zero row: the gradients left as they were, bit for
+// bit, and the sum of squares within 1e-6 of the double-precision sum of the CPU's g f'(W / s).
 static void test_grad_sumsq(void) {
     const size_t n = 10007;
     const struct { size_t lo; unsigned K, rows; Format f; } spec[3] = { { 3, 7, 50, FMT_E2M1 }, { 1000, 24, 100, FMT_E2M1 },
@@ -604,8 +604,8 @@ static void test_grad_sumsq(void) {
         scales[j] = s;
         float *ds = (float *)cuda_malloc(rows * sizeof(float));
         cuda_upload(ds, s, rows * sizeof(float));
-        dge.r[j].lo = spec[j].lo; dge.r[j].len = K * rows;
-        dge.r[j].d = (Dge){ ds, K, spec[j].f, 5.0f };
+        dge.r[2 - j].lo = spec[j].lo; dge.r[2 - j].len = K * rows;  // listed last to first: grad_sumsq orders them
+        dge.r[2 - j].d = (Dge){ ds, K, spec[j].f, 5.0f };
     }
     cuda_upload((bf16 *)dge.W, w, n * sizeof(bf16));  // with the zero rows
     float *dg = (float *)cuda_malloc(n * sizeof(float)), *scratch = (float *)cuda_malloc((SUMSQ_BLOCKS + 1) * sizeof(float));
@@ -630,7 +630,7 @@ static void test_grad_sumsq(void) {
     CHECK(changed == 0 && se <= 1e-6, "grad_sumsq with DGE: %zu gradients changed, sum of squares error %.3g (bound 1e-6)", changed, se);
     printf("grad_sumsq with DGE: %zu gradients, %zu in 3 ranges (E2M1, E3M0), none changed, sum of squares %.2g off the CPU's\n", n,
            inside, se);
-    for (int j = 0; j < 3; j++) { cuda_free((void *)dge.r[j].d.scales, spec[j].rows * sizeof(float)); free(scales[j]); }
+    for (int j = 0; j < 3; j++) { cuda_free((void *)dge.r[2 - j].d.scales, spec[j].rows * sizeof(float)); free(scales[j]); }
     cuda_free((void *)dge.W, n * sizeof(bf16)); cuda_free(dg, n * sizeof(float)); cuda_free(scratch, (SUMSQ_BLOCKS + 1) * sizeof(float));
     free(g); free(w); free(wf);
 }
