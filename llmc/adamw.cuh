@@ -57,6 +57,28 @@ typedef struct {
 typedef struct { size_t lo, hi; Dge d; } SumsqSeg;
 typedef struct { int n; const bf16 *W; SumsqSeg s[SUMSQ_SEGS]; } SumsqPlan;
 
+// the loads of groups c and c + nt (those below b) of gradients g and weights W
+__device__ inline void pair_fetch(float4 *v, uint2 *w, const float *g, const bf16 *W, size_t c, size_t nt, size_t b) {
+    #pragma unroll
+    for (int u = 0; u < 2; u++)
+        if (c + u * nt < b) {
+            v[u] = *(const float4 *)(g + 4 * (c + u * nt));
+            w[u] = *(const uint2 *)(W + 4 * (c + u * nt));
+        }
+}
+// s += their gradients' squares, each times its DGE factor (kdiv: 2^64 / K rounded up)
+__device__ inline void pair_sumsq(float &s, const float4 *v, const uint2 *w, const SumsqSeg &sg, uint64_t kdiv, size_t c, size_t nt,
+                                  size_t b) {
+    #pragma unroll
+    for (int u = 0; u < 2; u++)
+        if (c + u * nt < b) {
+            unsigned e = (unsigned)(4 * (c + u * nt) - sg.lo);
+            float x[4] = { v[u].x, v[u].y, v[u].z, v[u].w };
+            dge4_at(x, w[u], sg.d, e, (unsigned)__umul64hi(e, kdiv));
+            s += x[0] * x[0] + x[1] * x[1] + x[2] * x[2] + x[3] * x[3];
+        }
+}
+
 __global__ void sumsq_partial_kernel(float *partial, const float *g, SumsqPlan p) {
     float s = 0.0f;
     size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x, nt = (size_t)gridDim.x * blockDim.x;
@@ -69,35 +91,18 @@ __global__ void sumsq_partial_kernel(float *partial, const float *g, SumsqPlan p
                 s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
             }
         } else {
-            // pairs of groups c, c + nt: the next pair's loads in flight while this one's factors are made
+            // pairs of groups c, c + nt: the next pair's loads in flight while this one's factors are
+            // made (two named buffers: indexed by a variable, they would live in local memory)
             uint64_t kdiv = ~0ull / sg.d.K + 1;
-            float4 v4[2][2];
-            uint2 w[2][2];
-            auto fetch = [&](int buf, size_t c) {
-                #pragma unroll
-                for (int u = 0; u < 2; u++)
-                    if (c + u * nt < b) {
-                        v4[buf][u] = *(const float4 *)(g + 4 * (c + u * nt));
-                        w[buf][u] = *(const uint2 *)(p.W + 4 * (c + u * nt));
-                    }
-            };
-            auto work = [&](int buf, size_t c) {
-                #pragma unroll
-                for (int u = 0; u < 2; u++)
-                    if (c + u * nt < b) {
-                        unsigned e = (unsigned)(4 * (c + u * nt) - sg.lo);
-                        float v[4] = { v4[buf][u].x, v4[buf][u].y, v4[buf][u].z, v4[buf][u].w };
-                        dge4_at(v, w[buf][u], sg.d, e, (unsigned)__umul64hi(e, kdiv));
-                        s += v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
-                    }
-            };
-            fetch(0, a + tid);
-            for (size_t c = a + tid; c < b; c += 4 * nt) {  // the buffers by constant indices: registers
-                if (c + 2 * nt < b) fetch(1, c + 2 * nt);
-                work(0, c);
+            float4 va[2], vb[2];
+            uint2 wa[2], wb[2];
+            pair_fetch(va, wa, g, p.W, a + tid, nt, b);
+            for (size_t c = a + tid; c < b; c += 4 * nt) {
+                if (c + 2 * nt < b) pair_fetch(vb, wb, g, p.W, c + 2 * nt, nt, b);
+                pair_sumsq(s, va, wa, sg, kdiv, c, nt, b);
                 if (c + 2 * nt >= b) break;
-                if (c + 4 * nt < b) fetch(0, c + 4 * nt);
-                work(1, c + 2 * nt);
+                if (c + 4 * nt < b) pair_fetch(va, wa, g, p.W, c + 4 * nt, nt, b);
+                pair_sumsq(s, vb, wb, sg, kdiv, c + 2 * nt, nt, b);
             }
         }
         size_t head = 4 * a < sg.hi ? 4 * a : sg.hi, tail = 4 * b > head ? 4 * b : head;  // [lo, head), [tail, hi)
