@@ -576,14 +576,13 @@ static void test_replica_hash(void) {
     free(h); free(f);
 }
 
-// The gradient norm's pass with DGE in it (grad_sumsq) on an odd-sized buffer whose DGE ranges
-// (given out of order) start, end and break rows off the kernel's groups of 4 (and one range
-// aligned to them), E2M1 and E3M0 weights, a zero row: the gradients left as they were, bit for
-// bit, and the sum of squares within 1e-6 of the double-precision sum of the CPU's g f'(W / s).
-static void test_grad_sumsq(void) {
-    const size_t n = 10007;
-    const struct { size_t lo; unsigned K, rows; Format f; } spec[3] = { { 3, 7, 50, FMT_E2M1 }, { 1000, 24, 100, FMT_E2M1 },
-                                                                         { 5001, 13, 40, FMT_E3M0 } };
+// The gradient norm's pass with DGE in it (grad_sumsq) on odd-sized buffers (a small one, and one
+// whose ranges give each thread several groups) whose DGE ranges (given out of order) start, end
+// and break rows off the kernel's groups of 4 (and one range aligned to them), E2M1 and E3M0
+// weights, a zero row: the gradients left as they were, bit for bit, and the sum of squares
+// within 1e-6 of the double-precision sum of the CPU's g f'(W / s).
+typedef struct { size_t lo; unsigned K, rows; Format f; } SumsqRange;
+static void grad_sumsq_case(size_t n, const SumsqRange *spec) {
     float *g = (float *)malloc_check(2 * n * sizeof(float)), *got = g + n;
     bf16 *w = (bf16 *)malloc_check(n * sizeof(bf16));
     float *wf = (float *)malloc_check(n * sizeof(float));
@@ -633,6 +632,14 @@ static void test_grad_sumsq(void) {
     for (int j = 0; j < 3; j++) { cuda_free((void *)dge.r[2 - j].d.scales, spec[j].rows * sizeof(float)); free(scales[j]); }
     cuda_free((void *)dge.W, n * sizeof(bf16)); cuda_free(dg, n * sizeof(float)); cuda_free(scratch, (SUMSQ_BLOCKS + 1) * sizeof(float));
     free(g); free(w); free(wf);
+}
+static void test_grad_sumsq(void) {
+    const SumsqRange small[3] = { { 3, 7, 50, FMT_E2M1 }, { 1000, 24, 100, FMT_E2M1 }, { 5001, 13, 40, FMT_E3M0 } };
+    grad_sumsq_case(10007, small);
+    // ranges of several groups a thread (the grid has 2^18 threads of groups of 4): each thread's
+    // pairs with the next pair's loads in flight, and the last pair cut short
+    const SumsqRange large[3] = { { 7, 768, 4000, FMT_E2M1 }, { 3072011, 1000, 1500, FMT_E3M0 }, { 4600003, 1544, 1000, FMT_E2M1 } };
+    grad_sumsq_case(6291461, large);
 }
 
 // The FP8 attention core on q, k ~ N(0, 1) and V rows whose sizes span 2^-12 .. 2^6 (V's scales
