@@ -6,8 +6,9 @@ an FP32 master copy, --master-fp32 1); attention on cuDNN's flash SDPA, or with 
 on our FP8 forward (llmc/attention_fp8.cuh) and cuDNN's backward. The block linears run in
 the recipe's formats (llmc/recipe.h): BF16 GEMMs on cuBLASLt, or FP8 / FP4 codes with per-row
 scales on the FP8 tensor cores (cuBLASLt OUTER_VEC_32F; on Hopper, GPT-2's fcproj dgrad runs our
-own GEMM, llmc/gemm_fp8.cuh, with GELU's derivative and fc's gradient scales in its epilogue;
-forward GEMMs of 4-bit codes sum in the tensor cores without FP32 promotion, --fast-accum), with
+own GEMM, llmc/gemm_fp8.cuh, with GELU's derivative and fc's gradient scales in its epilogue, and
+its fc forward too, with the row maxima GELU's scales come from; forward GEMMs of 4-bit codes sum
+in the tensor cores without FP32 promotion, --fast-accum), with
 DGE for 4-bit weights and OCC for 4-bit activations (llmc/occ.cuh); tensor-wise scaling
 (--scaling tensor, the naive-FP4 ablation) puts one scale in every row's slot. --quant-stats N
 logs each quantized operand's error and the DGE norms (llmc/quant_error.cuh). Not on the GPU:
@@ -77,6 +78,7 @@ typedef struct {
     float *partial;              // column-sum and norm partials; the gradient-norm partials
     fp8 *xcodes;                 // (F) (N, maxK) input codes for the forward GEMM
     bf16 *occ_dense;             // (F) (N, maxK) OCC: the residual R as a dense matrix, for the compensation's GEMM
+    float *gelu_rowmax;          // (F) (N, tiles) fused_gelu_scales: fc output's row maxima by tile (RowSource.part)
     bf16 *dqkv;                  // (B) (N, QKV)
     bf16 *dres;                  // (B) (N, C) gradient of the residual stream
     bf16 *datty;                 // (B) (N, C)
@@ -220,6 +222,15 @@ static int fused_dgelu(const Model *m) {
     const OperandFormats *f = &m->recipe.lin[LIN_FCPROJ].f;
     return m->own_gemm && m->cfg.arch == ARCH_GPT2 && quantized(m, LIN_FC) && quantized(m, LIN_FCPROJ) && f->g == FMT_E4M3 &&
            fp8_type(f->w) == CUDA_R_8F_E4M3;
+}
+
+// GPT-2's fc forward on our GEMM (sums in the tensor cores, as --fast-accum has cuBLASLt's), its
+// epilogue adding the bias and keeping each row's largest output by tile: fcproj's quantizer takes
+// GELU's scales from those and skips its pass over the rows for them. Without OCC on either: fc's
+// compensation would change its output after the GEMM, fcproj's bounds need a pass of their own.
+static int fused_gelu_scales(const Model *m) {
+    return m->own_gemm && m->fast_accum && m->cfg.arch == ARCH_GPT2 && quantized(m, LIN_FC) && quantized(m, LIN_FCPROJ) &&
+           fast_accum_fits(&m->recipe.lin[LIN_FC].f) && !occ_on(m, LIN_FC) && !occ_on(m, LIN_FCPROJ);
 }
 
 // d: the other ranks (NULL: none); zero: shard the optimizer state over them
@@ -380,6 +391,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     SHARE();
     BUF(s->xcodes, anyq ? N * maxK : 0);
     BUF(s->occ_dense, anycomp * N * maxK);
+    BUF(s->gelu_rowmax, fused_gelu_scales(m) ? N * fp8_gemm_tiles_n(F) : 0);
     BUF(s->att8_mem, m->recipe.attn_fp8 ? att8_bytes(B, T, c->H, c->KV, config_hd(c)) : 0);
     SHARE();
     int fc_grad = !quantized(m, LIN_FC) || (occ_comp(m, LIN_FC) && !fused_dgelu(m));
@@ -490,9 +502,14 @@ static void linear_forward(Model *m, int lin, int l, bf16 *y, bf16 *pre, const R
         RowSource w = rows_plain(W);
         quant_error_sums(qs + QS_W, &w, wq, sw, NULL, NULL, 0, M, K, f->w, st);
     }
-    int fast = m->fast_accum && fast_accum_fits(f);
-    matmul_fp8(pre ? pre : y, CUDA_R_16BF, wq, fp8_type(f->w), sw, s->xcodes, fp8_type(f->x), xs, M, N, K, residual,
-               residual ? 1.0f : 0.0f, b, NULL, b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, fast, st);
+    if (lin == LIN_FC && fused_gelu_scales(m)) {
+        GemmFp8 p = { xs, sw, N, M, K, NULL, NULL, NULL, 1, b, s->gelu_rowmax };
+        fp8_gemm(pre, s->xcodes, wq, NULL, &p, st);
+    } else {
+        int fast = m->fast_accum && fast_accum_fits(f);
+        matmul_fp8(pre ? pre : y, CUDA_R_16BF, wq, fp8_type(f->w), sw, s->xcodes, fp8_type(f->x), xs, M, N, K, residual,
+                   residual ? 1.0f : 0.0f, b, NULL, b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, fast, st);
+    }
     if (!occ_comp(m, lin)) return;
     occ_compensate(pre ? pre : y, &o, W, N, M, K, st);
 }
@@ -604,6 +621,10 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
         float *stats = targets ? a->att_stats + (size_t)l * N * c->H : NULL;
         RowSource in[NUM_LINEARS];
         block_inputs(m, l, in);
+        if (fused_gelu_scales(m)) {  // this layer's, until the next fc forward (so not in block_inputs)
+            in[LIN_FCPROJ].part = m->s.gelu_rowmax;
+            in[LIN_FCPROJ].part_tiles = fp8_gemm_tiles_n(FF);
+        }
         linear_forward(m, LIN_QKV, l, qkv, NULL, &in[LIN_QKV], NULL, N);
         attention_forward(atty, stats, qkv, cs, sn, m->recipe.attn_fp8 ? &m->s.att8 : NULL, B, T, c->H, c->KV, hd, st);
         linear_forward(m, LIN_ATTPROJ, l, res2, NULL, &in[LIN_ATTPROJ], res, N);

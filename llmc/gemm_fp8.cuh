@@ -6,6 +6,8 @@
 //   A (M, K), B (N, K): E4M3 bytes contiguous along k (TN, as cuBLASLt's OUTER_VEC_32F GEMM the
 //   trainer runs elsewhere); sa (M), sb (N): FP32 scales
 //
+// With bias and row_max (fast sums only), GPT-2's fc forward: D = the product + bias, and each
+// row's largest D per tile of BN columns, from which GELU's scales come without a pass over D.
 // With pre (M, N), the dGELU epilogue: D is the gradient of GELU's input, v = bf16(bf16(D) *
 // gelu'(pre)), the dgrad of fcproj followed by GELU's derivative, and it makes the first pass of
 // v's own quantization (quantize_grad's grad_part_kernel, SPEC.md 4) as it goes: per row and tile of
@@ -20,14 +22,16 @@
 // thread issues TMA loads of A's and B's 128-byte k-slices into a ring of STAGES buffers
 // (128-byte swizzle, the layout wgmma reads without bank conflicts). The CTAs of a cluster take
 // vertically adjacent tiles, so each loads 1 / CLUSTER of B's slice and multicasts it to all.
-// Warpgroups 1 and 2 each multiply 64 rows of the tile with m64n128k32 wgmmas. Each 128-wide
-// k-slice is summed by the tensor cores into a fresh partial sum, then added in FP32 on the CUDA
-// cores: Hopper's FP8 accumulation keeps fewer bits than FP32 (a k of 32768 drifts past BF16's
-// rounding), and cuBLASLt promotes the same way. The epilogue writes the tile into a swizzled
-// BF16 tile in shared memory (where TMA put pre's tile during the k loop), and one thread stores
-// it with TMA while the warpgroup starts its next tile. What bounds the k loop is shared
-// memory's bandwidth: a k-slice writes (BM + BN) x 128 bytes and the wgmmas read each
-// warpgroup's A and all of B.
+// Warpgroups 1 and 2 each multiply 64 rows of the tile. Each 128-wide k-slice is summed by the
+// tensor cores into a fresh partial sum (m64n128k32 wgmmas, a half of the tile at a time), then
+// added in FP32 on the CUDA cores: Hopper's FP8 accumulation keeps fewer bits than FP32 (a k of
+// 32768 drifts past BF16's rounding), and cuBLASLt promotes the same way. With fast (4-bit codes,
+// whose products it sums exactly at the trainer's k: dev/NOTES.md, session 29) the whole k stays
+// in the tensor cores, m64n256k32 wgmmas into the tile's sums, a slice's in flight while the next
+// one's are issued. The epilogue writes the tile into a swizzled BF16 tile in shared memory
+// (where TMA put pre's tile during the k loop), and one thread stores it with TMA while the
+// warpgroup starts its next tile. What bounds the k loop is shared memory's bandwidth: a k-slice
+// writes (BM + BN) x 128 bytes and the wgmmas read each warpgroup's A and all of B.
 //
 // wgmma exists only on sm_90a: the Makefile builds that target beside plain PTX, whose kernel
 // traps; fp8_gemm_supported() says whether this GPU runs it.
@@ -58,6 +62,13 @@ typedef struct {
     // (N), and where the first pass goes (grad_part_floats(M, N, fp8_gemm_tiles_n(N), GEMM_PART_ROWS))
     const float *row_scale, *col_scale;
     float *part;
+    // fast: the sums stay in the tensor cores, not promoted to FP32 every BK (the trainer's
+    // --fast-accum, for 4-bit codes only; not with pre). Then with bias (N), D = the product + bias,
+    // and with row_max (M, fp8_gemm_tiles_n(N)), each row's largest value of D (signed, as stored)
+    // over each tile of BN columns: GELU's scales come from them (quantize.cuh's gelu_part_scales)
+    int fast;
+    const bf16 *bias;
+    float *row_max;
 } GemmFp8;
 
 // the tiles' ring; each consumer warpgroup's output tile, then its tile's 64 row and BN column
@@ -158,6 +169,27 @@ template <bool ACCUMULATE> __device__ inline void wgmma_m64n128k32(float (&d)[64
 #undef INOUT
 #undef WGMMA_M64N128K32
 
+// d (64 x 256 over the warpgroup, its halves d[0] and d[1] laid out as m64n128k32's) += A (64 x
+// 32) B (256 x 32)^T: one instruction reads A once for the whole width (two halves read it twice)
+#define D8(h, i) "+f"(d[h][i]), "+f"(d[h][i + 1]), "+f"(d[h][i + 2]), "+f"(d[h][i + 3]), "+f"(d[h][i + 4]), "+f"(d[h][i + 5]), \
+                 "+f"(d[h][i + 6]), "+f"(d[h][i + 7])
+__device__ inline void wgmma_m64n256k32(float (&d)[2][64], uint64_t da, uint64_t db) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3"
+                 " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+                 " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+                 " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+                 " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+                 " %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+                 " %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+                 " %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+                 " %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127},"
+                 " %128, %129, 1, 1, 1;"
+                 : D8(0, 0), D8(0, 8), D8(0, 16), D8(0, 24), D8(0, 32), D8(0, 40), D8(0, 48), D8(0, 56),
+                   D8(1, 0), D8(1, 8), D8(1, 16), D8(1, 24), D8(1, 32), D8(1, 40), D8(1, 48), D8(1, 56)
+                 : "l"(da), "l"(db));
+}
+#undef D8
+
 // a and b rounded to BF16 (to nearest, ties to even: quant.h's bf16_round) in one conversion, as
 // the 32-bit word they are stored as, and as floats again
 __device__ inline uint32_t bf16x2_bits(float a, float b) {
@@ -168,7 +200,7 @@ __device__ inline float2 round_bf16x2(float a, float b) { return bf16x2_floats(b
 
 // ---------------------------------------------------------------------------------------------
 
-template <bool DGELU>
+template <bool DGELU, bool FAST>
 __global__ void __launch_bounds__(GEMM_THREADS, 1)
 fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                 const __grid_constant__ CUtensorMap map_d, const __grid_constant__ CUtensorMap map_pre, GemmFp8 p) {
@@ -221,48 +253,74 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
     // 8 columns i, the pairs (row, 8i + 2q + {0, 1}) and (row + 8, ...) with q = lane % 4.
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     int rows_off = (wg - 1) * 64, tid = threadIdx.x % 128, it = 0, tile = 0;
-    float acc[BN / 2], part[64];
+    float acc[2][64];  // the tile's two 128-column halves
     uint8_t *out = out_tiles + (wg - 1) * OUT_BYTES;
     // the tile's scales, in shared memory for the epilogue: a thread loads BN / 128 of each column
     // scale and (the first 64) one of each row scale as the tile starts, stores them once its sums
     // are done
     float *row_scale = scales + (wg - 1) * 2 * (64 + BN), *col_scale = row_scale + 64;
-    float *q_row = col_scale + BN, *q_col = q_row + 64;  // the quantizer's (dGELU)
+    float *q_row = col_scale + BN, *q_col = q_row + 64;  // the quantizer's (dGELU); q_col: FAST's bias
     for (int u = first; u < units; u += step, tile++) {
         int m0 = (u / tiles_n * CLUSTER + rank) * BM, n0 = u % tiles_n * BN;
         int r = m0 + rows_off + tid, c = n0 + tid;
         float my_row = tid < 64 && r < M ? p.sa[r] : 0.0f, my_col[BN / 128], my_qrow = 0.0f, my_qcol[BN / 128];
         for (int j = 0; j < BN / 128; j++) {
             my_col[j] = c + 128 * j < N ? p.sb[c + 128 * j] : 0.0f;
-            my_qcol[j] = DGELU && c + 128 * j < N ? p.col_scale[c + 128 * j] : 0.0f;
+            my_qcol[j] = DGELU && c + 128 * j < N ? p.col_scale[c + 128 * j]
+                       : FAST && p.bias && c + 128 * j < N ? __bfloat162float(p.bias[c + 128 * j]) : 0.0f;
         }
         if (DGELU) my_qrow = tid < 64 && r < M ? p.row_scale[r] : 0.0f;
-        // a slice's two halves are summed and added in turn, the other warpgroup's wgmmas filling the gaps
-        for (int i = 0; i < BN / 2; i++) acc[i] = 0.0f;
+        #pragma unroll
+        for (int h = 0; h < 2; h++)
+            #pragma unroll
+            for (int i = 0; i < 64; i++) acc[h][i] = 0.0f;
         for (int kt = 0; kt < ktiles; kt++, it++) {
             int s = it % STAGES;
             mbar_wait(&full[s], it / STAGES & 1);
             uint64_t da = smem_desc(sa_tiles + s * BM * BK + rows_off * BK), db = smem_desc(sb_tiles + s * BN * BK);
-            #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                uint64_t dbh = db + h * (128 * BK >> 4);  // B's rows 128h on, in 16-byte units
+            if (FAST) {
+                // the slice's wgmmas straight into the sums; the previous slice's stage is released
+                // once these have been issued and that slice's have completed
                 wgmma_fence();
-                wgmma_m64n128k32<false>(part, da, dbh);
                 #pragma unroll
-                for (int kk = 1; kk < BK / 32; kk++) wgmma_m64n128k32<true>(part, da + 2 * kk, dbh + 2 * kk);
+                for (int kk = 0; kk < BK / 32; kk++) wgmma_m64n256k32(acc, da + 2 * kk, db + 2 * kk);
                 wgmma_commit();
-                wgmma_wait<0>();
+                wgmma_wait<1>();
+                if (kt > 0 && lane == 0)
+                    for (int cta = 0; cta < CLUSTER; cta++) mbar_arrive_cluster(&empty[(it - 1) % STAGES], cta);
+            } else {
+                // a slice's two halves are summed and added in turn, the other warpgroup's wgmmas filling the gaps
+                float part[64];
                 #pragma unroll
-                for (int i = 0; i < 64; i++) { reg_fence(part[i]); acc[64 * h + i] += part[i]; }
+                for (int h = 0; h < 2; h++) {
+                    uint64_t dbh = db + h * (128 * BK >> 4);  // B's rows 128h on, in 16-byte units
+                    wgmma_fence();
+                    wgmma_m64n128k32<false>(part, da, dbh);
+                    #pragma unroll
+                    for (int kk = 1; kk < BK / 32; kk++) wgmma_m64n128k32<true>(part, da + 2 * kk, dbh + 2 * kk);
+                    wgmma_commit();
+                    wgmma_wait<0>();
+                    #pragma unroll
+                    for (int i = 0; i < 64; i++) { reg_fence(part[i]); acc[h][i] += part[i]; }
+                }
+                if (lane == 0)
+                    for (int cta = 0; cta < CLUSTER; cta++) mbar_arrive_cluster(&empty[s], cta);
             }
-            if (lane == 0)
-                for (int cta = 0; cta < CLUSTER; cta++) mbar_arrive_cluster(&empty[s], cta);
             // once the last tile's store has read the staging tile, pre's tile comes into it
             if (DGELU && kt == 0 && tid == 0) {
                 asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
                 mbar_expect_tx(&pre_bar[wg - 1], OUT_BYTES);
                 for (int h = 0; h < BN / 64; h++) tma_load(out + h * 64 * 128, &map_pre, &pre_bar[wg - 1], n0 + 64 * h, m0 + rows_off);
             }
+        }
+        if (FAST) {
+            wgmma_wait<0>();
+            #pragma unroll
+            for (int h = 0; h < 2; h++)
+                #pragma unroll
+                for (int i = 0; i < 64; i++) reg_fence(acc[h][i]);
+            if (lane == 0)
+                for (int cta = 0; cta < CLUSTER; cta++) mbar_arrive_cluster(&empty[(it - 1) % STAGES], cta);
         }
 
         // the epilogue: scaled BF16 into the warpgroup's staging tile, then one thread stores it
@@ -272,12 +330,12 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
         if (tid < 64) { row_scale[tid] = my_row; if (DGELU) q_row[tid] = my_qrow; }
         for (int j = 0; j < BN / 128; j++) {
             col_scale[tid + 128 * j] = my_col[j];
-            if (DGELU) q_col[tid + 128 * j] = my_qcol[j];
+            if (DGELU || FAST) q_col[tid + 128 * j] = my_qcol[j];
         }
         warpgroup_sync(wg);
         if (DGELU) mbar_wait(&pre_bar[wg - 1], tile & 1);
         int r0 = warp * 16 + lane / 4;  // and r0 + 8, in the warpgroup's 64 rows
-        float s0 = row_scale[r0], s1 = row_scale[r0 + 8], rmax0 = 0.0f, rmax1 = 0.0f;
+        float s0 = row_scale[r0], s1 = row_scale[r0 + 8], rmax0 = DGELU ? 0.0f : -INFINITY, rmax1 = rmax0;
         #pragma unroll
         for (int i = 0; i < BN / 8; i++) {
             // columns 8i + 2q, 8i + 2q + 1: 64-column half i / 8, 16-byte chunk i % 8, swizzled by the row
@@ -286,7 +344,12 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
             uint8_t *half = out + i / 8 * (64 * 128) + 4 * (lane % 4);
             uint32_t *o0 = (uint32_t *)(half + r0 * 128 + (((i % 8) ^ (r0 % 8)) << 4));
             uint32_t *o1 = (uint32_t *)(half + (r0 + 8) * 128 + (((i % 8) ^ (r0 % 8)) << 4));
-            float v[4] = { acc[4 * i] * s0 * w.x, acc[4 * i + 1] * s0 * w.y, acc[4 * i + 2] * s1 * w.x, acc[4 * i + 3] * s1 * w.y };
+            const float *a4 = &acc[i / 16][4 * (i % 16)];
+            float v[4] = { a4[0] * s0 * w.x, a4[1] * s0 * w.y, a4[2] * s1 * w.x, a4[3] * s1 * w.y };
+            if (FAST) {
+                float2 b = *(const float2 *)&q_col[cc];
+                v[0] += b.x; v[1] += b.y; v[2] += b.x; v[3] += b.y;
+            }
             uint32_t h0, h1;  // rows r0 and r0 + 8's pairs, as stored
             if (DGELU) {
                 float2 p0 = bf16x2_floats(*o0), p1 = bf16x2_floats(*o1), qc = *(const float2 *)&q_col[cc];
@@ -299,19 +362,26 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
             } else {
                 h0 = bf16x2_bits(v[0], v[1]);
                 h1 = bf16x2_bits(v[2], v[3]);
+                if (FAST && n0 + cc < N) {  // N is a multiple of 8: a pair is in or out whole
+                    float2 v0 = bf16x2_floats(h0), v1 = bf16x2_floats(h1);
+                    rmax0 = fmaxf(rmax0, fmaxf(v0.x, v0.y));
+                    rmax1 = fmaxf(rmax1, fmaxf(v1.x, v1.y));
+                }
             }
             *o0 = h0;
             *o1 = h1;
         }
-        if (DGELU) {
-            // rows: over the 4 lanes of a row, then per row and tile
+        float *row_max = DGELU ? pass1.row_max : p.row_max;
+        if ((DGELU || FAST) && row_max) {  // rows: over the 4 lanes of a row, then per row and tile
             for (int o = 1; o <= 2; o <<= 1) {
                 rmax0 = fmaxf(rmax0, __shfl_xor_sync(0xffffffffu, rmax0, o));
                 rmax1 = fmaxf(rmax1, __shfl_xor_sync(0xffffffffu, rmax1, o));
             }
             int ra = m0 + rows_off + r0, ti = n0 / BN;
-            if (lane % 4 == 0 && ra < M) pass1.row_max[(size_t)ra * tiles_n + ti] = rmax0;
-            if (lane % 4 == 0 && ra + 8 < M) pass1.row_max[(size_t)(ra + 8) * tiles_n + ti] = rmax1;
+            if (lane % 4 == 0 && ra < M) row_max[(size_t)ra * tiles_n + ti] = rmax0;
+            if (lane % 4 == 0 && ra + 8 < M) row_max[(size_t)(ra + 8) * tiles_n + ti] = rmax1;
+        }
+        if (DGELU) {
             // columns: a thread takes 2 of them down the staging tile's 64 rows (warp w reads half
             // w: one 128-byte row a load, no bank conflicts), in row order. The swizzle repeats every
             // 8 rows: 8 addresses, then every load an immediate offset from one of them.
@@ -392,8 +462,10 @@ static void fp8_gemm(bf16 *d, const void *a, const void *b, const bf16 *pre, con
     if (pre && !(p->row_scale && p->col_scale && p->part)) die("fp8_gemm: dGELU needs its quantizer's scales and buffer");
     CUtensorMap ma = tensor_map(a, 1, M, K, BM, BK), mb = tensor_map(b, 1, N, K, BN / CLUSTER, BK), md = tensor_map(d, 2, M, N, 64, 64);
     CUtensorMap mp = pre ? tensor_map(pre, 2, M, N, 64, 64) : md;
+    if (pre && p->fast) die("fp8_gemm: the dGELU epilogue's sums are promoted (E4M3 gradients)");
+    if ((p->bias || p->row_max) && !p->fast) die("fp8_gemm: bias and row maxima come with fast sums");
     void (*kernel)(const CUtensorMap, const CUtensorMap, const CUtensorMap, const CUtensorMap, GemmFp8) =
-        pre ? fp8_gemm_kernel<true> : fp8_gemm_kernel<false>;
+        pre ? fp8_gemm_kernel<true, false> : p->fast ? fp8_gemm_kernel<false, true> : fp8_gemm_kernel<false, false>;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr;
     attr.id = cudaLaunchAttributeClusterDimension;
@@ -408,10 +480,11 @@ static void fp8_gemm(bf16 *d, const void *a, const void *b, const bf16 *pre, con
         int dev, sms;
         CUDA_CHECK(cudaGetDevice(&dev));
         CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-        CUDA_CHECK(cudaFuncSetAttribute(fp8_gemm_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)GEMM_SMEM_BYTES));
-        CUDA_CHECK(cudaFuncSetAttribute(fp8_gemm_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)GEMM_SMEM_BYTES));
+        CUDA_CHECK(cudaFuncSetAttribute(fp8_gemm_kernel<false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)GEMM_SMEM_BYTES));
+        CUDA_CHECK(cudaFuncSetAttribute(fp8_gemm_kernel<false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)GEMM_SMEM_BYTES));
+        CUDA_CHECK(cudaFuncSetAttribute(fp8_gemm_kernel<true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)GEMM_SMEM_BYTES));
         cfg.gridDim = dim3(sms / CLUSTER * CLUSTER);
-        CUDA_CHECK(cudaOccupancyMaxActiveClusters(&max_clusters, fp8_gemm_kernel<true>, &cfg));
+        CUDA_CHECK(cudaOccupancyMaxActiveClusters(&max_clusters, fp8_gemm_kernel<true, false>, &cfg));
         if (max_clusters == 0) die("fp8_gemm: no cluster of %d CTAs fits", CLUSTER);
     }
     int units = ceil_div(ceil_div(M, BM), CLUSTER) * ceil_div(N, BN);

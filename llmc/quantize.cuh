@@ -43,7 +43,8 @@ typedef struct {
                          // OCC's compensation gradient wants them (quantize_grad's codes pass writes them)
     const float *part;   // PLAIN gradient: its first pass, made with it by its producer (a GEMM epilogue,
     int part_tiles;      // llmc/gemm_fp8.cuh, or the norm's backward, llmc/norm.cuh), laid out as grad_part
-    int part_group;      // says, with part_tiles tiles a row and column partials of part_group rows
+    int part_group;      // says, with part_tiles tiles a row and column partials of part_group rows.
+                         // GELU: the row maxima of x by tile (rows, part_tiles), from fc's GEMM epilogue
 } RowSource;
 
 #define QROWS 32        // rows per block
@@ -253,12 +254,9 @@ __device__ inline void src_values8(float *v, const RowSource &in, int r, int c, 
     raw_values8<OP>(v, raw, in, c, cols, mu, rs);
 }
 
-// First pass of a linear input's quantization, a warp per row: the norm statistics and the
-// scale, the absmax of the source row over the format's max
-template <int OP>
-__global__ void row_scales_kernel(float *scales, RowSource in, int rows, int cols, Format f) {
-    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (r >= rows) return;
+// the largest magnitude of the source's row r (and a norm's statistics), over a warp
+template <int OP> __device__ inline float row_absmax(const RowSource &in, int r, int cols) {
+    int lane = threadIdx.x % 32;
     float mu = 0.0f, rs = 1.0f, amax = 0.0f, v[8];
     if (OP == ROWS_NORM) norm_stats(in, r, cols, &mu, &rs);
     #pragma unroll 4
@@ -266,7 +264,33 @@ __global__ void row_scales_kernel(float *scales, RowSource in, int rows, int col
         src_values8<OP>(v, in, r, c, cols, mu, rs);
         for (int k = 0; k < 8; k++) amax = fmaxf(amax, fabsf(v[k]));
     }
-    amax = warp_max(amax);
+    return warp_max(amax);
+}
+
+// First pass of a linear input's quantization, a warp per row: the norm statistics and the
+// scale, the absmax of the source row over the format's max
+template <int OP>
+__global__ void row_scales_kernel(float *scales, RowSource in, int rows, int cols, Format f) {
+    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    float amax = row_absmax<OP>(in, r, cols);
+    if (threadIdx.x % 32 == 0) scales[r] = amax / format_max(f);
+}
+
+// GELU rows' scales from the row maxima of GELU's input by tile (in.part, in.part_tiles a row;
+// fc's GEMM epilogue makes them, llmc/gemm_fp8.cuh), a warp per row, with no pass over the rows:
+// GELU does not fall on x >= 0 over BF16 inputs, and left of 0 its magnitude stays below
+// GELU_NEG_ABSMAX (test_quant_gpu checks both on every BF16 number), so a row whose gelu(max x)
+// passes that has it as its absmax, the one row_scales would find. Other rows (small or all
+// negative: rare in training) take every value's magnitude, as row_scales does.
+#define GELU_NEG_ABSMAX 0.171f
+__global__ void gelu_part_scales_kernel(float *scales, RowSource in, int rows, int cols, Format f) {
+    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= rows) return;
+    float mx = -INFINITY;
+    for (int t = lane; t < in.part_tiles; t += 32) mx = fmaxf(mx, in.part[(size_t)r * in.part_tiles + t]);
+    float g = gelu(warp_max(mx));  // the same in every lane: the branch is the warp's
+    float amax = g > GELU_NEG_ABSMAX ? g : row_absmax<ROWS_GELU>(in, r, cols);
     if (lane == 0) scales[r] = amax / format_max(f);
 }
 
@@ -702,7 +726,8 @@ static void codes_transpose(const CodesT *mats, int n, cudaStream_t st) {
 static void row_scales(float *scales, const RowSource *src, int rows, int cols, Format f, cudaStream_t st) {
     void (*const kernel[])(float *, RowSource, int, int, Format) = {
         row_scales_kernel<ROWS_PLAIN>, row_scales_kernel<ROWS_NORM>, row_scales_kernel<ROWS_GELU>, row_scales_kernel<ROWS_SWIGLU> };
-    kernel[src->op]<<<ceil_div(rows, 8), 256, 0, st>>>(scales, *src, rows, cols, f);
+    if (src->part && src->op != ROWS_GELU) die("row_scales: row maxima come only with GELU rows");
+    (src->part ? gelu_part_scales_kernel : kernel[src->op])<<<ceil_div(rows, 8), 256, 0, st>>>(scales, *src, rows, cols, f);
     CUDA_CHECK(cudaGetLastError());
 }
 

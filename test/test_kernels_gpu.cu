@@ -513,6 +513,57 @@ static void test_own_gemm(void) {
     free(ref); free(refv); free(v);
 }
 
+// Our FP8 GEMM with fast sums as the trainer runs it for GPT-2's fc forward: the token codes times
+// the weight codes (both E2M1, per-row scales) plus the bias, against FP64 to the bound of the
+// cuBLASLt forward above; and the epilogue's row maxima, per row and tile of 256 columns, against
+// the largest of the outputs it stored, exactly. Ragged: 336 tokens (tiles of 128), 520 outputs
+// (the last tile 8 wide); k = 208 and GPT-2's fcproj 3072 (slices of 128).
+static void test_own_gemm_fast(int K) {
+    if (!fp8_gemm_supported()) { printf("own FP8 GEMM, fast sums: SKIPPED (not a Hopper GPU)\n"); return; }
+    const int N = 336, F = 520, tiles = fp8_gemm_tiles_n(F);
+    const size_t nf = (size_t)N * F;
+    bf16 *hx = (bf16 *)malloc_check((size_t)N * K * 2), *hw = (bf16 *)malloc_check((size_t)F * K * 2), *hb = (bf16 *)malloc_check(F * 2);
+    float *x = (float *)malloc_check((size_t)N * K * 4), *w = (float *)malloc_check((size_t)F * K * 4), *b = (float *)malloc_check(F * 4);
+    float *qx = (float *)malloc_check((size_t)N * K * 4), *qw = (float *)malloc_check((size_t)F * K * 4), *got = (float *)malloc_check(nf * 4);
+    float *hsx = (float *)malloc_check(N * 4), *hsw = (float *)malloc_check(F * 4), *rmax = (float *)malloc_check((size_t)N * tiles * 4);
+    double *ref = (double *)malloc_check(nf * 8);
+    fill_bf16(hx, x, (size_t)N * K, 1.0f, 0.0f); fill_bf16(hw, w, (size_t)F * K, 0.05f, 0.0f); fill_bf16(hb, b, F, 0.1f, 0.0f);
+    bf16 *dX = to_device(hx, (size_t)N * K), *dW = to_device(hw, (size_t)F * K), *dB = to_device(hb, F), *dD = (bf16 *)cuda_malloc(nf * 2);
+    fp8 *cx = (fp8 *)cuda_malloc((size_t)N * K), *cw = (fp8 *)cuda_malloc((size_t)F * K);
+    float *sx = (float *)cuda_malloc(N * 4), *sw = (float *)cuda_malloc(F * 4), *drmax = (float *)cuda_malloc((size_t)N * tiles * 4);
+    RowSource xs = rows_plain(dX), ws = rows_plain(dW);
+    quantize_rows(cx, NULL, sx, &xs, N, K, FMT_E2M1, 0, 0);
+    quantize_rows(cw, NULL, sw, &ws, F, K, FMT_E2M1, 0, 0);
+    codes_from_device(qx, cx, (size_t)N * K, FMT_E2M1); codes_from_device(qw, cw, (size_t)F * K, FMT_E2M1);
+    cuda_download(hsx, sx, N * 4); cuda_download(hsw, sw, F * 4);
+    for (int t = 0; t < N; t++)
+        for (int j = 0; j < F; j++) {
+            double s = 0.0;
+            for (int k = 0; k < K; k++) s += (double)qx[(size_t)t * K + k] * qw[(size_t)j * K + k];
+            ref[(size_t)t * F + j] = s * hsx[t] * hsw[j] + b[j];
+        }
+    GemmFp8 p = { sx, sw, N, F, K, NULL, NULL, NULL, 1, dB, drmax };
+    CUDA_CHECK(cudaMemset(drmax, 0x7f, (size_t)N * tiles * 4));
+    fp8_gemm(dD, cx, cw, NULL, &p, 0);
+    from_device(got, dD, nf);
+    cuda_download(rmax, drmax, (size_t)N * tiles * 4);
+    double fe = bound_ratio(got, ref, nf, BF16_REL, 5e-4 * max_abs(ref, nf));
+    int bad = 0;
+    for (int t = 0; t < N; t++)
+        for (int ti = 0; ti < tiles; ti++) {
+            float m = -INFINITY;
+            for (int j = ti * 256; j < F && j < ti * 256 + 256; j++) m = fmaxf(m, got[(size_t)t * F + j]);
+            bad += rmax[(size_t)t * tiles + ti] != m;
+        }
+    CHECK(fe <= 1.0, "own FP8 GEMM, fast sums with bias (%d x %d x %d): %.3g of the bound", N, F, K, fe);
+    CHECK(bad == 0, "own FP8 GEMM, fast sums: %d of %d row maxima differ from the stored outputs'", bad, N * tiles);
+    printf("own FP8 GEMM, fast sums with bias, %d x %d x %d: %.2f of the bound; row maxima by tile exact (%d)\n", N, F, K, fe, N * tiles);
+    cuda_free(dX, (size_t)N * K * 2); cuda_free(dW, (size_t)F * K * 2); cuda_free(dB, F * 2); cuda_free(dD, nf * 2);
+    cuda_free(cx, (size_t)N * K); cuda_free(cw, (size_t)F * K); cuda_free(sx, N * 4); cuda_free(sw, F * 4);
+    cuda_free(drmax, (size_t)N * tiles * 4);
+    free(hx); free(hw); free(hb); free(x); free(w); free(b); free(qx); free(qw); free(got); free(hsx); free(hsw); free(rmax); free(ref);
+}
+
 // codes_transpose: up to 4 byte matrices in one launch, ragged against its 64 x 64 tiles, each
 // transposed bit for bit (random bytes; the bytes around the outputs untouched)
 static void test_codes_transpose(void) {
@@ -828,6 +879,8 @@ int main(void) {
     test_fp8_gemms(FMT_E3M0, FMT_E4M3, 3072);
     test_fp8_gemms(FMT_E4M3, FMT_E4M3, 3072);
     test_own_gemm();
+    test_own_gemm_fast(208);
+    test_own_gemm_fast(3072);
     test_codes_transpose();
     test_replica_hash();
     test_grad_sumsq();

@@ -382,6 +382,79 @@ static void test_whole_rows(uint64_t seed) {
     }
 }
 
+__global__ void gelu_all_kernel(float *out) {  // GELU of every BF16 number, by its bits
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < 65536) { __nv_bfloat16_raw h; h.x = (unsigned short)i; out[i] = gelu(__bfloat162float(bf16(h))); }
+}
+
+// GELU's scales from the row maxima of its input by tile (fc's GEMM epilogue: gelu_part_scales)
+// against row_scales over every value, bit for bit. First the two facts they rest on, over every
+// BF16 number: GELU never falls from one finite non-negative BF16 input to the next, and its
+// magnitude left of 0 stays below GELU_NEG_ABSMAX. Then rows of GPT-2's widths and a ragged one
+// (their maxima by tiles of 256 made here), with rows that take the fallback: zero, all negative,
+// small (2^-40, 0.05) and rows whose largest GELU sits just above and below GELU_NEG_ABSMAX.
+static void test_gelu_part_scales(uint64_t seed) {
+    float *dg = (float *)cuda_malloc(65536 * 4), *g = (float *)malloc_check(65536 * 4);
+    gelu_all_kernel<<<256, 256>>>(dg);
+    cuda_download(g, dg, 65536 * 4);
+    int falls = 0;
+    float neg = 0.0f;
+    for (int i = 0; i + 1 < 0x7F80; i++) falls += g[i + 1] < g[i];  // +0 up to the largest finite
+    for (int i = 0x8000; i < 0xFF80; i++) neg = fmaxf(neg, fabsf(g[i]));  // -0 down to the most negative finite
+    CHECK(falls == 0 && neg < GELU_NEG_ABSMAX, "GELU over every BF16 number: %d falls on x >= 0, largest magnitude left of 0 %.6f"
+          " (must be below %.3f)", falls, neg, GELU_NEG_ABSMAX);
+    cuda_free(dg, 65536 * 4); free(g);
+    const int shapes[3][2] = { { 64, 3072 }, { 48, 4096 }, { 40, 520 } };
+    for (int si = 0; si < 3; si++) {
+        int rows = shapes[si][0], cols = shapes[si][1], tiles = (cols + 255) / 256, fallback = 0;
+        size_t n = (size_t)rows * cols;
+        bf16 *hx = (bf16 *)malloc_check(n * sizeof(bf16));
+        float *part = (float *)malloc_check((size_t)rows * tiles * 4), *hs = (float *)malloc_check(2 * rows * 4);
+        for (int r = 0; r < rows; r++) {
+            // zero; 2^40; 2^-40; all negative; small; largest x with GELU just above / below 0.171; then 2^-6 .. 2^6
+            float mag = r == 0 ? 0.0f : r == 1 ? 0x1p40f : r == 2 ? 0x1p-40f : r == 4 ? 0.05f : exp2f((float)(r % 13) - 6.0f);
+            for (int c = 0; c < cols; c++) {
+                float v = (float)rng_normal(seed + 90 + si, (size_t)r * cols + c) * mag;
+                if (r == 3) v = -fabsf(v) - 0.5f;
+                if (r == 5 || r == 6) v = fminf(v * 0.05f, r == 5 ? 0.3f : 0.29f);  // gelu(0.3) = 0.185, gelu(0.29) = 0.178
+                if (r == 7) v = fminf(v * 0.05f, 0.28f);                            // gelu(0.28) = 0.171
+                hx[(size_t)r * cols + c] = __float2bfloat16(v);
+            }
+            for (int t = 0; t < tiles; t++) {
+                float m = -INFINITY;
+                for (int c = t * 256; c < cols && c < t * 256 + 256; c++) m = fmaxf(m, __bfloat162float(hx[(size_t)r * cols + c]));
+                part[(size_t)r * tiles + t] = m;
+            }
+        }
+        bf16 *dx = (bf16 *)cuda_malloc(n * sizeof(bf16));
+        float *dpart = (float *)cuda_malloc((size_t)rows * tiles * 4), *ds = (float *)cuda_malloc(2 * rows * 4);
+        cuda_upload(dx, hx, n * sizeof(bf16));
+        cuda_upload(dpart, part, (size_t)rows * tiles * 4);
+        const Format fmts[2] = { FMT_E2M1, FMT_E4M3 };
+        for (int fi = 0; fi < 2; fi++) {
+            RowSource every = rows_act(ROWS_GELU, dx, NULL), from_part = every;
+            from_part.part = dpart; from_part.part_tiles = tiles;
+            CUDA_CHECK(cudaMemset(ds, 0xff, 2 * rows * 4));
+            row_scales(ds, &every, rows, cols, fmts[fi], 0);
+            row_scales(ds + rows, &from_part, rows, cols, fmts[fi], 0);
+            cuda_download(hs, ds, 2 * rows * 4);
+            int bad = 0;
+            for (int r = 0; r < rows; r++) bad += f32_bits(hs[r]) != f32_bits(hs[rows + r]);
+            CHECK(bad == 0, "GELU scales from the row maxima %s %dx%d: %d of %d differ from row_scales'", format_name(fmts[fi]), rows, cols,
+                  bad, rows);
+        }
+        for (int r = 0; r < rows; r++) {
+            float m = -INFINITY;
+            for (int t = 0; t < tiles; t++) m = fmaxf(m, part[(size_t)r * tiles + t]);
+            fallback += !(m > 0.28f);
+        }
+        printf("gelu_part_scales %dx%d: E2M1 and E4M3 scales from the row maxima bit for bit with row_scales' (%d rows by the"
+               " fallback)\n", rows, cols, fallback);
+        cuda_free(dx, n * sizeof(bf16)); cuda_free(dpart, (size_t)rows * tiles * 4); cuda_free(ds, 2 * rows * 4);
+        free(hx); free(part); free(hs);
+    }
+}
+
 // OCC's bounds on rows wider than OCC_WHOLE_KEYS (the selection keeps only its keys' upper halves
 // and makes its candidates again from the source) against the quantiles by ranks, bit for bit, on
 // BF16 rows and on fused sources' FP32 values, at alpha 0.999 / 0.99 / 0.9: thresholds from the
@@ -747,6 +820,7 @@ int main(void) {
     free(x); free(got);
     test_quantize(seed);
     test_whole_rows(seed);
+    test_gelu_part_scales(seed);
     test_fused_sources(seed);
     test_occ(seed);
     test_occ_wide(seed);
