@@ -1,5 +1,5 @@
 // defines: fp8, fp8_type, fp8_interp, RowSource, GradPart, grad_part, grad_part_floats, rows_plain, rows_norm, rows_act, rows_grad, rows_grad_part,
-//          quantize_rows, row_scales, rows_codes, whole_rows, whole_rows_fit, CodesT, codes_transpose, quantize_grad_scratch, quantize_grad, dge_apply
+//          quantize_rows, row_scales, GELU_NEG_ABSMAX, rows_codes, whole_rows, whole_rows_fit, CodesT, codes_transpose, quantize_grad_scratch, quantize_grad, dge_apply
 // Vector-wise absmax quantization on the GPU (SPEC.md 4), bit-identical to the CPU's
 // quantize_matrix: s = absmax / max of the format, codes = round(x / s) by the rules of quant.h,
 // stored as FP8 bytes (4-bit codes are exact in E4M3, which is how Hopper's FP8 tensor cores run
