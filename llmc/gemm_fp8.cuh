@@ -344,12 +344,10 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
             uint8_t *half = out + i / 8 * (64 * 128) + 4 * (lane % 4);
             uint32_t *o0 = (uint32_t *)(half + r0 * 128 + (((i % 8) ^ (r0 % 8)) << 4));
             uint32_t *o1 = (uint32_t *)(half + (r0 + 8) * 128 + (((i % 8) ^ (r0 % 8)) << 4));
+            // FAST adds the bias in the product's FMA; the others add -0, which leaves every product as it is
             const float *a4 = &acc[i / 16][4 * (i % 16)];
-            float v[4] = { a4[0] * s0 * w.x, a4[1] * s0 * w.y, a4[2] * s1 * w.x, a4[3] * s1 * w.y };
-            if (FAST) {
-                float2 b = *(const float2 *)&q_col[cc];
-                v[0] += b.x; v[1] += b.y; v[2] += b.x; v[3] += b.y;
-            }
+            float2 b = FAST ? *(const float2 *)&q_col[cc] : make_float2(-0.0f, -0.0f);
+            float v[4] = { fmaf(a4[0] * s0, w.x, b.x), fmaf(a4[1] * s0, w.y, b.y), fmaf(a4[2] * s1, w.x, b.x), fmaf(a4[3] * s1, w.y, b.y) };
             uint32_t h0, h1;  // rows r0 and r0 + 8's pairs, as stored
             if (DGELU) {
                 float2 p0 = bf16x2_floats(*o0), p1 = bf16x2_floats(*o1), qc = *(const float2 *)&q_col[cc];
@@ -362,10 +360,12 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
             } else {
                 h0 = bf16x2_bits(v[0], v[1]);
                 h1 = bf16x2_bits(v[2], v[3]);
-                if (FAST && n0 + cc < N) {  // N is a multiple of 8: a pair is in or out whole
-                    float2 v0 = bf16x2_floats(h0), v1 = bf16x2_floats(h1);
-                    rmax0 = fmaxf(rmax0, fmaxf(v0.x, v0.y));
-                    rmax1 = fmaxf(rmax1, fmaxf(v1.x, v1.y));
+                // the largest before rounding: rounding to BF16 never reverses an order, so the
+                // rounded maximum below is the maximum of the stored values. N is a multiple of 8:
+                // a pair is in or out whole
+                if (FAST && n0 + cc < N) {
+                    rmax0 = fmaxf(rmax0, fmaxf(v[0], v[1]));
+                    rmax1 = fmaxf(rmax1, fmaxf(v[2], v[3]));
                 }
             }
             *o0 = h0;
@@ -377,6 +377,7 @@ fp8_gemm_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant
                 rmax0 = fmaxf(rmax0, __shfl_xor_sync(0xffffffffu, rmax0, o));
                 rmax1 = fmaxf(rmax1, __shfl_xor_sync(0xffffffffu, rmax1, o));
             }
+            if (FAST) { float2 r = round_bf16x2(rmax0, rmax1); rmax0 = r.x; rmax1 = r.y; }
             int ra = m0 + rows_off + r0, ti = n0 / BN;
             if (lane % 4 == 0 && ra < M) row_max[(size_t)ra * tiles_n + ti] = rmax0;
             if (lane % 4 == 0 && ra + 8 < M) row_max[(size_t)(ra + 8) * tiles_n + ti] = rmax1;
