@@ -17,7 +17,8 @@ NVCC ?= nvcc
 # sm_90a (Hopper's wgmma, llmc/gemm_fp8.cuh) beside plain compute_90 PTX, whose wgmma kernels trap
 NVCC_FLAGS ?= -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
 ifneq ($(shell command -v $(NVCC) 2>/dev/null),)
-  CUDA_TARGETS = train_gpt2_fp4 test/test_gpu_train test/test_quant_gpu test/test_kernels_gpu dev/cuda/fp8_gemm
+  CUDA_TARGETS = train_gpt2_fp4 test/test_gpu_train test/test_quant_gpu test/test_kernels_gpu dev/cuda/fp8_gemm \
+                 dev/bench/libcupti_trace.so
 else
   $(info nvcc not found: skipping the CUDA targets)
 endif
@@ -127,6 +128,11 @@ test/test_quant_gpu: test/test_quant_gpu.cu $(CUDA_HEADERS)
 dev/cuda/fp8_gemm: dev/cuda/fp8_gemm.cu $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $< -lcublasLt
 
+# the timeline tracer (dev/bench/timeline.py): CUPTI's activity records of any CUDA program
+dev/bench/libcupti_trace.so: dev/bench/cupti_trace.c
+	$(CC) -O2 -std=c11 -Wall -Wextra -shared -fPIC -I$(CUDA_HOME)/include -o $@ $< \
+		-L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib -lcupti
+
 test/test_kernels_gpu: test/test_kernels_gpu.cu llmc/cudnn_attention.o $(CUDA_HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -o $@ $< llmc/cudnn_attention.o $(CUDA_LIBS)
 
@@ -156,4 +162,4 @@ test-reference:
 
 clean:
 	rm -f llmc/cudnn_attention.o train_gpt2 train_gpt2_fp4 test/test_quant test/test_train test/test_quant_gpu test/test_gpu_train \
-		test/test_kernels_gpu test/test_dist_cpu dev/cuda/fp8_gemm
+		test/test_kernels_gpu test/test_dist_cpu dev/cuda/fp8_gemm dev/bench/libcupti_trace.so

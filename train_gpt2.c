@@ -912,8 +912,7 @@ int main(int argc, char **argv) {
             printf("wrote %s\n", path);
         }
         if (last) break;
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double t0 = now_seconds();
         model_zero_grad(&m);
         double loss = 0.0;
         for (int micro = 0; micro < accum; micro++) {
@@ -928,8 +927,7 @@ int main(int argc, char **argv) {
         }
         float lr = lr_schedule(a.lr, step, a.warmup, a.max_steps, a.final_frac);
         float norm = model_update(&m, lr, a.b1, a.b2, 1e-8f, a.wd, a.clip, step + 1);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
+        double ms = (now_seconds() - t0) * 1e3;
         double tok_s = (double)accum * a.B * a.T / (ms / 1e3);
         printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s\n", step + 1, a.max_steps, loss, norm, lr, ms, tok_s);
         logger_train(&run.lg, step + 1, (long long)(step + 1) * accum * a.B * a.T, (float)loss, norm, lr, ms, tok_s);

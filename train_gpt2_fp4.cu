@@ -100,6 +100,13 @@ typedef struct {
     Att8 att8;                   // laid out over att8_mem
 } Scratch;
 
+// What a step (or an evaluation) adds up on the device for the host to read: the mean loss of its
+// micro-batches and the squared gradient norm. The training loop keeps two slots, so that the host
+// queues step s + 1 before it waits for step s's (no host wait inside a step: the clipping factor
+// is made on the device); an evaluation waits for its own.
+typedef struct { double loss; float sumsq; } StepStats;
+#define STATS_SLOTS 2
+
 typedef struct {
     Config cfg;
     Recipe recipe;                // each block linear's formats (llmc/recipe.h)
@@ -142,10 +149,11 @@ typedef struct {
     Acts acts;
     Scratch s;
     int *inputs, *targets;        // device (B, T)
-    int *buckets, *dbuckets;      // encoder backward
+    EncoderBuckets buckets;       // encoder backward
     const int *host_inputs;       // of the last forward
-    float *host_losses;           // (B, T) pinned
-    float *host_norm;             // pinned
+    StepStats *stats;             // (STATS_SLOTS) device: what the running step adds up (model_stats_begin)
+    StepStats *host_stats;        // (STATS_SLOTS) pinned: their copies (model_stats_end)
+    int slot;                     // the running step's
     cudaStream_t stream;
 } Model;
 
@@ -265,7 +273,10 @@ static void model_create(Model *m, const Config *c, const Recipe *r, int master_
     m->v = (float *)cuda_malloc(own * sizeof(float));
     CUDA_CHECK(cudaMemset(m->m, 0, own * sizeof(float)));
     CUDA_CHECK(cudaMemset(m->v, 0, own * sizeof(float)));
-    CUDA_CHECK(cudaMallocHost(&m->host_norm, sizeof(float)));
+    m->stats = (StepStats *)cuda_malloc(STATS_SLOTS * sizeof(StepStats));
+    CUDA_CHECK(cudaMemset(m->stats, 0, STATS_SLOTS * sizeof(StepStats)));
+    CUDA_CHECK(cudaMallocHost(&m->host_stats, STATS_SLOTS * sizeof(StepStats)));
+    m->slot = 0;
     m->qstats = 0;
     m->deterministic = 1;  // main sets --deterministic, --own-gemm, --wgrad-stream and --fast-accum
     m->own_gemm = fp8_gemm_supported();
@@ -319,9 +330,7 @@ static void model_free_acts(Model *m) {
     size_t N = (size_t)m->B * m->T;
     cuda_free(m->acts_mem, m->acts_bytes);
     cuda_free(m->inputs, 2 * N * sizeof(int));
-    cuda_free(m->dbuckets, (3 * N + 1) * sizeof(int));
-    free(m->buckets);
-    CUDA_CHECK(cudaFreeHost(m->host_losses));
+    encoder_buckets_free(&m->buckets);
     m->acts_mem = NULL;
 }
 
@@ -351,7 +360,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     size_t partial = (N / 64 + 1) * maxM;  // column_sum's, for the biases of linears
     if ((N / NORM_ROWS + 1) * 2 * C > partial) partial = (N / NORM_ROWS + 1) * 2 * C;
     if (quantize_grad_scratch(N, maxM, 1) > partial) partial = quantize_grad_scratch(N, maxM, 1);  // a gradient's first pass
-    if (partial < SUMSQ_BLOCKS + 1) partial = SUMSQ_BLOCKS + 1;
+    if (partial < SUMSQ_BLOCKS) partial = SUMSQ_BLOCKS;  // the gradient norm's
     // a quantized linear makes its input rows on the fly and keeps their codes: no BF16 copy
     size_t Lqkv = quantized(m, LIN_QKV) ? 0 : L, Lfc = quantized(m, LIN_FC) ? 0 : L, Lproj = quantized(m, LIN_FCPROJ) ? 0 : L;
     int anyq = 0;
@@ -414,9 +423,7 @@ static void model_alloc_acts(Model *m, int B, int T) {
     if (m->recipe.attn_fp8) att8_carve(&s->att8, s->att8_mem, B, T, c->H, c->KV, config_hd(c));
     m->inputs = (int *)cuda_malloc(2 * N * sizeof(int));
     m->targets = m->inputs + N;
-    m->buckets = (int *)malloc_check((3 * N + 1) * sizeof(int));
-    m->dbuckets = (int *)cuda_malloc((3 * N + 1) * sizeof(int));
-    CUDA_CHECK(cudaMallocHost(&m->host_losses, N * sizeof(float)));  // pinned: the copy does not block the host
+    encoder_buckets_create(&m->buckets, (int)N);
     m->B = B; m->T = T;
 }
 
@@ -593,9 +600,10 @@ static void linear_backward(Model *m, int lin, int l, bf16 *dx, const RowSource 
 // ---------------------------------------------------------------------------------------------
 // forward and backward, chained by hand
 
-// targets NULL: logits only. Otherwise returns the mean loss, and with grad_scale > 0 leaves
-// dlogits = grad_scale * d(mean loss)/dlogits in place of the logits for model_backward.
-static float model_forward(Model *m, const int *inputs, const int *targets, int B, int T, float grad_scale) {
+// targets NULL: logits only (waits for them). Otherwise adds loss_weight x the batch's mean loss to
+// the running step's StepStats, and with grad_scale > 0 leaves dlogits = grad_scale * d(mean
+// loss)/dlogits in place of the logits for model_backward; does not wait.
+static void model_forward(Model *m, const int *inputs, const int *targets, int B, int T, float grad_scale, double loss_weight) {
     const Config *c = &m->cfg;
     if (T > c->T) die("sequence length %d exceeds the model's maximum %d", T, c->T);
     model_alloc_acts(m, B, T);
@@ -636,13 +644,25 @@ static float model_forward(Model *m, const int *inputs, const int *targets, int 
     norm_forward(a->lnf, gpt2 ? a->lnf_mean : NULL, a->lnf_rstd, res, PARAM(m, P_LNFW), gpt2 ? PARAM(m, P_LNFB) : NULL,
                  N, C, c->norm_eps, st);
     matmul_forward(a->logits, a->lnf, PARAM(m, gpt2 ? P_WTE : P_LMHEAD), NULL, NULL, NULL, N, C, c->Vp, st);
-    if (!targets) { model_wait(m); return -1.0f; }
+    if (!targets) { model_wait(m); return; }
     classifier_forward_backward(a->logits, a->losses, m->targets, grad_scale / N, N, c->V, c->Vp, st);
-    CUDA_CHECK(cudaMemcpyAsync(m->host_losses, a->losses, N * sizeof(float), cudaMemcpyDeviceToHost, st));
+    loss_mean_add(&m->stats[m->slot].loss, a->losses, N, loss_weight, st);
+}
+
+// a step's (or an evaluation's) StepStats start at zero in slot; the forwards and the update add to them
+static void model_stats_begin(Model *m, int slot) {
+    m->slot = slot;
+    CUDA_CHECK(cudaMemsetAsync(m->stats + slot, 0, sizeof(StepStats), m->stream));
+}
+// their copy to the host, in the stream's order: read host_stats[slot] once the GPU has passed here
+static void model_stats_end(Model *m) {
+    CUDA_CHECK(cudaMemcpyAsync(m->host_stats + m->slot, m->stats + m->slot, sizeof(StepStats), cudaMemcpyDeviceToHost, m->stream));
+}
+// the same, waiting for them
+static StepStats model_stats_wait(Model *m) {
+    model_stats_end(m);
     model_wait(m);
-    double sum = 0.0;
-    for (int i = 0; i < N; i++) sum += m->host_losses[i];
-    return (float)(sum / N);
+    return m->host_stats[m->slot];
 }
 
 static void model_zero_grad(Model *m) { CUDA_CHECK(cudaMemsetAsync(m->grads, 0, m->nparams * sizeof(float), m->stream)); }
@@ -752,7 +772,7 @@ static void model_backward(Model *m, int reduce) {
                       a->ln1_rstd + (size_t)l * N, N, C, residual_pass(m, LIN_FCPROJ, l - 1, &pass), st);
         if (reduce) model_reduce_grads(m, PG_LAYER, l);
     }
-    encoder_backward(GRAD(m, P_WTE), gpt2 ? GRAD(m, P_WPE) : NULL, m->buckets, m->dbuckets, s->dres, m->host_inputs, B, T, C,
+    encoder_backward(GRAD(m, P_WTE), gpt2 ? GRAD(m, P_WPE) : NULL, &m->buckets, s->dres, m->host_inputs, B, T, C,
                      c->V, st);
     if (reduce) model_reduce_grads(m, PG_EMBED, 0);
     // the weight gradients' work is done before anything after the backward (the next forward
@@ -774,7 +794,8 @@ static Dge model_dge(const Model *m, int lin) {
     return d;
 }
 
-// the device address of the square of the gradient norm, DGE's factor included
+// the square of the gradient norm, DGE's factor included, into the running step's StepStats;
+// returns its device address
 static float *model_grad_sumsq(Model *m) {
     static_assert(MAX_DGE_RANGES >= NUM_LINEARS, "a DGE range per linear");
     DgeRanges dge; memset(&dge, 0, sizeof(dge));
@@ -786,21 +807,18 @@ static float *model_grad_sumsq(Model *m) {
         dge.r[dge.n].lo = m->off[linear_wkind[l]]; dge.r[dge.n].len = (unsigned)((size_t)m->cfg.L * M * K); dge.r[dge.n].d = d;
         dge.n++;
     }
-    float *out = m->s.partial + SUMSQ_BLOCKS;
+    float *out = &m->stats[m->slot].sumsq;
     grad_sumsq(out, m->grads, m->nparams, &dge, m->s.partial, m->stream);
     return out;
 }
 
 // AdamW (decay on the matrices) on this rank's shard of the parameters, whose updated weights
-// then go to every rank; returns the gradient norm before clipping. Every rank holds the same
-// averaged gradients, so DGE and the norm need no communication.
-static float model_update(Model *m, float lr, float b1, float b2, float eps, float wd, float clip, int t, uint64_t seed) {
+// then go to every rank; the squared gradient norm before clipping goes to the step's StepStats,
+// and AdamW takes the clipping factor from it on the device. Every rank holds the same averaged
+// gradients, so DGE and the norm need no communication.
+static void model_update(Model *m, float lr, float b1, float b2, float eps, float wd, float clip, int t, uint64_t seed) {
     if (m->dist && m->dist->world > 1) dist_grads_join(m->dist, m->stream);
-    float *norm_dev = model_grad_sumsq(m);
-    CUDA_CHECK(cudaMemcpyAsync(m->host_norm, norm_dev, sizeof(float), cudaMemcpyDeviceToHost, m->stream));
-    model_wait(m);
-    float norm = sqrtf(*m->host_norm);
-    float gscale = (clip > 0.0f && norm > clip) ? clip / norm : 1.0f;
+    const float *sumsq = model_grad_sumsq(m);
     const ParamKind *order; int n = param_order(&m->cfg, &order);
     for (int j = 0; j < n; j++) {  // each tensor's part in [lo, hi)
         int shape[3]; size_t size = param_shape(&m->cfg, order[j], shape), o = m->off[order[j]];
@@ -810,12 +828,11 @@ static float model_update(Model *m, float lr, float b1, float b2, float eps, flo
         for (int l = 0; l < NUM_LINEARS; l++)
             if (linear_wkind[l] == order[j]) dge = model_dge(m, l);
         adamw_update(m->params + a, m->master ? m->master + (a - m->lo) : NULL, m->grads + a, m->m + (a - m->lo), m->v + (a - m->lo),
-                     b - a, lr, b1, b2, t, eps, param_decays(order[j]) ? wd : 0.0f, gscale, rng_hash(seed, ((uint64_t)t << 8) + j),
+                     b - a, lr, b1, b2, t, eps, param_decays(order[j]) ? wd : 0.0f, sumsq, clip, rng_hash(seed, ((uint64_t)t << 8) + j),
                      a - o, &dge, m->stream);
     }
     if (m->parts > 1) dist_all_gather(m->dist, m->params, m->shard, 2, m->stream);
     m->wq_stale = 1;
-    return norm;
 }
 
 static void model_free(Model *m) {
@@ -824,7 +841,8 @@ static void model_free(Model *m) {
     cuda_free(m->grads, padded * sizeof(float));
     if (m->master) cuda_free(m->master, own * sizeof(float));
     cuda_free(m->m, own * sizeof(float)); cuda_free(m->v, own * sizeof(float));
-    CUDA_CHECK(cudaFreeHost(m->host_norm));
+    cuda_free(m->stats, STATS_SLOTS * sizeof(StepStats));
+    CUDA_CHECK(cudaFreeHost(m->host_stats));
     cuda_free(m->rope_cos, (size_t)m->cfg.T * hd * sizeof(float));
     if (m->wscales_mem) cuda_free(m->wscales_mem, m->nwscales * sizeof(float));
     if (m->wcodes_mem) cuda_free(m->wcodes_mem, m->nwcodes);
@@ -861,12 +879,53 @@ static void log_quant_stats(Model *m, Logger *lg, int step, int N) {
 // the mean loss of `steps` val batches per rank (each rank its own), over all ranks
 static float evaluate(Model *m, DataLoader *val, int steps) {
     dataloader_reset(val);
-    double sum = 0.0;
+    model_stats_begin(m, 0);
     for (int i = 0; i < steps; i++) {
         dataloader_next(val);
-        sum += model_forward(m, val->inputs, val->targets, val->B, val->T, 0.0f);
+        model_forward(m, val->inputs, val->targets, val->B, val->T, 0.0f, 1.0 / steps);
     }
-    return (float)(m->dist ? dist_mean(m->dist, sum / steps) : sum / steps);
+    double loss = model_stats_wait(m).loss;
+    return (float)(m->dist ? dist_mean(m->dist, loss) : loss);
+}
+
+// The training loop's log: the step queued last and not yet logged (pending). The host queues step
+// s + 1 before it waits for step s, so the GPU never waits for the host between steps; with
+// several ranks each step is logged at once (the replica check and the loss's mean wait for it).
+// A step's time is the GPU's, from its start event to its end event: the start runs when the GPU
+// has finished what was queued before it, so idle time inside the step counts, and the host's
+// lead does not shift time between steps.
+typedef struct {
+    Model *m; Dist *dist; Run *run;
+    int main_rank, max_steps;
+    long long step_tokens;
+    double flops_tok;
+    int pending, step, slot;        // the pending step and its StepStats slot
+    float lr;
+    unsigned replica_hash;
+    cudaEvent_t start[STATS_SLOTS], end[STATS_SLOTS];  // each slot's step's, on the model's stream
+} StepLog;
+
+// waits for the pending step and logs it
+static void step_log_flush(StepLog *q) {
+    if (!q->pending) return;
+    q->pending = 0;
+    Model *m = q->m;
+    if (q->dist->world > 1) model_wait(m);  // through the watchdog
+    else CUDA_CHECK(cudaEventSynchronize(q->end[q->slot]));
+    float ms;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, q->start[q->slot], q->end[q->slot]));
+    StepStats r = m->host_stats[q->slot];
+    q->replica_hash = dist_check_replicas(q->dist, m->params, (size_t)m->parts * m->shard, m->stream, q->step + 1);
+    double loss = dist_mean(q->dist, r.loss);
+    float norm = sqrtf(r.sumsq);
+    double tok_s = (double)q->step_tokens / (ms / 1e3);
+    double mfu = tok_s / q->dist->world * q->flops_tok / 989e12;  // per GPU, against the H100 SXM dense BF16 peak
+    double eta_s = (q->max_steps - q->step - 1) * ms / 1e3;
+    if (q->main_rank)
+        printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s | MFU %.1f%% | ETA %.0f s\n", q->step + 1,
+               q->max_steps, loss, norm, q->lr, ms, tok_s, 100 * mfu, eta_s);
+    logger_train(&q->run->lg, q->step + 1, (long long)(q->step + 1) * q->step_tokens, (float)loss, norm, q->lr, ms, tok_s);
+    if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, q->step + 1);
 }
 
 // samples after <|endoftext|>: the forward of the growing prefix, the next token from row t-1
@@ -879,7 +938,7 @@ static void sample(Model *m, Run *run, int gen_tokens) {
     int n = gen_tokens < T ? gen_tokens : T - 1;
     printf("generating:\n---\n");
     for (int t = 1; t <= n; t++) {
-        model_forward(m, gen, NULL, B, T, 0.0f);
+        model_forward(m, gen, NULL, B, T, 0.0f, 0.0);
         cuda_download(row, m->acts.logits + (size_t)(t - 1) * m->cfg.Vp, (size_t)V * sizeof(bf16));
         float maxv = -INFINITY;
         for (int i = 0; i < V; i++) maxv = fmaxf(maxv, __bfloat162float(row[i]));
@@ -1005,10 +1064,12 @@ int main(int argc, char **argv) {
     run_open(&run, &a, &cfg, &st, resume_step >= 0, dist.rank, dist.world, accum);
     // FLOPs per token for MFU: 6 per weight of the matmuls, plus attention's 6 L T C (causal half of 12)
     double flops_tok = 6.0 * (double)(m.nparams - (cfg.arch == ARCH_GPT2 ? (size_t)cfg.T * cfg.C : 0)) + 6.0 * cfg.L * a.T * cfg.C;
-    unsigned replica_hash = 0;
+    StepLog q = { &m, &dist, &run, main_rank, a.max_steps, step_tokens, flops_tok, 0, 0, 0, 0.0f, 0, {}, {} };
+    for (int i = 0; i < STATS_SLOTS; i++) { CUDA_CHECK(cudaEventCreate(&q.start[i])); CUDA_CHECK(cudaEventCreate(&q.end[i])); }
 
     for (int step = st.step; step <= a.max_steps; step++) {
         int last = step == a.max_steps;
+        if (last || run_eval_due(&a, step) || run_sample_due(&a, step) || run_ckpt_due(&a, step, st.step)) step_log_flush(&q);
         if (run_eval_due(&a, step)) {
             float val = evaluate(&m, &run.val, a.val_steps);
             if (main_rank) run_report_eval(&run, step, (long long)step * step_tokens, val);
@@ -1016,37 +1077,29 @@ int main(int argc, char **argv) {
         if (run_sample_due(&a, step) && main_rank) sample(&m, &run, a.gen_tokens);
         if (run_ckpt_due(&a, step, st.step)) save_checkpoint(&m, &run, &a, step, host_params);
         if (last) break;
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
+        CUDA_CHECK(cudaEventRecord(q.start[step % STATS_SLOTS], m.stream));
+        model_stats_begin(&m, step % STATS_SLOTS);
         model_zero_grad(&m);
-        double loss = 0.0;
         for (int micro = 0; micro < accum; micro++) {
             m.qstats = micro == 0 && a.quant_stats && step % a.quant_stats == 0;  // the step's first micro-batch
             if (m.qstats) CUDA_CHECK(cudaMemsetAsync(m.qsums, 0, (size_t)cfg.L * NUM_LINEARS * QS_N * sizeof(double), m.stream));
             dataloader_next(&run.train);
-            loss += model_forward(&m, run.train.inputs, run.train.targets, a.B, a.T, 1.0f / accum) / accum;
+            model_forward(&m, run.train.inputs, run.train.targets, a.B, a.T, 1.0f / accum, 1.0 / accum);
             model_backward(&m, micro == accum - 1);
             if (m.qstats && main_rank) log_quant_stats(&m, &run.lg, step, a.B * a.T);
             m.qstats = 0;
         }
         float lr = lr_schedule(a.lr, step, a.warmup, a.max_steps, a.final_frac);
-        float norm = model_update(&m, lr, a.b1, a.b2, 1e-8f, a.wd, a.clip, step + 1, (uint64_t)a.seed);
-        replica_hash = dist_check_replicas(&dist, m.params, (size_t)m.parts * m.shard, m.stream, step + 1);
-        loss = dist_mean(&dist, loss);
-        model_wait(&m);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
-        double tok_s = (double)step_tokens / (ms / 1e3);
-        double mfu = tok_s / dist.world * flops_tok / 989e12;  // per GPU, against the H100 SXM dense BF16 peak
-        double eta_s = (a.max_steps - step - 1) * ms / 1e3;
-        if (main_rank)
-            printf("step %5d/%d | loss %.6f | norm %.4f | lr %.2e | %.1f ms | %.0f tok/s | MFU %.1f%% | ETA %.0f s\n", step + 1,
-                   a.max_steps, loss, norm, lr, ms, tok_s, 100 * mfu, eta_s);
-        logger_train(&run.lg, step + 1, (long long)(step + 1) * step_tokens, (float)loss, norm, lr, ms, tok_s);
-        if (!isfinite(loss)) die("loss is %f at step %d: diverged", loss, step + 1);
+        model_update(&m, lr, a.b1, a.b2, 1e-8f, a.wd, a.clip, step + 1, (uint64_t)a.seed);
+        model_stats_end(&m);
+        CUDA_CHECK(cudaEventRecord(q.end[m.slot], m.stream));
+        step_log_flush(&q);  // the step before this one, now that this one is queued
+        q.pending = 1; q.step = step; q.slot = m.slot; q.lr = lr;
+        if (dist.world > 1) step_log_flush(&q);  // the replica check and the loss's mean wait for the step
     }
+    for (int i = 0; i < STATS_SLOTS; i++) { CUDA_CHECK(cudaEventDestroy(q.start[i])); CUDA_CHECK(cudaEventDestroy(q.end[i])); }
     if (main_rank && dist.world > 1 && a.max_steps > st.step)
-        printf("replicas: weights bit-identical on all %d ranks after every step (hash %08x)\n", dist.world, replica_hash);
+        printf("replicas: weights bit-identical on all %d ranks after every step (hash %08x)\n", dist.world, q.replica_hash);
     if (main_rank) printf("peak GPU memory %.0f MiB (the trainer's allocations)\n", (cuda_peak_bytes + cudnn_attention_bytes()) / 1048576.0);
     run_close(&run);
     free(host_params);

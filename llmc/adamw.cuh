@@ -158,14 +158,23 @@ __device__ inline bf16 bf16_stochastic(float x, uint64_t bits) {
     return __ushort_as_bfloat16((unsigned short)(u >> 16));
 }
 
-// the step's hyper-parameters; first: the range's offset in its tensor; dge: the tensor's (a 4-bit
-// weight's gradients are corrected as they are read)
-typedef struct { float lr, b1, b2, c1, c2, eps, wd, gscale; uint64_t key; size_t first; Dge dge; } AdamW;
+// the step's hyper-parameters; sumsq: the gradients' squared norm on the device (NULL: no
+// clipping), clip: the norm they are scaled down to above it; first: the range's offset in its
+// tensor; dge: the tensor's (a 4-bit weight's gradients are corrected as they are read)
+typedef struct { float lr, b1, b2, c1, c2, eps, wd, clip; const float *sumsq; uint64_t key; size_t first; Dge dge; } AdamW;
 
-// element i of the range: its moments m, v updated from gradient g, and its new weight from w
-// (the master copy's, or the BF16 weight's); h.first + i draws the element's stochastic rounding
-__device__ inline float adamw_step(float g, float *m, float *v, float w, const AdamW &h) {
-    float gr = g * h.gscale;
+// the factor clipping scales the gradients by (the host's float arithmetic: the same bits)
+__device__ inline float clip_factor(const AdamW &h) {
+    if (!h.sumsq || h.clip <= 0.0f) return 1.0f;
+    float norm = sqrtf(*h.sumsq);
+    return norm > h.clip ? h.clip / norm : 1.0f;
+}
+
+// element i of the range: its moments m, v updated from gradient g (times the clipping factor
+// gscale), and its new weight from w (the master copy's, or the BF16 weight's); h.first + i draws
+// the element's stochastic rounding
+__device__ inline float adamw_step(float g, float *m, float *v, float w, float gscale, const AdamW &h) {
+    float gr = g * gscale;
     *m = h.b1 * *m + (1.0f - h.b1) * gr;
     *v = h.b2 * *v + (1.0f - h.b2) * gr * gr;
     return w - h.lr * ((*m / h.c1) / (sqrtf(*v / h.c2) + h.eps) + h.wd * w);
@@ -183,6 +192,7 @@ __device__ inline bf16 adamw_round(float w, const float *master, const AdamW &h,
 __global__ void adamw_kernel(bf16 *p, float *master, const float *g, float *m, float *v, size_t n, AdamW h, int vec) {
     size_t i = 4 * ((size_t)blockIdx.x * blockDim.x + threadIdx.x);
     if (i >= n) return;
+    float gscale = clip_factor(h);
     if (vec && i + 4 <= n) {
         float4 g4 = *(const float4 *)(g + i), m4 = *(const float4 *)(m + i), v4 = *(const float4 *)(v + i);
         // the BF16 weights: the update's without a master copy, DGE's in any case
@@ -198,7 +208,7 @@ __global__ void adamw_kernel(bf16 *p, float *master, const float *g, float *m, f
         if (h.dge.scales) dge4(gk, raw, h.dge, (unsigned)(h.first + i));
         alignas(8) bf16 out[4];
         for (int k = 0; k < 4; k++) {
-            wk[k] = adamw_step(gk[k], &mk[k], &vk[k], wk[k], h);
+            wk[k] = adamw_step(gk[k], &mk[k], &vk[k], wk[k], gscale, h);
             out[k] = adamw_round(wk[k], master, h, i + k);
         }
         *(float4 *)(m + i) = make_float4(mk[0], mk[1], mk[2], mk[3]);
@@ -209,17 +219,18 @@ __global__ void adamw_kernel(bf16 *p, float *master, const float *g, float *m, f
     }
     for (size_t e = i; e < i + 4 && e < n; e++) {
         float ge = h.dge.scales ? dge1(g[e], p[e], h.dge, (unsigned)(h.first + e)) : g[e];
-        float w = adamw_step(ge, &m[e], &v[e], master ? master[e] : __bfloat162float(p[e]), h);
+        float w = adamw_step(ge, &m[e], &v[e], master ? master[e] : __bfloat162float(p[e]), gscale, h);
         if (master) master[e] = w;
         p[e] = adamw_round(w, master, h, e);
     }
 }
 
-// dge: the tensor's DGE, or NULL
+// sumsq, clip: as in AdamW; dge: the tensor's DGE, or NULL
 static void adamw_update(bf16 *p, float *master, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
-                         int t, float eps, float wd, float gscale, uint64_t key, size_t first, const Dge *dge, cudaStream_t s) {
+                         int t, float eps, float wd, const float *sumsq, float clip, uint64_t key, size_t first, const Dge *dge,
+                         cudaStream_t s) {
     if (n == 0) return;
-    AdamW h = { lr, b1, b2, 1.0f - powf(b1, (float)t), 1.0f - powf(b2, (float)t), eps, wd, gscale, key, first, {} };
+    AdamW h = { lr, b1, b2, 1.0f - powf(b1, (float)t), 1.0f - powf(b2, (float)t), eps, wd, clip, sumsq, key, first, {} };
     if (dge && dge->scales) h.dge = *dge;
     int vec = ((uintptr_t)p % 8 | (uintptr_t)master % 16 | (uintptr_t)g % 16 | (uintptr_t)m % 16 | (uintptr_t)v % 16) == 0;
     adamw_kernel<<<ceil_div(ceil_div((long long)n, 4), 256), 256, 0, s>>>(p, master, g, m, v, n, h, vec);

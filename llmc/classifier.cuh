@@ -1,4 +1,4 @@
-// defines: classifier_forward_backward
+// defines: classifier_forward_backward, loss_mean_add
 // Softmax over the first V logits, cross-entropy, and dlogits = (softmax - onehot) * dloss
 // written over the logits in the same kernel, so FP32 probabilities are never stored. The
 // (N, Vp) BF16 logits are the largest tensor of a GPT-2 step (3.3 GB at B = 32): a block takes a
@@ -66,6 +66,26 @@ static void classifier_forward_backward(bf16 *logits, float *losses, const int *
     else if (chunks <= 7) classifier_kernel<7><<<N, CLASSIFIER_THREADS, 0, stream>>>(logits, losses, targets, dloss, V, Vp);
     else if (chunks <= 16) classifier_kernel<16><<<N, CLASSIFIER_THREADS, 0, stream>>>(logits, losses, targets, dloss, V, Vp);
     else die("classifier: padded vocabulary %d exceeds %d", Vp, 16 * 8 * CLASSIFIER_THREADS);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// *acc += weight x the mean of the N losses, summed in FP64 in a fixed order (one block: the
+// same bits every run), so the host reads one number a step and never waits for it mid-step
+__global__ void __launch_bounds__(CLASSIFIER_THREADS) loss_mean_kernel(double *acc, const float *losses, int N, double weight) {
+    __shared__ double part[CLASSIFIER_THREADS];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < N; i += CLASSIFIER_THREADS) s += losses[i];
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = CLASSIFIER_THREADS / 2; w > 0; w /= 2) {
+        if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *acc += part[0] / N * weight;
+}
+
+static void loss_mean_add(double *acc, const float *losses, int N, double weight, cudaStream_t stream) {
+    loss_mean_kernel<<<1, CLASSIFIER_THREADS, 0, stream>>>(acc, losses, N, weight);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -72,9 +72,9 @@ static void dist_fail(Dist *d, const char *fmt, ...) {
 // an NCCL call's result; the communicator is non-blocking, so a call may still be in progress:
 // wait for it, but not past the timeout
 static void dist_nccl(Dist *d, ncclResult_t r, const char *what) {
-    double deadline = rdv_now() + d->timeout_s;
+    double deadline = now_seconds() + d->timeout_s;
     while (r == ncclInProgress) {
-        if (rdv_now() > deadline) dist_fail(d, "NCCL %s did not complete in %.0f s: a rank died or hangs", what, d->timeout_s);
+        if (now_seconds() > deadline) dist_fail(d, "NCCL %s did not complete in %.0f s: a rank died or hangs", what, d->timeout_s);
         usleep(100);
         ncclCommGetAsyncError(d->comm, &r);
     }
@@ -87,14 +87,14 @@ static void dist_nccl(Dist *d, ncclResult_t r, const char *what) {
 static void dist_sync(Dist *d, cudaStream_t s) {
     if (d == NULL || d->world == 1) { CUDA_CHECK(cudaStreamSynchronize(s)); return; }
 #ifdef USE_NCCL
-    double deadline = rdv_now() + d->timeout_s;
+    double deadline = now_seconds() + d->timeout_s;
     cudaError_t e;
     for (unsigned n = 1; (e = cudaStreamQuery(s)) == cudaErrorNotReady; n++) {
         if (n % 1024 != 0) continue;
         ncclResult_t r;
         ncclCommGetAsyncError(d->comm, &r);
         if (r != ncclSuccess && r != ncclInProgress) dist_fail(d, "NCCL: %s (%s)", ncclGetErrorString(r), ncclGetLastError(d->comm));
-        if (rdv_now() > deadline)
+        if (now_seconds() > deadline)
             dist_fail(d, "no progress for %.0f s: another rank died or hangs (--nccl-timeout sets the limit)", d->timeout_s);
     }
     CUDA_CHECK(e);

@@ -1,4 +1,4 @@
-// defines: encoder_forward, encoder_backward
+// defines: encoder_forward, EncoderBuckets, encoder_buckets_create, encoder_buckets_free, encoder_backward
 // Token (+ learned position) embedding. The backward is deterministic: the host groups the
 // positions of each token id, and one block sums a token's rows in a fixed order.
 #ifndef LLMC_ENCODER_CUH
@@ -38,11 +38,33 @@ static void encoder_forward(bf16 *out, const int *tokens, const bf16 *wte, const
     CUDA_CHECK(cudaGetLastError());
 }
 
-// buckets: host arrays of 3 * (B*T) + 1 ints, device copy dbuckets of the same size
-static void encoder_backward(float *dwte, float *dwpe, int *buckets, int *dbuckets, const bf16 *dout, const int *tokens,
+// The backward's bucket lists for N positions (3 N + 1 ints): made on the host in one of two
+// pinned buffers in turn and copied to dev on the stream. A call waits only for the copy made two
+// calls back, so the host can queue the next step while the GPU runs this one.
+typedef struct { int *host[2], *dev; cudaEvent_t copied[2]; int next, N; } EncoderBuckets;
+
+static void encoder_buckets_create(EncoderBuckets *b, int N) {
+    for (int i = 0; i < 2; i++) {
+        CUDA_CHECK(cudaMallocHost(&b->host[i], (3 * (size_t)N + 1) * sizeof(int)));
+        CUDA_CHECK(cudaEventCreateWithFlags(&b->copied[i], cudaEventDisableTiming));
+    }
+    b->dev = (int *)cuda_malloc((3 * (size_t)N + 1) * sizeof(int));
+    b->next = 0; b->N = N;
+}
+
+static void encoder_buckets_free(EncoderBuckets *b) {
+    for (int i = 0; i < 2; i++) { CUDA_CHECK(cudaFreeHost(b->host[i])); CUDA_CHECK(cudaEventDestroy(b->copied[i])); }
+    cuda_free(b->dev, (3 * (size_t)b->N + 1) * sizeof(int));
+}
+
+// tokens: the host's copy of the forward's B * T token ids (b->N of them)
+static void encoder_backward(float *dwte, float *dwpe, EncoderBuckets *b, const bf16 *dout, const int *tokens,
                              int B, int T, int C, int V, cudaStream_t s) {
-    int N = B * T;
-    int *ids = buckets, *start = buckets + N, *pos = buckets + 2 * N + 1;
+    int N = B * T, k = b->next;
+    if (N != b->N) die("encoder_backward: %d positions, buckets for %d", N, b->N);
+    b->next ^= 1;
+    CUDA_CHECK(cudaEventSynchronize(b->copied[k]));  // the GPU has copied this buffer's last lists
+    int *ids = b->host[k], *start = ids + N, *pos = ids + 2 * N + 1;
     // counting sort of the positions by token id, on the host (the tokens are there already)
     int *count = (int *)calloc_check((size_t)V + 1, sizeof(int));
     for (int n = 0; n < N; n++) count[tokens[n] + 1]++;
@@ -54,14 +76,14 @@ static void encoder_backward(float *dwte, float *dwpe, int *buckets, int *dbucke
     }
     start[nb] = N;
     free(count);
-    int *dids = dbuckets, *dstart = dbuckets + N, *dpos = dbuckets + 2 * N + 1;
+    int *dids = b->dev, *dstart = dids + N, *dpos = dids + 2 * N + 1;
     CUDA_CHECK(cudaMemcpyAsync(dids, ids, nb * sizeof(int), cudaMemcpyHostToDevice, s));
     CUDA_CHECK(cudaMemcpyAsync(dstart, start, (nb + 1) * sizeof(int), cudaMemcpyHostToDevice, s));
     CUDA_CHECK(cudaMemcpyAsync(dpos, pos, N * sizeof(int), cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaEventRecord(b->copied[k], s));
     wte_backward_kernel<<<nb, 256, 0, s>>>(dwte, dout, dids, dstart, dpos, C);
     if (dwpe) wpe_backward_kernel<<<ceil_div((long long)T * C, 256), 256, 0, s>>>(dwpe, dout, B, T, C);
     CUDA_CHECK(cudaGetLastError());
-    CUDA_CHECK(cudaStreamSynchronize(s));  // the host buckets are reused next call
 }
 
 #endif

@@ -20,18 +20,12 @@
 
 #define RDV_MAGIC 0x4c4c4d43u  // "LLMC"
 
-static double rdv_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 // sends or receives exactly n bytes before the deadline; returns 0, or -1 on a closed or failed socket
 static int rdv_io(int fd, void *buf, size_t n, int sending, double deadline) {
     char *p = (char *)buf;
     while (n > 0) {
         struct pollfd pf = { fd, (short)(sending ? POLLOUT : POLLIN), 0 };
-        int left_ms = (int)((deadline - rdv_now()) * 1e3);
+        int left_ms = (int)((deadline - now_seconds()) * 1e3);
         if (left_ms <= 0 || poll(&pf, 1, left_ms) <= 0) return -1;
         ssize_t k = sending ? send(fd, p, n, MSG_NOSIGNAL) : recv(fd, p, n, 0);
         if (k <= 0) return -1;
@@ -79,7 +73,7 @@ static void rdv_serve(const char *port, int world, const void *blob, uint32_t le
     char *seen = (char *)calloc_check((size_t)world, 1);
     for (int joined = 1; joined < world;) {
         struct pollfd pf = { fd, POLLIN, 0 };
-        int left_ms = (int)((deadline - rdv_now()) * 1e3);
+        int left_ms = (int)((deadline - now_seconds()) * 1e3);
         if (left_ms <= 0 || poll(&pf, 1, left_ms) <= 0)
             die("rendezvous: only %d of %d ranks checked in before the timeout", joined, world);
         int c = accept(fd, NULL, NULL);
@@ -117,7 +111,7 @@ static void rdv_join(const char *host, const char *port, int rank, int world, vo
             }
             close(fd);
         }
-        if (rdv_now() > deadline) die("rendezvous: rank 0 at %s:%s did not answer before the timeout", host, port);
+        if (now_seconds() > deadline) die("rendezvous: rank 0 at %s:%s did not answer before the timeout", host, port);
         usleep(100000);
     }
 }
@@ -127,7 +121,7 @@ static void rdv_join(const char *host, const char *port, int rank, int world, vo
 static void rendezvous_tcp(const char *addr, int rank, int world, void *blob, uint32_t len, double timeout_s) {
     char host[256], port[16];
     rdv_parse(addr, host, sizeof(host), port, sizeof(port));
-    double deadline = rdv_now() + timeout_s;
+    double deadline = now_seconds() + timeout_s;
     if (rank == 0) rdv_serve(port, world, blob, len, deadline);
     else rdv_join(host, port, rank, world, blob, len, deadline);
 }

@@ -1,5 +1,5 @@
 // defines: error_context, die, fopen_check, fread_check, fwrite_check, fclose_check, malloc_check,
-//          file_size, rename_check, open_with_header
+//          file_size, rename_check, open_with_header, now_seconds
 // Every failure ends the program with one line "error: ..." on stderr and exit code 1, so bad
 // input never turns into a crash or a silent wrong result.
 #ifndef LLMC_UTILS_H
@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <time.h>
 
 // who is speaking, when several processes share a terminal ("rank 3: "); empty otherwise
 static char error_context[32];
@@ -78,6 +79,13 @@ static FILE *open_with_header(const char *path, int header[256], int magic, int 
 
 static void rename_check(const char *from, const char *to) {
     if (rename(from, to) != 0) { die("cannot rename %s to %s: %s", from, to, strerror(errno)); }
+}
+
+// a monotonic clock, in seconds (timings and deadlines)
+static double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 #endif

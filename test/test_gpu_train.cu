@@ -28,10 +28,14 @@ static void run_steps(const RefFile *rf, const Recipe *recipe, int master, float
     params_init(&rf->cfg, host, rf->seed);
     model_set_params(&m, host);
     for (int s = 0; s < rf->S; s++) {
+        model_stats_begin(&m, s % STATS_SLOTS);
         model_zero_grad(&m);
-        losses[s] = model_forward(&m, rf->inputs, rf->targets, rf->B, rf->T, 1.0f);
+        model_forward(&m, rf->inputs, rf->targets, rf->B, rf->T, 1.0f, 1.0);
         model_backward(&m, 1);
-        norms[s] = model_update(&m, rf->hp[0], rf->hp[1], rf->hp[2], rf->hp[3], rf->hp[4], rf->hp[5], s + 1, 1337);
+        model_update(&m, rf->hp[0], rf->hp[1], rf->hp[2], rf->hp[3], rf->hp[4], rf->hp[5], s + 1, 1337);
+        StepStats r = model_stats_wait(&m);
+        losses[s] = (float)r.loss;
+        norms[s] = sqrtf(r.sumsq);
     }
     free(host);
     model_free(&m);
@@ -53,7 +57,7 @@ static void check_dge(Model *m, const RefFile *rf, const float *params, const ch
     off.own_gemm = m->own_gemm;
     model_set_params(&off, params);
     model_zero_grad(&off);
-    model_forward(&off, rf->inputs, rf->targets, rf->B, rf->T, 1.0f);
+    model_forward(&off, rf->inputs, rf->targets, rf->B, rf->T, 1.0f, 1.0);
     model_backward(&off, 1);
     float *without = (float *)malloc_check(n * sizeof(float)), sumsq;
     bf16 *w = (bf16 *)malloc_check(n * sizeof(bf16));
@@ -104,8 +108,10 @@ static void check_grads(const RefFile *rf, FILE *f, const char *path, const char
     m.own_gemm &= own_gemm;
     model_set_params(&m, host);
     model_zero_grad(&m);
-    float loss = model_forward(&m, rf->inputs, rf->targets, rf->B, rf->T, 1.0f);
+    model_stats_begin(&m, 0);
+    model_forward(&m, rf->inputs, rf->targets, rf->B, rf->T, 1.0f, 1.0);
     model_backward(&m, 1);
+    float loss = (float)model_stats_wait(&m).loss;
     float *grads = (float *)malloc_check(m.nparams * sizeof(float));
     if (recipe->lin[LIN_FC].dge) check_dge(&m, rf, host, name, grads);  // the reference's gradients include DGE
     else cuda_download(grads, m.grads, m.nparams * sizeof(float));
@@ -147,7 +153,7 @@ static void test_file(const char *path) {
     params_init(c, host, rf.seed);
     model_set_params(&m, host);
 
-    model_forward(&m, rf.inputs, NULL, rf.B, rf.T, 0.0f);
+    model_forward(&m, rf.inputs, NULL, rf.B, rf.T, 0.0f, 0.0);
     size_t nl = (size_t)N * c->Vp;
     bf16 *lb = (bf16 *)malloc_check(nl * sizeof(bf16));
     float *logits = (float *)malloc_check(nl * sizeof(float));
@@ -246,7 +252,7 @@ static void test_wgrad_stream(const char *model, int B, const char *recipe, int 
         model_set_params(&m, host);
         model_zero_grad(&m);
         for (int mb = 0; mb < 2; mb++) {
-            model_forward(&m, tok + 2 * mb * N, tok + (2 * mb + 1) * N, B, T, 0.5f);
+            model_forward(&m, tok + 2 * mb * N, tok + (2 * mb + 1) * N, B, T, 0.5f, 0.5);
             model_backward(&m, mb == 1);
         }
         g[side] = (float *)malloc_check(n * sizeof(float));

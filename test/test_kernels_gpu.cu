@@ -776,7 +776,8 @@ static void test_attention_fp8(int B, int T, int H, int KV, int D) {
 // that bound
 static void test_adamw(void) {
     const size_t n = 1003;
-    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gscale = 0.7f;
+    // clipping: a norm of 2 scaled to 1.4 (gscale 0.7f, as the host's float arithmetic makes it)
+    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, sumsq = 4.0f, clip = 1.4f, gscale = clip / sqrtf(sumsq);
     const int t = 3;
     float *h = (float *)malloc_check(4 * n * sizeof(float)), *g = h, *m = h + n, *v = h + 2 * n, *w = h + 3 * n;
     bf16 *wb = (bf16 *)malloc_check(n * sizeof(bf16));
@@ -799,8 +800,9 @@ static void test_adamw(void) {
             }
         sw[r] = amax / 6.0f;
     }
-    float *dsw = (float *)cuda_malloc(rows * sizeof(float));
+    float *dsw = (float *)cuda_malloc((rows + 1) * sizeof(float)), *dsumsq = dsw + rows;
     cuda_upload(dsw, sw, rows * sizeof(float));
+    cuda_upload(dsumsq, &sumsq, sizeof(float));
     const Dge dge = { dsw, K, FMT_E2M1, 5.0f };
     // device: g, m, v, master each np apart (a multiple of 4) from float 0, and from float 4 np + 1 (misaligned)
     const size_t np = (n + 3) / 4 * 4;
@@ -817,7 +819,7 @@ static void test_adamw(void) {
             cuda_upload(dg, g, n * sizeof(float)); cuda_upload(dm, m, n * sizeof(float));
             cuda_upload(dv, v, n * sizeof(float)); cuda_upload(dmaster, w, n * sizeof(float));
             cuda_upload(dp, wb, n * sizeof(bf16));
-            adamw_update(dp, master ? dmaster : NULL, dg, dm, dv, n, lr, b1, b2, t, eps, wd, gscale, 77, first, with_dge ? &dge : NULL, 0);
+            adamw_update(dp, master ? dmaster : NULL, dg, dm, dv, n, lr, b1, b2, t, eps, wd, dsumsq, clip, 77, first, with_dge ? &dge : NULL, 0);
             for (int q = 0; q < 4; q++) {
                 res[path][q] = (float *)malloc_check(n * sizeof(float));
                 cuda_download(res[path][q], dg + q * np, n * sizeof(float));
@@ -856,7 +858,7 @@ static void test_adamw(void) {
           "off the FP64 update: %ld moments, %ld weights", bad, far_m, far_w);
     printf("adamw: %zu entries, master copy and stochastic BF16, without and with DGE: both paths bit for bit, within the FP64 "
            "update's bounds\n", n);
-    cuda_free(dsw, rows * sizeof(float)); cuda_free(d, (8 * np + 1) * sizeof(float)); cuda_free(dw, (2 * n + 4) * sizeof(bf16));
+    cuda_free(dsw, (rows + 1) * sizeof(float)); cuda_free(d, (8 * np + 1) * sizeof(float)); cuda_free(dw, (2 * n + 4) * sizeof(bf16));
     free(h); free(wb);
 }
 
