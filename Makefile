@@ -53,7 +53,8 @@ train-cpu: train_gpt2 $(TINY)
 	./train_gpt2
 
 # CPU tests: quantizers, CPU trainer vs the PyTorch reference states, bad input, resume and
-# learning runs, the curves scripts, data scripts, the multi-process start's rendezvous
+# learning runs, the curves scripts, data scripts, the multi-process start's rendezvous, the
+# timeline's accounting
 test: all $(TINY)
 	./test/test_quant
 	./test/test_train test/ref/*.bin
@@ -62,6 +63,7 @@ test: all $(TINY)
 	bash test/test_train_run.sh
 	bash test/test_curves.sh
 	$(PYTHON) test/test_data.py
+	$(PYTHON) test/test_timeline.py
 
 # the C tests again under AddressSanitizer + UndefinedBehaviorSanitizer (rebuilds, then cleans)
 test-sanitize:

@@ -52,75 +52,85 @@ def read_trace(path):
     return sorted((s, e, st, names.get(n, n), c) for s, e, st, n, c in gpu), calls
 
 
-def host_side(steps_corr, recs, calls, n):
-    """the host's part of the steps whose marker launches have these correlation ids"""
-    h = [calls[c][0] for c in steps_corr if c in calls]
+def host_side(marks, recs, calls):
+    """the host's part of the steps whose marker launches have these correlation ids (None without calls)"""
+    h = [calls[c][0] for c in marks if c in calls]
     if len(h) < 2:
-        print("\nhost: no CUDA calls in the trace")
-        return
+        return None
     h0, h1 = h[0], h[-1]
-    inside = sorted((s, e, name) for s, e, name in calls.values() if s < h1 and e > h0)
     covered, last, by_name = 0, h0, collections.Counter()
-    for s, e, name in inside:
+    for s, e, name in sorted((s, e, name) for s, e, name in calls.values() if s < h1 and e > h0):
         by_name[name] += min(e, h1) - max(s, h0)
         s, e = max(s, last), min(e, h1)
-        if e > s: covered += e - s; last = e
+        if e > s:
+            covered += e - s
+            last = e
     leads = sorted(r[0] - calls[r[4]][1] for r in recs if r[4] in calls and h0 <= calls[r[4]][1] < h1)
-    q = lambda f: leads[min(len(leads) - 1, int(f * len(leads)))] / 1e3
-    ms = lambda ns: ns / n / 1e6
-    print(f"\nhost: {ms(h1 - h0):.3f} ms a step between the marker's launches, {ms(covered):.3f} of it inside CUDA calls "
-          f"(nested driver calls counted once); launches' lead (us): 10% {q(0.1):.0f}, median {q(0.5):.0f}, 90% {q(0.9):.0f}; "
-          f"{sum(1 for x in leads if x < 50e3) / n:.0f} launches a step led by under 50 us")
-    print("CUDA calls, ms a step (nested ones in their callers' too): " +
-          ", ".join(f"{name} {ms(v):.3f}" for name, v in by_name.most_common(10)))
+    return {"span": h1 - h0, "covered": covered, "by_name": by_name, "leads": leads}
 
 
 def analyse(recs, calls, skip, marker):
+    """sums over the steps after skip, in ns: wall, busy, per stream, per kernel name (share, total,
+    count), the idle gaps (length, what ended before, what started after), and the host's part"""
     marks = [(r[0], r[4]) for r in recs if marker in r[3]]
     if len(marks) < skip + 2:
         sys.exit(f"error: {len(marks)} launches of {marker}: need at least {skip + 2} (run more steps)")
     starts = [t for t, c in marks]
     steps = list(zip(starts[skip:-1], starts[skip + 1:]))
-    n = len(steps)
-    wall = busy = 0.0
-    share, total, count = collections.Counter(), collections.Counter(), collections.Counter()
-    per_stream = collections.Counter()
-    gaps = []
+    t = {"n": len(steps), "wall": 0, "busy": 0, "share": collections.Counter(), "total": collections.Counter(),
+         "count": collections.Counter(), "per_stream": collections.Counter(), "gaps": []}
     for t0, t1 in steps:
-        wall += t1 - t0
+        t["wall"] += t1 - t0
         inside = [r for r in recs if r[1] > t0 and r[0] < t1]
         for s, e, st, name, corr in inside:
             d = min(e, t1) - max(s, t0)
-            total[name] += d; count[name] += 1; per_stream[st] += d
+            t["total"][name] += d; t["count"][name] += 1; t["per_stream"][st] += d
         # sweep: each elementary interval's length divided among the launches running in it
-        events = sorted([(max(s, t0), 1, i) for i, r in enumerate(inside) for s in [r[0]]] +
-                        [(min(e, t1), -1, i) for i, r in enumerate(inside) for e in [r[1]]])
-        active, last, last_end_name = set(), t0, None
-        for t, kind, i in events:
-            if t > last:
+        events = sorted([(max(r[0], t0), 1, i) for i, r in enumerate(inside)] + [(min(r[1], t1), -1, i) for i, r in enumerate(inside)])
+        active, last, last_end = set(), t0, None
+        for when, kind, i in events:
+            if when > last:
                 if active:
-                    busy += t - last
-                    for j in active: share[inside[j][3]] += (t - last) / len(active)
+                    t["busy"] += when - last
+                    for j in active: t["share"][inside[j][3]] += (when - last) / len(active)
                 else:
-                    gaps.append((t - last, last_end_name, inside[i][3]))
-            last = max(last, t)
-            if kind == 1: active.add(i)
+                    t["gaps"].append((when - last, last_end, inside[i][3]))
+            last = max(last, when)
+            if kind == 1:
+                active.add(i)
             else:
-                active.discard(i); last_end_name = inside[i][3]
-        if last < t1: gaps.append((t1 - last, last_end_name, "(next step)"))
+                active.discard(i)
+                last_end = inside[i][3]
+        if last < t1: t["gaps"].append((t1 - last, last_end, "(next step)"))
+    t["host"] = host_side([c for _, c in marks[skip:]], recs, calls)
+    return t
+
+
+def report(t):
+    n = t["n"]
     ms = lambda ns: ns / n / 1e6
-    print(f"{n} steps: wall {ms(wall):.3f} ms a step, GPU busy {ms(busy):.3f}, idle {ms(wall - busy):.3f}; "
-          f"kernel time summed {ms(sum(total.values())):.3f}")
-    print("streams (busy ms a step): " + ", ".join(f"{st}: {ms(v):.3f}" for st, v in sorted(per_stream.items())))
+    print(f"{n} steps: wall {ms(t['wall']):.3f} ms a step, GPU busy {ms(t['busy']):.3f}, idle {ms(t['wall'] - t['busy']):.3f}; "
+          f"kernel time summed {ms(sum(t['total'].values())):.3f}")
+    print("streams (busy ms a step): " + ", ".join(f"{st}: {ms(v):.3f}" for st, v in sorted(t["per_stream"].items())))
     print("\nlargest idle gaps (us, over all steps), after -> before:")
-    for d, a, b in sorted(gaps, key=lambda g: -g[0])[:12]:
+    for d, a, b in sorted(t["gaps"], key=lambda g: -g[0])[:12]:
         print(f"  {d / 1e3:8.1f}  {short(str(a), 60)} -> {short(b, 60)}")
-    print(f"  gaps under 10 us: {sum(1 for g in gaps if g[0] < 1e4) / n:.0f} a step, "
-          f"{ms(sum(g[0] for g in gaps if g[0] < 1e4)):.3f} ms a step")
-    host_side([c for t, c in marks[skip:]], recs, calls, n)
-    print(f"\n| share of the wall (ms) | summed duration (ms) | launches | kernel |\n|---:|---:|---:|---|")
-    for name, v in share.most_common():
-        print(f"| {ms(v):.3f} | {ms(total[name]):.3f} | {count[name] / n:.0f} | {short(name)} |")
+    small = [g[0] for g in t["gaps"] if g[0] < 1e4]
+    print(f"  gaps under 10 us: {len(small) / n:.0f} a step, {ms(sum(small)):.3f} ms a step")
+    h = t["host"]
+    if h is None:
+        print("\nhost: no CUDA calls in the trace")
+    else:
+        leads = h["leads"]
+        q = lambda f: leads[min(len(leads) - 1, int(f * len(leads)))] / 1e3
+        print(f"\nhost: {ms(h['span']):.3f} ms a step between the marker's launches, {ms(h['covered']):.3f} of it inside CUDA "
+              f"calls (nested driver calls counted once); launches' lead (us): 10% {q(0.1):.0f}, median {q(0.5):.0f}, 90% "
+              f"{q(0.9):.0f}; {sum(1 for x in leads if x < 50e3) / n:.0f} launches a step led by under 50 us")
+        print("CUDA calls, ms a step (nested ones in their callers' too): " +
+              ", ".join(f"{name} {ms(v):.3f}" for name, v in h["by_name"].most_common(10)))
+    print("\n| share of the wall (ms) | summed duration (ms) | launches | kernel |\n|---:|---:|---:|---|")
+    for name, v in t["share"].most_common():
+        print(f"| {ms(v):.3f} | {ms(t['total'][name]):.3f} | {t['count'][name] / n:.0f} | {short(name)} |")
 
 
 def main():
@@ -150,7 +160,7 @@ def main():
     recs, calls = read_trace(path)
     if not a.trace and not a.keep:
         os.remove(path)
-    analyse(recs, calls, a.skip, a.marker)
+    report(analyse(recs, calls, a.skip, a.marker))
 
 
 if __name__ == "__main__":
