@@ -888,12 +888,13 @@ static float evaluate(Model *m, DataLoader *val, int steps) {
     return (float)(m->dist ? dist_mean(m->dist, loss) : loss);
 }
 
-// The training loop's log: the step queued last and not yet logged (pending). The host queues step
-// s + 1 before it waits for step s, so the GPU never waits for the host between steps; with
-// several ranks each step is logged at once (the replica check and the loss's mean wait for it).
-// A step's time is the GPU's, from its start event to its end event: the start runs when the GPU
-// has finished what was queued before it, so idle time inside the step counts, and the host's
-// lead does not shift time between steps.
+// The training loop's log: the step queued last and not yet logged (pending). One rank: the host
+// queues step s + 1 before it waits for step s, so the GPU never waits for the host between
+// steps, and a step's time is the GPU's, from its start event to its end event (the start runs
+// when the GPU has finished what was queued before it: idle time inside the step counts, and the
+// host's lead does not move time between steps). Several ranks: each step is logged as soon as it
+// is queued (the replica check and the loss's mean wait for it), timed by the host's clock from
+// its queueing to the end of those.
 typedef struct {
     Model *m; Dist *dist; Run *run;
     int main_rank, max_steps;
@@ -901,6 +902,7 @@ typedef struct {
     double flops_tok;
     int pending, step, slot;        // the pending step and its StepStats slot
     float lr;
+    double t0;                      // host seconds: when the pending step began to be queued
     unsigned replica_hash;
     cudaEvent_t start[STATS_SLOTS], end[STATS_SLOTS];  // each slot's step's, on the model's stream
 } StepLog;
@@ -910,14 +912,20 @@ static void step_log_flush(StepLog *q) {
     if (!q->pending) return;
     q->pending = 0;
     Model *m = q->m;
-    if (q->dist->world > 1) model_wait(m);  // through the watchdog
-    else CUDA_CHECK(cudaEventSynchronize(q->end[q->slot]));
+    const StepStats *r = m->host_stats + q->slot;
+    double loss;
     float ms;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, q->start[q->slot], q->end[q->slot]));
-    StepStats r = m->host_stats[q->slot];
-    q->replica_hash = dist_check_replicas(q->dist, m->params, (size_t)m->parts * m->shard, m->stream, q->step + 1);
-    double loss = dist_mean(q->dist, r.loss);
-    float norm = sqrtf(r.sumsq);
+    if (q->dist->world > 1) {
+        model_wait(m);  // through the watchdog
+        q->replica_hash = dist_check_replicas(q->dist, m->params, (size_t)m->parts * m->shard, m->stream, q->step + 1);
+        loss = dist_mean(q->dist, r->loss);
+        ms = (float)((now_seconds() - q->t0) * 1e3);
+    } else {
+        CUDA_CHECK(cudaEventSynchronize(q->end[q->slot]));
+        CUDA_CHECK(cudaEventElapsedTime(&ms, q->start[q->slot], q->end[q->slot]));
+        loss = r->loss;
+    }
+    float norm = sqrtf(r->sumsq);
     double tok_s = (double)q->step_tokens / (ms / 1e3);
     double mfu = tok_s / q->dist->world * q->flops_tok / 989e12;  // per GPU, against the H100 SXM dense BF16 peak
     double eta_s = (q->max_steps - q->step - 1) * ms / 1e3;
@@ -1064,7 +1072,7 @@ int main(int argc, char **argv) {
     run_open(&run, &a, &cfg, &st, resume_step >= 0, dist.rank, dist.world, accum);
     // FLOPs per token for MFU: 6 per weight of the matmuls, plus attention's 6 L T C (causal half of 12)
     double flops_tok = 6.0 * (double)(m.nparams - (cfg.arch == ARCH_GPT2 ? (size_t)cfg.T * cfg.C : 0)) + 6.0 * cfg.L * a.T * cfg.C;
-    StepLog q = { &m, &dist, &run, main_rank, a.max_steps, step_tokens, flops_tok, 0, 0, 0, 0.0f, 0, {}, {} };
+    StepLog q = { &m, &dist, &run, main_rank, a.max_steps, step_tokens, flops_tok, 0, 0, 0, 0.0f, 0.0, 0, {}, {} };
     for (int i = 0; i < STATS_SLOTS; i++) { CUDA_CHECK(cudaEventCreate(&q.start[i])); CUDA_CHECK(cudaEventCreate(&q.end[i])); }
 
     for (int step = st.step; step <= a.max_steps; step++) {
@@ -1077,6 +1085,7 @@ int main(int argc, char **argv) {
         if (run_sample_due(&a, step) && main_rank) sample(&m, &run, a.gen_tokens);
         if (run_ckpt_due(&a, step, st.step)) save_checkpoint(&m, &run, &a, step, host_params);
         if (last) break;
+        double t0 = now_seconds();
         CUDA_CHECK(cudaEventRecord(q.start[step % STATS_SLOTS], m.stream));
         model_stats_begin(&m, step % STATS_SLOTS);
         model_zero_grad(&m);
@@ -1094,7 +1103,7 @@ int main(int argc, char **argv) {
         model_stats_end(&m);
         CUDA_CHECK(cudaEventRecord(q.end[m.slot], m.stream));
         step_log_flush(&q);  // the step before this one, now that this one is queued
-        q.pending = 1; q.step = step; q.slot = m.slot; q.lr = lr;
+        q.pending = 1; q.step = step; q.slot = m.slot; q.lr = lr; q.t0 = t0;
         if (dist.world > 1) step_log_flush(&q);  // the replica check and the loss's mean wait for the step
     }
     for (int i = 0; i < STATS_SLOTS; i++) { CUDA_CHECK(cudaEventDestroy(q.start[i])); CUDA_CHECK(cudaEventDestroy(q.end[i])); }
