@@ -72,16 +72,10 @@ static void classifier_forward_backward(bf16 *logits, float *losses, const int *
 // *acc += weight x the mean of the N losses, summed in FP64 in a fixed order (one block: the
 // same bits every run), so the host reads one number a step and never waits for it mid-step
 __global__ void __launch_bounds__(CLASSIFIER_THREADS) loss_mean_kernel(double *acc, const float *losses, int N, double weight) {
-    __shared__ double part[CLASSIFIER_THREADS];
     double s = 0.0;
     for (int i = threadIdx.x; i < N; i += CLASSIFIER_THREADS) s += losses[i];
-    part[threadIdx.x] = s;
-    __syncthreads();
-    for (int w = CLASSIFIER_THREADS / 2; w > 0; w /= 2) {
-        if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *acc += part[0] / N * weight;
+    s = block_sum(s);
+    if (threadIdx.x == 0) *acc += s / N * weight;
 }
 
 static void loss_mean_add(double *acc, const float *losses, int N, double weight, cudaStream_t stream) {

@@ -41,8 +41,8 @@ static void cuda_free(void *p, size_t bytes) {
 static void cuda_upload(void *dst, const void *src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)); }
 static void cuda_download(void *dst, const void *src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)); }
 
-// sum of v over the warp, returned to every lane
-__device__ inline float warp_sum(float v) {
+// sum of v (float or double) over the warp, returned to every lane
+template <typename T> __device__ inline T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
@@ -52,19 +52,19 @@ __device__ inline float warp_max(float v) {
     return v;
 }
 
-// sum (max) of v over the block (blockDim.x a multiple of 32, at most 1024), returned to every
-// thread; fixed order, so the result is the same run after run
-template <bool MAX> __device__ inline float block_reduce(float v) {
-    __shared__ float partial[32];
-    v = MAX ? warp_max(v) : warp_sum(v);
+// sum (max: floats) of v over the block (blockDim.x a multiple of 32, at most 1024), returned to
+// every thread; fixed order, so the result is the same run after run
+template <bool MAX, typename T> __device__ inline T block_reduce(T v) {
+    __shared__ T partial[32];
+    if constexpr (MAX) v = warp_max(v); else v = warp_sum(v);
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
     __syncthreads();  // partial may still be read by a previous call
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    v = lane < nwarps ? partial[lane] : MAX ? -INFINITY : 0.0f;
-    return MAX ? warp_max(v) : warp_sum(v);
+    v = lane < nwarps ? partial[lane] : MAX ? (T)-INFINITY : (T)0;
+    if constexpr (MAX) return warp_max(v); else return warp_sum(v);
 }
-__device__ inline float block_sum(float v) { return block_reduce<false>(v); }
+template <typename T> __device__ inline T block_sum(T v) { return block_reduce<false>(v); }
 __device__ inline float block_max(float v) { return block_reduce<true>(v); }
 
 // 2^y by the hardware's approximation (2 ulp), one instruction: results below 2^-126 flush to 0,
