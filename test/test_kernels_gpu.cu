@@ -452,11 +452,13 @@ static void test_fp8_gemms(Format fx, Format fg, int K) {
 // dgrad above), and with the dGELU epilogue, v = bf16(bf16(dy W) gelu'(pre)), against FP64 with
 // twice the BF16 bound. Then fc's gradient quantization of v: from the epilogue's first pass
 // against quantize_grad's own two passes over the same BF16 v, vector- and tensor-wise: identical
-// scales and codes, both copies; column sums within 1e-6 of the column's sum of |v|. Ragged in
-// every dimension: 336 tokens (tiles of 128), 520 outputs (tiles of 256), k = 208 (slices of 128).
-static void test_own_gemm(void) {
+// scales and codes, both copies; column sums within 1e-6 of the column's sum of |v|. N tokens
+// (tiles of 128), F outputs (tiles of 256), k = C (slices of 128), ragged in every dimension; the
+// larger one gives each CTA 3-4 tiles, so pre's tile goes into a staging tile that the last tile's
+// TMA store has just read out (the smaller gives each CTA one tile at most).
+static void test_own_gemm(int N, int F, int C) {
     if (!fp8_gemm_supported()) { printf("own FP8 GEMM: SKIPPED (not a Hopper GPU)\n"); return; }
-    const int N = 336, C = 208, F = 520, tiles = fp8_gemm_tiles_n(F);
+    const int tiles = fp8_gemm_tiles_n(F);
     const size_t nf = (size_t)N * F, npart = grad_part_floats(N, F, tiles, GEMM_PART_ROWS);
     bf16 *hx = (bf16 *)malloc_check(N * C * 2), *hw = (bf16 *)malloc_check(C * F * 2), *hpre = (bf16 *)malloc_check(nf * 2);
     float *x = (float *)malloc_check(N * C * 4), *w = (float *)malloc_check(C * F * 4), *pre = (float *)malloc_check(nf * 4);
@@ -880,7 +882,8 @@ int main(void) {
     test_fp8_gemms(FMT_E2M1, FMT_E4M3, 3072);
     test_fp8_gemms(FMT_E3M0, FMT_E4M3, 3072);
     test_fp8_gemms(FMT_E4M3, FMT_E4M3, 3072);
-    test_own_gemm();
+    test_own_gemm(336, 520, 208);
+    test_own_gemm(4112, 3080, 208);
     test_own_gemm_fast(208);
     test_own_gemm_fast(3072);
     test_codes_transpose();
