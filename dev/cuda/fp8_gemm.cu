@@ -1,7 +1,8 @@
 // A study of our FP8 GEMM (llmc/gemm_fp8.cuh): the kernel against an FP64 reference on random
 // codes, and its speed beside cuBLASLt's OUTER_VEC_32F GEMM (the one the trainer runs elsewhere)
-// on the trainer's shapes, in the same run, each promoted and with fast accumulation; then fcproj's dgrad with the dGELU epilogue and fc's
-// gradient codes after it, against cuBLASLt's dgrad and quantize_grad's two passes over dGELU.
+// on the trainer's shapes, in the same run, each promoted and with fast accumulation; then
+// fcproj's dgrad with the dGELU epilogue and fc's gradient codes after it, against cuBLASLt's
+// dgrad and quantize_grad's two passes over dGELU.
 //
 //   make dev/cuda/fp8_gemm && ./dev/cuda/fp8_gemm
 //
